@@ -1,0 +1,3 @@
+from sstkd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,85 @@
+"""``sstkd info``: versions, devices, and each backend with why it is (un)available.
+
+Like ``python -m xformers.info``: run it first when a backend does not do what
+you expect.
+"""
+from __future__ import annotations
+
+import os
+import platform
+
+
+def collect() -> dict:
+    """Everything ``sstkd info`` prints, as a dict (used by bench/verify reports too)."""
+    import torch
+
+    import sstkd
+    from sstkd.ops import dispatch
+
+    info: dict = {
+        "sstkd": sstkd.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torch.version.cuda": torch.version.cuda,
+        "cpu threads": torch.get_num_threads(),
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except Exception as e:  # not installed or broken
+        info["triton"] = f"unavailable ({type(e).__name__}: {e})"
+    info["TRITON_INTERPRET"] = os.environ.get("TRITON_INTERPRET", "0")
+    from torch.utils import cpp_extension
+
+    info["CUDA_HOME"] = cpp_extension.CUDA_HOME
+    info["cuda available"] = torch.cuda.is_available()
+    devices = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            devices.append(f"cuda:{i} {p.name} (sm_{p.major}{p.minor}, {p.total_memory / 2**30:.1f} GiB)")
+    info["devices"] = devices or ["cpu only"]
+    from sstkd import _ext
+
+    info["extension sstkd._C"] = _ext.load_error() or "built and importable"
+    backends = {}
+    for b in dispatch.BACKENDS:
+        ok, why = dispatch.backend_status(b)
+        ops = {"torch": "all ops", "triton": sorted(dispatch.TRITON_OPS), "cuda": sorted(dispatch.CUDA_OPS)}[b]
+        backends[b] = {"available": ok, "reason": why, "ops": ops}
+    info["backends"] = backends
+    return info
+
+
+def format_info(info: dict) -> str:
+    lines = []
+    for k, v in info.items():
+        if k == "backends":
+            continue
+        if isinstance(v, list):
+            v = "; ".join(v)
+        lines.append(f"{k:<22} {v}")
+    lines.append("")
+    lines.append(f"{'backend':<10} {'available':<10} reason")
+    for name, b in info["backends"].items():
+        lines.append(f"{name:<10} {'yes' if b['available'] else 'no':<10} {b['reason']}")
+        ops = b["ops"] if isinstance(b["ops"], str) else (", ".join(b["ops"]) or "(none yet)")
+        lines.append(f"{'':<21} ops: {ops}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def main(args) -> int:
+    info = collect()
+    if getattr(args, "json", False):
+        import json
+
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        print(format_info(info))
+    return 0

@@ -1,0 +1,17 @@
+"""Texture operators: functional API with backend dispatch, plus nn.Module wrappers.
+
+See ``docs/api.md`` for signatures; every op takes ``backend="auto"``.
+"""
+from sstkd.ops.dispatch import backend_status, resolve_backend  # noqa: F401
+from sstkd.ops.laplacian import LaplacianPyramid, lp_dec, lp_rec  # noqa: F401
+from sstkd.ops.dfb import DirectionalFilterBank, dfb_dec, dfb_rec  # noqa: F401
+from sstkd.ops.contourlet import (  # noqa: F401
+    Contourlet,
+    check_contourlet_size,
+    contourlet_band_shapes,
+    contourlet_dec,
+    contourlet_energy,
+    contourlet_rec,
+    contourlet_required_multiple,
+)
+from sstkd.ops.quantize import QuantizeCount, cooccurrence, quantize_count, reproject  # noqa: F401

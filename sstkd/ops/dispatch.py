@@ -1,0 +1,108 @@
+"""Backend selection for the texture ops.
+
+Backends:
+  ``"torch"``  plain PyTorch reference (any device, every dtype); the oracle.
+  ``"triton"`` fused Triton kernels (``sstkd.kernels``): CUDA tensors, or any
+               tensor when ``TRITON_INTERPRET=1`` (Triton's CPU interpreter).
+  ``"cuda"``   the C++/CUDA extension ``sstkd._C``: CUDA tensors.
+  ``"auto"``   the fastest available backend that implements the op for these
+               tensors; falls back to ``"torch"``.
+
+A backend that is requested explicitly but unavailable raises
+``RuntimeError`` saying why; only ``"auto"`` falls back.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+BACKENDS = ("torch", "triton", "cuda")
+CHOICES = BACKENDS + ("auto",)
+
+# Which ops each fast backend implements; filled in as kernels land.
+TRITON_OPS: frozenset[str] = frozenset()
+CUDA_OPS: frozenset[str] = frozenset()
+# Per-op preference of "auto" on CUDA tensors, fastest first (from bench/results/).
+AUTO_ORDER: dict[str, tuple[str, ...]] = {}
+DEFAULT_AUTO_ORDER = ("triton", "cuda", "torch")
+
+
+def triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_import_error() -> str | None:
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    try:
+        import triton  # noqa: F401
+    except Exception as e:  # pragma: no cover - broken installs
+        return f"importing triton failed: {e}"
+    return None
+
+
+def _cuda_ext_error() -> str | None:
+    from sstkd import _ext
+
+    return _ext.load_error()
+
+
+def backend_status(backend: str, device: torch.device | str | None = None) -> tuple[bool, str]:
+    """``(available, reason)`` of ``backend`` for tensors on ``device`` (None: this machine)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: unknown backend {backend!r}; choose from {CHOICES}")
+    if backend == "torch":
+        return True, "PyTorch reference ops"
+    dev = torch.device(device) if device is not None else None
+    if backend == "triton":
+        err = _triton_import_error()
+        if err:
+            return False, err
+        if triton_interpreted():
+            return True, "Triton interpreter (TRITON_INTERPRET=1), CPU or GPU tensors"
+        if dev is not None and dev.type != "cuda":
+            return False, f"Triton kernels need CUDA tensors (got {dev.type}); set TRITON_INTERPRET=1 to interpret on the CPU"
+        if not torch.cuda.is_available():
+            return False, "no CUDA device (set TRITON_INTERPRET=1 to run the kernels in the interpreter)"
+        return True, "compiled Triton kernels"
+    # cuda
+    if dev is not None and dev.type != "cuda":
+        return False, f"the CUDA extension needs CUDA tensors (got {dev.type})"
+    if not torch.cuda.is_available():
+        return False, "no CUDA device"
+    err = _cuda_ext_error()
+    if err:
+        return False, err
+    return True, "sstkd._C CUDA extension"
+
+
+def _implements(backend: str, op: str) -> bool:
+    return backend == "torch" or op in (TRITON_OPS if backend == "triton" else CUDA_OPS)
+
+
+def resolve_backend(op: str, backend: str, *tensors: torch.Tensor) -> str:
+    """The concrete backend that runs ``op`` on ``tensors``.
+
+    Raises ``ValueError`` for an unknown name and ``RuntimeError`` when an
+    explicitly requested backend cannot run (not built, no GPU, op missing).
+    """
+    if not isinstance(backend, str) or backend not in CHOICES:
+        raise ValueError(f"backend: unknown backend {backend!r}; choose from {CHOICES}")
+    device = tensors[0].device if tensors else None
+    if backend == "auto":
+        if device is None or device.type != "cuda":
+            return "torch"
+        for cand in AUTO_ORDER.get(op, DEFAULT_AUTO_ORDER):
+            if _implements(cand, op) and backend_status(cand, device)[0]:
+                return cand
+        return "torch"
+    ok, why = backend_status(backend, device)
+    if not ok:
+        raise RuntimeError(f"backend={backend!r} is unavailable for {op}: {why}")
+    if not _implements(backend, op):
+        raise RuntimeError(f"backend={backend!r} does not implement {op}")
+    return backend

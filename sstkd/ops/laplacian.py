@@ -1,0 +1,273 @@
+"""One level of the Laplacian pyramid (MATLAB Contourlet Toolbox ``lpdec``/``lprec``).
+
+Conventions (toolbox, periodic extension, filters centred on their middle tap)::
+
+    c = (x ⊛ h⊗h)[0::2, 0::2]                       # lowpass, (H/2, W/2)
+    d = x − (up2(c) ⊛ g⊗g)                          # bandpass, (H, W)
+    x = (up2(c − (d ⊛ h⊗h)[0::2, 0::2]) ⊛ g⊗g) + d  # dual-frame synthesis
+
+The reference here is plain PyTorch and is the oracle of every fast backend:
+``B·C`` is folded into one batch axis, filtering is separable (two depthwise
+``conv2d`` passes with ``(k, 1)`` and ``(1, k)`` weights), periodic extension is
+an index gather modulo the size (so it also works when the extension is
+larger than the image), decimation is the conv stride, and ``up2(·) ⊛ g`` is
+polyphase (the even and odd taps of ``g`` filter ``c`` directly and the two
+phases are interleaved; no zeros are inserted). Autograd of this reference is
+the adjoint of the decomposition, which is what the backward of every backend
+must compute.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sstkd.filters import pyramid_filters
+from sstkd.ops._checks import check_image, check_int, check_same_device, compute_dtype
+from sstkd.ops.dispatch import resolve_backend
+
+__all__ = ["lp_dec", "lp_rec", "lp_dec_ref", "lp_rec_ref", "LaplacianPyramid"]
+
+
+# --------------------------------------------------------------------------- filters
+@functools.lru_cache(maxsize=None)
+def _conv_weights(filt: str, device: torch.device, dtype: torch.dtype):
+    """Conv weights of one filter pair, built once per (filter, device, dtype).
+
+    Returns ``(h_rows, h_cols, g_rows, g_cols)``:
+    ``h_*`` is ``h`` as a (1,1,9,1) / (1,1,1,9) kernel (symmetric, so conv2d's
+    correlation equals the convolution); ``g_*`` holds the two polyphase
+    components of ``g`` as a 2-output-channel kernel of 4 taps each, applied to
+    ``c`` extended by 1 before / 2 after:
+    ``y[2m] = g1 c[m-1] + g3 c[m] + g5 c[m+1]`` and
+    ``y[2m+1] = g0 c[m-1] + g2 c[m] + g4 c[m+1] + g6 c[m+2]``.
+    """
+    h, g = pyramid_filters(filt)
+    if h.numel() != 9 or g.numel() != 7:  # pragma: no cover - only '9-7' exists
+        raise ValueError(f"filt: expected 9/7-tap filters, got {h.numel()}/{g.numel()}")
+    zero = g.new_zeros(1)
+    even = torch.cat([g[1::2], zero])  # output phase 0 (even positions)
+    odd = g[0::2]  # output phase 1 (odd positions)
+    gp = torch.stack([even, odd])  # (2, 4)
+    h = h.to(device=device, dtype=dtype)
+    gp = gp.to(device=device, dtype=dtype)
+    return (
+        h.view(1, 1, 9, 1).contiguous(),
+        h.view(1, 1, 1, 9).contiguous(),
+        gp.view(2, 1, 4, 1).contiguous(),
+        gp.view(2, 1, 1, 4).contiguous(),
+    )
+
+
+def _check_filt(filt) -> str:
+    if not isinstance(filt, str):
+        raise TypeError(f"filt: expected a filter name (str), got {type(filt).__name__}")
+    pyramid_filters(filt)  # ValueError naming filt for unknown names
+    return filt
+
+
+@functools.lru_cache(maxsize=None)
+def _wrap_index_cpu(n: int, before: int, after: int) -> torch.Tensor:
+    return torch.arange(-before, n + after) % n
+
+
+def _wrap_index(n: int, before: int, after: int, device: torch.device) -> torch.Tensor:
+    idx = _wrap_index_cpu(n, before, after)
+    return idx if device.type == "cpu" else idx.to(device, non_blocking=True)
+
+
+def _pad_periodic(x: torch.Tensor, dim: int, before: int, after: int) -> torch.Tensor:
+    """Periodic extension along ``dim`` by ``before``/``after`` samples.
+
+    Uses cat of slices when the extension fits inside the size (cheapest), and
+    a modular index gather otherwise (works for any extension).
+    """
+    n = x.shape[dim]
+    if before <= n and after <= n:
+        parts = []
+        if before:
+            parts.append(x.narrow(dim, n - before, before))
+        parts.append(x)
+        if after:
+            parts.append(x.narrow(dim, 0, after))
+        return torch.cat(parts, dim)
+    return x.index_select(dim, _wrap_index(n, before, after, x.device))
+
+
+# --------------------------------------------------------------------------- building blocks
+def _analysis(x: torch.Tensor, hr: torch.Tensor, hc: torch.Tensor) -> torch.Tensor:
+    """``(x ⊛ h⊗h)[0::2, 0::2]`` of a (N, 1, H, W) tensor, periodic, via strided convs."""
+    x = F.conv2d(_pad_periodic(x, 2, 4, 4), hr, stride=(2, 1))
+    return F.conv2d(_pad_periodic(x, 3, 4, 4), hc, stride=(1, 2))
+
+
+def _synthesis(c: torch.Tensor, gr: torch.Tensor, gc: torch.Tensor) -> torch.Tensor:
+    """``up2(c) ⊛ g⊗g`` of a (N, 1, h, w) tensor, periodic, polyphase -> (N, 1, 2h, 2w)."""
+    n, _, h, w = c.shape
+    y = F.conv2d(_pad_periodic(c, 2, 1, 2), gr)  # (N, 2, h, w): even/odd output rows
+    y = y.transpose(1, 2).reshape(n, 1, 2 * h, w)  # interleave rows
+    y = F.conv2d(_pad_periodic(y, 3, 1, 2), gc)  # (N, 2, 2h, w): even/odd output cols
+    return y.permute(0, 2, 3, 1).reshape(n, 1, 2 * h, 2 * w)  # interleave cols
+
+
+def _check_even(x: torch.Tensor, name: str) -> None:
+    h, w = x.shape[-2:]
+    if h % 2 or w % 2:
+        raise ValueError(f"{name}: height and width must be even for one pyramid level, got size {h}x{w}")
+
+
+# --------------------------------------------------------------------------- reference ops
+def lp_dec_ref(x: torch.Tensor, filt: str = "9-7") -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain-PyTorch reference of :func:`lp_dec` (same contract, no dispatch)."""
+    check_image(x, "x")
+    _check_even(x, "x")
+    _check_filt(filt)
+    b, ch, h, w = x.shape
+    dt = compute_dtype(x)
+    hr, hc, gr, gc = _conv_weights(filt, x.device, dt)
+    xf = x.reshape(b * ch, 1, h, w).to(dt)
+    low = _analysis(xf, hr, hc)
+    band = xf - _synthesis(low, gr, gc)
+    return (
+        low.reshape(b, ch, h // 2, w // 2).to(x.dtype),
+        band.reshape(b, ch, h, w).to(x.dtype),
+    )
+
+
+def _check_pair(low: torch.Tensor, band: torch.Tensor) -> None:
+    check_image(low, "low")
+    check_image(band, "band")
+    check_same_device(low=low, band=band)
+    _check_even(band, "band")
+    b, ch, h, w = band.shape
+    if tuple(low.shape) != (b, ch, h // 2, w // 2):
+        raise ValueError(
+            f"low: expected shape {(b, ch, h // 2, w // 2)} (half of band {tuple(band.shape)}), got {tuple(low.shape)}"
+        )
+    if low.dtype != band.dtype:
+        raise TypeError(f"low: dtype {low.dtype} differs from band dtype {band.dtype}")
+
+
+def lp_rec_ref(low: torch.Tensor, band: torch.Tensor, filt: str = "9-7") -> torch.Tensor:
+    """Plain-PyTorch reference of :func:`lp_rec` (same contract, no dispatch)."""
+    _check_pair(low, band)
+    _check_filt(filt)
+    b, ch, h, w = band.shape
+    dt = compute_dtype(band)
+    hr, hc, gr, gc = _conv_weights(filt, band.device, dt)
+    df = band.reshape(b * ch, 1, h, w).to(dt)
+    cf = low.reshape(b * ch, 1, h // 2, w // 2).to(dt)
+    x = _synthesis(cf - _analysis(df, hr, hc), gr, gc) + df
+    return x.reshape(b, ch, h, w).to(band.dtype)
+
+
+# --------------------------------------------------------------------------- public ops
+def lp_dec(x: torch.Tensor, filt: str = "9-7", backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """One Laplacian pyramid level (toolbox ``lpdec``, periodic extension).
+
+    Args:
+        x: ``(B, C, H, W)`` floating tensor with even ``H`` and ``W``.
+        filt: pyramid filter name (``"9-7"``).
+        backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"cuda"``.
+
+    Returns:
+        ``(low, band)``: the decimated lowpass ``(B, C, H/2, W/2)`` and the
+        full-size bandpass ``(B, C, H, W)``, both in ``x.dtype``
+        (float16/bfloat16 compute in float32, float64 in float64).
+
+    Raises:
+        TypeError: ``x`` is not a floating tensor, ``filt`` not a string.
+        ValueError: wrong rank, empty, odd ``H``/``W``, unknown ``filt`` or
+            ``backend``.
+        RuntimeError: an explicitly requested backend is unavailable.
+
+    The backward is the adjoint of the decomposition (not the synthesis).
+    """
+    check_image(x, "x")
+    _check_even(x, "x")
+    _check_filt(filt)
+    b = resolve_backend("lp_dec", backend, x)
+    if b == "triton":
+        from sstkd.kernels.laplacian import lp_dec_triton
+
+        return lp_dec_triton(x, filt)
+    if b == "cuda":  # pragma: no cover - resolve_backend only picks ops in CUDA_OPS
+        raise RuntimeError("backend='cuda' does not implement lp_dec")
+    return lp_dec_ref(x, filt)
+
+
+def lp_rec(low: torch.Tensor, band: torch.Tensor, filt: str = "9-7", backend: str = "auto") -> torch.Tensor:
+    """Dual-frame synthesis of one Laplacian pyramid level (toolbox ``lprec``).
+
+    ``x = (up2(low − (band ⊛ h⊗h)[0::2, 0::2]) ⊛ g⊗g) + band``: exact inverse of
+    :func:`lp_dec`, and the least-squares reconstruction for modified
+    coefficients.
+
+    Args:
+        low: ``(B, C, H/2, W/2)`` lowpass.
+        band: ``(B, C, H, W)`` bandpass, even ``H``/``W``, same dtype/device.
+        filt: pyramid filter name (``"9-7"``).
+        backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"cuda"``.
+
+    Returns:
+        ``(B, C, H, W)`` tensor in the input dtype.
+
+    Raises:
+        TypeError / ValueError naming ``low``, ``band``, ``filt`` or ``backend``.
+    """
+    _check_pair(low, band)
+    _check_filt(filt)
+    b = resolve_backend("lp_rec", backend, low, band)
+    if b == "triton":
+        from sstkd.kernels.laplacian import lp_rec_triton
+
+        return lp_rec_triton(low, band, filt)
+    if b == "cuda":  # pragma: no cover - resolve_backend only picks ops in CUDA_OPS
+        raise RuntimeError("backend='cuda' does not implement lp_rec")
+    return lp_rec_ref(low, band, filt)
+
+
+class LaplacianPyramid(nn.Module):
+    """``levels`` Laplacian pyramid levels.
+
+    ``forward(x) -> (low, [band_1, ..., band_J])`` with bands fine -> coarse
+    (``band_1`` is full size); ``inverse(low, bands) -> x``. ``H`` and ``W``
+    must be divisible by ``2**levels`` (ValueError naming the size otherwise).
+    """
+
+    def __init__(self, levels: int = 1, filt: str = "9-7", backend: str = "auto"):
+        super().__init__()
+        self.levels = check_int(levels, "levels", minimum=1)
+        self.filt = _check_filt(filt)
+        if not isinstance(backend, str):
+            raise ValueError(f"backend: unknown backend {backend!r}")
+        self.backend = backend
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels}, filt={self.filt!r}, backend={self.backend!r}"
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        check_image(x, "x")
+        m = 2**self.levels
+        h, w = x.shape[-2:]
+        if h % m or w % m:
+            raise ValueError(
+                f"x: height and width must be multiples of {m} for {self.levels} levels, got size {h}x{w}"
+            )
+        bands = []
+        low = x
+        for _ in range(self.levels):
+            low, band = lp_dec(low, self.filt, self.backend)
+            bands.append(band)
+        return low, bands
+
+    def inverse(self, low: torch.Tensor, bands: list[torch.Tensor]) -> torch.Tensor:
+        if not isinstance(bands, (list, tuple)) or len(bands) != self.levels:
+            n = len(bands) if isinstance(bands, (list, tuple)) else type(bands).__name__
+            raise ValueError(f"bands: expected a list of {self.levels} tensors, got {n}")
+        x = low
+        for band in reversed(bands):
+            x = lp_rec(x, band, self.filt, self.backend)
+        return x
