@@ -1,25 +1,240 @@
-"""Lazy access to the CUDA extension ``sstkd._C`` (never imported at package import)."""
+"""Lazy access to the CUDA extension ``sstkd._C`` (never imported at package import).
+
+Two ways to get it:
+
+* built at install time (``SSTKD_BUILD_CUDA=1 pip install -e .``): ``sstkd._C``;
+* otherwise JIT-built on first use with ``torch.utils.cpp_extension.load``
+  (ninja) from the ``csrc/`` sources of a source checkout or editable install
+  (``csrc/`` must sit next to the ``sstkd/`` package directory). The build is
+  cached in ``$SSTKD_CACHE_DIR`` (default ``~/.cache/sstkd``) under
+  ``ext-<hash>``, keyed by the sources, torch, CUDA, Python and the target
+  architectures, so later processes just load it.
+
+``SSTKD_JIT=0`` disables the JIT build. Architectures: ``TORCH_CUDA_ARCH_LIST``
+when set, else the visible GPUs, else (no GPU: a compile-only build) sm_80 and
+sm_90.
+
+``load_error()`` and ``jit_available()`` are cheap and never build; ``get()``
+may build (minutes, once).
+"""
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.util
+import logging
+import os
+import sys
+import threading
+import time
+
+_JIT_NAME = "sstkd_C"
+_NO_GPU_ARCHS = ("8.0", "9.0")  # compile-only default when no GPU is visible and TORCH_CUDA_ARCH_LIST is unset
+_lock = threading.Lock()
+_state: dict = {"module": None, "error": None, "build_dir": None}
 
 
 @functools.lru_cache(maxsize=None)
-def _load():
+def _import_built():
     try:
-        from sstkd import _C  # noqa: F401
+        from sstkd import _C
     except ImportError as e:
-        return None, f"sstkd._C is not built ({e}); reinstall with SSTKD_BUILD_CUDA=1"
+        return None, f"sstkd._C is not built ({e})"
     return _C, None
 
 
+def csrc_dir() -> str | None:
+    """The ``csrc/`` source directory next to the package (``$SSTKD_CSRC`` overrides), or None."""
+    env = os.environ.get("SSTKD_CSRC")
+    here = os.path.dirname(os.path.abspath(__file__))
+    d = env or os.path.join(os.path.dirname(here), "csrc")
+    return d if os.path.isfile(os.path.join(d, "sstkd_build.py")) else None
+
+
+@functools.lru_cache(maxsize=None)
+def _build_module(d: str):
+    """``csrc/sstkd_build.py`` (build flags shared with setup.py), imported by path."""
+    spec = importlib.util.spec_from_file_location("_sstkd_build", os.path.join(d, "sstkd_build.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _cpp_extension():
+    # Its import logs a warning when no GPU is visible; that is expected here.
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        log.setLevel(level)
+    return cpp_extension
+
+
+def cache_root() -> str:
+    base = os.environ.get("SSTKD_CACHE_DIR")
+    if not base:
+        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        base = os.path.join(xdg, "sstkd")
+    return base
+
+
+def jit_available() -> tuple[bool, str]:
+    """``(ok, reason)``: whether ``get()`` could JIT-build the extension here. Cheap; never builds."""
+    if os.environ.get("SSTKD_JIT", "1") == "0":
+        return False, "the JIT build is disabled (SSTKD_JIT=0)"
+    d = csrc_dir()
+    if d is None:
+        return False, ("the CUDA sources (csrc/) are not next to the installed package; "
+                       "the JIT build needs a source checkout or an editable install (pip install -e .)")
+    import torch
+
+    if torch.version.cuda is None:
+        return False, f"torch {torch.__version__} is not a CUDA build (torch.version.cuda is None)"
+    ce = _cpp_extension()
+    if not ce.is_ninja_available():
+        return False, "ninja is not installed (pip install ninja); torch's JIT build needs it"
+    home = _build_module(d).cuda_home(ce.CUDA_HOME)
+    if home is None:
+        return False, ("no CUDA toolkit found: CUDA_HOME is not set and no nvcc was found on PATH or in "
+                       "/usr/local/cuda; set CUDA_HOME to the toolkit root (the directory holding bin/nvcc)")
+    return True, f"JIT build from {d} with {os.path.join(home, 'bin', 'nvcc')}"
+
+
+def _arch_flags_and_key(torch) -> tuple[list[str], str]:
+    env = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if env:
+        return [], f"env:{env}"
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+        return [], "gpus:" + ";".join(f"{a}.{b}" for a, b in caps)
+    flags = []
+    for arch in _NO_GPU_ARCHS:
+        num = arch.replace(".", "")
+        flags.append(f"-gencode=arch=compute_{num},code=sm_{num}")
+    return flags, "default:" + ";".join(_NO_GPU_ARCHS)
+
+
+def _build_dir(sb, home: str, arch_key: str) -> str:
+    import torch
+
+    h = hashlib.sha256()
+    for part in (sb.source_hash(), torch.__version__, str(torch.version.cuda), os.path.realpath(home),
+                 sys.version.split()[0], arch_key):
+        h.update(part.encode())
+        h.update(b"\0")
+    return os.path.join(cache_root(), f"ext-{h.hexdigest()[:16]}")
+
+
+def build_dir() -> str | None:
+    """Where the JIT build of this configuration lives (None when it cannot be built). Never builds."""
+    ok, _ = jit_available()
+    if not ok:
+        return None
+    import torch
+
+    sb = _build_module(csrc_dir())
+    home = sb.cuda_home(_cpp_extension().CUDA_HOME)
+    return _build_dir(sb, home, _arch_flags_and_key(torch)[1])
+
+
+def _jit_build():
+    import torch
+
+    ce = _cpp_extension()
+    sb = _build_module(csrc_dir())
+    home = sb.cuda_home(ce.CUDA_HOME)
+    # torch guesses the toolkit from the nvcc on PATH; a wrapper script there
+    # (e.g. /usr/local/bin/nvcc) makes that guess a directory without headers
+    # or libcudart, so hand it the resolved root.
+    ce.CUDA_HOME = home
+    arch_flags, arch_key = _arch_flags_and_key(torch)
+    bdir = _build_dir(sb, home, arch_key)
+    _state["build_dir"] = bdir
+    os.makedirs(bdir, exist_ok=True)
+    cold = not os.path.exists(os.path.join(bdir, _JIT_NAME + getattr(ce, "LIB_EXT", ".so")))
+    if cold:
+        print("sstkd: building the CUDA extension (first use, ~2 min)...", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    mod = ce.load(
+        name=_JIT_NAME,
+        sources=sb.sources(),
+        extra_cflags=sb.cxx_flags(),
+        extra_cuda_cflags=sb.nvcc_flags() + arch_flags,
+        extra_include_paths=sb.include_dirs(home),
+        build_directory=bdir,
+        verbose=False,
+    )
+    if cold:
+        print(f"sstkd: built the CUDA extension in {time.perf_counter() - t0:.0f} s (cached in {bdir})",
+              file=sys.stderr, flush=True)
+    return mod
+
+
 def load_error() -> str | None:
-    """None when the extension is importable, else why not."""
-    return _load()[1]
+    """None when the extension is loaded, importable, or can be JIT-built on first use; else why not.
+
+    Cheap: never builds.
+    """
+    if _state["module"] is not None:
+        return None
+    if _state["error"] is not None:
+        return _state["error"]
+    mod, err = _import_built()
+    if mod is not None:
+        return None
+    ok, why = jit_available()
+    if ok:
+        return None
+    return f"{err}, and it cannot be JIT-built: {why}; or reinstall with SSTKD_BUILD_CUDA=1"
+
+
+def is_loaded() -> bool:
+    """True once the extension is in this process (``get()`` succeeded)."""
+    return _state["module"] is not None
 
 
 def get():
-    ext, err = _load()
-    if ext is None:
-        raise RuntimeError(err)
-    return ext
+    """The extension module (its ops are ``torch.ops.sstkd.*``); JIT-builds it on first use if needed.
+
+    Raises:
+        RuntimeError: it is not built and cannot be built here (the message
+            says why: no CUDA toolkit, CPU-only torch, no ninja, no sources),
+            or the build failed (the compiler output is in the message).
+    """
+    if _state["module"] is not None:
+        return _state["module"]
+    with _lock:
+        if _state["module"] is not None:
+            return _state["module"]
+        mod, err = _import_built()
+        if mod is None:
+            if _state["error"] is not None:
+                raise RuntimeError(_state["error"])
+            ok, why = jit_available()
+            if not ok:
+                raise RuntimeError(f"{err}, and it cannot be JIT-built: {why}; or reinstall with SSTKD_BUILD_CUDA=1")
+            try:
+                mod = _jit_build()
+            except Exception as e:
+                _state["error"] = f"the JIT build of the sstkd CUDA extension failed (in {_state['build_dir']}): {e}"
+                raise RuntimeError(_state["error"]) from e
+        _state["module"] = mod
+        return mod
+
+
+def info() -> dict:
+    """What ``sstkd info`` shows about the extension. Cheap; never builds."""
+    mod, err = _import_built()
+    ok, why = jit_available()
+    loaded = _state["module"]
+    return {
+        "built": mod is not None,
+        "built_error": err,
+        "loaded": loaded is not None,
+        "cuda_runtime_version": getattr(loaded or mod, "cuda_runtime_version", None),
+        "jit_available": ok,
+        "jit_reason": why,
+        "jit_error": _state["error"],
+    }

@@ -7,7 +7,7 @@ Conventions (toolbox, periodic extension, filters centred on their middle tap)::
     x = (up2(c − (d ⊛ h⊗h)[0::2, 0::2]) ⊛ g⊗g) + d  # dual-frame synthesis
 
 The reference here is plain PyTorch and is the oracle of every fast backend:
-``B·C`` is folded into one batch axis, filtering is separable (two depthwise
+``B·C`` is folded into one axis, filtering is separable (two depthwise
 ``conv2d`` passes with ``(k, 1)`` and ``(1, k)`` weights), periodic extension is
 an index gather modulo the size (so it also works when the extension is
 larger than the image), decimation is the conv stride, and ``up2(·) ⊛ g`` is
@@ -97,19 +97,25 @@ def _pad_periodic(x: torch.Tensor, dim: int, before: int, after: int) -> torch.T
 
 
 # --------------------------------------------------------------------------- building blocks
+# Tensors here are (1, N, H, W) with N = B·C: every image is its own channel of
+# a depthwise (groups=N) conv. On the CPU this is several times faster than
+# (N, 1, H, W) with one input channel (oneDNN's depthwise path), and on CUDA
+# it maps to cuDNN's depthwise kernels.
 def _analysis(x: torch.Tensor, hr: torch.Tensor, hc: torch.Tensor) -> torch.Tensor:
-    """``(x ⊛ h⊗h)[0::2, 0::2]`` of a (N, 1, H, W) tensor, periodic, via strided convs."""
-    x = F.conv2d(_pad_periodic(x, 2, 4, 4), hr, stride=(2, 1))
-    return F.conv2d(_pad_periodic(x, 3, 4, 4), hc, stride=(1, 2))
+    """``(x ⊛ h⊗h)[0::2, 0::2]`` of a (1, N, H, W) tensor, periodic, via strided convs."""
+    n = x.shape[1]
+    x = F.conv2d(_pad_periodic(x, 2, 4, 4), hr.expand(n, 1, 9, 1), stride=(2, 1), groups=n)
+    return F.conv2d(_pad_periodic(x, 3, 4, 4), hc.expand(n, 1, 1, 9), stride=(1, 2), groups=n)
 
 
 def _synthesis(c: torch.Tensor, gr: torch.Tensor, gc: torch.Tensor) -> torch.Tensor:
-    """``up2(c) ⊛ g⊗g`` of a (N, 1, h, w) tensor, periodic, polyphase -> (N, 1, 2h, 2w)."""
-    n, _, h, w = c.shape
-    y = F.conv2d(_pad_periodic(c, 2, 1, 2), gr)  # (N, 2, h, w): even/odd output rows
-    y = y.transpose(1, 2).reshape(n, 1, 2 * h, w)  # interleave rows
-    y = F.conv2d(_pad_periodic(y, 3, 1, 2), gc)  # (N, 2, 2h, w): even/odd output cols
-    return y.permute(0, 2, 3, 1).reshape(n, 1, 2 * h, 2 * w)  # interleave cols
+    """``up2(c) ⊛ g⊗g`` of a (1, N, h, w) tensor, periodic, polyphase -> (1, N, 2h, 2w)."""
+    _, n, h, w = c.shape
+    # (1, 2N, h, w): channel 2i is image i's even output rows, 2i+1 its odd rows
+    y = F.conv2d(_pad_periodic(c, 2, 1, 2), gr.repeat(n, 1, 1, 1), groups=n)
+    y = y.view(1, n, 2, h, w).transpose(2, 3).reshape(1, n, 2 * h, w)  # interleave rows
+    y = F.conv2d(_pad_periodic(y, 3, 1, 2), gc.repeat(n, 1, 1, 1), groups=n)
+    return y.view(1, n, 2, 2 * h, w).permute(0, 1, 3, 4, 2).reshape(1, n, 2 * h, 2 * w)
 
 
 def _check_even(x: torch.Tensor, name: str) -> None:
@@ -127,7 +133,7 @@ def lp_dec_ref(x: torch.Tensor, filt: str = "9-7") -> tuple[torch.Tensor, torch.
     b, ch, h, w = x.shape
     dt = compute_dtype(x)
     hr, hc, gr, gc = _conv_weights(filt, x.device, dt)
-    xf = x.reshape(b * ch, 1, h, w).to(dt)
+    xf = x.reshape(1, b * ch, h, w).to(dt)
     low = _analysis(xf, hr, hc)
     band = xf - _synthesis(low, gr, gc)
     return (
@@ -157,8 +163,8 @@ def lp_rec_ref(low: torch.Tensor, band: torch.Tensor, filt: str = "9-7") -> torc
     b, ch, h, w = band.shape
     dt = compute_dtype(band)
     hr, hc, gr, gc = _conv_weights(filt, band.device, dt)
-    df = band.reshape(b * ch, 1, h, w).to(dt)
-    cf = low.reshape(b * ch, 1, h // 2, w // 2).to(dt)
+    df = band.reshape(1, b * ch, h, w).to(dt)
+    cf = low.reshape(1, b * ch, h // 2, w // 2).to(dt)
     x = _synthesis(cf - _analysis(df, hr, hc), gr, gc) + df
     return x.reshape(b, ch, h, w).to(band.dtype)
 

@@ -1,0 +1,412 @@
+// The one translation unit that includes torch headers: registers the sstkd
+// custom ops (TORCH_LIBRARY), their CUDA implementations (calling the plain
+// C++ launchers of the *.cu files), Meta implementations (shapes only, with
+// symbolic sizes, so torch.compile / FakeTensor can trace them) and CPU
+// implementations that raise a clear error. Also the Python module init of
+// sstkd._C (JIT: sstkd_C), which exists only to be importable.
+//
+// Ops (all inputs contiguous after the op makes them so; N = B*C images):
+//   lp_dec(x (N,H,W)) -> (low (N,H/2,W/2), band (N,H,W))
+//   lp_dec_backward(grad_low, grad_band) -> grad_x                 (adjoint of lp_dec)
+//   lp_rec(low (N,H/2,W/2), band (N,H,W)) -> x (N,H,W)
+//   lp_rec_backward(grad_x) -> (grad_low, grad_band)              (adjoint of lp_rec)
+//   quantize_count(s (B,N), centers (B,L), kernel) -> (counts, sums)  (B,L), accumulation dtype
+//   quantize_count_backward(s, centers, kernel, grad_counts?, grad_sums?) -> grad_s (B,N)
+//   sum_squares(x (R, ...)) -> (R,) accumulation dtype
+// float16/bfloat16/float32 accumulate in float32, float64 in float64.
+#include <Python.h>
+
+#include <array>
+#include <atomic>
+#include <string>
+#include <tuple>
+
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "sstkd_kernels.h"
+
+namespace sstkd {
+namespace {
+
+using at::Tensor;
+
+template <typename T>
+struct DtypeOf;
+template <>
+struct DtypeOf<float> {
+  static constexpr Dtype value = Dtype::kFloat32;
+};
+template <>
+struct DtypeOf<double> {
+  static constexpr Dtype value = Dtype::kFloat64;
+};
+template <>
+struct DtypeOf<at::Half> {
+  static constexpr Dtype value = Dtype::kFloat16;
+};
+template <>
+struct DtypeOf<at::BFloat16> {
+  static constexpr Dtype value = Dtype::kBFloat16;
+};
+
+bool is_supported_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+void check_cuda(const char* op, const char* name, const Tensor& t) {
+  TORCH_CHECK(t.is_cuda(), "sstkd::", op, ": ", name, " must be a CUDA tensor (got a ", t.device().type(),
+              " tensor); the sstkd CUDA extension has no kernels for other devices, use backend='torch'");
+}
+
+void check_float(const char* op, const char* name, const Tensor& t) {
+  TORCH_CHECK(is_supported_dtype(t.scalar_type()), "sstkd::", op, ": ", name,
+              " must be float16, bfloat16, float32 or float64, got ", t.scalar_type());
+}
+
+void check_rank(const char* op, const char* name, const Tensor& t, int64_t rank, const char* layout) {
+  TORCH_CHECK(t.dim() == rank, "sstkd::", op, ": ", name, " must be ", rank, "-D ", layout, ", got shape ",
+              t.sizes());
+}
+
+Dtype dtype_of(const Tensor& t) {
+  Dtype d = Dtype::kFloat32;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "sstkd_dtype_of",
+                                  [&] { d = DtypeOf<scalar_t>::value; });
+  return d;
+}
+
+void check_launch(cudaError_t err, const char* op) {
+  TORCH_CHECK(err == cudaSuccess, "sstkd::", op, ": kernel launch failed: ", cudaGetErrorString(err));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+int num_sms(int device) {
+  static std::array<std::atomic<int>, 64> cache{};
+  if (device < 0 || device >= 64) device = 0;
+  int v = cache[device].load(std::memory_order_relaxed);
+  if (v == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device));
+    cache[device].store(v, std::memory_order_relaxed);
+  }
+  return v;
+}
+
+QuantKernel parse_kernel(const char* op, c10::string_view kernel) {
+  if (kernel == "triangular") return QuantKernel::kTriangular;
+  if (kernel == "stlnet") return QuantKernel::kStlnet;
+  TORCH_CHECK(false, "sstkd::", op, ": kernel must be 'triangular' or 'stlnet', got '", std::string(kernel), "'");
+}
+
+// ----------------------------------------------------------------------------------------- LP
+void check_fine(const char* op, const char* name, const Tensor& t) {
+  check_rank(op, name, t, 3, "(N, H, W)");
+  check_float(op, name, t);
+  TORCH_CHECK(t.size(1) > 0 && t.size(2) > 0 && t.size(1) % 2 == 0 && t.size(2) % 2 == 0, "sstkd::", op, ": ",
+              name, " must have even, non-zero H and W, got shape ", t.sizes());
+  TORCH_CHECK(t.size(1) * t.size(2) <= INT32_MAX, "sstkd::", op, ": ", name, ": H*W too large, got shape ",
+              t.sizes());
+}
+
+void check_coarse(const char* op, const char* cname, const Tensor& c, const char* fname, const Tensor& f) {
+  check_rank(op, cname, c, 3, "(N, H/2, W/2)");
+  TORCH_CHECK(c.size(0) == f.size(0) && c.size(1) * 2 == f.size(1) && c.size(2) * 2 == f.size(2), "sstkd::", op,
+              ": ", cname, " must have shape (N, H/2, W/2) for ", fname, " of shape ", f.sizes(), ", got ", c.sizes());
+  TORCH_CHECK(c.scalar_type() == f.scalar_type(), "sstkd::", op, ": ", cname, " dtype ", c.scalar_type(),
+              " differs from ", fname, " dtype ", f.scalar_type());
+  TORCH_CHECK(c.device() == f.device(), "sstkd::", op, ": ", cname, " is on ", c.device(), " but ", fname,
+              " is on ", f.device());
+}
+
+// decompose: (c, out) = (A y, y - S A y); reconstruct: out = S (c - A y) + y.
+std::tuple<Tensor, Tensor> lp_decompose(const char* op, const Tensor& y_in, LpFilters filters) {
+  check_cuda(op, "input", y_in);
+  check_fine(op, "input", y_in);
+  const c10::cuda::CUDAGuard guard(y_in.device());
+  const Tensor y = y_in.contiguous();
+  const int64_t n = y.size(0), H = y.size(1), W = y.size(2);
+  Tensor c = at::empty({n, H / 2, W / 2}, y.options());
+  Tensor out = at::empty({n, H, W}, y.options());
+  if (n > 0) {
+    check_launch(lp_level_launch(dtype_of(y), LpMode::kDecompose, filters, y.const_data_ptr(), nullptr,
+                                 c.mutable_data_ptr(), out.mutable_data_ptr(), n, H, W,
+                                 c10::cuda::getCurrentCUDAStream().stream()),
+                 op);
+  }
+  return {c, out};
+}
+
+Tensor lp_reconstruct(const char* op, const Tensor& c_in, const char* cname, const Tensor& y_in, const char* yname,
+                      LpFilters filters) {
+  check_cuda(op, yname, y_in);
+  check_cuda(op, cname, c_in);
+  check_fine(op, yname, y_in);
+  check_coarse(op, cname, c_in, yname, y_in);
+  const c10::cuda::CUDAGuard guard(y_in.device());
+  const Tensor y = y_in.contiguous();
+  const Tensor c = c_in.contiguous();
+  const int64_t n = y.size(0), H = y.size(1), W = y.size(2);
+  Tensor out = at::empty({n, H, W}, y.options());
+  if (n > 0) {
+    check_launch(lp_level_launch(dtype_of(y), LpMode::kReconstruct, filters, y.const_data_ptr(), c.const_data_ptr(),
+                                 nullptr, out.mutable_data_ptr(), n, H, W, c10::cuda::getCurrentCUDAStream().stream()),
+                 op);
+  }
+  return out;
+}
+
+std::tuple<Tensor, Tensor> lp_dec_cuda(const Tensor& x) { return lp_decompose("lp_dec", x, LpFilters::kForward); }
+
+Tensor lp_dec_backward_cuda(const Tensor& grad_low, const Tensor& grad_band) {
+  return lp_reconstruct("lp_dec_backward", grad_low, "grad_low", grad_band, "grad_band", LpFilters::kAdjoint);
+}
+
+Tensor lp_rec_cuda(const Tensor& low, const Tensor& band) {
+  return lp_reconstruct("lp_rec", low, "low", band, "band", LpFilters::kForward);
+}
+
+std::tuple<Tensor, Tensor> lp_rec_backward_cuda(const Tensor& grad_x) {
+  return lp_decompose("lp_rec_backward", grad_x, LpFilters::kAdjoint);
+}
+
+// ----------------------------------------------------------------------------------- quantize
+void check_quant_inputs(const char* op, const Tensor& s, const Tensor& centers) {
+  check_cuda(op, "s", s);
+  check_cuda(op, "centers", centers);
+  check_rank(op, "s", s, 2, "(B, N)");
+  check_rank(op, "centers", centers, 2, "(B, L)");
+  check_float(op, "s", s);
+  check_float(op, "centers", centers);
+  TORCH_CHECK(centers.device() == s.device(), "sstkd::", op, ": centers is on ", centers.device(), " but s is on ",
+              s.device());
+  TORCH_CHECK(centers.size(0) == s.size(0), "sstkd::", op, ": centers batch ", centers.size(0),
+              " does not match s batch ", s.size(0));
+  TORCH_CHECK(centers.size(1) >= 2 && centers.size(1) <= kMaxQuantLevels, "sstkd::", op,
+              ": centers must have 2..", kMaxQuantLevels, " levels, got ", centers.size(1));
+  TORCH_CHECK(s.size(0) <= 65535, "sstkd::", op, ": at most 65535 rows, got ", s.size(0));
+}
+
+std::tuple<Tensor, Tensor> quantize_count_cuda(const Tensor& s_in, const Tensor& centers_in, c10::string_view kernel) {
+  const char* op = "quantize_count";
+  check_quant_inputs(op, s_in, centers_in);
+  const QuantKernel k = parse_kernel(op, kernel);
+  const c10::cuda::CUDAGuard guard(s_in.device());
+  const Tensor s = s_in.contiguous();
+  const at::ScalarType acc = acc_dtype(s.scalar_type());
+  const Tensor centers = centers_in.to(acc).contiguous();
+  const int64_t B = s.size(0), N = s.size(1), L = centers.size(1);
+  Tensor counts = at::zeros({B, L}, s.options().dtype(acc));
+  Tensor sums = at::zeros({B, L}, s.options().dtype(acc));
+  if (B > 0 && N > 0) {
+    check_launch(quantize_count_launch(dtype_of(s), k, s.const_data_ptr(), centers.const_data_ptr(),
+                                       counts.mutable_data_ptr(), sums.mutable_data_ptr(), B, N, L,
+                                       num_sms(s.get_device()), c10::cuda::getCurrentCUDAStream().stream()),
+                 op);
+  }
+  return {counts, sums};
+}
+
+Tensor quantize_count_backward_cuda(const Tensor& s_in, const Tensor& centers_in, c10::string_view kernel,
+                                    const std::optional<Tensor>& grad_counts_in,
+                                    const std::optional<Tensor>& grad_sums_in) {
+  const char* op = "quantize_count_backward";
+  check_quant_inputs(op, s_in, centers_in);
+  const QuantKernel k = parse_kernel(op, kernel);
+  const c10::cuda::CUDAGuard guard(s_in.device());
+  const Tensor s = s_in.contiguous();
+  const at::ScalarType acc = acc_dtype(s.scalar_type());
+  const Tensor centers = centers_in.to(acc).contiguous();
+  const int64_t B = s.size(0), N = s.size(1), L = centers.size(1);
+  const auto grad = [&](const std::optional<Tensor>& g, const char* name) -> Tensor {
+    if (!g.has_value() || !g->defined()) return Tensor();
+    check_cuda(op, name, *g);
+    TORCH_CHECK(g->dim() == 2 && g->size(0) == B && g->size(1) == L, "sstkd::", op, ": ", name,
+                " must have shape (B, L) = (", B, ", ", L, "), got ", g->sizes());
+    TORCH_CHECK(g->device() == s.device(), "sstkd::", op, ": ", name, " is on ", g->device(), " but s is on ",
+                s.device());
+    return g->to(acc).contiguous();
+  };
+  const Tensor gc = grad(grad_counts_in, "grad_counts");
+  const Tensor gs = grad(grad_sums_in, "grad_sums");
+  if (!gc.defined() && !gs.defined()) return at::zeros_like(s);
+  Tensor grad_s = at::empty_like(s);
+  if (B > 0 && N > 0) {
+    check_launch(quantize_count_backward_launch(dtype_of(s), k, s.const_data_ptr(), centers.const_data_ptr(),
+                                                gc.defined() ? gc.const_data_ptr() : nullptr,
+                                                gs.defined() ? gs.const_data_ptr() : nullptr,
+                                                grad_s.mutable_data_ptr(), B, N, L,
+                                                c10::cuda::getCurrentCUDAStream().stream()),
+                 op);
+  }
+  return grad_s;
+}
+
+// ---------------------------------------------------------------------------------- reductions
+Tensor sum_squares_cuda(const Tensor& x_in) {
+  const char* op = "sum_squares";
+  check_cuda(op, "x", x_in);
+  check_float(op, "x", x_in);
+  TORCH_CHECK(x_in.dim() >= 1, "sstkd::", op, ": x must have a leading row dimension, got a 0-D tensor");
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const Tensor x = x_in.contiguous();
+  const int64_t rows = x.size(0);
+  const int64_t cols = rows > 0 ? x.numel() / rows : 0;
+  const at::ScalarType acc = acc_dtype(x.scalar_type());
+  Tensor out = at::empty({rows}, x.options().dtype(acc));
+  if (rows > 0) {
+    Tensor partials = at::empty({rows * sum_squares_chunks(cols)}, x.options().dtype(acc));
+    check_launch(sum_squares_launch(dtype_of(x), x.const_data_ptr(), partials.mutable_data_ptr(),
+                                    out.mutable_data_ptr(), rows, cols, c10::cuda::getCurrentCUDAStream().stream()),
+                 op);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------- Meta
+// Shapes and dtypes only; sizes are SymInts so dynamic-shape tracing works.
+std::tuple<Tensor, Tensor> lp_decompose_meta(const char* op, const char* name, const Tensor& x) {
+  check_rank(op, name, x, 3, "(N, H, W)");
+  check_float(op, name, x);
+  const auto n = x.sym_size(0), H = x.sym_size(1), W = x.sym_size(2);
+  return {at::empty_symint({n, H / 2, W / 2}, x.options()), at::empty_symint({n, H, W}, x.options())};
+}
+
+std::tuple<Tensor, Tensor> lp_dec_meta(const Tensor& x) { return lp_decompose_meta("lp_dec", "x", x); }
+
+Tensor lp_dec_backward_meta(const Tensor& grad_low, const Tensor& grad_band) {
+  check_rank("lp_dec_backward", "grad_band", grad_band, 3, "(N, H, W)");
+  check_rank("lp_dec_backward", "grad_low", grad_low, 3, "(N, H/2, W/2)");
+  check_float("lp_dec_backward", "grad_band", grad_band);
+  return at::empty_symint(grad_band.sym_sizes(), grad_band.options());
+}
+
+Tensor lp_rec_meta(const Tensor& low, const Tensor& band) {
+  check_rank("lp_rec", "band", band, 3, "(N, H, W)");
+  check_rank("lp_rec", "low", low, 3, "(N, H/2, W/2)");
+  check_float("lp_rec", "band", band);
+  return at::empty_symint(band.sym_sizes(), band.options());
+}
+
+std::tuple<Tensor, Tensor> lp_rec_backward_meta(const Tensor& grad_x) {
+  return lp_decompose_meta("lp_rec_backward", "grad_x", grad_x);
+}
+
+std::tuple<Tensor, Tensor> quantize_count_meta(const Tensor& s, const Tensor& centers, c10::string_view kernel) {
+  check_rank("quantize_count", "s", s, 2, "(B, N)");
+  check_rank("quantize_count", "centers", centers, 2, "(B, L)");
+  check_float("quantize_count", "s", s);
+  parse_kernel("quantize_count", kernel);
+  const auto opts = s.options().dtype(acc_dtype(s.scalar_type()));
+  const auto B = s.sym_size(0), L = centers.sym_size(1);
+  return {at::empty_symint({B, L}, opts), at::empty_symint({B, L}, opts)};
+}
+
+Tensor quantize_count_backward_meta(const Tensor& s, const Tensor& centers, c10::string_view kernel,
+                                    const std::optional<Tensor>&, const std::optional<Tensor>&) {
+  check_rank("quantize_count_backward", "s", s, 2, "(B, N)");
+  parse_kernel("quantize_count_backward", kernel);
+  return at::empty_symint(s.sym_sizes(), s.options());
+}
+
+Tensor sum_squares_meta(const Tensor& x) {
+  check_float("sum_squares", "x", x);
+  TORCH_CHECK(x.dim() >= 1, "sstkd::sum_squares: x must have a leading row dimension, got a 0-D tensor");
+  return at::empty_symint({x.sym_size(0)}, x.options().dtype(acc_dtype(x.scalar_type())));
+}
+
+// ----------------------------------------------------------------------------------------- CPU
+[[noreturn]] void cpu_error(const char* op, const char* name, const Tensor& t) {
+  check_cuda(op, name, t);  // throws: t is a CPU tensor here
+  TORCH_CHECK(false, "sstkd::", op, ": ", name, " must be a CUDA tensor");
+}
+
+}  // namespace
+}  // namespace sstkd
+
+TORCH_LIBRARY(sstkd, m) {
+  m.def("lp_dec(Tensor x) -> (Tensor low, Tensor band)");
+  m.def("lp_dec_backward(Tensor grad_low, Tensor grad_band) -> Tensor");
+  m.def("lp_rec(Tensor low, Tensor band) -> Tensor");
+  m.def("lp_rec_backward(Tensor grad_x) -> (Tensor grad_low, Tensor grad_band)");
+  m.def("quantize_count(Tensor s, Tensor centers, str kernel) -> (Tensor counts, Tensor sums)");
+  m.def(
+      "quantize_count_backward(Tensor s, Tensor centers, str kernel, Tensor? grad_counts, Tensor? grad_sums) -> "
+      "Tensor");
+  m.def("sum_squares(Tensor x) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(sstkd, CUDA, m) {
+  m.impl("lp_dec", &sstkd::lp_dec_cuda);
+  m.impl("lp_dec_backward", &sstkd::lp_dec_backward_cuda);
+  m.impl("lp_rec", &sstkd::lp_rec_cuda);
+  m.impl("lp_rec_backward", &sstkd::lp_rec_backward_cuda);
+  m.impl("quantize_count", &sstkd::quantize_count_cuda);
+  m.impl("quantize_count_backward", &sstkd::quantize_count_backward_cuda);
+  m.impl("sum_squares", &sstkd::sum_squares_cuda);
+}
+
+TORCH_LIBRARY_IMPL(sstkd, Meta, m) {
+  m.impl("lp_dec", &sstkd::lp_dec_meta);
+  m.impl("lp_dec_backward", &sstkd::lp_dec_backward_meta);
+  m.impl("lp_rec", &sstkd::lp_rec_meta);
+  m.impl("lp_rec_backward", &sstkd::lp_rec_backward_meta);
+  m.impl("quantize_count", &sstkd::quantize_count_meta);
+  m.impl("quantize_count_backward", &sstkd::quantize_count_backward_meta);
+  m.impl("sum_squares", &sstkd::sum_squares_meta);
+}
+
+// CPU tensors get a clear error instead of the dispatcher's "could not run".
+TORCH_LIBRARY_IMPL(sstkd, CPU, m) {
+  using at::Tensor;
+  using sstkd::cpu_error;
+  m.impl("lp_dec", [](const Tensor& x) -> std::tuple<Tensor, Tensor> { cpu_error("lp_dec", "x", x); });
+  m.impl("lp_dec_backward",
+         [](const Tensor& gl, const Tensor& gb) -> Tensor { cpu_error("lp_dec_backward", "grad_band", gb); });
+  m.impl("lp_rec", [](const Tensor& low, const Tensor& band) -> Tensor { cpu_error("lp_rec", "band", band); });
+  m.impl("lp_rec_backward",
+         [](const Tensor& gx) -> std::tuple<Tensor, Tensor> { cpu_error("lp_rec_backward", "grad_x", gx); });
+  m.impl("quantize_count", [](const Tensor& s, const Tensor&, c10::string_view) -> std::tuple<Tensor, Tensor> {
+    cpu_error("quantize_count", "s", s);
+  });
+  m.impl("quantize_count_backward",
+         [](const Tensor& s, const Tensor&, c10::string_view, const std::optional<Tensor>&,
+            const std::optional<Tensor>&) -> Tensor { cpu_error("quantize_count_backward", "s", s); });
+  m.impl("sum_squares", [](const Tensor& x) -> Tensor { cpu_error("sum_squares", "x", x); });
+}
+
+// ------------------------------------------------------------------------------ Python module
+// Importing the module loads the library, which runs the registrations above.
+#ifndef TORCH_EXTENSION_NAME
+#define TORCH_EXTENSION_NAME _C
+#endif
+#define SSTKD_STR_(x) #x
+#define SSTKD_STR(x) SSTKD_STR_(x)
+#define SSTKD_CAT_(a, b) a##b
+#define SSTKD_CAT(a, b) SSTKD_CAT_(a, b)
+
+extern "C" PyMODINIT_FUNC SSTKD_CAT(PyInit_, TORCH_EXTENSION_NAME)(void) {
+  static struct PyModuleDef def = {
+      PyModuleDef_HEAD_INIT, SSTKD_STR(TORCH_EXTENSION_NAME),
+      "sstkd CUDA kernels; the ops are registered as torch.ops.sstkd.*", -1, nullptr,
+  };
+  PyObject* mod = PyModule_Create(&def);
+  if (mod == nullptr) return nullptr;
+  if (PyModule_AddIntConstant(mod, "cuda_runtime_version", CUDART_VERSION) < 0 ||
+      PyModule_AddObject(mod, "ops",
+                         Py_BuildValue("(sssssss)", "lp_dec", "lp_dec_backward", "lp_rec", "lp_rec_backward",
+                                       "quantize_count", "quantize_count_backward", "sum_squares")) < 0) {
+    Py_DECREF(mod);
+    return nullptr;
+  }
+  return mod;
+}

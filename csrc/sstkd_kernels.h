@@ -1,0 +1,69 @@
+// Plain C++ interface between the kernel translation units (*.cu, no torch
+// headers, fast to compile per arch) and the single binding file (bindings.cpp,
+// the only one that includes torch headers). Pointers are untyped; `Dtype`
+// says what they hold. Every launcher enqueues on `stream` and returns
+// cudaGetLastError() of its launches; the caller checks it.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace sstkd {
+
+// Element type of the tensor arguments. float16/bfloat16/float32 accumulate in
+// float32, float64 in float64.
+enum class Dtype : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
+
+// ---------------------------------------------------------------------------
+// One periodic Laplacian-pyramid level ('9-7'), fused in one kernel per tile.
+//
+// With an analysis operator A (filter fa, then keep even rows/cols) and a
+// synthesis operator S (zero-upsample, then filter fs), both periodic:
+//   kDecompose:   c = A y;            out = y - S c      (writes c_out and out)
+//   kReconstruct: out = S (c_in - A y) + y               (writes out)
+// kForward uses fa = h (9 taps), fs = g (7 taps): lp_dec / lp_rec.
+// kAdjoint uses fa = g, fs = h, which gives the adjoints:
+//   lp_dec backward = kReconstruct/kAdjoint (c_in = grad_low, y = grad_band)
+//   lp_rec backward = kDecompose/kAdjoint   (y = grad_x -> grad_low, grad_band)
+// y/out are (n, H, W), c_in/c_out (n, H/2, W/2), all contiguous; H, W even.
+enum class LpMode : int { kDecompose = 0, kReconstruct = 1 };
+enum class LpFilters : int { kForward = 0, kAdjoint = 1 };
+
+cudaError_t lp_level_launch(Dtype dtype, LpMode mode, LpFilters filters, const void* y, const void* c_in,
+                            void* c_out, void* out, int64_t n, int64_t H, int64_t W, cudaStream_t stream);
+
+// ---------------------------------------------------------------------------
+// Soft quantization counts (DESIGN §3.2; exact taps of sstkd/ops/quantize.py).
+// s (B, N) of `dtype`; centers (B, L) sorted ascending, in the accumulation
+// type (float32, or float64 when dtype is float64); counts/sums (B, L) in the
+// accumulation type, zero-filled by the caller:
+//   counts[b, n] += sum_i E_in,   sums[b, n] += sum_i E_in * s_i.
+// Each pixel has <= 2 taps: lo = #(centers < s) - 1 clamped to [0, L-2], hi = lo + 1.
+enum class QuantKernel : int { kTriangular = 0, kStlnet = 1 };
+
+// `num_sms` (the device's multiprocessor count) sizes the grid.
+cudaError_t quantize_count_launch(Dtype dtype, QuantKernel kernel, const void* s, const void* centers, void* counts,
+                                  void* sums, int64_t B, int64_t N, int64_t L, int num_sms, cudaStream_t stream);
+
+// grad_s[b, i] = sum_taps dE/ds * (grad_counts[n] + grad_sums[n] * s_i) + E * grad_sums[n]
+// (centers are constants). grad_counts/grad_sums in the accumulation type,
+// grad_s in `dtype`. Either grad pointer may be null (treated as zeros).
+cudaError_t quantize_count_backward_launch(Dtype dtype, QuantKernel kernel, const void* s, const void* centers,
+                                           const void* grad_counts, const void* grad_sums, void* grad_s, int64_t B,
+                                           int64_t N, int64_t L, cudaStream_t stream);
+
+// Largest L the shared-memory histogram kernels accept (larger L is rejected by
+// the binding with a clear error).
+constexpr int64_t kMaxQuantLevels = 2048;
+
+// ---------------------------------------------------------------------------
+// Per-row sum of squares of x (rows, cols), contiguous, accumulated in the
+// accumulation type: out[r] = sum_j x[r, j]^2. Deterministic (two passes
+// through `partials`, which must hold rows * sum_squares_chunks(cols)
+// accumulation-type elements).
+int64_t sum_squares_chunks(int64_t cols);
+cudaError_t sum_squares_launch(Dtype dtype, const void* x, void* partials, void* out, int64_t rows, int64_t cols,
+                               cudaStream_t stream);
+
+}  // namespace sstkd

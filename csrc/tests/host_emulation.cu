@@ -1,0 +1,102 @@
+// Host emulation of the kernels' arithmetic, for testing on machines without
+// a GPU (tests/test_cuda_ext.py builds this file with nvcc into a shared
+// library and calls it through ctypes). It runs the very same tile phases
+// (lp_tile.cuh) and tap functions (quantize_taps.cuh) as the CUDA kernels,
+// one "thread" at a time, tile by tile, with the kernels' grid decomposition.
+// What it cannot cover: the warp-level code (warp-aggregated atomics, shuffle
+// reductions), barriers and races -- the GPU tests and compute-sanitizer do.
+// Not part of the extension (setup.py and the JIT build take csrc/*.cu only).
+#include <memory>
+#include <vector>
+
+#include "../lp_tile.cuh"
+#include "../quantize_taps.cuh"
+
+using namespace sstkd;
+
+extern "C" int sstkd_emu_lp_level(int dtype, int mode, int filters, const void* y, const void* c_in, void* c_out,
+                                  void* out, int64_t n, int64_t H, int64_t W) {
+  if ((H | W) & 1) return 1;
+  const cudaError_t err = dispatch_dtype(Dtype(dtype), [&](auto* tag) -> cudaError_t {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    return lp::with_tile<T>(LpMode(mode), LpFilters(filters), [&](auto tile) -> cudaError_t {
+      using TileT = decltype(tile);
+      auto sm = std::make_unique<typename TileT::Smem>();
+      const int h = (int)H / 2, w = (int)W / 2;
+      const T* yp = static_cast<const T*>(y);
+      const T* cp = static_cast<const T*>(c_in);
+      T* cop = static_cast<T*>(c_out);
+      T* op = static_cast<T*>(out);
+      for (int64_t img = 0; img < n; ++img) {
+        const int64_t fine = img * H * W, coarse = img * h * w;
+        for (int P0 = 0; P0 < h; P0 += TileT::TCH_) {
+          for (int Q0 = 0; Q0 < w; Q0 += TileT::TCW_) {
+            TileT::load(*sm, yp + fine, P0, Q0, (int)H, (int)W, 0, 1);
+            TileT::analysis_rows(*sm, 0, 1);
+            TileT::analysis_cols(*sm, cp ? cp + coarse : nullptr, cop ? cop + coarse : nullptr, P0, Q0, h, w, 0,
+                                 1);
+            TileT::synthesis_rows(*sm, 0, 1);
+            TileT::synthesis_cols(*sm, op + fine, P0, Q0, (int)H, (int)W, 0, 1);
+          }
+        }
+      }
+      return cudaSuccess;
+    });
+  });
+  return err == cudaSuccess ? 0 : 1;
+}
+
+// counts/sums (B, L) and centers in the accumulation type; sequential sums.
+extern "C" int sstkd_emu_quantize_count(int dtype, int kernel, const void* s, const void* centers, void* counts,
+                                        void* sums, int64_t B, int64_t N, int64_t L) {
+  const cudaError_t err = dispatch_dtype(Dtype(dtype), [&](auto* tag) -> cudaError_t {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    using Acc = typename dev::AccOf<T>::type;
+    const T* sp = static_cast<const T*>(s);
+    const Acc* cp = static_cast<const Acc*>(centers);
+    Acc* np = static_cast<Acc*>(counts);
+    Acc* mp = static_cast<Acc*>(sums);
+    for (int64_t b = 0; b < B; ++b) {
+      const Acc* c = cp + b * L;
+      const Acc delta = quant::stl_delta(c, (int)L);
+      for (int64_t i = 0; i < N; ++i) {
+        const Acc sv = dev::to_acc(sp[b * N + i]);
+        const auto t = kernel == 0 ? quant::taps<QuantKernel::kTriangular>(sv, c, (int)L, delta)
+                                   : quant::taps<QuantKernel::kStlnet>(sv, c, (int)L, delta);
+        np[b * L + t.lo] += t.w_lo;
+        np[b * L + t.lo + 1] += t.w_hi;
+        mp[b * L + t.lo] += t.w_lo * sv;
+        mp[b * L + t.lo + 1] += t.w_hi * sv;
+      }
+    }
+    return cudaSuccess;
+  });
+  return err == cudaSuccess ? 0 : 1;
+}
+
+extern "C" int sstkd_emu_quantize_count_backward(int dtype, int kernel, const void* s, const void* centers,
+                                                 const void* grad_counts, const void* grad_sums, void* grad_s,
+                                                 int64_t B, int64_t N, int64_t L) {
+  const cudaError_t err = dispatch_dtype(Dtype(dtype), [&](auto* tag) -> cudaError_t {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    using Acc = typename dev::AccOf<T>::type;
+    const T* sp = static_cast<const T*>(s);
+    const Acc* cp = static_cast<const Acc*>(centers);
+    const Acc* gcp = static_cast<const Acc*>(grad_counts);
+    const Acc* gsp = static_cast<const Acc*>(grad_sums);
+    T* gp = static_cast<T*>(grad_s);
+    for (int64_t b = 0; b < B; ++b) {
+      const Acc* c = cp + b * L;
+      const Acc delta = quant::stl_delta(c, (int)L);
+      for (int64_t i = 0; i < N; ++i) {
+        const Acc sv = dev::to_acc(sp[b * N + i]);
+        const Acc g = kernel == 0
+                          ? quant::grad_pixel<QuantKernel::kTriangular>(sv, c, gcp + b * L, gsp + b * L, (int)L, delta)
+                          : quant::grad_pixel<QuantKernel::kStlnet>(sv, c, gcp + b * L, gsp + b * L, (int)L, delta);
+        dev::store(gp + b * N + i, g);
+      }
+    }
+    return cudaSuccess;
+  });
+  return err == cudaSuccess ? 0 : 1;
+}

@@ -1,0 +1,217 @@
+"""Denoised Texture Intensity Equalization Module (DTIEM): the statistical texture loss ``L_sta``.
+
+Our reconstruction (the paper's body is not available; see docs/method.md).
+Per image, with ``F`` the aligned low-level features:
+
+1. intensity map ``s_i = cos(GAP(F), F_i)``                      (``intensity``)
+2. robust range: ``smin, smax`` = quantiles of ``s``              (``robust_range``, ``quantiles``)
+3. heuristic iterative quantization: ``L`` levels, ``K`` Lloyd steps (``levels``, ``iters``, ``kernel``)
+4. intensity-limited denoising: clip the histogram at ``τ/L`` and
+   redistribute the excess uniformly (CLAHE)                      (``clip``, ``tau``, ``redistribute``)
+5. equalization: ``cdf = cumsum(hist)``; equalized per-pixel map
+   ``m_i = Σ_n E_in cdf_n``                                       (``equalize``)
+
+The student is quantized with the teacher's refined centers (``shared_centers``),
+so both histograms share their bins, and
+
+``L_sta = w_hist·MSE(hist_s, hist_t) + w_cdf·MSE(cdf_s, cdf_t) + w_map·MSE(m_s, m_t)``.
+
+Gradients reach the student through ``s`` (the encoding ``E`` is
+differentiable in ``s``; centers are constants). Nothing of size
+pixels × levels is ever built: ``quantize_count`` and ``reproject`` work on
+the ≤2 active levels of each pixel.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from sstkd.ops._checks import check_image, check_int, check_tensor, compute_dtype
+from sstkd.ops.quantize import quantize_count, reproject
+
+INTENSITIES = ("cosine", "norm")
+KERNELS = ("triangular", "stlnet")
+REDISTRIBUTE = ("iterate", "single")
+
+
+def intensity_map(f: torch.Tensor, kind: str = "cosine", eps: float = 1e-8) -> torch.Tensor:
+    """Per-pixel texture intensity ``(B, C, H, W) -> (B, H, W)`` (float32, float64 for float64).
+
+    * ``"cosine"``: ``s_i = <g, F_i> / (‖g‖ ‖F_i‖)`` with ``g = GAP(F)`` (STLNet's QCO);
+      in ``[-1, 1]``; a zero vector gives 0.
+    * ``"norm"``: ``s_i = ‖F_i‖ / mean_j ‖F_j‖`` (feature magnitude relative to the image).
+
+    Only ``F`` itself is saved for backward (no feature-sized temporaries).
+    """
+    check_image(f, "features")
+    if kind not in INTENSITIES:
+        raise ValueError(f"intensity: unknown kind {kind!r}; choose from {INTENSITIES}")
+    f = f.to(compute_dtype(f))
+    norm = torch.linalg.vector_norm(f, dim=1)  # (B, H, W)
+    if kind == "norm":
+        return norm / norm.mean(dim=(1, 2), keepdim=True).clamp_min(eps)
+    g = f.mean(dim=(2, 3))  # (B, C)
+    dot = torch.einsum("bchw,bc->bhw", f, g)
+    return dot / (norm * torch.linalg.vector_norm(g, dim=1)[:, None, None]).clamp_min(eps)
+
+
+def clip_histogram(hist: torch.Tensor, limit: float, redistribute: str = "iterate") -> torch.Tensor:
+    """Clip ``hist`` (B, L) at ``limit`` and spread the excess uniformly, preserving each row's total.
+
+    * ``"iterate"`` (default): CLAHE's clip-and-redistribute repeated to its
+      fixed point, computed exactly in closed form: ``h' = min(h + a, limit)``
+      with the per-row ``a ≥ 0`` that preserves the total. Every bin ends
+      ≤ ``limit`` (needs ``limit · L ≥ total``; otherwise every bin becomes
+      ``total / L``).
+    * ``"single"``: one pass, ``h' = min(h, limit) + excess / L`` (classic
+      CLAHE; bins may end up to ``excess / L`` above ``limit``).
+
+    Differentiable (piecewise linear in ``hist``).
+    """
+    check_tensor(hist, "hist", ndim=2)
+    if redistribute not in REDISTRIBUTE:
+        raise ValueError(f"redistribute: unknown mode {redistribute!r}; choose from {REDISTRIBUTE}")
+    if not limit > 0:
+        raise ValueError(f"limit: must be positive, got {limit}")
+    n = hist.shape[1]
+    if redistribute == "single":
+        clipped = hist.clamp_max(limit)
+        excess = (hist - clipped).sum(dim=1, keepdim=True)
+        return clipped + excess / n
+    total = hist.sum(dim=1, keepdim=True)
+    # A limit that cannot hold the total (limit·L < total) is raised to total/L: all bins equal.
+    lim = torch.clamp_min(total / n, limit)
+    # Water filling: with h sorted ascending, if the k smallest bins stay below the
+    # limit, a_k = (total - (L-k)·limit - Σ_{j<k} h_j) / k; the right k is the one
+    # for which h_(k-1) + a_k <= limit (largest such k, a_k >= 0 then holds).
+    h_sorted, _ = hist.sort(dim=1)
+    k = torch.arange(1, n + 1, device=hist.device, dtype=hist.dtype)
+    a = (total - (n - k) * lim - h_sorted.cumsum(dim=1)) / k  # (B, L)
+    fits = h_sorted + a <= lim * (1 + 1e-6)
+    # Largest k whose a_k keeps its k-th smallest bin under the limit.
+    idx = (fits * k).argmax(dim=1, keepdim=True)
+    a_star = a.gather(1, idx).clamp_min(0)
+    return torch.minimum(hist + a_star, lim)
+
+
+class DTIEM(nn.Module):
+    """Statistical texture loss between aligned student and teacher features.
+
+    Args:
+        levels: quantization levels ``L`` (default 128).
+        iters: Lloyd refinement steps ``K`` of the teacher's centers (default 3).
+        kernel: ``"triangular"`` (default) or ``"stlnet"`` encoding.
+        intensity: ``"cosine"`` (default) or ``"norm"`` (see :func:`intensity_map`).
+        robust_range: take ``smin/smax`` from ``quantiles`` instead of the raw extremes.
+        quantiles: ``(q_lo, q_hi)``, default ``(0.01, 0.99)``.
+        clip: intensity-limited denoising (histogram clipping) on/off.
+        tau: clip limit ``τ / L`` (default τ = 4; must be ≥ 1 so the total is kept).
+        redistribute: ``"iterate"`` or ``"single"`` (see :func:`clip_histogram`).
+        equalize: add the CDF and equalized-map terms (off: histogram term only).
+        shared_centers: quantize the student with the teacher's refined
+            centers (default); off: the student gets its own range and refinement.
+        w_hist, w_cdf, w_map: weights of the three terms (defaults 16384 = L²
+            for L = 128, 10, 1: similar magnitudes at initialization).
+        backend: passed to ``quantize_count`` / ``reproject``.
+
+    ``forward(f_s, f_t)`` returns ``dict(sta=, sta_hist=, [sta_cdf=, sta_map=])``
+    (float32 scalars); ``describe(f)`` returns the per-image descriptor.
+    """
+
+    def __init__(
+        self,
+        levels: int = 128,
+        iters: int = 3,
+        kernel: str = "triangular",
+        intensity: str = "cosine",
+        robust_range: bool = True,
+        quantiles: Sequence[float] = (0.01, 0.99),
+        clip: bool = True,
+        tau: float = 4.0,
+        redistribute: str = "iterate",
+        equalize: bool = True,
+        shared_centers: bool = True,
+        w_hist: float = 16384.0,
+        w_cdf: float = 10.0,
+        w_map: float = 1.0,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        self.levels = check_int(levels, "sta_levels", minimum=2)
+        self.iters = check_int(iters, "sta_iters", minimum=0)
+        if kernel not in KERNELS:
+            raise ValueError(f"sta_kernel: unknown kernel {kernel!r}; choose from {KERNELS}")
+        if intensity not in INTENSITIES:
+            raise ValueError(f"sta_intensity: unknown kind {intensity!r}; choose from {INTENSITIES}")
+        q = tuple(float(v) for v in quantiles)
+        if len(q) != 2 or not 0.0 <= q[0] < q[1] <= 1.0:
+            raise ValueError(f"sta_quantiles: expected (q_lo, q_hi) with 0 <= q_lo < q_hi <= 1, got {quantiles!r}")
+        if not float(tau) >= 1.0:
+            raise ValueError(f"sta_tau: must be >= 1 (the clip limit tau/L must hold the whole mass), got {tau}")
+        if redistribute not in REDISTRIBUTE:
+            raise ValueError(f"sta_redistribute: unknown mode {redistribute!r}; choose from {REDISTRIBUTE}")
+        for name, w in (("sta_w_hist", w_hist), ("sta_w_cdf", w_cdf), ("sta_w_map", w_map)):
+            if not float(w) >= 0.0:
+                raise ValueError(f"{name}: must be >= 0, got {w}")
+        self.kernel, self.intensity = kernel, intensity
+        self.robust_range, self.quantiles = bool(robust_range), q
+        self.clip, self.tau, self.redistribute = bool(clip), float(tau), redistribute
+        self.equalize, self.shared_centers = bool(equalize), bool(shared_centers)
+        self.w_hist, self.w_cdf, self.w_map = float(w_hist), float(w_cdf), float(w_map)
+        self.backend = backend
+
+    def describe(self, f: torch.Tensor, centers: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Statistical descriptor of features ``f`` (B, C, H, W).
+
+        With ``centers`` (B, L) the intensities are quantized with those
+        levels as given; otherwise the range (robust or plain) and ``iters``
+        Lloyd steps determine them. Returns ``dict(s (B,H,W), centers (B,L),
+        hist (B,L) raw, clipped (B,L), cdf (B,L) [, map (B,H,W)])``; ``cdf``
+        and ``map`` only when ``equalize`` is on, and ``clipped is hist``
+        when ``clip`` is off.
+        """
+        s = intensity_map(f, self.intensity)
+        if centers is None:
+            centers, hist = quantize_count(
+                s, self.levels, iters=self.iters, kernel=self.kernel,
+                quantiles=self.quantiles if self.robust_range else None, backend=self.backend,
+            )
+        else:
+            centers, hist = quantize_count(s, self.levels, kernel=self.kernel, centers=centers, backend=self.backend)
+        hist = hist.to(s.dtype)
+        clipped = clip_histogram(hist, self.tau / self.levels, self.redistribute) if self.clip else hist
+        out = {"s": s, "centers": centers, "hist": hist, "clipped": clipped}
+        if self.equalize:
+            cdf = clipped.cumsum(dim=1)
+            out["cdf"] = cdf
+            out["map"] = reproject(cdf[:, None, :], s, centers, kernel=self.kernel, backend=self.backend)[:, 0]
+        return out
+
+    def forward(self, f_s: torch.Tensor, f_t: torch.Tensor) -> dict[str, torch.Tensor]:
+        check_image(f_s, "s_low")
+        check_image(f_t, "t_low")
+        if f_s.shape != f_t.shape:
+            raise ValueError(
+                f"s_low: aligned student features {tuple(f_s.shape)} must match t_low {tuple(f_t.shape)}"
+            )
+        with torch.no_grad():
+            t = self.describe(f_t.detach())
+        s = self.describe(f_s, centers=t["centers"] if self.shared_centers else None)
+        mse = nn.functional.mse_loss
+        terms = {"sta_hist": mse(s["clipped"], t["clipped"])}
+        loss = self.w_hist * terms["sta_hist"]
+        if self.equalize:
+            terms["sta_cdf"] = mse(s["cdf"], t["cdf"])
+            terms["sta_map"] = mse(s["map"], t["map"])
+            loss = loss + self.w_cdf * terms["sta_cdf"] + self.w_map * terms["sta_map"]
+        return {"sta": loss, **terms}
+
+    def extra_repr(self) -> str:
+        return (
+            f"levels={self.levels}, iters={self.iters}, kernel={self.kernel!r}, intensity={self.intensity!r}, "
+            f"robust_range={self.robust_range}, quantiles={self.quantiles}, clip={self.clip}, tau={self.tau}, "
+            f"redistribute={self.redistribute!r}, equalize={self.equalize}, shared_centers={self.shared_centers}, "
+            f"w=({self.w_hist}, {self.w_cdf}, {self.w_map}), backend={self.backend!r}"
+        )

@@ -1,0 +1,28 @@
+"""Segmentation networks: dilated ResNet / MobileNetV2 backbones, PSPNet and DeepLabV3 heads.
+
+``build_model(name, num_classes, ...)`` builds a :class:`Segmentor` whose
+``backbone.layer1`` is the stride-4 stage the SSTKD losses tap.
+"""
+from sstkd.models.builder import MODELS, build_model, resolve_norm_layer
+from sstkd.models.heads import ASPP, DeepLabV3Head, FCNHead, PSPHead, aspp_rates
+from sstkd.models.mobilenetv2 import MobileNetV2, torchvision_to_stages
+from sstkd.models.resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet50, resnet101
+from sstkd.models.segmentor import Segmentor
+from sstkd.models.weights import (
+    LoadReport,
+    convert_sync_batchnorm,
+    load_backbone_weights,
+    load_checkpoint,
+    model_report,
+    read_state_dict,
+)
+
+__all__ = [
+    "MODELS", "build_model", "resolve_norm_layer",
+    "ASPP", "DeepLabV3Head", "FCNHead", "PSPHead", "aspp_rates",
+    "MobileNetV2", "torchvision_to_stages",
+    "BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet50", "resnet101",
+    "Segmentor",
+    "LoadReport", "convert_sync_batchnorm", "load_backbone_weights", "load_checkpoint", "model_report",
+    "read_state_dict",
+]

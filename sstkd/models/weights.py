@@ -1,0 +1,246 @@
+"""Loading weights (ImageNet backbones, segmentation checkpoints), SyncBN conversion, params/FLOPs.
+
+Every load uses ``torch.load(..., weights_only=True)``: checkpoints are data,
+never code.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+from torch import nn
+
+__all__ = ["LoadReport", "load_backbone_weights", "load_checkpoint", "read_state_dict", "convert_sync_batchnorm",
+           "model_report"]
+
+# Classifier parts of ImageNet checkpoints that a segmentation backbone does not have.
+_CLASSIFIER_PREFIXES = ("fc.", "classifier.", "last_conv.")
+_WRAPPER_PREFIXES = ("module.", "backbone.")
+_BACKBONE_LAYOUT = ("torchvision's key layout: conv1.weight, bn1.*, layer1.0.conv1.weight, ... "
+                    "(deep stem: conv1/bn1/conv2/bn2/conv3/bn3; MobileNetV2: features.{i}.*)")
+
+
+@dataclass
+class LoadReport:
+    """What a load did: keys loaded, missing, unexpected, with shape mismatches, and deliberately ignored."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)  # "key: checkpoint (a, b) vs model (c, d)"
+    ignored: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def summary(self, limit: int = 8) -> str:
+        def fmt(label, keys):
+            more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
+            return f"{len(keys)} {label}" + (f": {', '.join(keys[:limit])}{more}" if keys else "")
+
+        parts = [fmt("loaded", []) if not self.loaded else f"{len(self.loaded)} loaded",
+                 fmt("missing", self.missing), fmt("unexpected", self.unexpected),
+                 fmt("shape mismatches", self.mismatched)]
+        if self.ignored:
+            parts.append(f"{len(self.ignored)} ignored (classifier)")
+        return f"{self.source}: " + "; ".join(parts)
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _source_name(source) -> str:
+    return str(source) if isinstance(source, (str, os.PathLike)) else "<state dict>"
+
+
+def read_state_dict(source, *, keys: tuple[str, ...] = ("model", "student", "state_dict"),
+                    map_location="cpu") -> dict[str, torch.Tensor]:
+    """Read a state dict from a path, an ``http(s)://`` URL or a mapping.
+
+    A checkpoint dict that wraps the weights under one of ``keys`` (tried in
+    order) is unwrapped; ``module.`` prefixes (DDP) are stripped.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ValueError: the file cannot be read with ``weights_only=True`` or holds no state dict.
+        TypeError: ``source`` is neither a path, a URL nor a mapping.
+    """
+    name = _source_name(source)
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if path.startswith(("http://", "https://")):
+            obj = torch.hub.load_state_dict_from_url(path, map_location=map_location, weights_only=True)
+        else:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"checkpoint: no such file {path!r}")
+            try:
+                obj = torch.load(path, map_location=map_location, weights_only=True)
+            except Exception as exc:  # pickle / zip / weights-only errors all mean "not a usable checkpoint"
+                raise ValueError(f"checkpoint: cannot read {path!r} with torch.load(weights_only=True): {exc}") from exc
+    elif isinstance(source, Mapping):
+        obj = source
+    else:
+        raise TypeError(f"source: expected a path, a URL or a state dict, got {type(source).__name__}")
+    if not _is_state_dict(obj) and isinstance(obj, Mapping):
+        for key in keys:
+            if key in obj and _is_state_dict(obj[key]):
+                obj = obj[key]
+                break
+    if not _is_state_dict(obj):
+        top = list(obj)[:10] if isinstance(obj, Mapping) else type(obj).__name__
+        raise ValueError(f"checkpoint: {name} holds no state dict (a mapping of name -> tensor, raw or under one "
+                         f"of {list(keys)}); found {top}")
+    return dict(obj)
+
+
+def _strip_prefixes(sd: dict, prefixes: tuple[str, ...]) -> dict:
+    for prefix in prefixes:
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+def _match(module: nn.Module, sd: dict, source: str, ignore_prefixes: tuple[str, ...]) -> tuple[LoadReport, dict]:
+    own = module.state_dict()
+    report = LoadReport(source=source)
+    usable = {}
+    for key, value in sd.items():
+        if key not in own:
+            if key.startswith(ignore_prefixes):
+                report.ignored.append(key)
+            else:
+                report.unexpected.append(key)
+        elif tuple(own[key].shape) != tuple(value.shape):
+            report.mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}")
+        else:
+            usable[key] = value
+    # BatchNorm fills in a missing num_batches_tracked itself (old checkpoints lack it).
+    report.missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
+    report.loaded = sorted(usable)
+    return report, usable
+
+
+def load_backbone_weights(backbone: nn.Module, source, strict: bool = True, map_location="cpu") -> LoadReport:
+    """Load ImageNet weights in torchvision's key layout into a backbone.
+
+    Args:
+        backbone: a :class:`~sstkd.models.resnet.ResNet` or
+            :class:`~sstkd.models.mobilenetv2.MobileNetV2` (any module works;
+            one with ``convert_torchvision_keys`` gets its keys renamed first).
+        source: local path, ``http(s)://`` URL (``torch.hub`` cache) or state dict.
+        strict: raise unless every backbone key is loaded with the right shape
+            and nothing but the classifier (``fc.*``, ``classifier.*``,
+            MobileNetV2's last 1x1 conv) is left over. With ``strict=False``,
+            whatever matches is loaded and the rest is reported.
+
+    Returns:
+        :class:`LoadReport`.
+
+    Raises:
+        ValueError: (strict) missing / unexpected / mis-shaped keys, listed by name;
+            nothing is loaded in that case.
+    """
+    name = _source_name(source)
+    sd = _strip_prefixes(read_state_dict(source, keys=("state_dict", "model")), _WRAPPER_PREFIXES)
+    convert = getattr(backbone, "convert_torchvision_keys", None)
+    if callable(convert):
+        sd = convert(sd)
+    report, usable = _match(backbone, sd, name, _CLASSIFIER_PREFIXES)
+    if strict and not report.ok:
+        raise ValueError(f"pretrained_backbone: weights do not match the backbone ({report.summary()}). Expected "
+                         f"{_BACKBONE_LAYOUT}; a deep-stem backbone needs a deep-stem checkpoint. "
+                         "Use strict=False to load only the matching keys.")
+    backbone.load_state_dict(usable, strict=False)
+    return report
+
+
+def load_checkpoint(model: nn.Module, path, strict: bool = True, key: str | None = None,
+                    map_location="cpu") -> LoadReport:
+    """Load a full segmentation checkpoint into ``model``.
+
+    Accepts a raw state dict or a dict holding it under ``key`` (default:
+    the first of ``"model"``, ``"student"``, ``"state_dict"``); ``module.``
+    prefixes are stripped. Read with ``torch.load(weights_only=True)``.
+
+    Raises:
+        FileNotFoundError / ValueError: as :func:`read_state_dict`; ValueError
+            (strict) listing missing / unexpected / mis-shaped keys.
+    """
+    keys = (key,) if key is not None else ("model", "student", "state_dict")
+    name = _source_name(path)
+    sd = _strip_prefixes(read_state_dict(path, keys=keys, map_location=map_location), ("module.",))
+    report, usable = _match(model, sd, name, ())
+    if strict and not report.ok:
+        raise ValueError(f"checkpoint: does not match the model ({report.summary()})")
+    model.load_state_dict(usable, strict=False)
+    return report
+
+
+def convert_sync_batchnorm(model: nn.Module, force: bool = False) -> nn.Module:
+    """Swap BatchNorm for SyncBatchNorm when ``torch.distributed`` is initialized (or ``force``).
+
+    Returns the (possibly new) module; unchanged in a single process.
+    """
+    import torch.distributed as dist
+
+    if force or (dist.is_available() and dist.is_initialized()):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+@torch.no_grad()
+def model_report(model: nn.Module, input_shape=(1, 3, 512, 512), device=None) -> dict:
+    """Parameters and multiply-accumulates of one forward pass.
+
+    MACs of ``nn.Conv2d`` (``out.numel() * C_in / groups * kH * kW``) and
+    ``nn.Linear`` (``out.numel() * in_features``) are counted with forward
+    hooks, in eval mode (so an auxiliary head that only runs in training is
+    not counted; its parameters are). Norms, activations, pooling and
+    interpolation are not counted (the usual convention).
+
+    Args:
+        input_shape: ``(B, C, H, W)`` or ``(C, H, W)`` (batch 1).
+
+    Returns:
+        ``dict(params, trainable_params, macs, flops=2 * macs, input_shape)``.
+    """
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) == 3:
+        shape = (1,) + shape
+    if len(shape) != 4 or any(s < 1 for s in shape):
+        raise ValueError(f"input_shape: expected (B, C, H, W) or (C, H, W) with positive sizes, got {input_shape!r}")
+    if device is None:
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+    macs = [0]
+
+    def conv_hook(mod, inputs, output):
+        k = mod.kernel_size[0] * mod.kernel_size[1]
+        macs[0] += output.numel() * (mod.in_channels // mod.groups) * k
+
+    def linear_hook(mod, inputs, output):
+        macs[0] += output.numel() * mod.in_features
+
+    handles = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            handles.append(m.register_forward_hook(linear_hook))
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(shape, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"params": params, "trainable_params": trainable, "macs": macs[0], "flops": 2 * macs[0],
+            "input_shape": shape}

@@ -1,0 +1,227 @@
+"""Shared helpers of the Triton kernel tests.
+
+* :func:`assert_close_to_reference` — the tolerance oracle of DESIGN §6:
+  float32 within 1e-5 relative; float16/bfloat16 within twice the error the
+  reference op makes in the same low precision, plus the dtype's noise floor.
+* :func:`aot_compile` — compile a ``@triton.jit`` kernel ahead of time for a
+  CUDA architecture (sm_80, sm_90) without a GPU, so that compile-only errors
+  are caught on a CPU-only machine where the tests otherwise run in the
+  interpreter. Works with triton 3.6 and 3.8; under ``TRITON_INTERPRET=1``
+  the compilation runs in a child process with the interpreter off.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import types
+
+import torch
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+AOT_ARCHS = (80, 90)
+
+# Relative tolerances for full-precision outputs (relative to the reference's scale).
+_REL_TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
+
+
+# --------------------------------------------------------------------------- tolerance oracle
+def max_abs_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return (actual.double() - expected.double()).abs().max().item()
+
+
+def scale_of(t: torch.Tensor) -> float:
+    """The magnitude errors are measured against (max |t|, at least a tiny positive)."""
+    return max(t.double().abs().max().item(), 1e-30)
+
+
+def noise_floor(dtype: torch.dtype, scale: float) -> float:
+    """One unit of rounding of ``dtype`` at magnitude ``scale``."""
+    return torch.finfo(dtype).eps * scale
+
+
+def assert_close_to_reference(
+    actual: torch.Tensor,
+    exact: torch.Tensor,
+    reference: torch.Tensor | None = None,
+    name: str = "output",
+) -> None:
+    """DESIGN §6 tolerance check of a fast backend's ``actual`` result.
+
+    Args:
+        actual: output of the backend under test (any float dtype).
+        exact: the reference op evaluated in float64 on the *same* inputs
+            (already rounded to ``actual``'s dtype, so only the op's own error
+            is measured).
+        reference: the reference op run in ``actual``'s dtype; required for
+            float16/bfloat16, ignored otherwise.
+        name: used in the failure message.
+
+    float32 (float64): ``max|actual − exact| ≤ 1e-5 (1e-10) · max|exact|``.
+    float16/bfloat16: ``max|actual − exact| ≤ 2 · max|reference − exact| +
+    eps(dtype) · max|exact|``.
+    """
+    if actual.shape != exact.shape:
+        raise AssertionError(f"{name}: shape {tuple(actual.shape)} != expected {tuple(exact.shape)}")
+    if not torch.isfinite(actual).all():
+        raise AssertionError(f"{name}: non-finite values in the {actual.dtype} result")
+    err = max_abs_error(actual, exact)
+    scale = scale_of(exact)
+    if actual.dtype in LOW_PRECISION:
+        if reference is None:
+            raise ValueError(f"{name}: a {actual.dtype} check needs the reference run in {actual.dtype}")
+        if reference.dtype != actual.dtype:
+            raise ValueError(f"reference: dtype {reference.dtype} != actual dtype {actual.dtype}")
+        ref_err = max_abs_error(reference, exact)
+        tol = 2.0 * ref_err + noise_floor(actual.dtype, scale)
+        detail = f"2 x reference error {ref_err:.3e} + noise floor"
+    else:
+        tol = _REL_TOL.get(actual.dtype, 1e-5) * scale
+        detail = f"relative {_REL_TOL.get(actual.dtype, 1e-5):g} of scale {scale:.3e}"
+    if not err <= tol:
+        raise AssertionError(f"{name} ({actual.dtype}): max abs error {err:.3e} > tolerance {tol:.3e} ({detail})")
+
+
+# --------------------------------------------------------------------------- AOT compilation
+@dataclasses.dataclass
+class AotResult:
+    """What an ahead-of-time compilation produced (picklable, unlike ``CompiledKernel``)."""
+
+    name: str
+    arch: int
+    num_warps: int
+    asm: dict  # stage -> text (ttir, ttgir, llir, ptx) or bytes (cubin)
+    shared: int  # static shared memory, bytes
+    n_regs: int | None = None  # only known once loaded on a device
+
+
+def _gpu_target(arch: int):
+    try:
+        from triton.backends.compiler import GPUTarget
+    except ImportError:  # pragma: no cover - very old triton
+        from triton.compiler.compiler import GPUTarget
+    return GPUTarget("cuda", int(arch), 32)
+
+
+def _jit_of(kernel):
+    from triton.runtime.jit import JITFunction
+
+    if not isinstance(kernel, JITFunction):
+        raise TypeError(f"kernel: expected a @triton.jit function, got {type(kernel).__name__}")
+    return kernel
+
+
+def _compile_here(kernel, signature: dict, constexprs: dict, arch: int, num_warps: int) -> AotResult:
+    import triton
+    from triton.compiler import ASTSource
+
+    jit = _jit_of(kernel)
+    names = list(jit.arg_names)
+    unknown = [k for k in list(signature) + list(constexprs) if k not in names]
+    if unknown:
+        raise ValueError(f"signature: {unknown} are not arguments of {jit.__name__} {names}")
+    missing = [k for k in names if k not in signature and k not in constexprs]
+    if missing:
+        raise ValueError(f"signature: no type or constexpr value given for {missing} of {jit.__name__}")
+    # triton >= 3.3 (3.6, 3.8): name-keyed signature in which constexprs are typed "constexpr".
+    sig = {k: ("constexpr" if k in constexprs else signature[k]) for k in names}
+    params = inspect.signature(ASTSource.__init__).parameters
+    if "constexprs" in params:
+        src = ASTSource(fn=jit, signature=sig, constexprs=constexprs)
+    else:  # pragma: no cover - triton 3.0-3.2: index keys and `constants`
+        src = ASTSource(
+            fn=jit,
+            signature={names.index(k): v for k, v in sig.items() if k not in constexprs},
+            constants={names.index(k): v for k, v in constexprs.items()},
+        )
+    ck = triton.compile(src, target=_gpu_target(arch), options={"num_warps": num_warps})
+    md = ck.metadata
+    shared = md.get("shared", 0) if isinstance(md, dict) else getattr(md, "shared", 0)
+    return AotResult(jit.__name__, int(arch), num_warps, dict(ck.asm), int(shared or 0))
+
+
+def _interpreted_kernel(kernel) -> bool:
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(kernel, InterpretedFunction)
+
+
+def _kernel_ref(kernel) -> tuple[str, str]:
+    fn = getattr(kernel, "fn", None)
+    if not isinstance(fn, types.FunctionType):
+        raise TypeError(f"kernel: expected a @triton.jit function, got {type(kernel).__name__}")
+    if fn.__module__ == "__main__" or "<locals>" in fn.__qualname__:
+        raise ValueError(f"kernel: {fn.__qualname__} must be a module-level function of an importable module")
+    return fn.__module__, fn.__qualname__
+
+
+def aot_compile_many(jobs) -> list[AotResult]:
+    """Compile several ``(kernel, signature, constexprs, arch[, num_warps])`` jobs; see :func:`aot_compile`.
+
+    Under ``TRITON_INTERPRET=1`` the kernels (and triton's own jit helpers such
+    as ``tl.cdiv``) are interpreter objects that cannot be compiled, so the
+    jobs run in one child process with the interpreter off; its errors are
+    re-raised here with the compiler's message.
+    """
+    jobs = [tuple(j) + (4,) * (5 - len(j)) for j in jobs]
+    if not any(_interpreted_kernel(j[0]) for j in jobs):
+        return [_compile_here(k, dict(sig), dict(ce or {}), arch, nw) for k, sig, ce, arch, nw in jobs]
+    specs = [(_kernel_ref(k), dict(sig), dict(ce or {}), int(arch), int(nw)) for k, sig, ce, arch, nw in jobs]
+    with tempfile.TemporaryDirectory() as tmp:
+        job_file, out_file = os.path.join(tmp, "jobs.pkl"), os.path.join(tmp, "out.pkl")
+        with open(job_file, "wb") as f:
+            pickle.dump(specs, f)
+        env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        proc = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), job_file, out_file],
+            env=env, capture_output=True, text=True, timeout=600,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"AOT compilation failed:\n{proc.stderr[-6000:]}")
+        with open(out_file, "rb") as f:
+            return pickle.load(f)
+
+
+def aot_compile(kernel, signature: dict, constexprs: dict | None = None, arch: int = 90, num_warps: int = 4) -> AotResult:
+    """Compile ``kernel`` for ``sm_<arch>`` without a GPU.
+
+    Args:
+        kernel: a module-level ``@triton.jit`` function (a ``JITFunction``, or
+            the ``InterpretedFunction`` it becomes under ``TRITON_INTERPRET=1``).
+        signature: argument name -> Triton type string of the runtime
+            arguments (``"*fp32"``, ``"*bf16"``, ``"i32"``, ``"fp32"``, ...).
+            Constexpr arguments may be left out; they are typed ``"constexpr"``.
+        constexprs: argument name -> value of every ``tl.constexpr`` argument.
+        arch: CUDA compute capability as an int (80, 90).
+        num_warps: as at launch.
+
+    Returns an :class:`AotResult` whose ``asm`` holds every stage (``ttir``,
+    ``ttgir``, ``llir``, ``ptx``, ``cubin``). Triton ships its own ``ptxas``,
+    so neither a GPU, a driver nor a CUDA toolkit is needed.
+    """
+    return aot_compile_many([(kernel, signature, constexprs, arch, num_warps)])[0]
+
+
+def _child_main(job_file: str, out_file: str) -> None:
+    import importlib
+
+    with open(job_file, "rb") as f:
+        specs = pickle.load(f)
+    results = []
+    for (module, qualname), sig, ce, arch, nw in specs:
+        obj = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+        results.append(_compile_here(obj, sig, ce, arch, nw))
+    with open(out_file, "wb") as f:
+        pickle.dump(results, f)
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1], sys.argv[2])
