@@ -10,7 +10,7 @@ CPU, ``torch.set_num_threads(2)``, float32, forward + backward of
   reprojection as the batched matmul ``table @ Eᵀ``.
 
 Both compute the same numbers (checked before timing). Time: median of
-``--repeats`` runs after warm-up. Peak memory: the increase of the resident
+``--repeats`` runs after warm-up, the variants alternating. Peak memory: the increase of the resident
 set size's high-water mark over the post-setup baseline, measured in a fresh
 subprocess per variant with glibc's mmap threshold pinned low
 (``MALLOC_MMAP_THRESHOLD_``) so freed tensors leave the RSS at once.
@@ -75,15 +75,17 @@ def run_dense(s, table, r):
 VARIANTS = {"sstkd": run_sstkd, "dense": run_dense}
 
 
-def time_variant(fn, inputs, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn(*inputs)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn(*inputs)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def time_variants(inputs, repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median wall time per variant; the variants alternate so that load on a shared
+    machine hits them alike."""
+    times = {name: [] for name in VARIANTS}
+    for it in range(warmup + repeats):
+        for name, fn in VARIANTS.items():
+            t0 = time.perf_counter()
+            fn(*inputs)
+            if it >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _peak_rss_bytes() -> int:
@@ -144,9 +146,8 @@ def main(argv=None) -> dict:
     ours, ref = run_sstkd(*inputs), run_dense(*inputs)
     for name, x, y in zip(("hist", "out", "grad s", "grad table"), ours, ref):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4, msg=lambda m: f"{name}: {m}")
-    res = {}
-    for name, fn in VARIANTS.items():
-        res[name] = {"median_s": time_variant(fn, inputs, a.repeats), "peak_bytes": peak_memory(name)}
+    med = time_variants(inputs, a.repeats)
+    res = {name: {"median_s": med[name], "peak_bytes": peak_memory(name)} for name in VARIANTS}
     speed = res["dense"]["median_s"] / res["sstkd"]["median_s"]
     mem = res["dense"]["peak_bytes"] / max(res["sstkd"]["peak_bytes"], 1)
     print(f"quantize_count + reproject, forward + backward, CPU float32, {torch.get_num_threads()} threads, "

@@ -10,7 +10,8 @@
 //   lp_dec_backward(grad_low, grad_band) -> grad_x                 (adjoint of lp_dec)
 //   lp_rec(low (N,H/2,W/2), band (N,H,W)) -> x (N,H,W)
 //   lp_rec_backward(grad_x) -> (grad_low, grad_band)              (adjoint of lp_rec)
-//   quantize_count(s (B,N), centers (B,L), kernel) -> (counts, sums)  (B,L), accumulation dtype
+//   quantize_count(s (B,N), centers (B,L), kernel) -> (counts, sums)  (B,L), accumulation dtype;
+//       not deterministic (float atomics): alerts under torch.use_deterministic_algorithms(True)
 //   quantize_count_backward(s, centers, kernel, grad_counts?, grad_sums?) -> grad_s (B,N)
 //   sum_squares(x (R, ...)) -> (R,) accumulation dtype
 // float16/bfloat16/float32 accumulate in float32, float64 in float64.
@@ -21,6 +22,7 @@
 #include <string>
 #include <tuple>
 
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -105,7 +107,7 @@ int num_sms(int device) {
 QuantKernel parse_kernel(const char* op, c10::string_view kernel) {
   if (kernel == "triangular") return QuantKernel::kTriangular;
   if (kernel == "stlnet") return QuantKernel::kStlnet;
-  TORCH_CHECK(false, "sstkd::", op, ": kernel must be 'triangular' or 'stlnet', got '", std::string(kernel), "'");
+  TORCH_CHECK(false, "sstkd::", op, ": kernel must be 'triangular' or 'stlnet', got '", std::string(kernel.data(), kernel.size()), "'");
 }
 
 // ----------------------------------------------------------------------------------------- LP
@@ -200,6 +202,8 @@ std::tuple<Tensor, Tensor> quantize_count_cuda(const Tensor& s_in, const Tensor&
   const char* op = "quantize_count";
   check_quant_inputs(op, s_in, centers_in);
   const QuantKernel k = parse_kernel(op, kernel);
+  // float atomics: the summation order varies from run to run
+  at::globalContext().alertNotDeterministic("sstkd::quantize_count");
   const c10::cuda::CUDAGuard guard(s_in.device());
   const Tensor s = s_in.contiguous();
   const at::ScalarType acc = acc_dtype(s.scalar_type());

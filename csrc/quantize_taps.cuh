@@ -40,9 +40,10 @@ SSTKD_HD Taps<Acc> taps(Acc s, const Acc* c, int L, Acc delta) {
     const Acc gap = c_hi - c_lo;
     Acc u, du;
     if (gap > Acc(0)) {
-      const Acc raw = (s - c_lo) / gap;
+      const Acc inv = Acc(1) / gap;  // as the reference: (s - c_lo) * (1 / gap)
+      const Acc raw = (s - c_lo) * inv;
       u = raw < Acc(0) ? Acc(0) : (raw > Acc(1) ? Acc(1) : raw);
-      du = (raw >= Acc(0) && raw <= Acc(1)) ? Acc(1) / gap : Acc(0);  // clamp passes on the closed interval
+      du = (raw >= Acc(0) && raw <= Acc(1)) ? inv : Acc(0);  // the slope on the closed interval, as autograd's clamp
     } else {
       u = s > c_lo ? Acc(1) : Acc(0);
       du = Acc(0);

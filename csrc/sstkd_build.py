@@ -74,7 +74,8 @@ def _is_toolkit(home):
 def cuda_home(detected=None):
     """The CUDA toolkit root to build with, or None.
 
-    ``CUDA_HOME``/``CUDA_PATH`` win when set. Otherwise torch's guess
+    ``CUDA_HOME``/``CUDA_PATH`` win when set (None if they name no toolkit:
+    no ``bin/nvcc`` or ``include/cuda_runtime.h``). Otherwise torch's guess
     (``detected``: the parent of the ``nvcc`` on PATH) is used only when it is
     a real toolkit root: a wrapper script such as ``/usr/local/bin/nvcc`` would
     make it ``/usr/local``, which holds neither the headers nor
@@ -83,7 +84,7 @@ def cuda_home(detected=None):
     """
     env = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
     if env:
-        return env
+        return env if _is_toolkit(env) else None
     candidates = [detected]
     nvcc = shutil.which("nvcc")
     if nvcc:
@@ -115,8 +116,20 @@ def cxx_flags():
 
 
 def extension_kwargs():
-    """kwargs of ``torch.utils.cpp_extension.CUDAExtension`` (setup.py)."""
+    """kwargs of ``torch.utils.cpp_extension.CUDAExtension`` (setup.py).
+
+    Names the resolved toolkit's include and library directories too, so the
+    build works where torch's own guess of the toolkit root is wrong (an nvcc
+    wrapper script on PATH) and CUDA_HOME is not set.
+    """
+    home = cuda_home()
+    inc = include_dirs(home)
+    libs = []
+    if home:
+        inc.append(os.path.join(home, "include"))
+        libs = [d for d in (os.path.join(home, "lib64"), os.path.join(home, "lib")) if os.path.isdir(d)]
     return {
-        "include_dirs": include_dirs(),
+        "include_dirs": inc,
+        "library_dirs": libs,
         "extra_compile_args": {"cxx": cxx_flags(), "nvcc": nvcc_flags()},
     }

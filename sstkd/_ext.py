@@ -36,6 +36,8 @@ _state: dict = {"module": None, "error": None, "build_dir": None}
 
 @functools.lru_cache(maxsize=None)
 def _import_built():
+    import torch  # noqa: F401  (loads libc10/libtorch, which _C links against)
+
     try:
         from sstkd import _C
     except ImportError as e:
@@ -96,6 +98,10 @@ def jit_available() -> tuple[bool, str]:
     if not ce.is_ninja_available():
         return False, "ninja is not installed (pip install ninja); torch's JIT build needs it"
     home = _build_module(d).cuda_home(ce.CUDA_HOME)
+    env = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home is None and env:
+        return False, (f"CUDA_HOME/CUDA_PATH={env} is not a CUDA toolkit root "
+                       "(it needs bin/nvcc and include/cuda_runtime.h)")
     if home is None:
         return False, ("no CUDA toolkit found: CUDA_HOME is not set and no nvcc was found on PATH or in "
                        "/usr/local/cuda; set CUDA_HOME to the toolkit root (the directory holding bin/nvcc)")

@@ -26,6 +26,16 @@ DATA = Path(__file__).parent / "data" / "contourlet"
 CASES = sorted(DATA.glob("case*.npz"))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The images here are tiny: one intra-op thread avoids the barrier stalls that make
+    multi-threaded small ops 10-100x slower on a shared, oversubscribed CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _flat(low, bands):
     return [low] + [t for level in bands for t in level]
 
@@ -69,7 +79,6 @@ def test_contourlet_matches_toolbox(path):
     for got, want in zip(_flat(low, bands), _flat(want_low, want_bands)):
         assert got.dtype == torch.float64 and got.shape == want.shape
         torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
-    # the finest level is the DFB of the LP bandpass (or the wavelet level for a 0)
     torch.testing.assert_close(contourlet_rec(low, bands), torch.from_numpy(z["rec"])[None, None], atol=1e-10, rtol=0)
     torch.testing.assert_close(contourlet_rec(low, bands), x, atol=1e-12, rtol=0)
 
@@ -221,7 +230,8 @@ def test_required_multiple_and_size_check():
     assert contourlet_required_multiple([5]) == (16, 16)
     assert contourlet_required_multiple([1, 1, 1]) == (8, 8)
     assert contourlet_required_multiple([4, 0, 0]) == (32, 32)
-    with pytest.raises(ValueError, match=r"^x: height 30 is not valid for nlevs=\[3, 3\]: need a multiple of 8 \(and >= 24\)"):
+    msg = r"^x: height 30 is not valid for nlevs=\[3, 3\]: need a multiple of 8 \(and >= 24\)"
+    with pytest.raises(ValueError, match=msg):
         check_contourlet_size(30, 32, [3, 3])
     with pytest.raises(ValueError, match=r"^x: height 16 .* >= 24"):  # divisible, but too small
         check_contourlet_size(16, 32, [3, 3])
@@ -246,7 +256,7 @@ def test_smallest_valid_size_works(nlevs):
     x = torch.randn(1, 1, h, mw, dtype=torch.float64)
     torch.testing.assert_close(contourlet_rec(*contourlet_dec(x, nlevs)), x, atol=1e-12, rtol=0)
     with pytest.raises(ValueError, match="^x: height"):
-        contourlet_dec(torch.randn(1, 1, h - mh // 2 if mh > 1 else h - 1, mw), nlevs)
+        contourlet_dec(torch.randn(1, 1, h - mh // 2, mw), nlevs)
 
 
 # --------------------------------------------------------------------------- dtypes
@@ -256,8 +266,8 @@ def test_low_precision_dtypes(dtype, atol):
     nlevs = [0, 3]
     out = contourlet_dec(x, nlevs)
     assert all(t.dtype == dtype for t in _flat(*out))
-    assert _max_err([t.double() for t in _flat(*out)][:1] and (out[0].double(), [[t.double() for t in lv] for lv in out[1]]),
-                    contourlet_dec(x.double(), nlevs)) < atol
+    ref = contourlet_dec(x.double(), nlevs)
+    assert _max_err((out[0].double(), [[t.double() for t in lv] for lv in out[1]]), ref) < atol
     rec = contourlet_rec(*out)
     assert rec.dtype == dtype
     assert (rec.double() - x.double()).abs().max() < 2 * atol
@@ -297,7 +307,7 @@ def test_bad_input_dec():
         contourlet_dec(x.to(torch.complex64), [2])
     with pytest.raises(ValueError, match=r"^x: height 30 .* multiple of 8"):
         contourlet_dec(torch.randn(1, 1, 30, 32), [3, 3])
-    with pytest.raises(ValueError, match=r"^x: height 32 .* multiple of 1024"):  # too deep
+    with pytest.raises(ValueError, match=r"^x: height 32 .* multiple of 128"):  # too deep
         contourlet_dec(x, [3, 3, 3, 3, 3, 3])
     with pytest.raises(ValueError, match="^x: height"):  # too deep for one DFB
         contourlet_dec(x, [7])
@@ -346,7 +356,7 @@ def test_bad_input_rec():
     with pytest.raises(TypeError, match=r"^bands\[0\]\[1\]"):
         contourlet_rec(low, [[bands[0][0], bands[0][1].float(), bands[0][2]], bands[1]])
     with pytest.raises(ValueError, match=r"^low"):
-        contourlet_rec(low[..., :3, :3], bands)
+        contourlet_rec(low[..., :1, :], bands)
     with pytest.raises(ValueError, match="^dfilt"):
         contourlet_rec(low, bands, dfilt="haar")
     with pytest.raises(ValueError, match="^backend"):

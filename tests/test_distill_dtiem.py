@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sstkd.distill import DTIEM, clip_histogram, intensity_map
+from sstkd.distill import DTIEM, clip_histogram, intensity_map, overflow
 
 
 # ----------------------------------------------------------------------------- a literal dense DTIEM
@@ -50,6 +50,7 @@ def _naive_clahe(h, limit, max_rounds=10000):
 
 
 def _literal_sta(f_s, f_t, L, iters, quantiles, tau, w):
+    """w = (w_hist, w_cdf, w_map, w_range)."""
     def intensity(f):
         g = f.mean((2, 3), keepdim=True).expand_as(f)
         return F.cosine_similarity(f, g, dim=1, eps=1e-12).flatten(1)
@@ -63,9 +64,17 @@ def _literal_sta(f_s, f_t, L, iters, quantiles, tau, w):
     cdf_t, cdf_s = h_t.cumsum(1), h_s.cumsum(1)
     map_t = torch.einsum("bnl,bl->bn", e_t, cdf_t)
     map_s = torch.einsum("bnl,bl->bn", e_s, cdf_s)
+    # part of each intensity beyond the teacher's outermost centers, written as branches
+    lo, hi = c[:, :1], c[:, -1:]
+    over = lambda s: torch.where(s < lo, s - lo, torch.where(s > hi, s - hi, torch.zeros_like(s)))  # noqa: E731
     mse = lambda a, b: ((a - b) ** 2).mean()  # noqa: E731
-    terms = {"sta_hist": mse(h_s, h_t), "sta_cdf": mse(cdf_s, cdf_t), "sta_map": mse(map_s, map_t)}
-    terms["sta"] = w[0] * terms["sta_hist"] + w[1] * terms["sta_cdf"] + w[2] * terms["sta_map"]
+    terms = {
+        "sta_hist": mse(h_s, h_t) * L**2,  # histograms compared as densities L·h
+        "sta_cdf": mse(cdf_s, cdf_t),
+        "sta_map": mse(map_s, map_t),
+        "sta_range": mse(over(s_s), over(s_t)),
+    }
+    terms["sta"] = sum(wk * terms[k] for wk, k in zip(w, ("sta_hist", "sta_cdf", "sta_map", "sta_range")))
     return terms, c
 
 
@@ -73,13 +82,14 @@ def test_sta_equals_a_literal_dense_computation_and_its_gradient():
     torch.manual_seed(3)
     f_t = torch.randn(2, 6, 7, 9, dtype=torch.float64) + 0.5
     f_s = (f_t + 0.7 * torch.randn_like(f_t)).requires_grad_(True)
-    w = (50.0, 3.0, 2.0)
+    w = (0.5, 3.0, 2.0, 1.5)
     mod = DTIEM(levels=8, iters=2, quantiles=(0.05, 0.95), tau=1.5, w_hist=w[0], w_cdf=w[1], w_map=w[2],
-                backend="torch")
+                w_range=w[3], backend="torch")
     got = mod(f_s, f_t)
     ref, centers = _literal_sta(f_s, f_t, 8, 2, (0.05, 0.95), 1.5, w)
     torch.testing.assert_close(mod.describe(f_t)["centers"], centers, rtol=1e-10, atol=1e-12)
-    for k in ("sta", "sta_hist", "sta_cdf", "sta_map"):
+    assert float(ref["sta_range"]) > 0  # some student pixels lie beyond the teacher's levels
+    for k in ("sta", "sta_hist", "sta_cdf", "sta_map", "sta_range"):
         torch.testing.assert_close(got[k], ref[k], rtol=1e-9, atol=1e-12, msg=k)
     assert float(got["sta"].detach()) > 0
     (g_mod,) = torch.autograd.grad(got["sta"], f_s)
@@ -104,7 +114,7 @@ def test_zero_for_equal_features_and_positive_otherwise():
     f = torch.randn(2, 8, 12, 12)
     mod = DTIEM(levels=16)
     out = mod(f, f.clone())
-    for k in ("sta", "sta_hist", "sta_cdf", "sta_map"):
+    for k in ("sta", "sta_hist", "sta_cdf", "sta_map", "sta_range"):
         assert float(out[k]) == pytest.approx(0.0, abs=1e-10), k
     out = mod(f + 0.5 * torch.randn_like(f), f)
     assert float(out["sta"]) > 1e-4 and float(out["sta_map"]) > 0
@@ -206,9 +216,10 @@ def test_cdf_is_monotone_and_ends_at_one_and_the_map_equalizes():
 def test_equalize_and_shared_center_switches():
     f_t = torch.randn(1, 4, 12, 12)
     f_s = 2.0 * f_t + 0.3 * torch.randn_like(f_t)
-    no_eq = DTIEM(levels=16, equalize=False)(f_s, f_t)
-    assert set(no_eq) == {"sta", "sta_hist"}
-    torch.testing.assert_close(no_eq["sta"], 16384.0 * no_eq["sta_hist"])
+    no_eq = DTIEM(levels=16, equalize=False, w_hist=2.0, w_range=0.5)(f_s, f_t)
+    assert set(no_eq) == {"sta", "sta_hist", "sta_range"}
+    torch.testing.assert_close(no_eq["sta"], 2.0 * no_eq["sta_hist"] + 0.5 * no_eq["sta_range"])
+    assert set(DTIEM(levels=16, w_range=0.0)(f_s, f_t)) == {"sta", "sta_hist", "sta_cdf", "sta_map"}
     shared = DTIEM(levels=16)
     own = DTIEM(levels=16, shared_centers=False)
     assert float((shared(f_s, f_t)["sta"] - own(f_s, f_t)["sta"]).abs()) > 0
@@ -242,3 +253,24 @@ def test_bad_arguments_name_the_key():
         DTIEM(levels=1)
     with pytest.raises(ValueError, match="s_low"):
         DTIEM()(torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 9))
+
+
+def test_range_term_lifts_the_plateau_beyond_the_teachers_levels():
+    torch.manual_seed(0)
+    f_t = torch.ones(1, 16, 8, 8) + 0.1 * torch.rand(1, 16, 8, 8)  # intensities close to 1
+    f_s = torch.randn(1, 16, 8, 8, requires_grad=True)  # intensities well below every teacher level
+    c = DTIEM(levels=16).describe(f_t)["centers"]
+    assert float(intensity_map(f_s).max()) < float(c.min())
+    # every student pixel sits on the flat outer part of the encoding: no gradient without the range term
+    (g_off,) = torch.autograd.grad(DTIEM(levels=16, w_range=0.0)(f_s, f_t)["sta"], f_s)
+    assert float(g_off.abs().max()) == 0.0
+    out = DTIEM(levels=16)(f_s, f_t)
+    (g_on,) = torch.autograd.grad(out["sta"], f_s)
+    assert float(out["sta_range"].detach()) > 0 and float(g_on.abs().max()) > 0
+    # a gradient step along it raises the intensities towards the teacher's range
+    s_before = intensity_map(f_s).mean()
+    s_after = intensity_map(f_s - 1.0 * g_on / g_on.norm()).mean()
+    assert float(s_after) > float(s_before)
+    # overflow is zero inside the range and signed outside
+    s = torch.tensor([[-2.0, 0.0, 0.5, 1.0, 3.0]])
+    torch.testing.assert_close(overflow(s, torch.tensor([[0.0, 1.0]])), torch.tensor([[-2.0, 0.0, 0.0, 0.0, 2.0]]))

@@ -161,6 +161,12 @@ def test_backbone_weight_roundtrip(tmp_path):
     # {"state_dict": ...} wrappers and DDP "module." prefixes are unwrapped too.
     wrapped = {"state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}}
     assert load_backbone_weights(resnet18(base_width=TINY), wrapped).ok
+    # A full segmentation checkpoint initializes a backbone from its backbone.* keys.
+    seg = build_model("deeplabv3_resnet18", 3, base_width=TINY)
+    fresh = resnet18(base_width=TINY)
+    report = load_backbone_weights(fresh, {"model": seg.state_dict()})
+    assert report.ok and any(k.startswith("head.") for k in report.ignored)
+    assert torch.equal(fresh.layer4[1].conv2.weight, seg.backbone.layer4[1].conv2.weight)
 
 
 def test_backbone_weight_errors(tmp_path):

@@ -53,11 +53,12 @@ class TimingConfig:
 
     @staticmethod
     def for_run(device: torch.device, quick: bool) -> "TimingConfig":
+        # Cheap cells get many samples (a robust median on a shared machine), slow ones stop at the time cap.
         if quick:
-            return TimingConfig(warmup=1, repeat=5, max_seconds=1.0)
+            return TimingConfig(warmup=2, repeat=25, max_seconds=0.5)
         if device.type == "cuda":
-            return TimingConfig(warmup=10, repeat=50, max_seconds=5.0)
-        return TimingConfig(warmup=2, repeat=10, max_seconds=10.0)
+            return TimingConfig(warmup=10, repeat=100, max_seconds=5.0)
+        return TimingConfig(warmup=2, repeat=30, max_seconds=10.0)
 
 
 def image_shapes(quick: bool) -> list[tuple[str, tuple[int, int, int, int]]]:
@@ -131,13 +132,20 @@ def _centers_for(ops, s):
         return ops.quantize_count(s.detach(), LEVELS, backend="torch")[0]
 
 
-def build_cases(quick: bool, ops_filter: Sequence[str] | None = None) -> list[OpCase]:
-    """The benchmark cases (ops in :data:`OPS` order) for a quick or full run."""
+def build_cases(quick: bool, ops_filter: Sequence[str] | None = None, *,
+                images: Sequence[tuple[str, tuple[int, int, int, int]]] | None = None,
+                intensities: Sequence[tuple[str, tuple[int, int, int]]] | None = None,
+                table_channels: Sequence[int] | None = None) -> list[OpCase]:
+    """The benchmark cases (ops in :data:`OPS` order) for a quick or full run.
+
+    ``images`` / ``intensities`` / ``table_channels`` replace the run's
+    default shapes (``(label, shape)`` pairs; ``D`` of the ``reproject`` table).
+    """
     ops_mod, _ = load_ops()
     want = set(ops_filter) if ops_filter else set(OPS)
     res: list[OpCase] = []
     nlevs = [3, 3]
-    for label, shp in image_shapes(quick):
+    for label, shp in (images if images is not None else image_shapes(quick)):
         if "lp_dec" in want:
             res.append(OpCase("lp_dec", label, shp, {}, lambda d, t, g, s=shp: [_randn(g, s, d, t)],
                               lambda xs, b: ops_mod.lp_dec(xs[0], backend=b), (0,)))
@@ -154,7 +162,7 @@ def build_cases(quick: bool, ops_filter: Sequence[str] | None = None) -> list[Op
                 fn = getattr(ops_mod, op, None) if ops_mod is not None else None
                 res.append(OpCase(op, label, shp, {"nlevs": nlevs}, lambda d, t, g, s=shp: [_randn(g, s, d, t)],
                                   lambda xs, b, f=fn: f(xs[0], nlevs, backend=b), (0,)))
-    for label, (B, H, W) in intensity_shapes(quick):
+    for label, (B, H, W) in (intensities if intensities is not None else intensity_shapes(quick)):
         flat = (B, H * W)
         if "quantize_count" in want:
             for iters in (0, 3):
@@ -163,7 +171,7 @@ def build_cases(quick: bool, ops_filter: Sequence[str] | None = None) -> list[Op
                     lambda d, t, g, s=flat: [_intensity(g, s, d, t)],
                     lambda xs, b, it=iters: ops_mod.quantize_count(xs[0], LEVELS, iters=it, backend=b), (0,)))
         if "reproject" in want:
-            for D in ((64,) if quick else (1, 64)):
+            for D in (table_channels or ((64,) if quick else (1, 64))):
                 def make_rep(d, t, g, s=flat, D=D):
                     sv = _intensity(g, s, d, t)
                     return [_randn(g, (s[0], D, LEVELS), d, t), sv, _centers_for(ops_mod, sv)]
@@ -273,9 +281,19 @@ def _mode_fn(case: OpCase, fn, mode: str, copies: list[list], gen: torch.Generat
     return call_fwdbwd, prepared
 
 
+def _cpu_llc_bytes() -> int:
+    """Size of the CPU's last-level cache from sysfs (32 MiB when unknown)."""
+    try:
+        text = open("/sys/devices/system/cpu/cpu0/cache/index3/size").read().strip().upper()
+        unit = {"K": 2**10, "M": 2**20}.get(text[-1:], 1)
+        return int(text.rstrip("KM")) * unit
+    except (OSError, ValueError):
+        return 32 * 2**20
+
+
 def n_copies(input_bytes: int, device: torch.device) -> int:
     """How many input copies to rotate: enough to exceed twice the last-level cache, 2 to 8."""
-    llc = 32 * 2**20
+    llc = _cpu_llc_bytes()
     if device.type == "cuda":
         llc = int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", llc) or llc)
     n = math.ceil(2 * llc / max(input_bytes, 1)) + 1

@@ -158,3 +158,38 @@ def copy_bandwidth(
     stats: TimingStats = time_fn(lambda s: dst.copy_(s), [src], device=dev, warmup=warmup, repeat=repeat)
     moved = 2 * n * 4
     return {"gbps": achieved_gbps(moved, stats.median_ms), "nbytes": n * 4, "timing": stats.to_dict()}
+
+
+def count_kernels(fn, *args, **kwargs) -> tuple[int, dict[str, int]]:
+    """How many aten ops that launch a kernel ``fn(*args, **kwargs)`` dispatches (forward and any
+    backward it runs), and the count per op name.
+
+    Views, reshapes and metadata ops are left out: on a GPU each counted op is
+    (at least) one kernel launch of the eager reference. Counting happens in a
+    ``TorchDispatchMode`` on the calling thread (CPU tensors run their backward
+    there too).
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    free = {"view", "_unsafe_view", "reshape", "expand", "as_strided", "t", "transpose", "permute", "squeeze",
+            "unsqueeze", "slice", "select", "narrow", "alias", "detach", "split", "split_with_sizes", "unbind",
+            "chunk", "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "lift_fresh",
+            "_reshape_alias", "unfold", "diagonal", "view_as_real", "view_as_complex", "_to_copy_noop",
+            "is_nonzero", "_local_scalar_dense", "sym_size", "sym_stride", "sym_numel", "set_",
+            "resize_", "_has_compatible_shallow_copy_type", "result_type"}
+
+    class _Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.counts: dict[str, int] = {}
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__.rstrip("_") if func.overloadpacket.__name__.endswith("_") and \
+                func.overloadpacket.__name__.rstrip("_") in free else func.overloadpacket.__name__
+            if name not in free:
+                self.counts[name] = self.counts.get(name, 0) + 1
+            return func(*args, **(kwargs or {}))
+
+    with _Count() as mode:
+        fn(*args, **kwargs)
+    return sum(mode.counts.values()), dict(sorted(mode.counts.items(), key=lambda kv: -kv[1]))

@@ -14,7 +14,17 @@ Per image, with ``F`` the aligned low-level features:
 The student is quantized with the teacher's refined centers (``shared_centers``),
 so both histograms share their bins, and
 
-``L_sta = w_hist·MSE(hist_s, hist_t) + w_cdf·MSE(cdf_s, cdf_t) + w_map·MSE(m_s, m_t)``.
+``L_sta = w_hist·MSE(L·hist_s, L·hist_t) + w_cdf·MSE(cdf_s, cdf_t) + w_map·MSE(m_s, m_t)
+        + w_range·MSE(o_s, o_t)``
+
+* the histograms are compared as densities relative to uniform (``L·hist``),
+  so the term's scale does not depend on ``L``;
+* ``o(s) = s − clamp(s, c_0, c_{L−1})`` is the part of an intensity beyond the
+  teacher's outermost centers. Quantized with the teacher's levels, such a
+  pixel sits on the flat outer part of the encoding and gets no gradient from
+  the other terms (a plateau: at initialization most of an aligned student's
+  pixels can be there); the range term pulls it back. It is 0 for equal
+  features. ``w_range = 0`` switches it off.
 
 Gradients reach the student through ``s`` (the encoding ``E`` is
 differentiable in ``s``; centers are constants). Nothing of size
@@ -96,6 +106,16 @@ def clip_histogram(hist: torch.Tensor, limit: float, redistribute: str = "iterat
     return torch.minimum(hist + a_star, lim)
 
 
+def overflow(s: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """``s − clamp(s, c_0, c_{L−1})`` per image: how far each intensity lies beyond the outermost centers.
+
+    ``s`` (B, H, W) or (B, N), ``centers`` (B, L) ascending; same shape as ``s``.
+    """
+    view = (-1,) + (1,) * (s.dim() - 1)
+    lo, hi = centers[:, 0].reshape(view), centers[:, -1].reshape(view)
+    return s - torch.minimum(torch.maximum(s, lo), hi)
+
+
 class DTIEM(nn.Module):
     """Statistical texture loss between aligned student and teacher features.
 
@@ -112,11 +132,11 @@ class DTIEM(nn.Module):
         equalize: add the CDF and equalized-map terms (off: histogram term only).
         shared_centers: quantize the student with the teacher's refined
             centers (default); off: the student gets its own range and refinement.
-        w_hist, w_cdf, w_map: weights of the three terms (defaults 16384 = L²
-            for L = 128, 10, 1: similar magnitudes at initialization).
+        w_hist, w_cdf, w_map, w_range: weights of the terms (defaults 1, 10, 1, 1:
+            similar magnitudes at initialization).
         backend: passed to ``quantize_count`` / ``reproject``.
 
-    ``forward(f_s, f_t)`` returns ``dict(sta=, sta_hist=, [sta_cdf=, sta_map=])``
+    ``forward(f_s, f_t)`` returns ``dict(sta=, sta_hist=, [sta_cdf=, sta_map=,] [sta_range=])``
     (float32 scalars); ``describe(f)`` returns the per-image descriptor.
     """
 
@@ -133,9 +153,10 @@ class DTIEM(nn.Module):
         redistribute: str = "iterate",
         equalize: bool = True,
         shared_centers: bool = True,
-        w_hist: float = 16384.0,
+        w_hist: float = 1.0,
         w_cdf: float = 10.0,
         w_map: float = 1.0,
+        w_range: float = 1.0,
         backend: str = "auto",
     ):
         super().__init__()
@@ -152,14 +173,15 @@ class DTIEM(nn.Module):
             raise ValueError(f"sta_tau: must be >= 1 (the clip limit tau/L must hold the whole mass), got {tau}")
         if redistribute not in REDISTRIBUTE:
             raise ValueError(f"sta_redistribute: unknown mode {redistribute!r}; choose from {REDISTRIBUTE}")
-        for name, w in (("sta_w_hist", w_hist), ("sta_w_cdf", w_cdf), ("sta_w_map", w_map)):
+        for name, w in (("sta_w_hist", w_hist), ("sta_w_cdf", w_cdf), ("sta_w_map", w_map),
+                        ("sta_w_range", w_range)):
             if not float(w) >= 0.0:
                 raise ValueError(f"{name}: must be >= 0, got {w}")
         self.kernel, self.intensity = kernel, intensity
         self.robust_range, self.quantiles = bool(robust_range), q
         self.clip, self.tau, self.redistribute = bool(clip), float(tau), redistribute
         self.equalize, self.shared_centers = bool(equalize), bool(shared_centers)
-        self.w_hist, self.w_cdf, self.w_map = float(w_hist), float(w_cdf), float(w_map)
+        self.w_hist, self.w_cdf, self.w_map, self.w_range = float(w_hist), float(w_cdf), float(w_map), float(w_range)
         self.backend = backend
 
     def describe(self, f: torch.Tensor, centers: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -200,12 +222,16 @@ class DTIEM(nn.Module):
             t = self.describe(f_t.detach())
         s = self.describe(f_s, centers=t["centers"] if self.shared_centers else None)
         mse = nn.functional.mse_loss
-        terms = {"sta_hist": mse(s["clipped"], t["clipped"])}
+        terms = {"sta_hist": mse(self.levels * s["clipped"], self.levels * t["clipped"])}
         loss = self.w_hist * terms["sta_hist"]
         if self.equalize:
             terms["sta_cdf"] = mse(s["cdf"], t["cdf"])
             terms["sta_map"] = mse(s["map"], t["map"])
             loss = loss + self.w_cdf * terms["sta_cdf"] + self.w_map * terms["sta_map"]
+        if self.w_range > 0:
+            c = t["centers"].to(s["s"].dtype)
+            terms["sta_range"] = mse(overflow(s["s"], c), overflow(t["s"], c))
+            loss = loss + self.w_range * terms["sta_range"]
         return {"sta": loss, **terms}
 
     def extra_repr(self) -> str:
@@ -213,5 +239,5 @@ class DTIEM(nn.Module):
             f"levels={self.levels}, iters={self.iters}, kernel={self.kernel!r}, intensity={self.intensity!r}, "
             f"robust_range={self.robust_range}, quantiles={self.quantiles}, clip={self.clip}, tau={self.tau}, "
             f"redistribute={self.redistribute!r}, equalize={self.equalize}, shared_centers={self.shared_centers}, "
-            f"w=({self.w_hist}, {self.w_cdf}, {self.w_map}), backend={self.backend!r}"
+            f"w=({self.w_hist}, {self.w_cdf}, {self.w_map}, {self.w_range}), backend={self.backend!r}"
         )

@@ -66,9 +66,10 @@ class SSTKDConfig:
     sta_redistribute: str = "iterate"
     sta_equalize: bool = True
     sta_shared_centers: bool = True
-    sta_w_hist: float = 16384.0  # = L² for L = 128: MSE of densities relative to uniform
+    sta_w_hist: float = 1.0
     sta_w_cdf: float = 10.0
     sta_w_map: float = 1.0
+    sta_w_range: float = 1.0
     # holistic loss: critic and its optimizer
     lambda_d: float = 0.1
     gp_weight: float = 10.0
@@ -200,7 +201,7 @@ class SSTKDLoss(nn.Module):
 
     Every teacher input is detached. Returns a dict of float32 scalars: the
     unweighted terms that are on (``pi``, ``ho``, ``str``, ``sta`` and
-    ``sta_hist``, ``sta_cdf``, ``sta_map``) and ``loss``, their weighted sum
+    ``sta_hist``, ``sta_cdf``, ``sta_map``, ``sta_range``) and ``loss``, their weighted sum
     (no cross-entropy). The per-sub-band MSEs of the last call are kept in
     ``last_str_bands`` (detached, (K,)). Works under ``torch.autocast``: the
     texture terms compute in float32.
@@ -225,7 +226,7 @@ class SSTKDLoss(nn.Module):
                             robust_range=c.sta_robust_range, quantiles=c.sta_quantiles, clip=c.sta_clip,
                             tau=c.sta_tau, redistribute=c.sta_redistribute, equalize=c.sta_equalize,
                             shared_centers=c.sta_shared_centers, w_hist=c.sta_w_hist, w_cdf=c.sta_w_cdf,
-                            w_map=c.sta_w_map, backend=c.backend) if c.use_sta else None)
+                            w_map=c.sta_w_map, w_range=c.sta_w_range, backend=c.backend) if c.use_sta else None)
         self.discriminator = ScoreMapDiscriminator(num_classes, c.d_channels) if c.use_ho else None
         self.last_str_bands: torch.Tensor | None = None
 

@@ -21,7 +21,6 @@ import os
 import platform
 import sys
 import time
-from typing import Any
 
 __all__ = ["add_arguments", "main", "run_demo", "demo_config_dir", "RUNS"]
 
@@ -302,17 +301,17 @@ def make_figure(cfgs: dict, path: str) -> None:
     ax = fig.add_subplot(grid[1, 1])
     ax.imshow(low[0, 0].numpy(), cmap="gray")
     ax.set_title("contourlet lowpass", fontsize=8)
-    for j, name in enumerate(("coarse", "fine")[-len(bands):] if len(bands) <= 2 else [str(i) for i in range(len(bands))]):
-        if j >= 2:
-            break
+    shown = bands[-2:]
+    names = ["coarse", "fine"] if len(bands) == 2 else [f"level {len(bands) - len(shown) + i}" for i in range(len(shown))]
+    for j, (name, level) in enumerate(zip(names, shown)):
         ax = fig.add_subplot(grid[1, 2 + j])
-        ax.imshow(_band_mosaic([b[0, 0] for b in bands[j]]), cmap="magma")
-        ax.set_title(f"{name} level: {len(bands[j])} directional sub-bands (|coef|)", fontsize=8)
+        ax.imshow(_band_mosaic([b[0, 0] for b in level]), cmap="magma")
+        ax.set_title(f"{name}: {len(level)} directional sub-bands (|coef|)", fontsize=8)
     ax = fig.add_subplot(grid[1, 4:])
     c = centers[0].numpy()
     width = float(np.median(np.diff(c))) if len(c) > 1 else 1.0
     ax.bar(c, hist[0].numpy(), width=width, color="#4c72b0", label="histogram (refined levels)")
-    ax.plot(c, clipped[0].numpy(), color="#dd8452", lw=1.2, label=f"denoised (clipped at 4/L)")
+    ax.plot(c, clipped[0].numpy(), color="#dd8452", lw=1.2, label="denoised (clipped at 4/L)")
     ax.set_title(f"teacher texture histogram: quantize_count, L={levels}, 3 Lloyd steps", fontsize=8)
     ax.set_xlabel("texture intensity cos(GAP(F), F_i)", fontsize=8)
     ax.legend(fontsize=7)
@@ -347,7 +346,3 @@ def main(args: argparse.Namespace) -> int:
         print(f"sstkd demo: error: {e}", file=sys.stderr)
         return 2
     return 0
-
-
-def _unused(*_: Any) -> None:  # pragma: no cover
-    pass

@@ -201,7 +201,9 @@ def _seed_everything(seed: int) -> None:
 def _set_deterministic(on: bool) -> None:
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(on, warn_only=True)
+    if on != torch.are_deterministic_algorithms_enabled():
+        # (only when it changes: the call imports torch._inductor, seconds on a small CPU)
+        torch.use_deterministic_algorithms(on, warn_only=True)
     torch.backends.cudnn.deterministic = on
     torch.backends.cudnn.benchmark = not on
 

@@ -17,7 +17,6 @@ __all__ = ["LoadReport", "load_backbone_weights", "load_checkpoint", "read_state
 
 # Classifier parts of ImageNet checkpoints that a segmentation backbone does not have.
 _CLASSIFIER_PREFIXES = ("fc.", "classifier.", "last_conv.")
-_WRAPPER_PREFIXES = ("module.", "backbone.")
 _BACKBONE_LAYOUT = ("torchvision's key layout: conv1.weight, bn1.*, layer1.0.conv1.weight, ... "
                     "(deep stem: conv1/bn1/conv2/bn2/conv3/bn3; MobileNetV2: features.{i}.*)")
 
@@ -42,11 +41,10 @@ class LoadReport:
             more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
             return f"{len(keys)} {label}" + (f": {', '.join(keys[:limit])}{more}" if keys else "")
 
-        parts = [fmt("loaded", []) if not self.loaded else f"{len(self.loaded)} loaded",
-                 fmt("missing", self.missing), fmt("unexpected", self.unexpected),
+        parts = [f"{len(self.loaded)} loaded", fmt("missing", self.missing), fmt("unexpected", self.unexpected),
                  fmt("shape mismatches", self.mismatched)]
         if self.ignored:
-            parts.append(f"{len(self.ignored)} ignored (classifier)")
+            parts.append(f"{len(self.ignored)} ignored (classifier / non-backbone)")
         return f"{self.source}: " + "; ".join(parts)
 
 
@@ -132,7 +130,8 @@ def load_backbone_weights(backbone: nn.Module, source, strict: bool = True, map_
         backbone: a :class:`~sstkd.models.resnet.ResNet` or
             :class:`~sstkd.models.mobilenetv2.MobileNetV2` (any module works;
             one with ``convert_torchvision_keys`` gets its keys renamed first).
-        source: local path, ``http(s)://`` URL (``torch.hub`` cache) or state dict.
+        source: local path, ``http(s)://`` URL (``torch.hub`` cache) or state dict;
+            a full segmentation checkpoint (keys ``backbone.*``) gives its backbone.
         strict: raise unless every backbone key is loaded with the right shape
             and nothing but the classifier (``fc.*``, ``classifier.*``,
             MobileNetV2's last 1x1 conv) is left over. With ``strict=False``,
@@ -146,11 +145,17 @@ def load_backbone_weights(backbone: nn.Module, source, strict: bool = True, map_
             nothing is loaded in that case.
     """
     name = _source_name(source)
-    sd = _strip_prefixes(read_state_dict(source, keys=("state_dict", "model")), _WRAPPER_PREFIXES)
+    sd = _strip_prefixes(read_state_dict(source, keys=("state_dict", "model")), ("module.",))
+    others: list[str] = []
+    if any(k.startswith("backbone.") for k in sd):
+        # A full segmentation checkpoint: take its backbone, the heads are not ours to load.
+        others = sorted(k for k in sd if not k.startswith("backbone."))
+        sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
     convert = getattr(backbone, "convert_torchvision_keys", None)
     if callable(convert):
         sd = convert(sd)
     report, usable = _match(backbone, sd, name, _CLASSIFIER_PREFIXES)
+    report.ignored += others
     if strict and not report.ok:
         raise ValueError(f"pretrained_backbone: weights do not match the backbone ({report.summary()}). Expected "
                          f"{_BACKBONE_LAYOUT}; a deep-stem backbone needs a deep-stem checkpoint. "

@@ -317,7 +317,9 @@ class Contourlet(nn.Module):
 
     def inverse(self, low: torch.Tensor, bands) -> torch.Tensor:
         if isinstance(bands, (list, tuple)) and len(bands) != len(self.nlevs):
-            raise ValueError(f"bands: expected {len(self.nlevs)} pyramid levels for nlevs={self.nlevs}, got {len(bands)}")
+            raise ValueError(
+                f"bands: expected {len(self.nlevs)} pyramid levels for nlevs={self.nlevs}, got {len(bands)}"
+            )
         return contourlet_rec(low, bands, self.pfilt, self.dfilt, self.backend)
 
     def energy(self, x: torch.Tensor) -> torch.Tensor:

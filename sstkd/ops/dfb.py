@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sstkd.filters import DFB_FILTERS, modulated_dfb_filter
-from sstkd.ops._checks import check_image, check_int, check_same_device, check_tensor, compute_dtype
+from sstkd.ops._checks import check_image, check_int, check_same_device, compute_dtype
 from sstkd.ops.dispatch import CHOICES, resolve_backend
 
 __all__ = [
@@ -67,7 +67,7 @@ def dfb_required_multiple(levels: int) -> tuple[int, int]:
     return m, m
 
 
-def dfb_min_height(levels: int) -> int:
+def _dfb_min_height(levels: int) -> int:
     """Smallest height the first ladder stage accepts (``H/2 >= 6``), 1 for ``levels == 0``."""
     return 1 if levels == 0 else 2 * _MIN_HALF_HEIGHT
 
@@ -76,7 +76,7 @@ def check_dfb_size(h: int, w: int, levels: int, name: str = "x") -> None:
     """Raise ``ValueError`` (naming ``name`` and the size needed) if ``(h, w)`` cannot take ``levels``."""
     levels = check_int(levels, "levels", minimum=0)
     mh, mw = dfb_required_multiple(levels)
-    min_h = max(mh, dfb_min_height(levels))
+    min_h = max(mh, _dfb_min_height(levels))
     if h % mh or h < min_h:
         raise ValueError(
             f"{name}: height {h} is not valid for levels={levels}: need a multiple of {mh} (and >= {min_h})"
@@ -245,9 +245,12 @@ def _sefilter(x: torch.Tensor, weights, mode: str, shift: int) -> torch.Tensor:
     taps = kv.shape[2]
     before = (taps - 1) // 2 + shift
     after = taps // 2 - shift
-    idx = _extension_index(mode, h, w, before, after, before, after, x.device)
     m = n * nb
-    e = x.reshape(m, h * w).index_select(1, idx).view(1, m, h + taps - 1, w + taps - 1)
+    if mode == "per" and max(before, after) <= min(h, w):  # circular pad is the cheapest copy
+        e = F.pad(x.reshape(1, m, h, w), (before, after, before, after), mode="circular")
+    else:  # 'qper_col', or margins larger than the image: modular index gather
+        idx = _extension_index(mode, h, w, before, after, before, after, x.device)
+        e = x.reshape(m, h * w).index_select(1, idx).view(1, m, h + taps - 1, w + taps - 1)
     e = F.conv2d(e, kv.expand(m, 1, taps, 1), groups=m)
     e = F.conv2d(e, kh.expand(m, 1, 1, taps), groups=m)
     return e.view(n, nb, h, w)

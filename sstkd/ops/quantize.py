@@ -370,6 +370,18 @@ def cooccurrence_ref(s3: torch.Tensor, centers: torch.Tensor, offsets, kernel: s
 # ----------------------------------------------------------------------------
 # public API
 # ----------------------------------------------------------------------------
+def _backend(op: str, backend: str, *tensors: torch.Tensor) -> str:
+    """resolve_backend, plus the Triton kernels' dtype limit: float64 runs on the
+    reference ("auto") or is refused (an explicit "triton")."""
+    b = resolve_backend(op, backend, *tensors)
+    if b == "triton" and any(t.dtype == torch.float64 for t in tensors):
+        if backend == "auto":
+            return "torch"
+        raise RuntimeError(f"backend='triton' is unavailable for {op}: the kernels take "
+                           "float32/float16/bfloat16, got float64 (use backend='torch')")
+    return b
+
+
 def quantize_count(s: torch.Tensor, levels: int, iters: int = 0, kernel: str = "triangular",
                    centers: torch.Tensor | None = None, quantiles=None,
                    backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
@@ -415,7 +427,7 @@ def quantize_count(s: torch.Tensor, levels: int, iters: int = 0, kernel: str = "
             raise ValueError(f"iters: must be 0 when centers are given (they are used as is), got {iters}")
         if quantiles is not None:
             raise ValueError("quantiles: must be None when centers are given (they are used as is)")
-    b = resolve_backend("quantize_count", backend, s)
+    b = _backend("quantize_count", backend, s)
     cdt = compute_dtype(s)
     s2 = _flat(s)
     cen = None if centers is None else centers.detach().to(cdt)
@@ -454,7 +466,7 @@ def reproject(table: torch.Tensor, s: torch.Tensor, centers: torch.Tensor, kerne
     if table.shape[0] != B:
         raise ValueError(f"table: batch size {table.shape[0]} does not match s ({B})")
     _check_centers(centers, B, table.shape[2], s)
-    b = resolve_backend("reproject", backend, table, s)
+    b = _backend("reproject", backend, table, s)
     cdt = torch.float64 if torch.float64 in (table.dtype, s.dtype) else torch.float32
     s2 = _flat(s)
     cen = centers.detach().to(cdt)
@@ -493,7 +505,7 @@ def cooccurrence(s: torch.Tensor, centers: torch.Tensor, offsets=((0, 1), (1, 0)
     B, H, W = s.shape
     _check_centers(centers, B, None, s)
     offsets = _check_offsets(offsets, H, W)
-    b = resolve_backend("cooccurrence", backend, s)
+    b = _backend("cooccurrence", backend, s)
     cdt = compute_dtype(s)
     cen = centers.detach().to(cdt)
     if b == "triton":

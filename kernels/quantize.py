@@ -1,0 +1,647 @@
+"""Fused Triton kernels of ``quantize_count``, ``reproject`` and ``cooccurrence`` with autograd.
+
+Same encoding as the reference (``sstkd.ops.quantize``): every pixel has two
+taps ``lo``, ``hi = lo + 1`` (``lo`` = number of centers strictly below ``s``
+minus one, clamped to ``[0, L − 2]``, found by a branchless binary search over
+the image's sorted centers) with triangular or stlnet weights. Nothing of
+size pixels × levels ever touches memory:
+
+* ``_count_kernel`` — one pass over the pixels: each program reduces its
+  chunk of pixels into a private per-level histogram held in registers (a
+  one-hot tile ``BLOCK_N × BLOCK_L`` reduced over the pixels, no atomics
+  inside the program), optionally with the Lloyd moment ``Σ w·s`` beside the
+  mass ``Σ w``; the private histograms are merged with one float atomic per
+  level and program. Lloyd steps are such passes with the tiny ``(B, L)``
+  center update done by torch on the device in between (no host sync).
+* ``_count_backward_kernel`` — one pass: ``grad_s = g[lo]·w'_lo + g[hi]·w'_hi``,
+  with ``g`` the gradient w.r.t. the unnormalized counts (the normalization's
+  Jacobian is applied to the ``(B, L)`` gradient first).
+* ``_reproject_kernel`` (two-tap gather), ``_reproject_grad_s_kernel`` (gather)
+  and ``_reproject_grad_table_kernel`` (per-program ``G · W`` product on the
+  tensor cores — the scatter of ``g·w`` into ``(D, L)`` for a chunk of pixels —
+  merged with atomics).
+* ``_cooc_kernel`` (per-program ``E_iᵀ E_j`` level-pair tiles, merged with
+  atomics) and ``_cooc_backward_kernel`` (gathers only).
+
+Determinism: when ``torch.are_deterministic_algorithms_enabled()``, every
+merge that would use float atomics instead stores the per-program partials
+(``(B, P, M)`` float32 for ``P`` pixel chunks and ``M = L``, ``D·L`` or
+``L·L``) and ``_sum_partials_kernel`` adds them in a fixed order. Cost: that
+buffer, one more launch reading it back, and no overlap of the merge with the
+pass; results are bitwise reproducible run to run.
+
+Inputs are float32 / float16 / bfloat16 (loaded in their dtype, computed and
+accumulated in float32); the launchers never sync with the host and run on
+the current stream. No autotuning (launch parameters are fixed functions of
+the shapes), so importing this module never needs a GPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from sstkd.ops.quantize import initial_centers, intensity_range, lloyd_update
+
+__all__ = [
+    "KERNEL_IDS",
+    "SUPPORTED_DTYPES",
+    "cooccurrence_triton",
+    "quantize_count_triton",
+    "reproject_triton",
+]
+
+KERNEL_IDS = {"triangular": 0, "stlnet": 1}
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# --------------------------------------------------------------------------- device functions
+@triton.jit
+def _taps(s, valid, cen_row, L, LOG_L: tl.constexpr, KERNEL: tl.constexpr):
+    """Taps of the pixels ``s`` (fp32, BLOCK) of one image: lo, hi, w_lo, w_hi, dw_lo, dw_hi.
+
+    ``cen_row`` points at the image's ``L`` sorted fp32 centers. Invalid lanes
+    get zero weights and slopes (their indices are in range).
+    """
+    # count of centers strictly below s (torch.searchsorted(..., right=False))
+    pos = tl.zeros(s.shape, dtype=tl.int32)
+    for k in tl.static_range(LOG_L):
+        cand = pos + (1 << (LOG_L - 1 - k))
+        inside = cand <= L
+        c = tl.load(cen_row + (cand - 1), mask=inside, other=0.0)
+        pos = tl.where(inside & (c < s), cand, pos)
+    lo = tl.minimum(tl.maximum(pos - 1, 0), L - 2)
+    hi = lo + 1
+    c_lo = tl.load(cen_row + lo)
+    c_hi = tl.load(cen_row + hi)
+    if KERNEL == 0:  # triangular: linear interpolation between the two centers
+        gap = c_hi - c_lo
+        spaced = gap > 0
+        inv = 1.0 / tl.where(spaced, gap, 1.0)
+        raw = (s - c_lo) * inv
+        t = tl.where(spaced, tl.minimum(tl.maximum(raw, 0.0), 1.0), tl.where(s > c_lo, 1.0, 0.0))
+        dt = tl.where(spaced & (raw >= 0.0) & (raw <= 1.0), inv, 0.0)
+        w_lo = 1.0 - t
+        w_hi = t
+        dw_lo = -dt
+        dw_hi = dt
+    else:  # stlnet: (1 - |c - s|)·[|c - s| < Δ], Δ the mean spacing
+        delta = (tl.load(cen_row + L - 1) - tl.load(cen_row)) / (L - 1)
+        e_lo = s - c_lo
+        e_hi = s - c_hi
+        d_lo = tl.abs(e_lo)
+        d_hi = tl.abs(e_hi)
+        m_lo = (d_lo < delta) | (d_lo == 0.0)
+        m_hi = ((d_hi < delta) | (d_hi == 0.0)) & (c_hi > c_lo)
+        w_lo = tl.where(m_lo, 1.0 - d_lo, 0.0)
+        w_hi = tl.where(m_hi, 1.0 - d_hi, 0.0)
+        dw_lo = tl.where(m_lo & (e_lo != 0.0), tl.where(e_lo > 0.0, -1.0, 1.0), 0.0)
+        dw_hi = tl.where(m_hi & (e_hi != 0.0), tl.where(e_hi > 0.0, -1.0, 1.0), 0.0)
+    w_lo = tl.where(valid, w_lo, 0.0)
+    w_hi = tl.where(valid, w_hi, 0.0)
+    dw_lo = tl.where(valid, dw_lo, 0.0)
+    dw_hi = tl.where(valid, dw_hi, 0.0)
+    return lo, hi, w_lo, w_hi, dw_lo, dw_hi
+
+
+# --------------------------------------------------------------------------- kernels
+@triton.jit
+def _minmax_kernel(S, PMIN, PMAX, N, P, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Per-program min / max of a chunk of one image -> PMIN/PMAX[b, p]."""
+    p = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    lo = tl.full((BLOCK_N,), float("inf"), tl.float32)
+    hi = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+    for n0 in range(0, CHUNK, BLOCK_N):
+        offs = p * CHUNK + n0 + tl.arange(0, BLOCK_N)
+        ok = offs < N
+        s = tl.load(S + b * N + offs, mask=ok, other=0.0).to(tl.float32)
+        lo = tl.minimum(lo, tl.where(ok, s, float("inf")))
+        hi = tl.maximum(hi, tl.where(ok, s, float("-inf")))
+    tl.store(PMIN + b * P + p, tl.min(lo, axis=0))
+    tl.store(PMAX + b * P + p, tl.max(hi, axis=0))
+
+
+@triton.jit
+def _count_kernel(S, CEN, MASS, MOMENT, N, L, P,
+                  LOG_L: tl.constexpr, KERNEL: tl.constexpr, WITH_MOMENT: tl.constexpr,
+                  DETERMINISTIC: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr,
+                  BLOCK_L: tl.constexpr):
+    """Σ_i w (and Σ_i w·s) per level over one chunk of one image's pixels.
+
+    Atomic mode: adds into MASS/MOMENT (B, L). Deterministic mode: stores the
+    program's partial into MASS/MOMENT (B, P, L).
+    """
+    p = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    cen_row = CEN + b * L
+    for l0 in range(0, L, BLOCK_L):
+        bins = l0 + tl.arange(0, BLOCK_L)
+        acc_m = tl.zeros((BLOCK_L,), dtype=tl.float32)
+        acc_s = tl.zeros((BLOCK_L,), dtype=tl.float32)
+        for n0 in range(0, CHUNK, BLOCK_N):
+            offs = p * CHUNK + n0 + tl.arange(0, BLOCK_N)
+            ok = offs < N
+            s = tl.load(S + b * N + offs, mask=ok, other=0.0).to(tl.float32)
+            lo, hi, w_lo, w_hi, dw_lo, dw_hi = _taps(s, ok, cen_row, L, LOG_L, KERNEL)
+            onehot = (tl.where(lo[:, None] == bins[None, :], w_lo[:, None], 0.0)
+                      + tl.where(hi[:, None] == bins[None, :], w_hi[:, None], 0.0))
+            acc_m += tl.sum(onehot, axis=0)
+            if WITH_MOMENT:
+                acc_s += tl.sum(onehot * s[:, None], axis=0)
+        keep = bins < L
+        if DETERMINISTIC:
+            dst = (b * P + p) * L + bins
+            tl.store(MASS + dst, acc_m, mask=keep)
+            if WITH_MOMENT:
+                tl.store(MOMENT + dst, acc_s, mask=keep)
+        else:
+            tl.atomic_add(MASS + b * L + bins, acc_m, mask=keep)
+            if WITH_MOMENT:
+                tl.atomic_add(MOMENT + b * L + bins, acc_s, mask=keep)
+
+
+@triton.jit
+def _sum_partials_kernel(PART, OUT, P, M, BLOCK: tl.constexpr):
+    """OUT[b, m] = Σ_p PART[b, p, m], p in increasing order (deterministic merge)."""
+    b = tl.program_id(1).to(tl.int64)
+    m = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    keep = m < M
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for p in range(0, P):
+        acc += tl.load(PART + (b * P + p) * M + m, mask=keep, other=0.0)
+    tl.store(OUT + b * M + m, acc, mask=keep)
+
+
+@triton.jit
+def _count_backward_kernel(S, CEN, GC, GS, N, L,
+                           LOG_L: tl.constexpr, KERNEL: tl.constexpr, BLOCK_N: tl.constexpr):
+    """grad_s[b, i] = GC[b, lo]·w'_lo + GC[b, hi]·w'_hi (GC: gradient of the raw counts)."""
+    b = tl.program_id(1).to(tl.int64)
+    offs = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    ok = offs < N
+    s = tl.load(S + b * N + offs, mask=ok, other=0.0).to(tl.float32)
+    lo, hi, w_lo, w_hi, dw_lo, dw_hi = _taps(s, ok, CEN + b * L, L, LOG_L, KERNEL)
+    g = tl.load(GC + b * L + lo) * dw_lo + tl.load(GC + b * L + hi) * dw_hi
+    tl.store(GS + b * N + offs, g.to(GS.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _reproject_kernel(T, S, CEN, OUT, N, D, L,
+                      LOG_L: tl.constexpr, KERNEL: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """OUT[b, d, i] = w_lo·T[b, d, lo] + w_hi·T[b, d, hi]."""
+    b = tl.program_id(1).to(tl.int64)
+    offs = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    ok = offs < N
+    s = tl.load(S + b * N + offs, mask=ok, other=0.0).to(tl.float32)
+    lo, hi, w_lo, w_hi, dw_lo, dw_hi = _taps(s, ok, CEN + b * L, L, LOG_L, KERNEL)
+    t_row = T + b * D * L
+    o_row = OUT + b * D * N
+    for d0 in range(0, D, BLOCK_D):
+        d = d0 + tl.arange(0, BLOCK_D)
+        m = (d[:, None] < D) & ok[None, :]
+        t_lo = tl.load(t_row + d[:, None] * L + lo[None, :], mask=m, other=0.0).to(tl.float32)
+        t_hi = tl.load(t_row + d[:, None] * L + hi[None, :], mask=m, other=0.0).to(tl.float32)
+        out = t_lo * w_lo[None, :] + t_hi * w_hi[None, :]
+        tl.store(o_row + d[:, None] * N + offs[None, :], out.to(OUT.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _reproject_grad_s_kernel(T, S, CEN, G, GS, N, D, L, sgb, sgd, sgn,
+                             LOG_L: tl.constexpr, KERNEL: tl.constexpr,
+                             BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """grad_s[b, i] = Σ_d G[b, d, i]·(T[b, d, lo]·w'_lo + T[b, d, hi]·w'_hi) (G strided)."""
+    b = tl.program_id(1).to(tl.int64)
+    offs = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    ok = offs < N
+    s = tl.load(S + b * N + offs, mask=ok, other=0.0).to(tl.float32)
+    lo, hi, w_lo, w_hi, dw_lo, dw_hi = _taps(s, ok, CEN + b * L, L, LOG_L, KERNEL)
+    t_row = T + b * D * L
+    acc_lo = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    acc_hi = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        d = d0 + tl.arange(0, BLOCK_D)
+        m = (d[:, None] < D) & ok[None, :]
+        g = tl.load(G + b * sgb + d[:, None] * sgd + offs[None, :] * sgn, mask=m, other=0.0).to(tl.float32)
+        t_lo = tl.load(t_row + d[:, None] * L + lo[None, :], mask=m, other=0.0).to(tl.float32)
+        t_hi = tl.load(t_row + d[:, None] * L + hi[None, :], mask=m, other=0.0).to(tl.float32)
+        acc_lo += tl.sum(g * t_lo, axis=0)
+        acc_hi += tl.sum(g * t_hi, axis=0)
+    tl.store(GS + b * N + offs, (acc_lo * dw_lo + acc_hi * dw_hi).to(GS.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _reproject_grad_table_kernel(S, CEN, G, GT, N, D, L, P, sgb, sgd, sgn,
+                                 LOG_L: tl.constexpr, KERNEL: tl.constexpr,
+                                 DETERMINISTIC: tl.constexpr, CHUNK: tl.constexpr,
+                                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                                 BLOCK_L: tl.constexpr):
+    """grad_table[b, d, n] += Σ_{i in chunk} G[b, d, i]·E_in as a (D × pixels)·(pixels × L) tile product.
+
+    Atomic mode: adds into GT (B, D, L); deterministic: stores GT[b, p] (B, P, D, L).
+    """
+    p = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    cen_row = CEN + b * L
+    for l0 in range(0, L, BLOCK_L):
+        bins = l0 + tl.arange(0, BLOCK_L)
+        acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
+        for n0 in range(0, CHUNK, BLOCK_N):
+            offs = p * CHUNK + n0 + tl.arange(0, BLOCK_N)
+            ok = offs < N
+            s = tl.load(S + b * N + offs, mask=ok, other=0.0).to(tl.float32)
+            lo, hi, w_lo, w_hi, dw_lo, dw_hi = _taps(s, ok, cen_row, L, LOG_L, KERNEL)
+            enc = (tl.where(lo[:, None] == bins[None, :], w_lo[:, None], 0.0)
+                   + tl.where(hi[:, None] == bins[None, :], w_hi[:, None], 0.0))
+            m = (d[:, None] < D) & ok[None, :]
+            g = tl.load(G + b * sgb + d[:, None] * sgd + offs[None, :] * sgn, mask=m, other=0.0).to(tl.float32)
+            acc = tl.dot(g, enc, acc, input_precision="ieee")
+        keep = (d[:, None] < D) & (bins[None, :] < L)
+        if DETERMINISTIC:
+            tl.store(GT + ((b * P + p) * D + d[:, None]) * L + bins[None, :], acc, mask=keep)
+        else:
+            tl.atomic_add(GT + (b * D + d[:, None]) * L + bins[None, :], acc, mask=keep)
+
+
+@triton.jit
+def _cooc_kernel(S, CEN, OFF, CNT, H, W, L, P, NUM_OFF,
+                 LOG_L: tl.constexpr, KERNEL: tl.constexpr, DETERMINISTIC: tl.constexpr,
+                 CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_A: tl.constexpr):
+    """Level-pair counts Σ_pairs E_ia·E_jb of one (a, b) tile over one pixel chunk.
+
+    Grid (P, B, tiles²). Atomic mode: adds into CNT (B, L, L); deterministic:
+    stores CNT[b, p] (B, P, L, L).
+    """
+    p = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    tiles = tl.cdiv(L, BLOCK_A)
+    a_bins = (tl.program_id(2) // tiles) * BLOCK_A + tl.arange(0, BLOCK_A)
+    b_bins = (tl.program_id(2) % tiles) * BLOCK_A + tl.arange(0, BLOCK_A)
+    HW = H * W
+    s_img = S + b * HW
+    cen_row = CEN + b * L
+    acc = tl.zeros((BLOCK_A, BLOCK_A), dtype=tl.float32)
+    for o in range(0, NUM_OFF):
+        dy = tl.load(OFF + 2 * o)
+        dx = tl.load(OFF + 2 * o + 1)
+        for n0 in range(0, CHUNK, BLOCK_N):
+            i = p * CHUNK + n0 + tl.arange(0, BLOCK_N)
+            y = i // W + dy
+            x = i % W + dx
+            pair = (i < HW) & (y >= 0) & (y < H) & (x >= 0) & (x < W)
+            s_i = tl.load(s_img + i, mask=pair, other=0.0).to(tl.float32)
+            s_j = tl.load(s_img + y * W + x, mask=pair, other=0.0).to(tl.float32)
+            lo_i, hi_i, wl_i, wh_i, _a, _b = _taps(s_i, pair, cen_row, L, LOG_L, KERNEL)
+            lo_j, hi_j, wl_j, wh_j, _c, _d = _taps(s_j, pair, cen_row, L, LOG_L, KERNEL)
+            e_i = (tl.where(lo_i[:, None] == a_bins[None, :], wl_i[:, None], 0.0)
+                   + tl.where(hi_i[:, None] == a_bins[None, :], wh_i[:, None], 0.0))
+            e_j = (tl.where(lo_j[:, None] == b_bins[None, :], wl_j[:, None], 0.0)
+                   + tl.where(hi_j[:, None] == b_bins[None, :], wh_j[:, None], 0.0))
+            acc = tl.dot(tl.trans(e_i), e_j, acc, input_precision="ieee")
+    keep = (a_bins[:, None] < L) & (b_bins[None, :] < L)
+    if DETERMINISTIC:
+        tl.store(CNT + ((b * P + p) * L + a_bins[:, None]) * L + b_bins[None, :], acc, mask=keep)
+    else:
+        tl.atomic_add(CNT + (b * L + a_bins[:, None]) * L + b_bins[None, :], acc, mask=keep)
+
+
+@triton.jit
+def _cooc_backward_kernel(S, CEN, OFF, GC, GS, H, W, L, NUM_OFF,
+                          LOG_L: tl.constexpr, KERNEL: tl.constexpr, BLOCK_N: tl.constexpr):
+    """grad_s of the raw co-occurrence counts: each pixel as the first and as the second of a pair."""
+    b = tl.program_id(1).to(tl.int64)
+    i = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    HW = H * W
+    ok = i < HW
+    s_img = S + b * HW
+    cen_row = CEN + b * L
+    g_img = GC + b * L * L
+    s_i = tl.load(s_img + i, mask=ok, other=0.0).to(tl.float32)
+    lo_i, hi_i, wl_i, wh_i, dl_i, dh_i = _taps(s_i, ok, cen_row, L, LOG_L, KERNEL)
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    yi = i // W
+    xi = i % W
+    for o in range(0, NUM_OFF):
+        dy = tl.load(OFF + 2 * o)
+        dx = tl.load(OFF + 2 * o + 1)
+        # i first, partner j = i + offset: d/ds_i of E_ia(i)·E_jb(j)
+        y = yi + dy
+        x = xi + dx
+        pair = ok & (y >= 0) & (y < H) & (x >= 0) & (x < W)
+        s_j = tl.load(s_img + y * W + x, mask=pair, other=0.0).to(tl.float32)
+        lo_j, hi_j, wl_j, wh_j, _a, _b = _taps(s_j, pair, cen_row, L, LOG_L, KERNEL)
+        r_lo = (tl.load(g_img + lo_i * L + lo_j) * wl_j + tl.load(g_img + lo_i * L + hi_j) * wh_j)
+        r_hi = (tl.load(g_img + hi_i * L + lo_j) * wl_j + tl.load(g_img + hi_i * L + hi_j) * wh_j)
+        acc += r_lo * dl_i + r_hi * dh_i
+        # i second, partner k = i - offset: d/ds_i of E_ka(k)·E_ib(i)
+        y = yi - dy
+        x = xi - dx
+        pair = ok & (y >= 0) & (y < H) & (x >= 0) & (x < W)
+        s_k = tl.load(s_img + y * W + x, mask=pair, other=0.0).to(tl.float32)
+        lo_k, hi_k, wl_k, wh_k, _c, _d = _taps(s_k, pair, cen_row, L, LOG_L, KERNEL)
+        c_lo = (tl.load(g_img + lo_k * L + lo_i) * wl_k + tl.load(g_img + hi_k * L + lo_i) * wh_k)
+        c_hi = (tl.load(g_img + lo_k * L + hi_i) * wl_k + tl.load(g_img + hi_k * L + hi_i) * wh_k)
+        acc += c_lo * dl_i + c_hi * dh_i
+    tl.store(GS + b * HW + i, acc.to(GS.dtype.element_ty), mask=ok)
+
+
+# --------------------------------------------------------------------------- launch parameters
+def _interpreted() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+class Config(NamedTuple):
+    BLOCK_N: int  # pixels per tile
+    BLOCK_L: int  # levels per tile (one-hot / product tiles)
+    CHUNK: int  # pixels per program of the reducing kernels (a multiple of BLOCK_N)
+    P: int  # programs (chunks) per image of the reducing kernels
+    LOG_L: int  # binary-search steps: 2**LOG_L > L
+    num_warps: int
+
+
+def launch_config(batch: int, n: int, levels: int, interpreted: bool | None = None) -> Config:
+    """Fixed launch parameters (no autotuning).
+
+    Level tiles hold up to 128 levels (at least 16, the tensor-core minimum);
+    a one-hot tile has about 8K elements on the GPU. A reducing program owns
+    ``CHUNK`` pixels: enough chunks for about a thousand programs over the
+    batch, but at most 8192 pixels each. The interpreter runs programs one
+    after another, so there a program takes a whole image in large tiles.
+    """
+    if interpreted is None:
+        interpreted = _interpreted()
+    block_l = min(128, max(16, triton.next_power_of_2(levels)))
+    n_pow = max(16, triton.next_power_of_2(n))
+    if interpreted:
+        block_n = min(n_pow, max(16, 65536 // block_l))
+        chunk = triton.cdiv(n, block_n) * block_n
+    else:
+        block_n = max(16, 8192 // block_l)
+        want = triton.next_power_of_2(max(1, triton.cdiv(batch * n, 1024)))
+        chunk = min(8192, max(block_n, want))
+    log_l = max(1, int(levels).bit_length())  # 2**log_l > levels
+    return Config(block_n, block_l, chunk, triton.cdiv(n, chunk), log_l, 4)
+
+
+def _pixel_block(n: int) -> int:
+    """Tile of the pixel-parallel (non-reducing) kernels."""
+    if _interpreted():
+        return min(4096, max(16, triton.next_power_of_2(n)))
+    return 256
+
+
+def _guard(t: torch.Tensor):
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+def _check_dtype(t: torch.Tensor, name: str) -> None:
+    if t.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{name}: the Triton quantize kernels take float32/float16/bfloat16, got {t.dtype}")
+
+
+def _deterministic() -> bool:
+    return torch.are_deterministic_algorithms_enabled()
+
+
+def _merge(batch: int, cfg: Config, m: int, device) -> tuple[torch.Tensor, bool]:
+    """Target buffer of a reducing kernel: (B, M) zeros (atomics) or (B, P, M) partials."""
+    if _deterministic():
+        return torch.empty(batch, cfg.P, m, device=device, dtype=torch.float32), True
+    return torch.zeros(batch, m, device=device, dtype=torch.float32), False
+
+
+def _finish(buf: torch.Tensor, deterministic: bool) -> torch.Tensor:
+    """(B, M) result of a reducing kernel; partials are summed in a fixed order."""
+    if not deterministic:
+        return buf
+    b, p, m = buf.shape
+    out = torch.empty(b, m, device=buf.device, dtype=torch.float32)
+    block = min(1024, triton.next_power_of_2(m))
+    with _guard(buf):
+        _sum_partials_kernel[(triton.cdiv(m, block), b)](buf, out, p, m, BLOCK=block)
+    return out
+
+
+def _normalize(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows divided by their sums (an all-zero row stays zero); returns (normalized, safe totals)."""
+    total = counts.sum(dim=1, keepdim=True)
+    total = torch.where(total != 0, total, torch.ones_like(total))
+    return counts / total, total
+
+
+def _normalize_backward(g: torch.Tensor, h: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """Gradient w.r.t. the raw counts of ``h = counts / Σ counts`` (rows of zeros: identity)."""
+    g = g.float()
+    return ((g - (g * h).sum(dim=1, keepdim=True)) / total).where(h.sum(dim=1, keepdim=True) != 0, g)
+
+
+# --------------------------------------------------------------------------- launchers
+def _minmax(s2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    B, N = s2.shape
+    cfg = launch_config(B, N, 2)
+    block = cfg.BLOCK_N if _interpreted() else min(1024, cfg.CHUNK)
+    pmin = torch.empty(B, cfg.P, device=s2.device, dtype=torch.float32)
+    pmax = torch.empty_like(pmin)
+    with _guard(s2):
+        _minmax_kernel[(cfg.P, B)](s2, pmin, pmax, N, cfg.P, CHUNK=cfg.CHUNK, BLOCK_N=block)
+    return pmin.amin(dim=1), pmax.amax(dim=1)
+
+
+def _level_sums(s2: torch.Tensor, centers: torch.Tensor, kernel: str, with_moment: bool):
+    """(mass, moment or None), each (B, L) float32."""
+    B, N = s2.shape
+    L = centers.shape[1]
+    cfg = launch_config(B, N, L)
+    mass, det = _merge(B, cfg, L, s2.device)
+    moment = torch.empty_like(mass) if det else torch.zeros_like(mass)
+    with _guard(s2):
+        _count_kernel[(cfg.P, B)](
+            s2, centers, mass, moment if with_moment else mass, N, L, cfg.P,
+            LOG_L=cfg.LOG_L, KERNEL=KERNEL_IDS[kernel], WITH_MOMENT=with_moment, DETERMINISTIC=det,
+            CHUNK=cfg.CHUNK, BLOCK_N=cfg.BLOCK_N, BLOCK_L=cfg.BLOCK_L, num_warps=cfg.num_warps,
+        )
+    return _finish(mass, det), (_finish(moment, det) if with_moment else None)
+
+
+class _QuantizeCountFn(torch.autograd.Function):
+    """hist = counts / Σ counts from one counting pass; backward: one pass over the pixels."""
+
+    @staticmethod
+    def forward(ctx, s2, centers, kernel):
+        counts, _ = _level_sums(s2, centers, kernel, with_moment=False)
+        hist, total = _normalize(counts)
+        ctx.save_for_backward(s2, centers, hist, total)
+        ctx.kernel = kernel
+        return hist
+
+    @staticmethod
+    def backward(ctx, g):
+        s2, centers, hist, total = ctx.saved_tensors
+        gc = _normalize_backward(g, hist, total).contiguous()
+        B, N = s2.shape
+        L = centers.shape[1]
+        gs = torch.empty_like(s2)
+        block = _pixel_block(N)
+        with _guard(s2):
+            _count_backward_kernel[(triton.cdiv(N, block), B)](
+                s2, centers, gc, gs, N, L,
+                LOG_L=launch_config(B, N, L).LOG_L, KERNEL=KERNEL_IDS[ctx.kernel], BLOCK_N=block,
+            )
+        return gs, None, None
+
+
+def quantize_count_triton(s2: torch.Tensor, levels: int, iters: int, kernel: str,
+                          centers: torch.Tensor | None, quantiles) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton ``quantize_count`` on validated ``s2`` (B, N); returns float32 (centers, hist).
+
+    ``centers`` (B, L) sorted, or None: the range comes from the min/max kernel
+    (or torch's per-image quantiles) and ``iters`` Lloyd passes refine it.
+    """
+    _check_dtype(s2, "s")
+    s2 = s2.contiguous()
+    if centers is None:
+        if quantiles is None:
+            smin, smax = _minmax(s2)
+        else:
+            smin, smax = intensity_range(s2.float(), quantiles)
+        centers = initial_centers(smin, smax, levels)
+        for _ in range(iters):
+            mass, moment = _level_sums(s2, centers, kernel, with_moment=True)
+            centers = lloyd_update(centers, mass, moment)
+    centers = centers.float().contiguous()
+    return centers, _QuantizeCountFn.apply(s2, centers, kernel)
+
+
+class _ReprojectFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, table, s2, centers, kernel):
+        B, D, L = table.shape
+        N = s2.shape[1]
+        out = torch.empty(B, D, N, device=table.device, dtype=table.dtype)
+        block_n = _pixel_block(N)
+        block_d = min(16, triton.next_power_of_2(D))
+        with _guard(s2):
+            _reproject_kernel[(triton.cdiv(N, block_n), B)](
+                table, s2, centers, out, N, D, L,
+                LOG_L=launch_config(B, N, L).LOG_L, KERNEL=KERNEL_IDS[kernel],
+                BLOCK_N=block_n, BLOCK_D=block_d,
+            )
+        ctx.save_for_backward(table, s2, centers)
+        ctx.kernel = kernel
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        table, s2, centers = ctx.saved_tensors
+        B, D, L = table.shape
+        N = s2.shape[1]
+        kid = KERNEL_IDS[ctx.kernel]
+        cfg = launch_config(B, N, L)
+        strides = g.stride()
+        grad_table = grad_s = None
+        with _guard(s2):
+            if ctx.needs_input_grad[1]:
+                grad_s = torch.empty_like(s2)
+                block_n = _pixel_block(N)
+                _reproject_grad_s_kernel[(triton.cdiv(N, block_n), B)](
+                    table, s2, centers, g, grad_s, N, D, L, *strides,
+                    LOG_L=cfg.LOG_L, KERNEL=kid, BLOCK_N=block_n, BLOCK_D=min(16, triton.next_power_of_2(D)),
+                )
+            if ctx.needs_input_grad[0]:
+                block_d = min(64, max(16, triton.next_power_of_2(D)))
+                block_n = min(cfg.BLOCK_N, max(16, 8192 // block_d)) if not _interpreted() else cfg.BLOCK_N
+                chunk = triton.cdiv(cfg.CHUNK, block_n) * block_n
+                p = triton.cdiv(N, chunk)
+                cfg_t = cfg._replace(CHUNK=chunk, P=p)
+                buf, det = _merge(B, cfg_t, D * L, s2.device)
+                _reproject_grad_table_kernel[(p, B, triton.cdiv(D, block_d))](
+                    s2, centers, g, buf, N, D, L, p, *strides,
+                    LOG_L=cfg.LOG_L, KERNEL=kid, DETERMINISTIC=det, CHUNK=chunk,
+                    BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_L=cfg.BLOCK_L, num_warps=cfg.num_warps,
+                )
+                grad_table = _finish(buf, det).view(B, D, L).to(table.dtype)
+        return grad_table, grad_s, None, None
+
+
+def reproject_triton(table: torch.Tensor, s2: torch.Tensor, centers: torch.Tensor, kernel: str) -> torch.Tensor:
+    """Triton ``reproject``: table (B, D, L), s2 (B, N), centers (B, L) -> (B, D, N) in table's dtype."""
+    _check_dtype(table, "table")
+    _check_dtype(s2, "s")
+    return _ReprojectFn.apply(table.contiguous(), s2.contiguous(), centers.float().contiguous(), kernel)
+
+
+@functools.lru_cache(maxsize=64)
+def _offsets_pair(offsets: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(host, device) int32 copies of the offsets; the pinned host copy stays alive with the
+    cached device copy, so the asynchronous upload needs no host sync."""
+    host = torch.tensor(offsets, dtype=torch.int32).reshape(-1)
+    if device.type != "cuda":
+        return host, host.to(device)
+    host = host.pin_memory()
+    return host, host.to(device, non_blocking=True)
+
+
+def _offsets_tensor(offsets: tuple, device: torch.device) -> torch.Tensor:
+    return _offsets_pair(offsets, device)[1]
+
+
+class _CooccurrenceFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, s2, centers, H, W, offsets, kernel):
+        B = s2.shape[0]
+        L = centers.shape[1]
+        N = H * W
+        off = _offsets_tensor(tuple(offsets), s2.device)
+        cfg = launch_config(B, N, L)
+        block_a = min(64, cfg.BLOCK_L)
+        block_n = cfg.BLOCK_N if _interpreted() else max(16, 4096 // block_a)
+        chunk = triton.cdiv(cfg.CHUNK, block_n) * block_n
+        p = triton.cdiv(N, chunk)
+        cfg = cfg._replace(CHUNK=chunk, P=p)
+        buf, det = _merge(B, cfg, L * L, s2.device)
+        tiles = triton.cdiv(L, block_a)
+        with _guard(s2):
+            _cooc_kernel[(p, B, tiles * tiles)](
+                s2, centers, off, buf, H, W, L, p, len(offsets),
+                LOG_L=cfg.LOG_L, KERNEL=KERNEL_IDS[kernel], DETERMINISTIC=det, CHUNK=chunk,
+                BLOCK_N=block_n, BLOCK_A=block_a, num_warps=cfg.num_warps,
+            )
+        counts = _finish(buf, det)
+        hist, total = _normalize(counts)
+        ctx.save_for_backward(s2, centers, off, hist, total)
+        ctx.geometry = (H, W, len(offsets), kernel)
+        return hist
+
+    @staticmethod
+    def backward(ctx, g):
+        s2, centers, off, hist, total = ctx.saved_tensors
+        H, W, num_off, kernel = ctx.geometry
+        B, N = s2.shape
+        L = centers.shape[1]
+        gc = _normalize_backward(g, hist, total).contiguous()
+        gs = torch.empty_like(s2)
+        block = _pixel_block(N)
+        with _guard(s2):
+            _cooc_backward_kernel[(triton.cdiv(N, block), B)](
+                s2, centers, off, gc, gs, H, W, L, num_off,
+                LOG_L=launch_config(B, N, L).LOG_L, KERNEL=KERNEL_IDS[kernel], BLOCK_N=block,
+            )
+        return gs, None, None, None, None, None
+
+
+def cooccurrence_triton(s3: torch.Tensor, centers: torch.Tensor, offsets, kernel: str) -> torch.Tensor:
+    """Triton ``cooccurrence``: s3 (B, H, W), centers (B, L) -> float32 (B, L, L) summing to 1."""
+    _check_dtype(s3, "s")
+    B, H, W = s3.shape
+    L = centers.shape[1]
+    s2 = s3.contiguous().reshape(B, H * W)
+    out = _CooccurrenceFn.apply(s2, centers.float().contiguous(), H, W, tuple(offsets), kernel)
+    return out.view(B, L, L)

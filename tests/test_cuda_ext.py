@@ -1,0 +1,472 @@
+"""The CUDA extension sstkd._C on a machine without a GPU (runs in CI).
+
+* It JIT-builds for sm_90 (ninja, cached in ~/.cache/sstkd/ext-<hash>: the
+  first run compiles, ~40-60 s on 2 cores; later runs load the cached build),
+  imports, registers its ops, and rejects CPU tensors with a clear error.
+* Its Meta implementations give the right shapes/dtypes, also under symbolic
+  (dynamic-shape) tracing, and the autograd wrappers trace on meta tensors.
+* The kernels' arithmetic -- the LP tile engine (lp_tile.cuh) and the
+  quantization taps (quantize_taps.cuh), the same code the kernels run -- is
+  compiled for the host (csrc/tests/host_emulation.cu) and checked against
+  the reference ops, forward and adjoint. Warp-level code, barriers and the
+  launch itself need a GPU: tests/test_cuda_gpu.py.
+
+Skips only when no CUDA toolkit (nvcc) is found or torch is a CPU-only build.
+"""
+from __future__ import annotations
+
+import ctypes
+import glob
+import hashlib
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sstkd import _ext
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CSRC = os.path.join(REPO, "csrc")
+OPS = ("lp_dec", "lp_dec_backward", "lp_rec", "lp_rec_backward", "quantize_count", "quantize_count_backward",
+       "sum_squares")
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _skip_reason() -> str | None:
+    ok, why = _ext.jit_available()
+    if ok:
+        return None
+    if "CUDA toolkit" in why or "not a CUDA build" in why or "CUDA_HOME" in why:
+        return f"cannot build the CUDA extension here: {why}"
+    pytest.fail(f"the CUDA extension should be buildable here but is not: {why}")
+
+
+def _sstkd_build():
+    sys.path.insert(0, CSRC)
+    try:
+        import sstkd_build
+    finally:
+        sys.path.remove(CSRC)
+    return sstkd_build
+
+
+@pytest.fixture(scope="module")
+def ext():
+    why = _skip_reason()
+    if why:
+        pytest.skip(why)
+    old = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")  # CI builds for sm_90 only
+    try:
+        return _ext.get()
+    finally:
+        if old is None:
+            os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
+
+
+# ------------------------------------------------------------------------------------- build + load
+def test_extension_imports_and_registers_ops(ext):
+    assert _ext.is_loaded() and _ext.load_error() is None
+    assert tuple(ext.ops) == OPS
+    assert ext.cuda_runtime_version >= 11000
+    for name in OPS:
+        assert hasattr(torch.ops.sstkd, name), name
+    schema = str(torch.ops.sstkd.quantize_count.default._schema)
+    assert schema == "sstkd::quantize_count(Tensor s, Tensor centers, str kernel) -> (Tensor counts, Tensor sums)"
+    assert _ext.info()["loaded"] and _ext.info()["jit_available"]
+
+
+def test_setup_py_and_jit_build_the_same_sources():
+    # setup.py globs csrc/*.cu + csrc/*.cpp; the JIT build uses sstkd_build.sources().
+    sb = _sstkd_build()
+    globbed = sorted(glob.glob(os.path.join(CSRC, "*.cu")) + glob.glob(os.path.join(CSRC, "*.cpp")))
+    assert sb.sources() == globbed
+    names = {os.path.basename(f) for f in globbed}
+    assert names == {"bindings.cpp", "lp_kernels.cu", "quantize_kernels.cu", "reduce_kernels.cu"}
+    # torch headers only in the one binding file: the kernel units stay fast to compile per arch
+    for f in globbed:
+        text = open(f).read()
+        has_torch = "#include <torch/" in text or "#include <ATen/" in text or "#include <c10/" in text
+        assert has_torch == f.endswith("bindings.cpp"), f
+
+
+CPU_CALLS = {
+    "lp_dec": lambda: torch.ops.sstkd.lp_dec(torch.zeros(2, 4, 4)),
+    "lp_dec_backward": lambda: torch.ops.sstkd.lp_dec_backward(torch.zeros(2, 2, 2), torch.zeros(2, 4, 4)),
+    "lp_rec": lambda: torch.ops.sstkd.lp_rec(torch.zeros(2, 2, 2), torch.zeros(2, 4, 4)),
+    "lp_rec_backward": lambda: torch.ops.sstkd.lp_rec_backward(torch.zeros(2, 4, 4)),
+    "quantize_count": lambda: torch.ops.sstkd.quantize_count(torch.zeros(2, 9), torch.zeros(2, 4), "triangular"),
+    "quantize_count_backward": lambda: torch.ops.sstkd.quantize_count_backward(
+        torch.zeros(2, 9), torch.zeros(2, 4), "stlnet", torch.zeros(2, 4), None),
+    "sum_squares": lambda: torch.ops.sstkd.sum_squares(torch.zeros(3, 5)),
+}
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_cpu_tensors_raise_a_clear_error(ext, op):
+    with pytest.raises(RuntimeError, match=rf"sstkd::{op}: \w+ must be a CUDA tensor \(got a cpu tensor\)"):
+        CPU_CALLS[op]()
+
+
+def test_wrappers_raise_a_clear_error_on_cpu(ext):
+    from sstkd.ops import _cuda_ops
+
+    with pytest.raises(RuntimeError, match="must be a CUDA tensor"):
+        _cuda_ops.lp_dec_cuda(torch.randn(1, 2, 8, 8))
+    with pytest.raises(RuntimeError, match="must be a CUDA tensor"):
+        _cuda_ops.quantize_count_cuda(torch.rand(2, 50), 8, 0, "triangular", None, None)
+    with pytest.raises(ValueError, match="filt"):
+        _cuda_ops.lp_rec_cuda(torch.randn(1, 1, 4, 4), torch.randn(1, 1, 8, 8), filt="5-3")
+
+
+def test_bad_kernel_name_is_rejected(ext):
+    with pytest.raises(RuntimeError, match="kernel must be 'triangular' or 'stlnet', got 'box'"):
+        torch.ops.sstkd.quantize_count(torch.empty(2, 9, device="meta"), torch.empty(2, 4, device="meta"), "box")
+
+
+# ---------------------------------------------------------------------------------------- Meta
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_meta_shapes_and_dtypes(ext, dtype):
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    x = torch.empty(6, 10, 14, device="meta", dtype=dtype)
+    low, band = torch.ops.sstkd.lp_dec(x)
+    assert (low.shape, band.shape, low.dtype, band.dtype) == ((6, 5, 7), (6, 10, 14), dtype, dtype)
+    assert torch.ops.sstkd.lp_dec_backward(low, band).shape == (6, 10, 14)
+    assert torch.ops.sstkd.lp_rec(low, band).shape == (6, 10, 14)
+    gl, gb = torch.ops.sstkd.lp_rec_backward(band)
+    assert (gl.shape, gb.shape, gl.dtype) == ((6, 5, 7), (6, 10, 14), dtype)
+    s = torch.empty(3, 100, device="meta", dtype=dtype)
+    c = torch.empty(3, 16, device="meta", dtype=acc)
+    counts, sums = torch.ops.sstkd.quantize_count(s, c, "stlnet")
+    assert (counts.shape, sums.shape, counts.dtype, sums.dtype) == ((3, 16), (3, 16), acc, acc)
+    g = torch.ops.sstkd.quantize_count_backward(s, c, "triangular", counts, None)
+    assert (g.shape, g.dtype) == ((3, 100), dtype)
+    e = torch.ops.sstkd.sum_squares(torch.empty(7, 3, 5, device="meta", dtype=dtype))
+    assert (e.shape, e.dtype) == ((7,), acc)
+
+
+def test_meta_rejects_wrong_rank(ext):
+    with pytest.raises(RuntimeError, match=r"sstkd::lp_dec: x must be 3-D \(N, H, W\)"):
+        torch.ops.sstkd.lp_dec(torch.empty(2, 3, 8, 8, device="meta"))
+
+
+def test_symbolic_shapes_trace(ext):
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def f(x, s, c):
+        low, band = torch.ops.sstkd.lp_dec(x)
+        counts, _ = torch.ops.sstkd.quantize_count(s, c, "triangular")
+        return torch.ops.sstkd.lp_rec(low, band), counts
+
+    gm = make_fx(f, tracing_mode="symbolic")(
+        torch.empty(3, 8, 6, device="meta"), torch.empty(2, 40, device="meta"), torch.empty(2, 5, device="meta"))
+    ops = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert torch.ops.sstkd.lp_dec.default in ops and torch.ops.sstkd.quantize_count.default in ops
+    out = [n for n in gm.graph.nodes if n.op == "output"][0].args[0]
+    shape = out[0].meta["val"].shape
+    assert all(isinstance(d, torch.SymInt) for d in shape)  # sizes stay symbolic through the Meta impls
+
+
+def test_autograd_wrappers_on_meta_tensors(ext):
+    from sstkd.ops import _cuda_ops
+
+    x = torch.empty(2, 3, 12, 10, device="meta", requires_grad=True)
+    low, band = _cuda_ops.lp_dec_cuda(x)
+    assert low.shape == (2, 3, 6, 5) and band.shape == (2, 3, 12, 10)
+    (gx,) = torch.autograd.grad((low.sum() + band.sum()), x)
+    assert gx.shape == x.shape
+    y = _cuda_ops.lp_rec_cuda(low.detach().requires_grad_(), band.detach().requires_grad_())
+    assert y.shape == (2, 3, 12, 10)
+    e = _cuda_ops.sum_squares_cuda(torch.empty(4, 9, device="meta", dtype=torch.float16))
+    assert e.shape == (4,) and e.dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------- JIT availability
+def test_jit_unavailable_reasons(monkeypatch):
+    monkeypatch.setenv("SSTKD_JIT", "0")
+    assert _ext.jit_available() == (False, "the JIT build is disabled (SSTKD_JIT=0)")
+    monkeypatch.delenv("SSTKD_JIT")
+    monkeypatch.setenv("CUDA_HOME", "/nonexistent/cuda")
+    ok, why = _ext.jit_available()
+    if torch.version.cuda is not None:
+        assert not ok and "CUDA_HOME/CUDA_PATH=/nonexistent/cuda is not a CUDA toolkit root" in why
+    monkeypatch.delenv("CUDA_HOME")
+    monkeypatch.setenv("SSTKD_CSRC", "/nonexistent/csrc")
+    ok, why = _ext.jit_available()
+    assert not ok and "source checkout" in why
+
+
+def test_get_names_the_missing_toolkit(monkeypatch):
+    monkeypatch.setattr(_ext, "_state", {"module": None, "error": None, "build_dir": None})
+    monkeypatch.setattr(_ext, "_import_built", lambda: (None, "sstkd._C is not built (test)"))
+    monkeypatch.setenv("SSTKD_JIT", "0")
+    assert "SSTKD_JIT=0" in _ext.load_error()
+    with pytest.raises(RuntimeError, match=r"sstkd._C is not built \(test\), and it cannot be JIT-built: .*SSTKD_JIT=0"):
+        _ext.get()
+
+
+# ------------------------------------------------------------------------------ host emulation
+def _emu_lib():
+    why = _skip_reason()
+    if why:
+        pytest.skip(why)
+    sb = _sstkd_build()
+    home = sb.cuda_home()
+    src = os.path.join(CSRC, "tests", "host_emulation.cu")
+    h = hashlib.sha256()
+    for f in sorted(glob.glob(os.path.join(CSRC, "*.cuh")) + glob.glob(os.path.join(CSRC, "*.h"))) + [src]:
+        h.update(open(f, "rb").read())
+    h.update(home.encode())
+    out_dir = os.path.join(_ext.cache_root(), f"emu-{h.hexdigest()[:16]}")
+    lib = os.path.join(out_dir, "libsstkd_emu.so")
+    if not os.path.exists(lib):
+        os.makedirs(out_dir, exist_ok=True)
+        tmp = f"{lib}.{os.getpid()}.tmp"
+        cmd = [os.path.join(home, "bin", "nvcc"), "-O2", "-std=c++17", "-shared", "-Xcompiler", "-fPIC"]
+        cmd += [f"-I{d}" for d in sb.include_dirs(home)] + [src, "-o", tmp]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        assert r.returncode == 0, f"building the host emulation failed:\n{r.stdout}\n{r.stderr}"
+        os.replace(tmp, lib)
+    return ctypes.CDLL(lib)
+
+
+@pytest.fixture(scope="module")
+def emu():
+    return _emu_lib()
+
+
+_DT = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+
+
+def _ptr(t):
+    return ctypes.c_void_p(0 if t is None else t.data_ptr())
+
+
+def _emu_level(emu, mode, filters, y, c_in=None):
+    """mode 0: (A y, y - S A y); mode 1: S (c_in - A y) + y. filters 0: (h, g); 1: (g, h)."""
+    n, H, W = y.shape
+    y = y.contiguous()
+    out = torch.empty_like(y)
+    c_out = torch.empty(n, H // 2, W // 2, dtype=y.dtype) if mode == 0 else None
+    c_in = None if c_in is None else c_in.contiguous()
+    i64 = ctypes.c_int64
+    rc = emu.sstkd_emu_lp_level(_DT[y.dtype], mode, filters, _ptr(y), _ptr(c_in), _ptr(c_out), _ptr(out),
+                                i64(n), i64(H), i64(W))
+    assert rc == 0
+    return c_out, out
+
+
+# (N, H, W): tiny images (wrap more than the size), one tile, ragged tile
+# coverage in both directions, several tiles.
+LP_SHAPES = [(1, 2, 2), (2, 4, 6), (2, 10, 2), (3, 8, 8), (2, 38, 70), (1, 34, 130), (1, 68, 36)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", LP_SHAPES)
+def test_emulated_lp_level_matches_the_reference(emu, shape, dtype):
+    from sstkd.ops.laplacian import lp_dec_ref, lp_rec_ref
+
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    x = torch.randn(*shape, dtype=dtype)
+    # forward: lp_dec, and lp_rec of arbitrary coefficients (not only of a decomposition)
+    low_ref, band_ref = lp_dec_ref(x[:, None])
+    low, band = _emu_level(emu, 0, 0, x)
+    torch.testing.assert_close(low, low_ref[:, 0], atol=tol, rtol=0)
+    torch.testing.assert_close(band, band_ref[:, 0], atol=tol, rtol=0)
+    rl, rb = torch.randn_like(low_ref), torch.randn_like(band_ref)
+    _, rec = _emu_level(emu, 1, 0, rb[:, 0], rl[:, 0])
+    torch.testing.assert_close(rec, lp_rec_ref(rl, rb)[:, 0], atol=tol, rtol=0)
+    # adjoints = the reference's autograd
+    xg = x[:, None].clone().requires_grad_(True)
+    lo, ba = lp_dec_ref(xg)
+    gl, gb = torch.randn_like(lo), torch.randn_like(ba)
+    (gx_ref,) = torch.autograd.grad((lo * gl).sum() + (ba * gb).sum(), xg)
+    _, gx = _emu_level(emu, 1, 1, gb[:, 0], gl[:, 0])
+    torch.testing.assert_close(gx, gx_ref[:, 0], atol=tol * 4, rtol=0)
+    lg, bg = rl.clone().requires_grad_(True), rb.clone().requires_grad_(True)
+    y = lp_rec_ref(lg, bg)
+    gy = torch.randn_like(y)
+    gl_ref, gb_ref = torch.autograd.grad((y * gy).sum(), (lg, bg))
+    gl2, gb2 = _emu_level(emu, 0, 1, gy[:, 0])
+    torch.testing.assert_close(gl2, gl_ref[:, 0], atol=tol * 4, rtol=0)
+    torch.testing.assert_close(gb2, gb_ref[:, 0], atol=tol * 4, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_emulated_lp_level_low_precision_rounds_once(emu, dtype):
+    from sstkd.ops.laplacian import lp_dec_ref
+
+    x = torch.randn(2, 38, 70).to(dtype)
+    low_ref, band_ref = lp_dec_ref(x[:, None].float())  # float32 compute, one rounding at the end
+    low, band = _emu_level(emu, 0, 0, x)
+    assert low.dtype == band.dtype == dtype
+    # within one unit in the last place of the dtype (the float32 sums differ in order only)
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(low.float(), low_ref[:, 0], atol=1e-6, rtol=eps)
+    torch.testing.assert_close(band.float(), band_ref[:, 0], atol=1e-6, rtol=eps)
+
+
+def _emu_counts(emu, kernel, s, centers):
+    B, N = s.shape
+    L = centers.shape[1]
+    acc = torch.float64 if s.dtype == torch.float64 else torch.float32
+    counts = torch.zeros(B, L, dtype=acc)
+    sums = torch.zeros(B, L, dtype=acc)
+    c = centers.to(acc).contiguous()
+    i64 = ctypes.c_int64
+    kid = ("triangular", "stlnet").index(kernel)
+    rc = emu.sstkd_emu_quantize_count(_DT[s.dtype], kid, _ptr(s), _ptr(c), _ptr(counts), _ptr(sums), i64(B), i64(N),
+                                      i64(L))
+    assert rc == 0
+    return counts, sums
+
+
+def _emu_count_grad(emu, kernel, s, centers, grad_counts):
+    B, N = s.shape
+    L = centers.shape[1]
+    g = torch.empty_like(s)
+    zeros = torch.zeros_like(grad_counts)
+    i64 = ctypes.c_int64
+    kid = ("triangular", "stlnet").index(kernel)
+    rc = emu.sstkd_emu_quantize_count_backward(_DT[s.dtype], kid, _ptr(s), _ptr(centers.contiguous()),
+                                               _ptr(grad_counts.contiguous()), _ptr(zeros), _ptr(g), i64(B), i64(N),
+                                               i64(L))
+    assert rc == 0
+    return g
+
+
+def _intensities(dtype):
+    s = torch.rand(3, 700, dtype=torch.float64) * 2 - 1
+    s[0, :40] = s[0, 40]  # repeated values
+    s[2] = 0.25  # a constant image
+    return s.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kernel", ["triangular", "stlnet"])
+def test_emulated_quantize_counts_match_the_reference(emu, kernel, dtype):
+    from sstkd.ops.quantize import initial_centers, intensity_range, lloyd_update, normalize_rows, quantize_count_ref
+
+    tol = dict(atol=1e-12, rtol=1e-12) if dtype == torch.float64 else dict(atol=2e-6, rtol=2e-5)
+    s = _intensities(dtype)
+    L = 12
+    # one Lloyd step from the initial centers: checks the sums Σ E·s and the counts
+    centers0 = initial_centers(*intensity_range(s, None), L)
+    counts, sums = _emu_counts(emu, kernel, s, centers0)
+    c1_ref, _ = quantize_count_ref(s, L, 1, kernel, None, None)
+    torch.testing.assert_close(lloyd_update(centers0, counts, sums), c1_ref, **tol)
+    # given (non-uniform, partly coincident) centers, and values exactly on a center
+    centers = c1_ref.clone()
+    centers[1, 5] = centers[1, 4]
+    s[1, :7] = centers[1, 4]
+    s[0, 50:60] = centers[0, 0] - 0.5  # below the outermost center
+    s_ref = s.clone().requires_grad_(True)
+    _, hist_ref = quantize_count_ref(s_ref, L, 0, kernel, centers, None)
+    counts, _ = _emu_counts(emu, kernel, s, centers)
+    torch.testing.assert_close(normalize_rows(counts), hist_ref, **tol)
+    # backward: d(Σ g·hist)/ds, with the normalization's chain rule applied to the counts
+    g = torch.randn_like(hist_ref)
+    (gs_ref,) = torch.autograd.grad((hist_ref * g).sum(), s_ref)
+    total = counts.sum(1, keepdim=True)
+    total = torch.where(total != 0, total, torch.ones_like(total))
+    grad_counts = g / total - (g * counts).sum(1, keepdim=True) / total**2
+    torch.testing.assert_close(_emu_count_grad(emu, kernel, s, centers, grad_counts), gs_ref, **tol)
+
+
+# ------------------------------------------------- the autograd wrappers on the emulated kernels
+class _TorchWithEmulatedOps:
+    """``torch`` for sstkd.ops._cuda_ops, with ``torch.ops.sstkd.*`` answered by the host emulation."""
+
+    def __init__(self, emu):
+        acc = lambda t: torch.float64 if t.dtype == torch.float64 else torch.float32  # noqa: E731
+
+        def qc_backward(s, c, kernel, gc, gs):
+            gs = torch.zeros_like(gc) if gs is None else gs
+            assert gs.abs().max() == 0, "the wrappers never pass grad_sums"
+            return _emu_count_grad(emu, kernel, s.contiguous(), c.to(acc(s)), gc.to(acc(s)))
+
+        self.ops = type("Ops", (), {})()
+        self.ops.sstkd = type("Sstkd", (), dict(
+            lp_dec=staticmethod(lambda x: _emu_level(emu, 0, 0, x)),
+            lp_dec_backward=staticmethod(lambda gl, gb: _emu_level(emu, 1, 1, gb, gl)[1]),
+            lp_rec=staticmethod(lambda low, band: _emu_level(emu, 1, 0, band, low)[1]),
+            lp_rec_backward=staticmethod(lambda gx: _emu_level(emu, 0, 1, gx)),
+            quantize_count=staticmethod(lambda s, c, k: _emu_counts(emu, k, s.contiguous(), c)),
+            quantize_count_backward=staticmethod(qc_backward),
+            sum_squares=staticmethod(lambda x: x.to(acc(x)).square().reshape(x.shape[0], -1).sum(1)),
+        ))()
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+
+@pytest.fixture()
+def emulated_cuda_ops(emu, monkeypatch):
+    from sstkd.ops import _cuda_ops
+
+    shim = _TorchWithEmulatedOps(emu)
+    monkeypatch.setattr(_cuda_ops, "torch", shim)
+    monkeypatch.setattr(_cuda_ops, "_ops", lambda: shim.ops.sstkd)
+    return _cuda_ops
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_lp_wrappers_on_emulated_kernels(emulated_cuda_ops, dtype):
+    from sstkd.ops.laplacian import lp_dec_ref, lp_rec_ref
+
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
+    x = torch.randn(2, 3, 38, 70).to(dtype).to(memory_format=torch.channels_last)
+    gl, gb = torch.randn(2, 3, 19, 35).to(dtype), torch.randn(2, 3, 38, 70).to(dtype)
+    res = []
+    for dec, rec in ((emulated_cuda_ops.lp_dec_cuda, emulated_cuda_ops.lp_rec_cuda), (lp_dec_ref, lp_rec_ref)):
+        xi = x.clone().requires_grad_(True)
+        low, band = dec(xi)
+        (gx,) = torch.autograd.grad((low * gl).sum() + (band * gb).sum(), xi)
+        lo, ba = gl.clone().requires_grad_(True), gb.clone().requires_grad_(True)
+        y = rec(lo, ba)
+        g_lo, g_ba = torch.autograd.grad((y * x).sum(), (lo, ba))
+        (g_band_only,) = torch.autograd.grad(dec(xi)[1].sum(), xi)  # one output unused: zero grad for it
+        res.append((low, band, gx, y, g_lo, g_ba, g_band_only))
+    for got, want in zip(*res):
+        assert got.dtype == want.dtype == dtype and got.shape == want.shape
+        torch.testing.assert_close(got.float(), want.float(), atol=tol * max(1.0, want.abs().max().item()), rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+@pytest.mark.parametrize("kernel", ["triangular", "stlnet"])
+@pytest.mark.parametrize("mode", ["plain", "iters", "quantiles", "centers"])
+def test_quantize_wrapper_on_emulated_kernels(emulated_cuda_ops, dtype, kernel, mode):
+    from sstkd.ops._checks import compute_dtype
+    from sstkd.ops.quantize import quantize_count_ref
+
+    L = 10
+    s = _intensities(dtype)
+    cdt = compute_dtype(s)
+    iters = 3 if mode in ("iters", "quantiles") else 0
+    quantiles = (0.05, 0.95) if mode == "quantiles" else None
+    centers = quantize_count_ref(_intensities(cdt) * 0.5, L, 1, kernel, None, None)[0] if mode == "centers" else None
+    g = torch.randn(3, L, dtype=cdt)
+    res = []
+    for fn in (emulated_cuda_ops.quantize_count_cuda, quantize_count_ref):
+        si = s.clone().requires_grad_(True)
+        c, h = fn(si if fn is not quantize_count_ref else si.to(cdt), L, iters, kernel, centers, quantiles)
+        (gs,) = torch.autograd.grad((h * g).sum(), si)
+        res.append((c, h, gs))
+    tol = dict(atol=1e-10, rtol=1e-10) if cdt == torch.float64 else dict(atol=1e-5, rtol=1e-4)
+    (c, h, gs), (c_r, h_r, gs_r) = res
+    assert c.dtype == h.dtype == cdt and gs.dtype == dtype
+    torch.testing.assert_close(c, c_r, **tol)
+    torch.testing.assert_close(h, h_r, **tol)
+    torch.testing.assert_close(gs.float(), gs_r.float(), atol=1e-3 if dtype == torch.float16 else tol["atol"],
+                               rtol=tol["rtol"])
+
+
+def test_sum_squares_wrapper_gradient(emulated_cuda_ops):
+    x = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
+    e = emulated_cuda_ops.sum_squares_cuda(x)
+    torch.testing.assert_close(e, x.detach().square().sum((1, 2)))
+    g = torch.randn(4, dtype=torch.float64)
+    (gx,) = torch.autograd.grad((e * g).sum(), x)
+    torch.testing.assert_close(gx, 2 * x.detach() * g[:, None, None])
