@@ -31,7 +31,7 @@ def _bench_cell(benchmark, case, backend, mode):
         pytest.skip(why)
     gen = torch.Generator(device="cpu").manual_seed(0)
     copies = [case.make(DEVICE, torch.float32, gen) for _ in range(2)]
-    call, prepared = op_suite._mode_fn(case, op_suite._callable_for(case, backend), mode, copies, gen)
+    call, prepared = op_suite.mode_fn(case, op_suite.callable_for(case, backend), mode, copies, gen)
     state = {"i": 0}
 
     def run():

@@ -15,39 +15,44 @@ using quant::grad_pixel;
 constexpr int kThreads = 256;
 constexpr unsigned kFull = 0xffffffffu;
 
-// Adds (a, b) to bins[key] / bins2[key]; key < 0 adds nothing. Must be called
-// by all 32 lanes of the warp. Lanes with the same key first sum their values
-// (log-step reduction over the peer group found by __match_any_sync), then
-// one lane per key issues the shared-memory atomics.
+// One pixel's contribution: (weight, weight * s) to level `lo` and to level
+// lo + 1. Must be called by all 32 lanes of the warp; lo < 0 adds nothing.
+// Lanes with the same `lo` (pixels of similar intensity -- most of a warp on
+// smooth maps) first sum their four values: the peer group comes from
+// __match_any_sync, the sum is a log-step tree over it (each round a lane adds
+// the value of its next remaining higher peer, then the lanes at odd
+// positions drop out). One lane per group then issues the shared atomics.
 template <typename Acc>
-__device__ __forceinline__ void warp_aggregated_add(int key, Acc a, Acc b, Acc* bins, Acc* bins2) {
+__device__ __forceinline__ void warp_aggregated_add(int lo, Acc v[4], Acc* cnt, Acc* sum) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
   const int lane = threadIdx.x & 31;
-  unsigned peers = __match_any_sync(kFull, key);
+  unsigned peers = __match_any_sync(kFull, lo);
   const int leader = __ffs(peers) - 1;
   unsigned rank = __popc(peers & ((1u << lane) - 1u));  // my position among the peers
   peers &= 0xfffffffeu << lane;                          // only the higher peers
   while (__any_sync(kFull, peers != 0)) {
     const int next = __ffs(peers);  // 1-based lane of the next higher peer, 0 if none
-    const Acc ta = __shfl_sync(kFull, a, (next - 1) & 31);
-    const Acc tb = __shfl_sync(kFull, b, (next - 1) & 31);
+    Acc t[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) t[k] = __shfl_sync(kFull, v[k], (next - 1) & 31);
     if (next) {
-      a += ta;
-      b += tb;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) v[k] += t[k];
     }
     peers &= __ballot_sync(kFull, !(rank & 1u));  // lanes at odd positions are merged now
     rank >>= 1;
   }
-  if (lane == leader && key >= 0) {
-    atomicAdd(bins + key, a);
-    atomicAdd(bins2 + key, b);
-  }
-#else
-  if (key >= 0) {
-    atomicAdd(bins + key, a);
-    atomicAdd(bins2 + key, b);
-  }
+  if (lane != leader) return;
 #endif
+  if (lo < 0) return;
+  if (v[0] != Acc(0)) {
+    atomicAdd(cnt + lo, v[0]);
+    atomicAdd(sum + lo, v[1]);
+  }
+  if (v[2] != Acc(0)) {
+    atomicAdd(cnt + lo + 1, v[2]);
+    atomicAdd(sum + lo + 1, v[3]);
+  }
 }
 
 template <typename T, QuantKernel K>
@@ -78,10 +83,8 @@ __global__ void __launch_bounds__(kThreads)
     const bool valid = i < N;
     const Acc sv = valid ? to_acc(sb[i]) : Acc(0);
     const Taps<Acc> t = taps<K>(sv, c_sh, L, delta);
-    const int k_lo = valid && t.w_lo != Acc(0) ? t.lo : -1;
-    const int k_hi = valid && t.w_hi != Acc(0) ? t.lo + 1 : -1;
-    warp_aggregated_add(k_lo, t.w_lo, t.w_lo * sv, cnt_sh, sum_sh);
-    warp_aggregated_add(k_hi, t.w_hi, t.w_hi * sv, cnt_sh, sum_sh);
+    Acc v[4] = {t.w_lo, t.w_lo * sv, t.w_hi, t.w_hi * sv};
+    warp_aggregated_add(valid ? t.lo : -1, v, cnt_sh, sum_sh);
   }
   __syncthreads();
   for (int n = threadIdx.x; n < L; n += kThreads) {

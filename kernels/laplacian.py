@@ -22,23 +22,29 @@ matrices, so forward, adjoint and both their transposes share one code path
 and the backward of each Function is the other Function with transposed taps
 (double backward works too).
 
-Why one launch is feasible: ``band = x − K x`` with ``K = P·A`` is itself a
-separable polyphase filter of ``x`` (16 taps per axis and phase), so the
-bandpass does not need the lowpass at neighbouring positions at all — no
-halo of ``c``, no scratch buffer, no second launch. Each program owns a strip
-of ``BLOCK`` low-res columns (``2·BLOCK`` full-res columns) and marches down
-``ROWS`` low-res rows. Per new input row it does 16 strided loads (periodic
+One launch per direction, and why that is feasible: ``band = x − K x`` with
+``K = P·A`` is itself a separable polyphase filter of ``x`` (16 taps per axis
+and phase), so the bandpass never needs the lowpass at neighbouring positions
+— no halo of ``c`` recomputed in registers, no scratch buffer, no second
+launch; the lowpass comes out of the same window for free.
+
+Each program owns a strip of ``SW`` low-res columns (``2·SW`` full-res
+columns) of ``BLOCK // SW`` images (small planes share a program) and marches
+down ``ROWS`` low-res rows. Per input row it does 16 strided loads (periodic
 wrap by modulo, so sizes smaller than the filter support wrap as in the
-toolbox) and filters them horizontally into the few values the vertical pass
-needs; the vertical pass keeps a sliding window of those per-row results in
-registers (loop-carried tuples), so every input element is read from global
-memory once (plus a 14-row prologue per row chunk). Outputs of the two
-column phases are interleaved in registers and stored contiguously.
+toolbox) and filters them horizontally into the three values the vertical
+pass needs (two band phases, the lowpass); the vertical pass keeps a sliding
+window of those per-row results in registers (loop-carried tuples), so each
+input element is read from global memory once, plus 7 warm-up iterations
+(14 rows) per row chunk. The two column phases of the output are interleaved
+in registers and stored contiguously. Accumulation is float32 (float64 for
+float64 inputs); loads and stores are in the tensors' own dtype.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from typing import NamedTuple
 
 import torch
@@ -67,6 +73,18 @@ def _load_taps(TAPS, start: tl.constexpr, count: tl.constexpr):
     for j in tl.static_range(count):
         taps = taps + (tl.load(TAPS + start + j),)
     return taps
+
+
+@triton.jit
+def _zeros14(BLOCK: tl.constexpr, DT: tl.constexpr):
+    z = tl.zeros((BLOCK,), DT)
+    return (z, z, z, z, z, z, z, z, z, z, z, z, z, z)
+
+
+@triton.jit
+def _zeros4(BLOCK: tl.constexpr, DT: tl.constexpr):
+    z = tl.zeros((BLOCK,), DT)
+    return (z, z, z, z)
 
 
 @triton.jit
@@ -162,40 +180,36 @@ def _lp_analysis_kernel(
     xo_img = X + oimg * H * W + ocol
     out_img = OUT + oimg * H * W + ocol
 
-    # Prologue: rows 2*m0-7 .. 2*m0+6 of the sliding window.
-    w0 = ()
-    w1 = ()
-    wl = ()
-    for j in tl.static_range(14):
-        a0, a1, al = _filter_row(x_img, 2 * m0 + (j - 7), H, W, cols, k0, k1, lt, DT, True)
-        w0 = w0 + (a0,)
-        w1 = w1 + (a1,)
-        wl = wl + (al,)
-
-    for m in range(m0, m1):
+    # Sliding window of horizontally filtered rows. The first 7 iterations
+    # (m < m0) only fill it with rows 2*m0-7 .. 2*m0+6; they store nothing.
+    w0 = _zeros14(BLOCK, DT)
+    w1 = _zeros14(BLOCK, DT)
+    wl = _zeros14(BLOCK, DT)
+    for m in range(m0 - 7, m1):
         for j in tl.static_range(2):
             a0, a1, al = _filter_row(x_img, 2 * m + 7 + j, H, W, cols, k0, k1, lt, DT, True)
             w0 = w0 + (a0,)
             w1 = w1 + (a1,)
             wl = wl + (al,)
-        # the window now holds rows 2m-7 .. 2m+8; the lowpass uses 2m-4 .. 2m+4
-        low = lt[0] * wl[3]
-        for a in tl.static_range(1, 9):
-            low += lt[a] * wl[3 + a]
-        tl.store(low_img + m * WL, low, mask=ok)
-        for p in tl.static_range(2):
-            if p == 0:
-                kp = k0
-            else:
-                kp = k1
-            b0 = kp[0] * w0[0]
-            b1 = kp[0] * w1[0]
-            for j in tl.static_range(1, 16):
-                b0 += kp[j] * w0[j]
-                b1 += kp[j] * w1[j]
-            row = (2 * m + p) * W
-            xo = tl.load(xo_img + row, mask=omask, other=0.0).to(DT)
-            tl.store(out_img + row, xo - tl.interleave(b0, b1), mask=omask)
+        if m >= m0:
+            # the window now holds rows 2m-7 .. 2m+8; the lowpass uses 2m-4 .. 2m+4
+            low = lt[0] * wl[3]
+            for a in tl.static_range(1, 9):
+                low += lt[a] * wl[3 + a]
+            tl.store(low_img + m * WL, low, mask=ok)
+            for p in tl.static_range(2):
+                if p == 0:
+                    kp = k0
+                else:
+                    kp = k1
+                b0 = kp[0] * w0[0]
+                b1 = kp[0] * w1[0]
+                for j in tl.static_range(1, 16):
+                    b0 += kp[j] * w0[j]
+                    b1 += kp[j] * w1[j]
+                row = (2 * m + p) * W
+                xo = tl.load(xo_img + row, mask=omask, other=0.0).to(DT)
+                tl.store(out_img + row, xo - tl.interleave(b0, b1), mask=omask)
         w0 = w0[2:]
         w1 = w1[2:]
         wl = wl[2:]
@@ -227,21 +241,13 @@ def _lp_synthesis_kernel(
     bo_img = BAND + oimg * H * W + ocol
     out_img = OUT + oimg * H * W + ocol
 
-    w0 = ()
-    w1 = ()
-    for j in tl.static_range(14):
-        a0, a1, _unused = _filter_row(band_img, 2 * m0 + (j - 7), H, W, cols, k0, k1, k0, DT, False)
-        w0 = w0 + (a0,)
-        w1 = w1 + (a1,)
-    # low-res window: rows m0-2 .. m0+1, filtered horizontally by both up phases
-    v0 = ()
-    v1 = ()
-    for t in tl.static_range(4):
-        l0, l1 = _filter_low_row(low_img, m0 + (t - 2), HL, WL, lcols, u0, u1, DT)
-        v0 = v0 + (l0,)
-        v1 = v1 + (l1,)
-
-    for m in range(m0, m1):
+    # Sliding windows (band rows 2m-7 .. 2m+8, low rows m-2 .. m+2); the first
+    # 7 iterations (m < m0) only fill them and store nothing.
+    w0 = _zeros14(BLOCK, DT)
+    w1 = _zeros14(BLOCK, DT)
+    v0 = _zeros4(BLOCK, DT)
+    v1 = _zeros4(BLOCK, DT)
+    for m in range(m0 - 7, m1):
         for j in tl.static_range(2):
             a0, a1, _unused = _filter_row(band_img, 2 * m + 7 + j, H, W, cols, k0, k1, k0, DT, False)
             w0 = w0 + (a0,)
@@ -249,25 +255,26 @@ def _lp_synthesis_kernel(
         l0, l1 = _filter_low_row(low_img, m + 2, HL, WL, lcols, u0, u1, DT)
         v0 = v0 + (l0,)
         v1 = v1 + (l1,)
-        for p in tl.static_range(2):
-            if p == 0:
-                kp = k0
-                up = u0
-            else:
-                kp = k1
-                up = u1
-            # U LOW − K BAND for both column phases
-            b0 = up[0] * v0[0]
-            b1 = up[0] * v1[0]
-            for t in tl.static_range(1, 5):
-                b0 += up[t] * v0[t]
-                b1 += up[t] * v1[t]
-            for j in tl.static_range(16):
-                b0 -= kp[j] * w0[j]
-                b1 -= kp[j] * w1[j]
-            row = (2 * m + p) * W
-            bo = tl.load(bo_img + row, mask=omask, other=0.0).to(DT)
-            tl.store(out_img + row, bo + tl.interleave(b0, b1), mask=omask)
+        if m >= m0:
+            for p in tl.static_range(2):
+                if p == 0:
+                    kp = k0
+                    up = u0
+                else:
+                    kp = k1
+                    up = u1
+                # U LOW − K BAND for both column phases
+                b0 = up[0] * v0[0]
+                b1 = up[0] * v1[0]
+                for t in tl.static_range(1, 5):
+                    b0 += up[t] * v0[t]
+                    b1 += up[t] * v1[t]
+                for j in tl.static_range(16):
+                    b0 -= kp[j] * w0[j]
+                    b1 -= kp[j] * w1[j]
+                row = (2 * m + p) * W
+                bo = tl.load(bo_img + row, mask=omask, other=0.0).to(DT)
+                tl.store(out_img + row, bo + tl.interleave(b0, b1), mask=omask)
         w0 = w0[2:]
         w1 = w1[2:]
         v0 = v0[1:]
@@ -338,8 +345,6 @@ def _taps(filt: str, mode: str, device: torch.device, dtype: torch.dtype) -> tor
 
 # --------------------------------------------------------------------------- launchers
 def _interpreted() -> bool:
-    import os
-
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 

@@ -391,11 +391,35 @@ def launch_config(batch: int, n: int, levels: int, interpreted: bool | None = No
     return Config(block_n, block_l, chunk, triton.cdiv(n, chunk), log_l, 4)
 
 
-def _pixel_block(n: int) -> int:
+def _pixel_block(n: int, interpreted: bool | None = None) -> int:
     """Tile of the pixel-parallel (non-reducing) kernels."""
-    if _interpreted():
+    if interpreted if interpreted is not None else _interpreted():
         return min(4096, max(16, triton.next_power_of_2(n)))
     return 256
+
+
+def _channel_block(d: int) -> int:
+    """Channels per step of the reprojection's gather loops."""
+    return min(16, triton.next_power_of_2(d))
+
+
+def grad_table_config(cfg: Config, d: int, n: int, interpreted: bool | None = None) -> tuple[Config, int]:
+    """(config with CHUNK/P/BLOCK_N adjusted, BLOCK_D) of ``_reproject_grad_table_kernel``:
+    a ``BLOCK_D × BLOCK_N`` gradient tile times a ``BLOCK_N × BLOCK_L`` encoding tile."""
+    interpreted = _interpreted() if interpreted is None else interpreted
+    block_d = min(64, max(16, triton.next_power_of_2(d)))
+    block_n = cfg.BLOCK_N if interpreted else min(cfg.BLOCK_N, max(16, 8192 // block_d))
+    chunk = triton.cdiv(cfg.CHUNK, block_n) * block_n
+    return cfg._replace(BLOCK_N=block_n, CHUNK=chunk, P=triton.cdiv(n, chunk)), block_d
+
+
+def cooc_config(cfg: Config, n: int, interpreted: bool | None = None) -> tuple[Config, int]:
+    """(config with CHUNK/P/BLOCK_N adjusted, BLOCK_A) of ``_cooc_kernel``: ``BLOCK_A²`` level-pair tiles."""
+    interpreted = _interpreted() if interpreted is None else interpreted
+    block_a = min(64, cfg.BLOCK_L)
+    block_n = cfg.BLOCK_N if interpreted else max(16, 4096 // block_a)
+    chunk = triton.cdiv(cfg.CHUNK, block_n) * block_n
+    return cfg._replace(BLOCK_N=block_n, CHUNK=chunk, P=triton.cdiv(n, chunk)), block_a
 
 
 def _guard(t: torch.Tensor):
@@ -527,7 +551,7 @@ class _ReprojectFn(torch.autograd.Function):
         N = s2.shape[1]
         out = torch.empty(B, D, N, device=table.device, dtype=table.dtype)
         block_n = _pixel_block(N)
-        block_d = min(16, triton.next_power_of_2(D))
+        block_d = _channel_block(D)
         with _guard(s2):
             _reproject_kernel[(triton.cdiv(N, block_n), B)](
                 table, s2, centers, out, N, D, L,
@@ -553,19 +577,15 @@ class _ReprojectFn(torch.autograd.Function):
                 block_n = _pixel_block(N)
                 _reproject_grad_s_kernel[(triton.cdiv(N, block_n), B)](
                     table, s2, centers, g, grad_s, N, D, L, *strides,
-                    LOG_L=cfg.LOG_L, KERNEL=kid, BLOCK_N=block_n, BLOCK_D=min(16, triton.next_power_of_2(D)),
+                    LOG_L=cfg.LOG_L, KERNEL=kid, BLOCK_N=block_n, BLOCK_D=_channel_block(D),
                 )
             if ctx.needs_input_grad[0]:
-                block_d = min(64, max(16, triton.next_power_of_2(D)))
-                block_n = min(cfg.BLOCK_N, max(16, 8192 // block_d)) if not _interpreted() else cfg.BLOCK_N
-                chunk = triton.cdiv(cfg.CHUNK, block_n) * block_n
-                p = triton.cdiv(N, chunk)
-                cfg_t = cfg._replace(CHUNK=chunk, P=p)
+                cfg_t, block_d = grad_table_config(cfg, D, N)
                 buf, det = _merge(B, cfg_t, D * L, s2.device)
-                _reproject_grad_table_kernel[(p, B, triton.cdiv(D, block_d))](
-                    s2, centers, g, buf, N, D, L, p, *strides,
-                    LOG_L=cfg.LOG_L, KERNEL=kid, DETERMINISTIC=det, CHUNK=chunk,
-                    BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_L=cfg.BLOCK_L, num_warps=cfg.num_warps,
+                _reproject_grad_table_kernel[(cfg_t.P, B, triton.cdiv(D, block_d))](
+                    s2, centers, g, buf, N, D, L, cfg_t.P, *strides,
+                    LOG_L=cfg.LOG_L, KERNEL=kid, DETERMINISTIC=det, CHUNK=cfg_t.CHUNK,
+                    BLOCK_N=cfg_t.BLOCK_N, BLOCK_D=block_d, BLOCK_L=cfg.BLOCK_L, num_warps=cfg.num_warps,
                 )
                 grad_table = _finish(buf, det).view(B, D, L).to(table.dtype)
         return grad_table, grad_s, None, None
@@ -600,19 +620,14 @@ class _CooccurrenceFn(torch.autograd.Function):
         L = centers.shape[1]
         N = H * W
         off = _offsets_tensor(tuple(offsets), s2.device)
-        cfg = launch_config(B, N, L)
-        block_a = min(64, cfg.BLOCK_L)
-        block_n = cfg.BLOCK_N if _interpreted() else max(16, 4096 // block_a)
-        chunk = triton.cdiv(cfg.CHUNK, block_n) * block_n
-        p = triton.cdiv(N, chunk)
-        cfg = cfg._replace(CHUNK=chunk, P=p)
+        cfg, block_a = cooc_config(launch_config(B, N, L), N)
         buf, det = _merge(B, cfg, L * L, s2.device)
         tiles = triton.cdiv(L, block_a)
         with _guard(s2):
-            _cooc_kernel[(p, B, tiles * tiles)](
-                s2, centers, off, buf, H, W, L, p, len(offsets),
-                LOG_L=cfg.LOG_L, KERNEL=KERNEL_IDS[kernel], DETERMINISTIC=det, CHUNK=chunk,
-                BLOCK_N=block_n, BLOCK_A=block_a, num_warps=cfg.num_warps,
+            _cooc_kernel[(cfg.P, B, tiles * tiles)](
+                s2, centers, off, buf, H, W, L, cfg.P, len(offsets),
+                LOG_L=cfg.LOG_L, KERNEL=KERNEL_IDS[kernel], DETERMINISTIC=det, CHUNK=cfg.CHUNK,
+                BLOCK_N=cfg.BLOCK_N, BLOCK_A=block_a, num_warps=cfg.num_warps,
             )
         counts = _finish(buf, det)
         hist, total = _normalize(counts)

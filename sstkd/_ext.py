@@ -230,6 +230,27 @@ def get():
         return mod
 
 
+def status_line() -> str:
+    """One line for ``sstkd info``: loaded / built / JIT-buildable (cached or not) / why not. Never builds."""
+    mod = _state["module"]
+    if mod is not None:
+        where = "sstkd._C" if mod.__name__ == "sstkd._C" else f"JIT build in {os.path.dirname(mod.__file__)}"
+        v = mod.cuda_runtime_version
+        return f"loaded ({where}, CUDA runtime {v // 1000}.{v % 1000 // 10})"
+    if _state["error"] is not None:
+        return _state["error"]
+    built, err = _import_built()
+    if built is not None:
+        return "built and importable (sstkd._C)"
+    ok, why = jit_available()
+    if not ok:
+        return f"{err}, and it cannot be JIT-built: {why}"
+    bdir = build_dir()
+    if bdir and os.path.exists(os.path.join(bdir, _JIT_NAME + getattr(_cpp_extension(), "LIB_EXT", ".so"))):
+        return f"not built; a cached JIT build is ready in {bdir}"
+    return f"not built; JIT-built on first use (~2 min): {why}"
+
+
 def info() -> dict:
     """What ``sstkd info`` shows about the extension. Cheap; never builds."""
     mod, err = _import_built()

@@ -39,6 +39,8 @@ def add_arguments(parser) -> None:
                         help="training-step overhead: yes (default without --ops), no, or only (skip the ops)")
     parser.add_argument("--no-peers", action="store_true", help="skip the kornia / dense-QCO comparisons")
     parser.add_argument("--out", default=os.path.join("bench", "results"), help="output folder (default bench/results)")
+    parser.add_argument("--tag", default=None,
+                        help="suffix of the result files (<device>-<date>-<tag>.*), e.g. to keep split runs apart")
     parser.add_argument("--profile", metavar="OP", choices=list(runner.PROFILE_TARGETS), default=None,
                         help="instead of timing, write a PyTorch profiler Chrome trace of one op (fwd+bwd) "
                              "or of 'train_step' into --out")
@@ -61,7 +63,7 @@ def main(args) -> int:
     _, paths = runner.run_benchmarks(
         device, quick=args.quick, out_dir=args.out, ops=args.ops, backends=args.backends, dtypes=args.dtypes,
         modes=args.modes, run_ops=ts != "only", run_train_step=ts != "no",
-        run_peers=not args.no_peers and ts != "only")
+        run_peers=not args.no_peers and ts != "only", tag=args.tag)
     for kind, path in paths.items():
         print(f"wrote {path}")
     return 0

@@ -239,3 +239,11 @@ def test_cli_quick_lp_dec_writes_files(tmp_path, capsys):
     assert ops_section.count("| lp_dec |") == len(ok)
     assert "kornia" in md  # the peer of lp_dec ran in the same run
     assert "wrote" in capsys.readouterr().out
+
+
+def test_count_kernels_skips_views():
+    x = torch.randn(4, 4)
+    n, per_op = roofline.count_kernels(lambda: (x.view(16) * 2).t().sum())
+    assert per_op == {"mul": 1, "sum": 1} and n == 2
+    assert roofline.count_launches(lambda: x + 1, "cpu") == 1
+    assert roofline.count_launches(lambda: x + 1, "cpu", allow_aten_count=False) is None

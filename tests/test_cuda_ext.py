@@ -76,6 +76,7 @@ def test_extension_imports_and_registers_ops(ext):
     schema = str(torch.ops.sstkd.quantize_count.default._schema)
     assert schema == "sstkd::quantize_count(Tensor s, Tensor centers, str kernel) -> (Tensor counts, Tensor sums)"
     assert _ext.info()["loaded"] and _ext.info()["jit_available"]
+    assert _ext.status_line().startswith("loaded (")
 
 
 def test_setup_py_and_jit_build_the_same_sources():
@@ -203,6 +204,7 @@ def test_get_names_the_missing_toolkit(monkeypatch):
     monkeypatch.setattr(_ext, "_import_built", lambda: (None, "sstkd._C is not built (test)"))
     monkeypatch.setenv("SSTKD_JIT", "0")
     assert "SSTKD_JIT=0" in _ext.load_error()
+    assert "cannot be JIT-built" in _ext.status_line()
     with pytest.raises(RuntimeError, match=r"sstkd._C is not built \(test\), and it cannot be JIT-built: .*SSTKD_JIT=0"):
         _ext.get()
 

@@ -182,7 +182,12 @@ def test_quantize_count_forward_and_gradient(cuda_ops, dtype, kernel, mode):
     # Same input values in the same compute dtype: only the summation order differs (float atomics).
     tol = dict(atol=1e-10, rtol=1e-10) if cdt == torch.float64 else dict(atol=2e-5, rtol=1e-4)
     c_r, _ = quantize_count_ref(s.to(cdt), L, iters, kernel, centers, quantiles)
-    torch.testing.assert_close(c_c, c_r, **tol)
+    if iters and cdt == torch.float32:
+        # Lloyd steps amplify the rounding of the sums: a pixel whose tap weight jumps (stlnet's
+        # |c - s| < delta) moves a center by ~delta / mass.
+        torch.testing.assert_close(c_c, c_r, atol=2e-3, rtol=0)
+    else:
+        torch.testing.assert_close(c_c, c_r, **tol)
     # The histogram and its gradient at the centers the CUDA path chose: a pixel within rounding
     # of a tap boundary (stlnet's |c - s| < delta) must not decide the comparison.
     s_r = s.clone().requires_grad_(True)

@@ -183,6 +183,8 @@ def test_pyramid_module_levels_and_inverse():
         LaplacianPyramid(levels=0)
     with pytest.raises(ValueError, match="filt"):
         LaplacianPyramid(filt="haar")
+    with pytest.raises(ValueError, match="backend"):
+        LaplacianPyramid(backend="fast")
 
 
 # --------------------------------------------------------------------------- bad input

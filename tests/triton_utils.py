@@ -185,7 +185,7 @@ def aot_compile_many(jobs) -> list[AotResult]:
         if proc.returncode != 0:
             raise RuntimeError(f"AOT compilation failed:\n{proc.stderr[-6000:]}")
         with open(out_file, "rb") as f:
-            return pickle.load(f)
+            return [AotResult(**fields) for fields in pickle.load(f)]
 
 
 def aot_compile(kernel, signature: dict, constexprs: dict | None = None, arch: int = 90, num_warps: int = 4) -> AotResult:
@@ -218,8 +218,8 @@ def _child_main(job_file: str, out_file: str) -> None:
         obj = importlib.import_module(module)
         for part in qualname.split("."):
             obj = getattr(obj, part)
-        results.append(_compile_here(obj, sig, ce, arch, nw))
-    with open(out_file, "wb") as f:
+        results.append(dataclasses.asdict(_compile_here(obj, sig, ce, arch, nw)))
+    with open(out_file, "wb") as f:  # plain dicts: this module is __main__ here
         pickle.dump(results, f)
 
 

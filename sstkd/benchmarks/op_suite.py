@@ -50,6 +50,7 @@ class TimingConfig:
     repeat: int = 20
     max_seconds: float | None = None  # per cell, once 3 samples exist
     measure_memory: bool = True
+    count_launches: bool = True
 
     @staticmethod
     def for_run(device: torch.device, quick: bool) -> "TimingConfig":
@@ -233,9 +234,11 @@ def _flat(out) -> list[torch.Tensor]:
     return res
 
 
-def _callable_for(case: OpCase, backend: str) -> Callable[[list], list[torch.Tensor]]:
+def callable_for(case: OpCase, backend: str) -> Callable[[list], list[torch.Tensor]]:
+    """``inputs -> flat list of outputs`` running ``case`` on ``backend`` (``"compile"``: a fresh
+    ``torch.compile`` of the reference; compilation happens on the first call)."""
     if backend == "compile":
-        torch._dynamo.reset()  # a fresh cache: each case compiles once, never hits the recompile limit
+        torch._dynamo.reset()  # a fresh cache per case: never hits the recompile limit
         compiled = torch.compile(lambda *xs: case.run(list(xs), "torch"), dynamic=False)
         return lambda xs: _flat(compiled(*xs))
     return lambda xs: _flat(case.run(xs, backend))
@@ -249,7 +252,7 @@ class _Prepared:
     outs: list | None = None
 
 
-def _mode_fn(case: OpCase, fn, mode: str, copies: list[list], gen: torch.Generator):
+def mode_fn(case: OpCase, fn, mode: str, copies: list[list], gen: torch.Generator):
     """``(call, prepared copies)`` timing one mode; builds grads/cotangents outside the timed region."""
     if mode == "fwd":
         def call_fwd(p: _Prepared):
@@ -317,16 +320,23 @@ def _short(e: BaseException) -> str:
 
 
 def run_cell(case: OpCase, backend: str, dtype_name: str, mode: str, copies: list[list], device: torch.device,
-             cfg: TimingConfig, copy_gbps: float | None, seed: int = 0) -> dict:
-    """Time one (case, backend, dtype, mode) cell; errors become rows, never exceptions."""
+             cfg: TimingConfig, copy_gbps: float | None, seed: int = 0, fn=None) -> dict:
+    """Time one (case, backend, dtype, mode) cell; errors become rows, never exceptions.
+
+    ``fn`` (from :func:`callable_for`) lets the modes of one case share a
+    ``torch.compile`` wrapper, so each graph compiles once.
+    """
     dtype = DTYPES[dtype_name]
     gen = torch.Generator(device="cpu").manual_seed(seed)
     try:
-        fn = _callable_for(case, backend)
-        call, prepared = _mode_fn(case, fn, mode, copies, gen)
+        fn = fn if fn is not None else callable_for(case, backend)
+        call, prepared = mode_fn(case, fn, mode, copies, gen)
         stats = time_fn(call, prepared, device=device, warmup=cfg.warmup, repeat=cfg.repeat,
                         max_seconds=cfg.max_seconds)
         peak = measure_peak_memory(lambda: call(prepared[0]), device) if cfg.measure_memory else None
+        # aten-op counting only sees eager code; on a GPU the profiler counts every backend's kernels
+        launches = (roofline.count_launches(lambda: call(prepared[0]), device, allow_aten_count=backend == "torch")
+                    if cfg.count_launches else None)
     except torch.cuda.OutOfMemoryError as e:
         del e
         if device.type == "cuda":
@@ -337,7 +347,7 @@ def run_cell(case: OpCase, backend: str, dtype_name: str, mode: str, copies: lis
     nbytes = case.min_bytes(mode, dtype)
     gbps = roofline.achieved_gbps(nbytes, stats.median_ms) if stats.median_ms > 0 else None
     return _row(case, backend, dtype_name, mode, "ok", "", **stats.to_dict(),
-                peak_mem_bytes=peak, min_bytes=nbytes, gbps=gbps,
+                peak_mem_bytes=peak, launches=launches, min_bytes=nbytes, gbps=gbps,
                 pct_copy_bw=(100.0 * gbps / copy_gbps) if gbps is not None and copy_gbps else None)
 
 
@@ -391,8 +401,9 @@ def run_suite(
                 if not ok:
                     rows.extend(_row(case, backend, dtype_name, m, "skipped", why) for m in modes)
                     continue
+                fn = callable_for(case, backend)
                 for mode in modes:
-                    row = run_cell(case, backend, dtype_name, mode, copies, device, cfg, copy_gbps)
+                    row = run_cell(case, backend, dtype_name, mode, copies, device, cfg, copy_gbps, fn=fn)
                     rows.append(row)
                     log(format_row(row))
             del copies, first

@@ -82,9 +82,10 @@ def ops_table(rows: list[dict]) -> list[str]:
     ok = [r for r in rows if r.get("status") == "ok"]
     body = [[r["op"], r["params"] or "", r["shape"], r["dtype"], r["mode"], r["backend"],
              _fmt(r["median_ms"]), _fmt(r["iqr_ms"]), _fmt(r.get("gbps"), ".1f"), _fmt(r.get("pct_copy_bw"), ".1f"),
-             _mib(r.get("peak_mem_bytes")), _fmt(r.get("speedup_vs_torch"), ".2f")] for r in ok]
+             _mib(r.get("peak_mem_bytes")), _fmt(r.get("launches"), "d"), _fmt(r.get("speedup_vs_torch"), ".2f")]
+            for r in ok]
     return _table(["op", "params", "shape", "dtype", "mode", "backend", "median ms", "IQR ms", "GB/s",
-                   "% copy BW", "peak MiB", "× vs torch"], body)
+                   "% copy BW", "peak MiB", "launches", "× vs torch"], body)
 
 
 def skipped_table(rows: list[dict]) -> list[str]:

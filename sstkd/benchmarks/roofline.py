@@ -184,12 +184,42 @@ def count_kernels(fn, *args, **kwargs) -> tuple[int, dict[str, int]]:
             self.counts: dict[str, int] = {}
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            name = func.overloadpacket.__name__.rstrip("_") if func.overloadpacket.__name__.endswith("_") and \
-                func.overloadpacket.__name__.rstrip("_") in free else func.overloadpacket.__name__
-            if name not in free:
+            name = func.overloadpacket.__name__
+            if name not in free and name.rstrip("_") not in free:  # in-place variants of metadata ops too
                 self.counts[name] = self.counts.get(name, 0) + 1
             return func(*args, **(kwargs or {}))
 
     with _Count() as mode:
         fn(*args, **kwargs)
     return sum(mode.counts.values()), dict(sorted(mode.counts.items(), key=lambda kv: -kv[1]))
+
+
+def count_launches(fn, device: torch.device | str | None = None, *, allow_aten_count: bool = True) -> int | None:
+    """Kernel launches of one ``fn()`` call.
+
+    GPU: the CUDA kernels ``torch.profiler`` records (memcpy/memset excluded),
+    so fused Triton / CUDA kernels and ``torch.compile`` graphs count as what
+    they launch. CPU: :func:`count_kernels` (aten ops = the launches the same
+    eager code makes on a GPU) when ``allow_aten_count``, else ``None``.
+    ``None`` too when counting fails.
+    """
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    try:
+        if dev.type == "cuda":
+            from torch.profiler import ProfilerActivity, profile
+
+            from sstkd.benchmarks.timing import _quiet_stderr
+
+            torch.cuda.synchronize(dev)
+            with _quiet_stderr():
+                with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                    fn()
+                    torch.cuda.synchronize(dev)
+            kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+                       and not e.name.startswith(("Memcpy", "Memset"))]
+            return len(kernels)
+        if allow_aten_count:
+            return count_kernels(fn)[0]
+    except Exception:  # counting is informative only
+        return None
+    return None

@@ -84,9 +84,10 @@ def run_benchmarks(
     run_train_step: bool = True,
     run_peers: bool = True,
     command: str | None = None,
+    tag: str | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[dict, dict[str, Path]]:
-    """Run the benchmark and write ``<out_dir>/<device-slug>-<YYYYMMDD>.{json,md,png}``.
+    """Run the benchmark and write ``<out_dir>/<device-slug>-<YYYYMMDD>[-<tag>].{json,md,png}``.
 
     Returns ``(result, paths written)``.
     """
@@ -104,7 +105,9 @@ def run_benchmarks(
     if run_train_step:
         result["train_step"] = train_step.run_train_step(device, train_step.TrainStepConfig.for_run(device, quick),
                                                          log=log)
-    paths = report.write_report(result, out_dir, report.result_stem(device))
+    result["meta"]["tag"] = tag
+    stem = report.result_stem(device) + (f"-{report._slugify(tag)}" if tag else "")
+    paths = report.write_report(result, out_dir, stem)
     return result, paths
 
 
@@ -131,7 +134,7 @@ def _op_workload(target: str, device: torch.device, quick: bool):
                    "torch")
     gen = torch.Generator(device="cpu").manual_seed(0)
     copies = [case.make(device, torch.float32, gen)]
-    call, prepared = op_suite._mode_fn(case, op_suite._callable_for(case, backend), "fwd+bwd", copies, gen)
+    call, prepared = op_suite.mode_fn(case, op_suite.callable_for(case, backend), "fwd+bwd", copies, gen)
     return (lambda: call(prepared[0])), f"{target} {case.params_str} {'x'.join(map(str, case.shape))} fp32 " \
                                         f"fwd+bwd backend={backend}"
 

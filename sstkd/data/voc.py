@@ -27,7 +27,8 @@ def _voc_dir(root: str) -> str:
         if os.path.isdir(os.path.join(cand, "JPEGImages")):
             return cand
     require_dir(root, "root", _LAYOUT)
-    raise FileNotFoundError(f"root: no VOC2012 directory (with JPEGImages/) under {root!r}. Expected layout:\n{_LAYOUT}")
+    raise FileNotFoundError(f"root: no VOC2012 directory (with JPEGImages/) under {root!r}. "
+                            f"Expected layout:\n{_LAYOUT}")
 
 
 class PascalVOC(SegmentationDataset):

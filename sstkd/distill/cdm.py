@@ -16,8 +16,10 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from sstkd.ops._checks import check_image, check_int, compute_dtype
+from sstkd.ops.dispatch import resolve_backend
 from sstkd.ops.contourlet import (
     check_contourlet_size,
     contourlet_band_shapes,
@@ -85,6 +87,10 @@ class ContourletDecompositionModule(nn.Module):
             the smallest valid size (:meth:`padded_size`).
         pfilt, dfilt: pyramid / directional filters.
         backend: passed to ``contourlet_energy``.
+        recompute: when the reference (``"torch"``) backend runs, do not keep
+            the sub-bands for backward but recompute the decomposition there
+            (activation checkpointing): only the feature difference is saved.
+            Fused backends manage their own memory and ignore it.
 
     ``forward(f_s, f_t)`` takes ``(B, C, H, W)`` maps of equal shape (``f_t``
     is detached) and returns ``(loss, band_mse)``: a scalar and the ``(K,)``
@@ -99,6 +105,7 @@ class ContourletDecompositionModule(nn.Module):
         pfilt: str = "9-7",
         dfilt: str = "pkva",
         backend: str = "auto",
+        recompute: bool = True,
     ):
         super().__init__()
         if isinstance(nlevs, (str, bytes)) or not isinstance(nlevs, Sequence) or len(nlevs) == 0:
@@ -108,6 +115,7 @@ class ContourletDecompositionModule(nn.Module):
             raise ValueError(f"pad_mode: unknown mode {pad_mode!r}; choose from {PAD_MODES}")
         self.pad_mode = pad_mode
         self.pfilt, self.dfilt, self.backend = pfilt, dfilt, backend
+        self.recompute = bool(recompute)
         self.multiple = tuple(contourlet_required_multiple(list(self.nlevs)))
         self._size_cache: dict[tuple[int, int], tuple[int, int]] = {}
         counts = [3 if n == 0 else 2**n for n in self.nlevs]
@@ -172,12 +180,18 @@ class ContourletDecompositionModule(nn.Module):
         dtype = compute_dtype(f_s)
         diff = f_s.to(dtype) - f_t.detach().to(dtype)
         diff = pad_to_size(diff, self.padded_size(*diff.shape[-2:]), self.pad_mode)
-        energy = contourlet_energy(diff, list(self.nlevs), pfilt=self.pfilt, dfilt=self.dfilt, backend=self.backend)
+        if self.recompute and diff.requires_grad and resolve_backend("contourlet_energy", self.backend, diff) == "torch":
+            energy = checkpoint(self._energy, diff, use_reentrant=False)
+        else:
+            energy = self._energy(diff)
         b, c = diff.shape[:2]
         counts = self.band_sizes(*diff.shape[-2:]).to(device=energy.device, dtype=energy.dtype) * (b * c)
         band_mse = energy.to(dtype).sum(dim=(0, 1)) / counts
         w = self.band_weights.to(device=band_mse.device, dtype=band_mse.dtype)
         return (band_mse * w).sum() / w.sum(), band_mse
+
+    def _energy(self, x: torch.Tensor) -> torch.Tensor:
+        return contourlet_energy(x, list(self.nlevs), pfilt=self.pfilt, dfilt=self.dfilt, backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"nlevs={list(self.nlevs)}, bands={self.num_bands}, pad_mode={self.pad_mode!r}, backend={self.backend!r}"

@@ -54,6 +54,7 @@ class SSTKDConfig:
     str_pad_mode: str = "symmetric"
     str_pfilt: str = "9-7"
     str_dfilt: str = "pkva"
+    str_recompute: bool = True
     # DTIEM (statistical texture)
     sta_intensity: str = "cosine"
     sta_robust_range: bool = True
@@ -80,8 +81,8 @@ class SSTKDConfig:
     def __post_init__(self):
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if f.name.startswith("use_") or f.name in ("sta_robust_range", "sta_clip", "sta_equalize",
-                                                      "sta_shared_centers"):
+            if f.name.startswith("use_") or f.name in ("str_recompute", "sta_robust_range", "sta_clip",
+                                                      "sta_equalize", "sta_shared_centers"):
                 if not isinstance(v, bool):
                     raise TypeError(f"{f.name}: expected a bool, got {v!r}")
             elif f.name.startswith(("lambda_", "sta_w_")) or f.name == "gp_weight":
@@ -106,8 +107,10 @@ class SSTKDConfig:
 
     @staticmethod
     def _check_number(name, v, minimum=None, strict=False):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise TypeError(f"{name}: expected a finite number, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"{name}: expected a number, got {v!r}")
+        if not math.isfinite(v):
+            raise ValueError(f"{name}: must be finite, got {v!r}")
         if minimum is not None and (v <= minimum if strict else v < minimum):
             raise ValueError(f"{name}: must be {'>' if strict else '>='} {minimum}, got {v}")
 
@@ -221,7 +224,7 @@ class SSTKDLoss(nn.Module):
         self.uses_features = c.use_str or c.use_sta
         self.align = AlignHead(student_channels, teacher_channels, c.align) if self.uses_features else None
         self.cdm = (ContourletDecompositionModule(c.str_nlevs, c.str_band_weights, c.str_pad_mode, c.str_pfilt,
-                                                  c.str_dfilt, c.backend) if c.use_str else None)
+                                                  c.str_dfilt, c.backend, c.str_recompute) if c.use_str else None)
         self.dtiem = (DTIEM(levels=c.sta_levels, iters=c.sta_iters, kernel=c.sta_kernel, intensity=c.sta_intensity,
                             robust_range=c.sta_robust_range, quantiles=c.sta_quantiles, clip=c.sta_clip,
                             tau=c.sta_tau, redistribute=c.sta_redistribute, equalize=c.sta_equalize,

@@ -41,7 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=os.path.join("runs", "demo"), help="output directory (default runs/demo)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and 2 iterations per run (seconds)")
     parser.add_argument("--configs", default=None, help="directory of the demo configs (default configs/demo)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", default="auto",
+                        help="torch CPU threads: a number, or 'auto' (default): torch's choice on an idle machine, "
+                             "1 when other processes keep the cores busy (OpenMP threads then spin-wait on each "
+                             "other and run several times slower)")
 
 
 def demo_config_dir() -> str:
@@ -329,17 +332,40 @@ def make_figure(cfgs: dict, path: str) -> None:
 # ---------------------------------------------------------------------- CLI
 
 
+def resolve_threads(value: str | int | None) -> int | None:
+    """``--threads``: an int >= 1, or ``auto``: None (torch's default) unless the 1-minute load
+    average shows the cores busy with other work, then 1."""
+    if value is None:
+        return None
+    if str(value) == "auto":
+        try:
+            busy = os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1)
+        except OSError:  # not available on this platform
+            busy = False
+        return 1 if busy else None
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"--threads: expected a number or 'auto', got {value!r}") from None
+    if n < 1:
+        raise ValueError(f"--threads: must be >= 1, got {n}")
+    return n
+
+
+
 def main(args: argparse.Namespace) -> int:
     from sstkd.engine.checkpoint import CheckpointError
     from sstkd.engine.config import ConfigError
 
-    if args.threads is not None:
+    try:
+        threads = resolve_threads(args.threads)
+    except ValueError as e:
+        print(f"sstkd demo: error: {e}", file=sys.stderr)
+        return 2
+    if threads is not None:
         import torch
 
-        if args.threads < 1:
-            print("sstkd demo: error: --threads: must be >= 1", file=sys.stderr)
-            return 2
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
     try:
         run_demo(args.out, quick=args.quick, config_dir=args.configs)
     except (ConfigError, CheckpointError, FileNotFoundError) as e:

@@ -187,13 +187,30 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 # ------------------------------------------------------------------- SyncBN
 
 
+class _DifferentiableAllReduce(torch.autograd.Function):
+    """Sum over processes; the backward sums the gradients too (each process's statistics
+    feed every process's loss)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad)
+        return grad
+
+
 class SyncBatchNormAnyDevice(nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose batch statistics are reduced over all processes, on any
     device (gloo on the CPU included). Same parameters and buffers (and state
     dict keys) as ``nn.BatchNorm2d``; outside a process group or in eval mode
     it is plain BatchNorm.
 
-    The statistics go through ``torch.distributed.nn.functional.all_reduce``,
+    The statistics (sum, sum of squares, count) go through one all-reduce
     whose backward all-reduces the gradient, so the gradient matches one
     process holding the whole batch (given equal per-process batches).
     """
@@ -206,8 +223,6 @@ class SyncBatchNormAnyDevice(nn.modules.batchnorm._BatchNorm):
         self._check_input_dim(input)
         if not (self.training and is_distributed()):
             return super().forward(input)
-        from torch.distributed.nn.functional import all_reduce as diff_all_reduce
-
         if self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
         momentum = 0.0 if self.momentum is None else self.momentum
@@ -217,7 +232,7 @@ class SyncBatchNormAnyDevice(nn.modules.batchnorm._BatchNorm):
         x = input.float()
         count = torch.tensor([float(x.numel() // x.shape[1])], device=x.device, dtype=x.dtype)
         local = torch.cat([x.sum(dims), (x * x).sum(dims), count])
-        total = diff_all_reduce(local)
+        total = _DifferentiableAllReduce.apply(local)
         c = x.shape[1]
         n = total[2 * c]
         mean = total[:c] / n

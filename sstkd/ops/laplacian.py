@@ -26,7 +26,7 @@ from torch import nn
 
 from sstkd.filters import pyramid_filters
 from sstkd.ops._checks import check_image, check_int, check_same_device, compute_dtype
-from sstkd.ops.dispatch import resolve_backend
+from sstkd.ops.dispatch import CHOICES, resolve_backend
 
 __all__ = ["lp_dec", "lp_rec", "lp_dec_ref", "lp_rec_ref", "LaplacianPyramid"]
 
@@ -68,14 +68,10 @@ def _check_filt(filt) -> str:
     return filt
 
 
-@functools.lru_cache(maxsize=None)
-def _wrap_index_cpu(n: int, before: int, after: int) -> torch.Tensor:
-    return torch.arange(-before, n + after) % n
-
-
+@functools.lru_cache(maxsize=256)
 def _wrap_index(n: int, before: int, after: int, device: torch.device) -> torch.Tensor:
-    idx = _wrap_index_cpu(n, before, after)
-    return idx if device.type == "cpu" else idx.to(device, non_blocking=True)
+    """Indices ``-before .. n+after-1`` modulo ``n`` (built once per size and device)."""
+    return (torch.arange(-before, n + after) % n).to(device)
 
 
 def _pad_periodic(x: torch.Tensor, dim: int, before: int, after: int) -> torch.Tensor:
@@ -247,8 +243,8 @@ class LaplacianPyramid(nn.Module):
         super().__init__()
         self.levels = check_int(levels, "levels", minimum=1)
         self.filt = _check_filt(filt)
-        if not isinstance(backend, str):
-            raise ValueError(f"backend: unknown backend {backend!r}")
+        if not isinstance(backend, str) or backend not in CHOICES:
+            raise ValueError(f"backend: unknown backend {backend!r}; choose from {CHOICES}")
         self.backend = backend
 
     def extra_repr(self) -> str:
