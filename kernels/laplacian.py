@@ -36,8 +36,9 @@ toolbox) and filters them horizontally into the three values the vertical
 pass needs (two band phases, the lowpass); the vertical pass keeps a sliding
 window of those per-row results in registers (loop-carried tuples), so each
 input element is read from global memory once, plus 7 warm-up iterations
-(14 rows) per row chunk. The two column phases of the output are interleaved
-in registers and stored contiguously. Accumulation is float32 (float64 for
+(14 rows) per row chunk. The two column phases of a full-res output row are
+written by two stride-2 stores (they fill the same sectors; a register
+interleave would cost a shared-memory layout conversion per row). Accumulation is float32 (float64 for
 float64 inputs); loads and stores are in the tensors' own dtype.
 """
 from __future__ import annotations
@@ -92,9 +93,8 @@ def _setup(N, W, WL, TAPS, KSTART: tl.constexpr, SW: tl.constexpr, BLOCK: tl.con
     """Lanes of this program, window column offsets and band taps.
 
     A program covers BLOCK // SW images side by side, each on a strip of SW
-    low-res columns (small planes share a program). Lane -> (img, n); the
-    2*BLOCK interleaved full-res outputs: element 2*lane + q is column 2n + q
-    of the lane's image. ``cols[j]`` is the periodic column 2n + j - 7.
+    low-res columns (small planes share a program): lane -> (img, n), valid
+    where ``ok``. ``cols[j]`` is the periodic column 2n + j - 7.
     """
     strips = tl.cdiv(WL, SW)
     pid = tl.program_id(0)
@@ -104,20 +104,15 @@ def _setup(N, W, WL, TAPS, KSTART: tl.constexpr, SW: tl.constexpr, BLOCK: tl.con
     img = first_img + lane // SW
     n = col0 + lane % SW
     ok = (img < N) & (n < WL)
-    o = tl.arange(0, 2 * BLOCK)
-    oimg = first_img + (o // 2) // SW
-    ocol = 2 * (col0 + (o // 2) % SW) + o % 2
-    omask = (oimg < N) & (ocol < W)
     # padding lanes are clamped to a valid image: they load real memory, never store
     img = tl.minimum(img, N - 1).to(tl.int64)
-    oimg = tl.minimum(oimg, N - 1).to(tl.int64)
     cols = ()
     for j in tl.static_range(16):
         c = (2 * n + (j - 7)) % W
         cols = cols + (tl.where(c < 0, c + W, c),)  # either sign convention of %
     k0 = _load_taps(TAPS, KSTART, 16)
     k1 = _load_taps(TAPS, KSTART + 16, 16)
-    return img, n, ok, oimg, ocol, omask, cols, k0, k1
+    return img, n, ok, cols, k0, k1
 
 
 @triton.jit
@@ -171,14 +166,16 @@ def _lp_analysis_kernel(
     Grid: (image groups × column strips, chunks of ROWS low-res rows).
     """
     DT: tl.constexpr = TAPS.dtype.element_ty
-    img, n, ok, oimg, ocol, omask, cols, k0, k1 = _setup(N, W, WL, TAPS, 9, SW, BLOCK)
+    img, n, ok, cols, k0, k1 = _setup(N, W, WL, TAPS, 9, SW, BLOCK)
     lt = _load_taps(TAPS, 0, 9)
     m0 = tl.program_id(1) * ROWS
     m1 = tl.minimum(m0 + ROWS, HL)
     x_img = X + img * H * W
     low_img = LOW + img * HL * WL + n
-    xo_img = X + oimg * H * W + ocol
-    out_img = OUT + oimg * H * W + ocol
+    # full-res column 2n (+1 for phase q = 1) of the lane's image; the two phases
+    # are stored by two stride-2 stores that fill the same sectors
+    xo_img = x_img + 2 * n
+    out_img = OUT + img * H * W + 2 * n
 
     # Sliding window of horizontally filtered rows. The first 7 iterations
     # (m < m0) only fill it with rows 2*m0-7 .. 2*m0+6; they store nothing.
@@ -208,8 +205,10 @@ def _lp_analysis_kernel(
                     b0 += kp[j] * w0[j]
                     b1 += kp[j] * w1[j]
                 row = (2 * m + p) * W
-                xo = tl.load(xo_img + row, mask=omask, other=0.0).to(DT)
-                tl.store(out_img + row, xo - tl.interleave(b0, b1), mask=omask)
+                xo0 = tl.load(xo_img + row, mask=ok, other=0.0).to(DT)
+                xo1 = tl.load(xo_img + row + 1, mask=ok, other=0.0).to(DT)
+                tl.store(out_img + row, xo0 - b0, mask=ok)
+                tl.store(out_img + row + 1, xo1 - b1, mask=ok)
         w0 = w0[2:]
         w1 = w1[2:]
         wl = wl[2:]
@@ -227,7 +226,7 @@ def _lp_synthesis_kernel(
     Grid: (image groups × column strips, chunks of ROWS low-res rows).
     """
     DT: tl.constexpr = TAPS.dtype.element_ty
-    img, n, ok, oimg, ocol, omask, cols, k0, k1 = _setup(N, W, WL, TAPS, 10, SW, BLOCK)
+    img, n, ok, cols, k0, k1 = _setup(N, W, WL, TAPS, 10, SW, BLOCK)
     u0 = _load_taps(TAPS, 0, 5)
     u1 = _load_taps(TAPS, 5, 5)
     lcols = ()
@@ -238,8 +237,8 @@ def _lp_synthesis_kernel(
     m1 = tl.minimum(m0 + ROWS, HL)
     low_img = LOW + img * HL * WL
     band_img = BAND + img * H * W
-    bo_img = BAND + oimg * H * W + ocol
-    out_img = OUT + oimg * H * W + ocol
+    bo_img = band_img + 2 * n
+    out_img = OUT + img * H * W + 2 * n
 
     # Sliding windows (band rows 2m-7 .. 2m+8, low rows m-2 .. m+2); the first
     # 7 iterations (m < m0) only fill them and store nothing.
@@ -273,8 +272,10 @@ def _lp_synthesis_kernel(
                     b0 -= kp[j] * w0[j]
                     b1 -= kp[j] * w1[j]
                 row = (2 * m + p) * W
-                bo = tl.load(bo_img + row, mask=omask, other=0.0).to(DT)
-                tl.store(out_img + row, bo + tl.interleave(b0, b1), mask=omask)
+                bo0 = tl.load(bo_img + row, mask=ok, other=0.0).to(DT)
+                bo1 = tl.load(bo_img + row + 1, mask=ok, other=0.0).to(DT)
+                tl.store(out_img + row, bo0 + b0, mask=ok)
+                tl.store(out_img + row + 1, bo1 + b1, mask=ok)
         w0 = w0[2:]
         w1 = w1[2:]
         v0 = v0[1:]
@@ -397,6 +398,10 @@ def _launch(kernel, tensors, shape, mode: str, filt: str) -> None:
     """Launch ``kernel`` on the current stream of the tensors' device."""
     b, c, h, w = shape
     ref = tensors[-1]
+    if ref.device.type != "cuda" and not _interpreted():
+        raise RuntimeError(
+            f"the Triton LP kernels need CUDA tensors (got {ref.device.type}); set TRITON_INTERPRET=1 to interpret"
+        )
     taps = _taps(filt, mode, ref.device, _compute_dtype(ref.dtype))
     cfg = launch_config(b * c, h // 2, w // 2)
     guard = torch.cuda.device(ref.device) if ref.device.type == "cuda" else contextlib.nullcontext()

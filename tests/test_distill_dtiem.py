@@ -284,3 +284,14 @@ def test_range_term_lifts_the_plateau_beyond_the_teachers_levels():
     # overflow is zero inside the range and signed outside
     s = torch.tensor([[-2.0, 0.0, 0.5, 1.0, 3.0]])
     torch.testing.assert_close(overflow(s, torch.tensor([[0.0, 1.0]])), torch.tensor([[-2.0, 0.0, 0.0, 0.0, 2.0]]))
+
+
+def test_non_finite_features():
+    f = torch.randn(1, 4, 8, 8)
+    bad = f.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    out = DTIEM(levels=16)(bad, f)
+    assert set(out) == {"sta", "sta_hist", "sta_cdf", "sta_map", "sta_range"}
+    assert all(bool(torch.isnan(v)) for v in out.values())
+    with pytest.raises(ValueError, match="t_low"):
+        DTIEM(levels=16)(f, bad)

@@ -58,7 +58,8 @@ def test_every_term_is_returned_and_the_total_is_their_weighted_sum():
     out, _, _ = _run(student, teacher, crit, x)
     assert set(out) == {"pi", "ho", "str", "sta", "sta_hist", "sta_cdf", "sta_map", "sta_range", "loss"}
     c = crit.config
-    expected = c.lambda_pi * out["pi"] + c.lambda_adv * out["ho"] + c.lambda_str * out["str"] + c.lambda_sta * out["sta"]
+    expected = (c.lambda_pi * out["pi"] + c.lambda_adv * out["ho"]
+                + c.lambda_str * out["str"] + c.lambda_sta * out["sta"])
     torch.testing.assert_close(out["loss"], expected)
     assert all(v.dtype == torch.float32 and v.dim() == 0 for v in out.values())
     assert crit.last_str_bands.shape == (17,)
@@ -207,3 +208,25 @@ def test_a_toy_training_loop_lowers_the_texture_losses():
     for k, h in history.items():
         first, last = h[0], sum(h[-5:]) / 5
         assert last < 0.8 * first, (k, h)
+
+
+@pytest.mark.parametrize("preset", ["sstkd", "kd", "stlnet_sta"])
+def test_every_preset_runs_forward_and_backward(preset):
+    student, teacher, crit = _setup(SSTKDConfig.preset(preset, sta_levels=16, d_channels=8))
+    out, _, _ = _run(student, teacher, crit, torch.randn(2, 3, 32, 32))
+    assert all(bool(torch.isfinite(v)) for v in out.values())
+    out["loss"].backward()
+    assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in student.parameters())
+
+
+def test_backend_is_passed_to_the_texture_ops():
+    x = torch.randn(1, 3, 32, 32)
+    student, teacher, crit = _setup(SSTKDConfig(sta_levels=16, backend="torch"))
+    assert crit.cdm.backend == "torch" and crit.dtiem.backend == "torch"
+    _run(student, teacher, crit, x)
+    # an explicitly requested backend that cannot run here is an error, never a silent fallback
+    if not torch.cuda.is_available():
+        for cfg in (SSTKDConfig(use_sta=False, backend="cuda"), SSTKDConfig(use_str=False, backend="cuda")):
+            student, teacher, crit = _setup(cfg)
+            with pytest.raises(RuntimeError, match="cuda"):
+                _run(student, teacher, crit, x)

@@ -238,6 +238,9 @@ def callable_for(case: OpCase, backend: str) -> Callable[[list], list[torch.Tens
     """``inputs -> flat list of outputs`` running ``case`` on ``backend`` (``"compile"``: a fresh
     ``torch.compile`` of the reference; compilation happens on the first call)."""
     if backend == "compile":
+        import logging
+
+        torch._logging.set_logs(dynamo=logging.ERROR)  # graph-break chatter (input checks) is expected
         torch._dynamo.reset()  # a fresh cache per case: never hits the recompile limit
         compiled = torch.compile(lambda *xs: case.run(list(xs), "torch"), dynamic=False)
         return lambda xs: _flat(compiled(*xs))

@@ -185,7 +185,8 @@ def run_peers(
     rows = []
     for case in cases:
         for dtype in dtypes:
-            dname = str(dtype).replace("torch.", "")
+            dname = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
+                     torch.float64: "fp64"}.get(dtype, str(dtype).replace("torch.", ""))
             gen = torch.Generator(device="cpu").manual_seed(0)
             inputs = [case.make(device, dtype, gen) for _ in range(copies)]
             diff_note = None

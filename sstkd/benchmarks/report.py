@@ -89,14 +89,14 @@ def ops_table(rows: list[dict]) -> list[str]:
 
 
 def skipped_table(rows: list[dict]) -> list[str]:
-    """Non-ok rows grouped by (op, backend, status, reason), with the number of cells."""
-    groups: dict[tuple, int] = {}
+    """Non-ok rows grouped by (backend, status, reason): the ops concerned and the number of cells."""
+    groups: dict[tuple, dict[str, int]] = {}
     for r in rows:
         if r.get("status") != "ok":
-            k = (r["op"], r["backend"], r["status"], r["reason"])
-            groups[k] = groups.get(k, 0) + 1
-    return _table(["op", "backend", "status", "cells", "reason"],
-                  [[op, b, st, n, why] for (op, b, st, why), n in groups.items()])
+            ops = groups.setdefault((r["backend"], r["status"], r["reason"]), {})
+            ops[r["op"]] = ops.get(r["op"], 0) + 1
+    return _table(["backend", "status", "reason", "ops", "cells"],
+                  [[b, st, why, ", ".join(ops), sum(ops.values())] for (b, st, why), ops in groups.items()])
 
 
 def peers_table(rows: list[dict]) -> list[str]:

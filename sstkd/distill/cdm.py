@@ -28,6 +28,9 @@ from sstkd.ops.contourlet import (
 )
 
 PAD_MODES = ("symmetric", "reflect", "replicate", "circular", "zeros")
+# With recompute on the reference backend, the decomposition runs on channel chunks
+# of about this many elements (32 MiB in float32).
+RECOMPUTE_CHUNK_ELEMENTS = 1 << 23
 
 
 def _pad_index(n: int, total: int, mode: str, device: torch.device) -> torch.Tensor:
@@ -89,8 +92,10 @@ class ContourletDecompositionModule(nn.Module):
         backend: passed to ``contourlet_energy``.
         recompute: when the reference (``"torch"``) backend runs, do not keep
             the sub-bands for backward but recompute the decomposition there
-            (activation checkpointing): only the feature difference is saved.
-            Fused backends manage their own memory and ignore it.
+            (activation checkpointing, in channel chunks of about
+            ``RECOMPUTE_CHUNK_ELEMENTS``): only the feature difference is saved,
+            and the op's intermediates exist for one chunk at a time. Fused
+            backends manage their own memory and ignore it.
 
     ``forward(f_s, f_t)`` takes ``(B, C, H, W)`` maps of equal shape (``f_t``
     is detached) and returns ``(loss, band_mse)``: a scalar and the ``(K,)``
@@ -180,8 +185,15 @@ class ContourletDecompositionModule(nn.Module):
         dtype = compute_dtype(f_s)
         diff = f_s.to(dtype) - f_t.detach().to(dtype)
         diff = pad_to_size(diff, self.padded_size(*diff.shape[-2:]), self.pad_mode)
-        if self.recompute and diff.requires_grad and resolve_backend("contourlet_energy", self.backend, diff) == "torch":
-            energy = checkpoint(self._energy, diff, use_reentrant=False)
+        backend = resolve_backend("contourlet_energy", self.backend, diff)
+        if self.recompute and diff.requires_grad and backend == "torch":
+            # Channel chunks, each recomputed on its own in backward: the reference op's
+            # intermediates then live for one chunk at a time, in forward and backward.
+            per_channel = diff.shape[0] * diff.shape[2] * diff.shape[3]
+            step = max(1, RECOMPUTE_CHUNK_ELEMENTS // per_channel)
+            energy = torch.cat(
+                [checkpoint(self._energy, part, use_reentrant=False) for part in diff.split(step, dim=1)], dim=1
+            )
         else:
             energy = self._energy(diff)
         b, c = diff.shape[:2]

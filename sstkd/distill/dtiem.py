@@ -138,6 +138,8 @@ class DTIEM(nn.Module):
 
     ``forward(f_s, f_t)`` returns ``dict(sta=, sta_hist=, [sta_cdf=, sta_map=,] [sta_range=])``
     (float32 scalars); ``describe(f)`` returns the per-image descriptor.
+    Non-finite student features give NaN terms (so a trainer's non-finite
+    check reports them); non-finite teacher features raise ``ValueError``.
     """
 
     def __init__(
@@ -218,6 +220,15 @@ class DTIEM(nn.Module):
             raise ValueError(
                 f"s_low: aligned student features {tuple(f_s.shape)} must match t_low {tuple(f_t.shape)}"
             )
+        if not bool(torch.isfinite(f_t).all()):
+            raise ValueError("t_low: contains NaN or Inf")
+        if not bool(torch.isfinite(f_s).all()):
+            # A diverged student: report NaN terms (the trainer's non-finite handling
+            # names the term) instead of failing inside the quantizer.
+            nan = f_s.float().sum() * float("nan")
+            names = ["sta_hist"] + (["sta_cdf", "sta_map"] if self.equalize else []) + (
+                ["sta_range"] if self.w_range > 0 else [])
+            return {"sta": nan, **{k: nan for k in names}}
         with torch.no_grad():
             t = self.describe(f_t.detach())
         s = self.describe(f_s, centers=t["centers"] if self.shared_centers else None)

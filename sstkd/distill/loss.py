@@ -17,6 +17,7 @@ from sstkd.distill.align import ALIGN_MODES, AlignHead
 from sstkd.distill.cdm import PAD_MODES, ContourletDecompositionModule
 from sstkd.distill.discriminator import ScoreMapDiscriminator
 from sstkd.distill.dtiem import DTIEM
+from sstkd.distill.holistic import _all_reduce_grads
 from sstkd.distill.holistic import discriminator_step as _discriminator_step
 from sstkd.distill.holistic import generator_loss
 from sstkd.distill.response import match_logits, pixelwise_kd
@@ -242,6 +243,14 @@ class SSTKDLoss(nn.Module):
         """The critic's parameters (empty when ``use_ho`` is off)."""
         return list(self.discriminator.parameters()) if self.discriminator is not None else []
 
+    def sync_student_side_grads(self) -> None:
+        """Average the alignment head's gradients over ``torch.distributed`` ranks (no-op otherwise).
+
+        Call between ``backward()`` and the student's ``optimizer.step()`` when
+        this module is not wrapped in DDP (the student usually is, the loss is not).
+        """
+        _all_reduce_grads(self.student_side_parameters())
+
     def make_discriminator_optimizer(self) -> torch.optim.Optimizer | None:
         """``Adam(discriminator_parameters(), lr=d_lr, betas=d_betas)``; None when ``use_ho`` is off."""
         if self.discriminator is None:
@@ -267,9 +276,13 @@ class SSTKDLoss(nn.Module):
             if x.device != t_logits.device:
                 raise ValueError(f"{name}: on device {x.device}, but t_logits is on {t_logits.device}")
         if s_low.shape[1] != self.student_channels:
-            raise ValueError(f"s_low: expected {self.student_channels} channels (student_channels), got {s_low.shape[1]}")
+            raise ValueError(
+                f"s_low: expected {self.student_channels} channels (student_channels), got {s_low.shape[1]}"
+            )
         if t_low.shape[1] != self.teacher_channels:
-            raise ValueError(f"t_low: expected {self.teacher_channels} channels (teacher_channels), got {t_low.shape[1]}")
+            raise ValueError(
+                f"t_low: expected {self.teacher_channels} channels (teacher_channels), got {t_low.shape[1]}"
+            )
         if s_low.shape[-2:] != t_low.shape[-2:]:
             raise ValueError(
                 f"s_low: spatial size {tuple(s_low.shape[-2:])} differs from t_low's {tuple(t_low.shape[-2:])}; "

@@ -108,7 +108,7 @@ def run_demo(out: str, quick: bool = False, config_dir: str | None = None, log=p
         results[run]["overhead_pct"] = 100.0 * (spi - base_spi) / base_spi if base_spi > 0 else float("nan")
     train_wall = time.perf_counter() - t_start
     figure_path = os.path.join(out, "figure.png")
-    make_figure(cfgs, figure_path)
+    make_figure(cfgs, figure_path, results)
     total_wall = time.perf_counter() - t_start
     table = format_table(results)
     log("")
@@ -240,7 +240,7 @@ def _band_mosaic(bands):
     return np.concatenate(rows, axis=0)
 
 
-def make_figure(cfgs: dict, path: str) -> None:
+def make_figure(cfgs: dict, path: str, results: dict | None = None) -> None:
     """Inputs, ground truth, the four models' predictions, and the teacher's contourlet sub-bands
     (one channel of ``backbone.layer1``) and texture histogram, for one image."""
     import matplotlib
@@ -297,7 +297,9 @@ def make_figure(cfgs: dict, path: str) -> None:
     ax.set_title("input", fontsize=8)
     show_label(fig.add_subplot(grid[0, 1]), label.numpy(), "ground truth")
     for i, run in enumerate(RUNS):
-        show_label(fig.add_subplot(grid[0, 2 + i]), preds[run], LABELS[run])
+        miou = results.get(run, {}).get("mIoU") if results else None
+        title = LABELS[run] + (f"\nval mIoU {100 * miou:.1f}" if miou is not None else "")
+        show_label(fig.add_subplot(grid[0, 2 + i]), preds[run], title)
     ax = fig.add_subplot(grid[1, 0])
     ax.imshow(teacher_low[channel].numpy(), cmap="gray")
     ax.set_title(f"teacher layer1, channel {channel}", fontsize=8)
@@ -309,7 +311,7 @@ def make_figure(cfgs: dict, path: str) -> None:
     for j, (name, level) in enumerate(zip(names, shown)):
         ax = fig.add_subplot(grid[1, 2 + j])
         ax.imshow(_band_mosaic([b[0, 0] for b in level]), cmap="magma")
-        ax.set_title(f"{name}: {len(level)} directional sub-bands (|coef|)", fontsize=8)
+        ax.set_title(f"{name} level: {len(level)} directions, |coef|", fontsize=8)
     ax = fig.add_subplot(grid[1, 4:])
     c = centers[0].numpy()
     width = float(np.median(np.diff(c))) if len(c) > 1 else 1.0
