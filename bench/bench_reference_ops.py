@@ -91,7 +91,7 @@ def run(repeats: int, log=print) -> dict:
     return {"meta": dict(runner.collect_meta(device, quick=False, command=" ".join(["python"] + sys.argv)),
                          copy_bandwidth=bw, image_shape=list(IMAGE), qco_shape=list(QCO), levels=LEVELS,
                          table_channels=TABLE_D),
-            "ops": rows, "peers": peer_rows, "qco_fwd_bwd": qco_fb}
+            "ops": rows, "peers": peer_rows, "qco_fwd_bwd": qco_fb, "load_average_at_end": runner.load_average()}
 
 
 def to_markdown(res: dict) -> str:
@@ -101,7 +101,8 @@ def to_markdown(res: dict) -> str:
     lines = [f"# Reference ops on the CPU — {m['device_name']} ({m['date']})", "",
              f"* {m['threads']} threads, float32, `backend=\"torch\"`; torch {m['torch']}; "
              f"command: `{m['command']}`",
-             f"* measured copy bandwidth: {m['copy_bandwidth']['gbps']:.1f} GB/s",
+             f"* measured copy bandwidth: {m['copy_bandwidth']['gbps']:.1f} GB/s; load average (1/5/15 min) at start "
+             f"{m.get('load_average_at_start')}, at end {res.get('load_average_at_end')} on {m.get('cpu_count')} CPUs",
              f"* image ops at {tuple(m['image_shape'])}; quantization ops on {tuple(m['qco_shape'])} intensities, "
              f"L = {m['levels']}, reproject table D = {m['table_channels']}", "", "## Ops", ""]
     lines += report.ops_table(res["ops"])

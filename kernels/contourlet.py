@@ -124,8 +124,11 @@ class _ContourletEnergy(torch.autograd.Function):
             xr = x.detach().requires_grad_(True)
             low, bands = _dec(xr, ctx.nlevs, ctx.pfilt, ctx.dfilt, cd)
             coeffs = [low] + [t for level in bands for t in level]
-            g = g.to(cd)
-            cots = [2.0 * t.detach() * g[..., k, None, None] for k, t in enumerate(coeffs)]
+            g = 2.0 * g.to(cd)
+            # the coefficients become their own cotangents 2·y·g in place: no graph node saves
+            # them (the decompositions are linear), and the DFB adjoint then reads its
+            # band-major buffers without a stacking copy
+            cots = [t.detach().mul_(g[..., k, None, None]) for k, t in enumerate(coeffs)]
             (gx,) = torch.autograd.grad(coeffs, xr, cots)
         return gx.to(x.dtype), None, None, None
 

@@ -78,7 +78,6 @@ __all__ = [
 ]
 
 _SQRT2 = math.sqrt(2.0)
-_HALO = 16  # power-of-two halo sub-tile; the 12-tap filter needs 11 extra rows / columns
 _NTAPS = 12
 
 # Polyphase splits (SPLIT constexpr).
@@ -209,7 +208,7 @@ def _ladder_kernel(
     SPLIT: tl.constexpr, BF: tl.constexpr, QPER: tl.constexpr,
     WIN_KIND: tl.constexpr, CEN_KIND: tl.constexpr, OUT_KIND: tl.constexpr, OUT2_KIND: tl.constexpr,
     LAYOUT: tl.constexpr, Y0POS: tl.constexpr, ENERGY: tl.constexpr, EN_SLOT: tl.constexpr,
-    TR: tl.constexpr, TC: tl.constexpr, P: tl.constexpr,
+    TR: tl.constexpr, TC: tl.constexpr, P: tl.constexpr, PREC: tl.constexpr = "ieee",
 ):
     """One ladder pass on a ``TR × TC`` tile of P (parent band k, image n) planes.
 
@@ -218,6 +217,8 @@ def _ladder_kernel(
     ``TAPS = [taps (12), ALPHA, BETA, GAMMA]`` in the compute dtype. Planes are
     ``k·N + n``; the P planes of a program are stacked along the tile rows (P = 1
     on a GPU; the interpreter takes many planes per program).
+    ``PREC``: ``tl.dot`` input precision of float32 tiles ("ieee": exact float32
+    FMAs; "tf32x3": tensor cores at about float32 accuracy).
     Grid: (plane groups, tiles).
     """
     DT: tl.constexpr = TAPS.dtype.element_ty
@@ -239,12 +240,12 @@ def _ladder_kernel(
     # row pass (12 taps along columns), then column pass (12 taps along rows)
     kh_main = _col_matrix(TAPS, TC, TC, 0)
     kh_halo = _col_matrix(TAPS, HALO, TC, TC)
-    h0 = tl.dot(x00, kh_main, input_precision="ieee")
-    h0 = tl.dot(x01, kh_halo, h0, input_precision="ieee")
-    h1 = tl.dot(x10, kh_main, input_precision="ieee")
-    h1 = tl.dot(x11, kh_halo, h1, input_precision="ieee")
-    s = tl.dot(_row_matrix(TAPS, TR, TR, 0, P), h0, input_precision="ieee")
-    s = tl.dot(_row_matrix(TAPS, TR, HALO, TR, P), h1, s, input_precision="ieee")
+    h0 = tl.dot(x00, kh_main, input_precision=PREC)
+    h0 = tl.dot(x01, kh_halo, h0, input_precision=PREC)
+    h1 = tl.dot(x10, kh_main, input_precision=PREC)
+    h1 = tl.dot(x11, kh_halo, h1, input_precision=PREC)
+    s = tl.dot(_row_matrix(TAPS, TR, TR, 0, P), h0, input_precision=PREC)
+    s = tl.dot(_row_matrix(TAPS, TR, HALO, TR, P), h1, s, input_precision=PREC)
 
     li, k, n, valid = _planes_of(tl.arange(0, P * TR)[:, None], TR, g0, P, PLANES, N)
     i = i0 + li
@@ -320,8 +321,12 @@ def tile_config(planes: int, h: int, w: int, interpreted: bool | None = None) ->
     return TileConfig(tr, tc, p, 4)
 
 
-# Debug/benchmark hook: when a list, every launch appends (constexprs, grid, bytes touched).
+# Debug/benchmark hook: when a list, every launch appends its constexprs, grid and tile.
 launch_log: list | None = None
+# tl.dot precision of the float32 filter products. "ieee" (default) is exact float32 on
+# CUDA cores (~120 FMAs per output pixel); "tf32x3" moves them to tensor cores at about
+# float32 accuracy: try it on a GPU with `sstkd verify` before making it the default.
+DOT_PRECISION = "ieee"
 
 
 class _Stage(NamedTuple):
@@ -392,7 +397,7 @@ def _launch(st: _Stage, filt: str, cd: torch.dtype, *, win, win_kind, bf, adjoin
             SPLIT=st.split, BF=bf, QPER=st.qper,
             WIN_KIND=win_kind, CEN_KIND=cen_kind, OUT_KIND=out_kind, OUT2_KIND=out2_kind,
             LAYOUT=st.layout, Y0POS=st.y0pos, ENERGY=energy_mode, EN_SLOT=en_slot,
-            TR=cfg.TR, TC=cfg.TC, P=cfg.P, num_warps=cfg.num_warps,
+            TR=cfg.TR, TC=cfg.TC, P=cfg.P, PREC=DOT_PRECISION, num_warps=cfg.num_warps,
         )
 
 
@@ -516,12 +521,33 @@ def _dec_forward(x: torch.Tensor, levels: int, filt: str, out_dtype: torch.dtype
     return _final_bands(bufs[-1], levels, (b, c))
 
 
+def _band_major_view(group, dtype):
+    """``(nb, N, h, w)`` view of sub-bands that already are consecutive contiguous planes of one
+    buffer (the outputs of :func:`dfb_dec_triton`, or cotangents made from them), else None."""
+    first = group[0]
+    size = first.numel()
+    for k, t in enumerate(group):
+        if (t.dtype != dtype or not t.is_contiguous() or t.shape != first.shape
+                or t.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()
+                or t.storage_offset() != first.storage_offset() + k * size):
+            return None
+    b, c, h, w = first.shape
+    return first.as_strided((len(group), b * c, h, w), (size, h * w, w, 1))
+
+
 def _final_buffers_from(bands, plan, dtype):
-    """Stack sub-band tensors (B, C, h, w) into the band-major final buffers of ``plan``'s last level."""
+    """Band-major final buffers of ``plan``'s last level holding the sub-bands (B, C, h, w):
+    a view when they already are laid out that way, else one stacking copy."""
     level = plan[-1]
     nbc = level[0].nbc
     groups = [bands] if len(level) == 1 else [bands[:nbc], bands[nbc:]]
-    return [torch.stack([t.to(dtype).reshape(t.shape[0] * t.shape[1], *t.shape[-2:]) for t in g]) for g in groups]
+    out = []
+    for g in groups:
+        view = _band_major_view(g, dtype)
+        if view is None:
+            view = torch.stack([t.to(dtype).reshape(t.shape[0] * t.shape[1], *t.shape[-2:]) for t in g])
+        out.append(view)
+    return out
 
 
 def _dec_adjoint(grads, levels, filt, x_shape, x_dtype, device) -> torch.Tensor:

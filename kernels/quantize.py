@@ -407,17 +407,19 @@ def grad_table_config(cfg: Config, d: int, n: int, interpreted: bool | None = No
     """(config with CHUNK/P/BLOCK_N adjusted, BLOCK_D) of ``_reproject_grad_table_kernel``:
     a ``BLOCK_D × BLOCK_N`` gradient tile times a ``BLOCK_N × BLOCK_L`` encoding tile."""
     interpreted = _interpreted() if interpreted is None else interpreted
-    block_d = min(64, max(16, triton.next_power_of_2(d)))
-    block_n = cfg.BLOCK_N if interpreted else min(cfg.BLOCK_N, max(16, 8192 // block_d))
+    if interpreted:
+        block_d, block_n, block_l = min(64, max(16, triton.next_power_of_2(d))), cfg.BLOCK_N, cfg.BLOCK_L
+    else:  # the fp32 (FMA) dot is unrolled per thread: keep BLOCK_D·BLOCK_N·BLOCK_L moderate
+        block_d, block_n, block_l = min(32, max(16, triton.next_power_of_2(d))), 32, min(64, cfg.BLOCK_L)
     chunk = triton.cdiv(cfg.CHUNK, block_n) * block_n
-    return cfg._replace(BLOCK_N=block_n, CHUNK=chunk, P=triton.cdiv(n, chunk)), block_d
+    return cfg._replace(BLOCK_N=block_n, BLOCK_L=block_l, CHUNK=chunk, P=triton.cdiv(n, chunk)), block_d
 
 
 def cooc_config(cfg: Config, n: int, interpreted: bool | None = None) -> tuple[Config, int]:
     """(config with CHUNK/P/BLOCK_N adjusted, BLOCK_A) of ``_cooc_kernel``: ``BLOCK_A²`` level-pair tiles."""
     interpreted = _interpreted() if interpreted is None else interpreted
-    block_a = min(64, cfg.BLOCK_L)
-    block_n = cfg.BLOCK_N if interpreted else max(16, 4096 // block_a)
+    block_a = min(64 if interpreted else 32, cfg.BLOCK_L)
+    block_n = cfg.BLOCK_N if interpreted else 32
     chunk = triton.cdiv(cfg.CHUNK, block_n) * block_n
     return cfg._replace(BLOCK_N=block_n, CHUNK=chunk, P=triton.cdiv(n, chunk)), block_a
 
@@ -585,7 +587,7 @@ class _ReprojectFn(torch.autograd.Function):
                 _reproject_grad_table_kernel[(cfg_t.P, B, triton.cdiv(D, block_d))](
                     s2, centers, g, buf, N, D, L, cfg_t.P, *strides,
                     LOG_L=cfg.LOG_L, KERNEL=kid, DETERMINISTIC=det, CHUNK=cfg_t.CHUNK,
-                    BLOCK_N=cfg_t.BLOCK_N, BLOCK_D=block_d, BLOCK_L=cfg.BLOCK_L, num_warps=cfg.num_warps,
+                    BLOCK_N=cfg_t.BLOCK_N, BLOCK_D=block_d, BLOCK_L=cfg_t.BLOCK_L, num_warps=cfg.num_warps,
                 )
                 grad_table = _finish(buf, det).view(B, D, L).to(table.dtype)
         return grad_table, grad_s, None, None

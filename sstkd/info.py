@@ -31,9 +31,7 @@ def collect() -> dict:
     except Exception as e:  # not installed or broken
         info["triton"] = f"unavailable ({type(e).__name__}: {e})"
     info["TRITON_INTERPRET"] = os.environ.get("TRITON_INTERPRET", "0")
-    from torch.utils import cpp_extension
-
-    info["CUDA_HOME"] = cpp_extension.CUDA_HOME
+    info["CUDA_HOME"] = os.environ.get("CUDA_HOME", "(unset)")
     info["cuda available"] = torch.cuda.is_available()
     devices = []
     if torch.cuda.is_available():
@@ -43,7 +41,7 @@ def collect() -> dict:
     info["devices"] = devices or ["cpu only"]
     from sstkd import _ext
 
-    info["extension sstkd._C"] = _ext.load_error() or "built and importable"
+    info["extension sstkd._C"] = _ext.status_line()
     backends = {}
     for b in dispatch.BACKENDS:
         ok, why = dispatch.backend_status(b)

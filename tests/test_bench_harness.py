@@ -247,3 +247,13 @@ def test_count_kernels_skips_views():
     assert per_op == {"mul": 1, "sum": 1} and n == 2
     assert roofline.count_launches(lambda: x + 1, "cpu") == 1
     assert roofline.count_launches(lambda: x + 1, "cpu", allow_aten_count=False) is None
+
+
+def test_time_interleaved_alternates():
+    order = []
+    stats = timing.time_interleaved({"a": (lambda i: order.append(("a", i)), [0, 1]),
+                                     "b": (lambda i: order.append(("b", i)), [7])}, warmup=1, rounds=3)
+    assert order == [("a", 0), ("b", 7), ("a", 1), ("b", 7), ("a", 0), ("b", 7), ("a", 1), ("b", 7)]
+    assert stats["a"].repeats == stats["b"].repeats == 3
+    with pytest.raises(ValueError, match="fns"):
+        timing.time_interleaved({})

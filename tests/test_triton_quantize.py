@@ -266,7 +266,7 @@ def _aot_jobs(arch, kernel, det, dt):
                                           sgn=i32), dict(pix, BLOCK_N=nb, BLOCK_D=K._channel_block(D))),
         (K._reproject_grad_table_kernel, dict(S=dt, CEN=f32, G=dt, GT=f32, N=i32, D=i32, L=i32, P=i32, sgb=i32,
                                               sgd=i32, sgn=i32),
-         dict(pix, DETERMINISTIC=det, CHUNK=gt.CHUNK, BLOCK_N=gt.BLOCK_N, BLOCK_D=bd, BLOCK_L=cfg.BLOCK_L)),
+         dict(pix, DETERMINISTIC=det, CHUNK=gt.CHUNK, BLOCK_N=gt.BLOCK_N, BLOCK_D=bd, BLOCK_L=gt.BLOCK_L)),
         (K._cooc_kernel, dict(S=dt, CEN=f32, OFF="*i32", CNT=f32, H=i32, W=i32, L=i32, P=i32, NUM_OFF=i32),
          dict(pix, DETERMINISTIC=det, CHUNK=co.CHUNK, BLOCK_N=co.BLOCK_N, BLOCK_A=ba)),
         (K._cooc_backward_kernel, dict(S=dt, CEN=f32, OFF="*i32", GC=f32, GS=dt, H=i32, W=i32, L=i32, NUM_OFF=i32),

@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from sstkd.benchmarks.timing import measure_peak_memory, time_fn
+from sstkd.benchmarks.timing import measure_peak_memory, time_interleaved
 
 LP_MAX_TIME_RATIO = 1.5  # ours / kornia
 QCO_MIN_SPEEDUP = 3.0  # dense / ours
@@ -181,7 +181,7 @@ def run_peers(
     max_seconds: float | None = None,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
-    """Time ours and the peer back to back on the same input copies; one row per case × dtype × mode."""
+    """Time ours and the peer in alternation on the same input copies; one row per case × dtype × mode."""
     rows = []
     for case in cases:
         for dtype in dtypes:
@@ -197,15 +197,17 @@ def run_peers(
                 row = {"comparison": case.name, "shape": case.shape, "dtype": dname, "mode": mode,
                        "target": case.target, "judged": mode == "fwd", "max_abs_diff": diff_note}
                 try:
+                    fns = {}
                     for side, fn in (("ours", case.ours), ("peer", case.peer)):
                         call, prep = _mode_call(fn, mode, case.diff, torch.Generator(device="cpu").manual_seed(1))
-                        prepared = [prep(xs) for xs in inputs]
-                        stats = time_fn(call, prepared, device=device, warmup=warmup, repeat=repeat,
-                                        max_seconds=max_seconds)
-                        peak = measure_peak_memory(lambda: call(prepared[0]), device)
-                        row[f"{side}_ms"] = stats.median_ms
-                        row[f"{side}_iqr_ms"] = stats.iqr_ms
-                        row[f"{side}_peak_bytes"] = peak
+                        fns[side] = (call, [prep(xs) for xs in inputs])
+                    # alternate ours and the peer call by call: load on a shared machine hits both alike
+                    stats = time_interleaved(fns, device=device, warmup=warmup, rounds=repeat,
+                                             max_seconds=max_seconds)
+                    for side, (call, prepared) in fns.items():
+                        row[f"{side}_ms"] = stats[side].median_ms
+                        row[f"{side}_iqr_ms"] = stats[side].iqr_ms
+                        row[f"{side}_peak_bytes"] = measure_peak_memory(lambda: call(prepared[0]), device)
                 except Exception as e:  # reported, the run goes on
                     row["status"] = "error"
                     row["reason"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"

@@ -149,6 +149,10 @@ def to_markdown(result: dict) -> str:
                  f"run: {'quick' if m.get('quick') else 'full'}")
     lines.append(f"* torch {m.get('torch')}, triton {m.get('triton')}, CUDA {m.get('cuda')}; "
                  f"command: `{m.get('command', '')}`")
+    if m.get("load_average_at_start") is not None:
+        lines.append(f"* load average (1/5/15 min) at start {m['load_average_at_start']}, at end "
+                     f"{m.get('load_average_at_end')} on {m.get('cpu_count')} CPUs — other work on a shared machine "
+                     "inflates CPU times")
     if bw:
         lines.append(f"* measured copy bandwidth: **{bw['gbps']:.1f} GB/s** "
                      f"({bw['nbytes'] / 2**20:.0f} MiB tensor copy, read + write)")

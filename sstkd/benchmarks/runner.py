@@ -42,7 +42,16 @@ def collect_meta(device: torch.device, quick: bool, command: str | None = None) 
         "command": command if command is not None else " ".join(["sstkd"] + sys.argv[1:]),
         "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", "0"),
         "triton_ops": sorted(dispatch.TRITON_OPS), "cuda_ops": sorted(dispatch.CUDA_OPS), "backends": backends,
+        "cpu_count": os.cpu_count(), "load_average_at_start": load_average(),
     }
+
+
+def load_average() -> list[float] | None:
+    """1/5/15-minute load averages (other work on a shared CPU inflates the times), None where unknown."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def _peer_shapes(quick: bool):
@@ -106,6 +115,7 @@ def run_benchmarks(
         result["train_step"] = train_step.run_train_step(device, train_step.TrainStepConfig.for_run(device, quick),
                                                          log=log)
     result["meta"]["tag"] = tag
+    result["meta"]["load_average_at_end"] = load_average()
     stem = report.result_stem(device) + (f"-{report._slugify(tag)}" if tag else "")
     paths = report.write_report(result, out_dir, stem)
     return result, paths

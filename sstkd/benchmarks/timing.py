@@ -246,3 +246,46 @@ def measure_peak_memory(fn: Callable[[], Any], device: torch.device | str | None
         except (AttributeError, RuntimeError):  # profiler API without kineto memory events
             return None
     return None
+
+
+def time_interleaved(
+    fns: dict[str, tuple[Callable[[Any], Any], Sequence[Any]]],
+    *,
+    device: torch.device | str | None = None,
+    warmup: int = 2,
+    rounds: int = 10,
+    per_round: int = 1,
+    max_seconds: float | None = None,
+) -> dict[str, TimingStats]:
+    """Time several callables in alternation (``{name: (fn, input copies)}``), so that load that
+    comes and goes on a shared machine hits them alike; one :class:`TimingStats` per name.
+
+    Each round times ``per_round`` calls of every callable in turn (synchronizing
+    after each call on a GPU). ``max_seconds`` stops after that much wall time
+    once 3 rounds are done.
+    """
+    if not fns:
+        raise ValueError("fns: nothing to time")
+    for name, (fn, inputs) in fns.items():
+        _check_args(fn, inputs, warmup, max(rounds, 1), "auto")
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    calls = {name: 0 for name in fns}
+    for name, (fn, inputs) in fns.items():
+        for i in range(warmup):
+            fn(inputs[i % len(inputs)])
+            calls[name] += 1
+    synchronize(dev)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    t_start = time.perf_counter()
+    for r in range(rounds):
+        for name, (fn, inputs) in fns.items():
+            for _ in range(per_round):
+                inp = inputs[calls[name] % len(inputs)]
+                calls[name] += 1
+                t0 = time.perf_counter()
+                fn(inp)
+                synchronize(dev)
+                samples[name].append((time.perf_counter() - t0) * 1e3)
+        if max_seconds is not None and r + 1 >= 3 and time.perf_counter() - t_start > max_seconds:
+            break
+    return {name: summarize(s, "perf_counter, interleaved") for name, s in samples.items()}

@@ -23,8 +23,8 @@ BACKENDS = ("torch", "triton", "cuda")
 CHOICES = BACKENDS + ("auto",)
 
 # Which ops each fast backend implements; filled in as kernels land.
-TRITON_OPS: frozenset[str] = frozenset()
-CUDA_OPS: frozenset[str] = frozenset()
+TRITON_OPS: frozenset[str] = frozenset({"lp_dec", "lp_rec"})
+CUDA_OPS: frozenset[str] = frozenset({"lp_dec", "lp_rec", "quantize_count"})
 # Per-op preference of "auto" on CUDA tensors, fastest first (from bench/results/).
 AUTO_ORDER: dict[str, tuple[str, ...]] = {}
 DEFAULT_AUTO_ORDER = ("triton", "cuda", "torch")
@@ -49,6 +49,12 @@ def _cuda_ext_error() -> str | None:
     from sstkd import _ext
 
     return _ext.load_error()
+
+
+def _cuda_ready() -> bool:
+    from sstkd import _ext
+
+    return _ext.is_loaded() or _ext._import_built()[0] is not None
 
 
 def backend_status(backend: str, device: torch.device | str | None = None) -> tuple[bool, str]:
@@ -97,6 +103,8 @@ def resolve_backend(op: str, backend: str, *tensors: torch.Tensor) -> str:
         if device is None or device.type != "cuda":
             return "torch"
         for cand in AUTO_ORDER.get(op, DEFAULT_AUTO_ORDER):
+            if cand == "cuda" and not _cuda_ready():
+                continue  # "auto" never triggers a first-use JIT build of the extension
             if _implements(cand, op) and backend_status(cand, device)[0]:
                 return cand
         return "torch"

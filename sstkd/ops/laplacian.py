@@ -195,8 +195,10 @@ def lp_dec(x: torch.Tensor, filt: str = "9-7", backend: str = "auto") -> tuple[t
         from sstkd.kernels.laplacian import lp_dec_triton
 
         return lp_dec_triton(x, filt)
-    if b == "cuda":  # pragma: no cover - resolve_backend only picks ops in CUDA_OPS
-        raise RuntimeError("backend='cuda' does not implement lp_dec")
+    if b == "cuda":
+        from sstkd.ops._cuda_ops import lp_dec_cuda
+
+        return lp_dec_cuda(x, filt)
     return lp_dec_ref(x, filt)
 
 
@@ -226,8 +228,10 @@ def lp_rec(low: torch.Tensor, band: torch.Tensor, filt: str = "9-7", backend: st
         from sstkd.kernels.laplacian import lp_rec_triton
 
         return lp_rec_triton(low, band, filt)
-    if b == "cuda":  # pragma: no cover - resolve_backend only picks ops in CUDA_OPS
-        raise RuntimeError("backend='cuda' does not implement lp_rec")
+    if b == "cuda":
+        from sstkd.ops._cuda_ops import lp_rec_cuda
+
+        return lp_rec_cuda(low, band, filt)
     return lp_rec_ref(low, band, filt)
 
 
