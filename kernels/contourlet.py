@@ -106,6 +106,22 @@ def _energies(x: torch.Tensor, nlevs, pfilt: str, dfilt: str) -> torch.Tensor:
     return torch.cat([low] + levels[::-1], dim=-1)
 
 
+def _cotangents(coeffs, g):
+    """``y_k · g[..., k]`` for every coefficient, written band-major: runs of equally shaped
+    sub-bands share one ``(m, B, C, h, w)`` buffer, the layout the DFB adjoint reads without
+    a stacking copy."""
+    cots, k = [], 0
+    while k < len(coeffs):
+        end = k + 1
+        while end < len(coeffs) and coeffs[end].shape == coeffs[k].shape:
+            end += 1
+        run = torch.stack([t.detach() for t in coeffs[k:end]])
+        run.mul_(g[..., k:end].permute(2, 0, 1)[..., None, None])
+        cots.extend(run.unbind(0))
+        k = end
+    return cots
+
+
 class _ContourletEnergy(torch.autograd.Function):
     """Sub-band energies; backward recomputes the coefficients y and applies the adjoint to 2·y·g."""
 
@@ -124,12 +140,7 @@ class _ContourletEnergy(torch.autograd.Function):
             xr = x.detach().requires_grad_(True)
             low, bands = _dec(xr, ctx.nlevs, ctx.pfilt, ctx.dfilt, cd)
             coeffs = [low] + [t for level in bands for t in level]
-            g = 2.0 * g.to(cd)
-            # the coefficients become their own cotangents 2·y·g in place: no graph node saves
-            # them (the decompositions are linear), and the DFB adjoint then reads its
-            # band-major buffers without a stacking copy
-            cots = [t.detach().mul_(g[..., k, None, None]) for k, t in enumerate(coeffs)]
-            (gx,) = torch.autograd.grad(coeffs, xr, cots)
+            (gx,) = torch.autograd.grad(coeffs, xr, _cotangents(coeffs, 2.0 * g.to(cd)))
         return gx.to(x.dtype), None, None, None
 
 

@@ -17,18 +17,26 @@ size pixels × levels ever touches memory:
   with ``g`` the gradient w.r.t. the unnormalized counts (the normalization's
   Jacobian is applied to the ``(B, L)`` gradient first).
 * ``_reproject_kernel`` (two-tap gather), ``_reproject_grad_s_kernel`` (gather)
-  and ``_reproject_grad_table_kernel`` (per-program ``G · W`` product on the
-  tensor cores — the scatter of ``g·w`` into ``(D, L)`` for a chunk of pixels —
-  merged with atomics).
-* ``_cooc_kernel`` (per-program ``E_iᵀ E_j`` level-pair tiles, merged with
-  atomics) and ``_cooc_backward_kernel`` (gathers only).
+  and ``_reproject_grad_table_kernel`` (per program, the ``(D × pixels) ·
+  (pixels × L)`` tile product ``G · E`` — the scatter of ``g·w`` into
+  ``(D, L)`` for a chunk of pixels, as an fp32 ``tl.dot`` with IEEE precision
+  (TF32 would cost ~1e-3 relative) — merged with one atomic per entry and
+  program).
+* ``_cooc_atomic_kernel`` (≤ 4 float atomics per pixel pair into the ``L²``
+  counts: the targets are spread, so contention is low) and
+  ``_cooc_backward_kernel`` (gathers only).
 
 Determinism: when ``torch.are_deterministic_algorithms_enabled()``, every
 merge that would use float atomics instead stores the per-program partials
 (``(B, P, M)`` float32 for ``P`` pixel chunks and ``M = L``, ``D·L`` or
-``L·L``) and ``_sum_partials_kernel`` adds them in a fixed order. Cost: that
-buffer, one more launch reading it back, and no overlap of the merge with the
-pass; results are bitwise reproducible run to run.
+``L·L``) and ``_sum_partials_kernel`` adds them in a fixed order; the
+co-occurrence then counts with ``_cooc_partial_kernel``, which reduces
+one-hot tiles over all ``L²`` level pairs in registers. Cost: the partial
+buffers (e.g. B·P·L² floats for the co-occurrence), one more launch per
+reduction reading them back, and for the co-occurrence O(L²) instead of O(1)
+work per pixel pair (grid over L²/128 pair tiles); results are bitwise
+reproducible run to run. The backward passes are gathers and always
+deterministic except ``grad_table``, which follows the same rule.
 
 Inputs are float32 / float16 / bfloat16 (loaded in their dtype, computed and
 accumulated in float32); the launchers never sync with the host and run on
@@ -270,45 +278,67 @@ def _reproject_grad_table_kernel(S, CEN, G, GT, N, D, L, P, sgb, sgd, sgn,
 
 
 @triton.jit
-def _cooc_kernel(S, CEN, OFF, CNT, H, W, L, P, NUM_OFF,
-                 LOG_L: tl.constexpr, KERNEL: tl.constexpr, DETERMINISTIC: tl.constexpr,
-                 CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_A: tl.constexpr):
-    """Level-pair counts Σ_pairs E_ia·E_jb of one (a, b) tile over one pixel chunk.
+def _pair_taps(s_img, cen_row, i, W, H, HW, dy, dx, L, LOG_L: tl.constexpr, KERNEL: tl.constexpr):
+    """Taps of the pixels ``i`` and of their partners ``i + (dy, dx)`` (invalid pairs: zero weights)."""
+    y = i // W + dy
+    x = i % W + dx
+    pair = (i < HW) & (y >= 0) & (y < H) & (x >= 0) & (x < W)
+    s_i = tl.load(s_img + i, mask=pair, other=0.0).to(tl.float32)
+    s_j = tl.load(s_img + y * W + x, mask=pair, other=0.0).to(tl.float32)
+    lo_i, hi_i, wl_i, wh_i, _a, _b = _taps(s_i, pair, cen_row, L, LOG_L, KERNEL)
+    lo_j, hi_j, wl_j, wh_j, _c, _d = _taps(s_j, pair, cen_row, L, LOG_L, KERNEL)
+    return lo_i, hi_i, wl_i, wh_i, lo_j, hi_j, wl_j, wh_j
 
-    Grid (P, B, tiles²). Atomic mode: adds into CNT (B, L, L); deterministic:
-    stores CNT[b, p] (B, P, L, L).
-    """
-    p = tl.program_id(0)
+
+@triton.jit
+def _cooc_atomic_kernel(S, CEN, OFF, CNT, H, W, L, NUM_OFF,
+                        LOG_L: tl.constexpr, KERNEL: tl.constexpr, BLOCK_N: tl.constexpr):
+    """CNT[b, a, c] += E_ia·E_jc for the ≤ 4 level pairs of every pixel pair (float atomics;
+    the L² targets spread the contention)."""
     b = tl.program_id(1).to(tl.int64)
-    tiles = tl.cdiv(L, BLOCK_A)
-    a_bins = (tl.program_id(2) // tiles) * BLOCK_A + tl.arange(0, BLOCK_A)
-    b_bins = (tl.program_id(2) % tiles) * BLOCK_A + tl.arange(0, BLOCK_A)
+    i = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     HW = H * W
     s_img = S + b * HW
     cen_row = CEN + b * L
-    acc = tl.zeros((BLOCK_A, BLOCK_A), dtype=tl.float32)
+    cnt = CNT + b * L * L
+    for o in range(0, NUM_OFF):
+        dy = tl.load(OFF + 2 * o)
+        dx = tl.load(OFF + 2 * o + 1)
+        lo_i, hi_i, wl_i, wh_i, lo_j, hi_j, wl_j, wh_j = _pair_taps(
+            s_img, cen_row, i, W, H, HW, dy, dx, L, LOG_L, KERNEL)
+        tl.atomic_add(cnt + lo_i * L + lo_j, wl_i * wl_j, mask=(wl_i * wl_j) != 0.0)
+        tl.atomic_add(cnt + lo_i * L + hi_j, wl_i * wh_j, mask=(wl_i * wh_j) != 0.0)
+        tl.atomic_add(cnt + hi_i * L + lo_j, wh_i * wl_j, mask=(wh_i * wl_j) != 0.0)
+        tl.atomic_add(cnt + hi_i * L + hi_j, wh_i * wh_j, mask=(wh_i * wh_j) != 0.0)
+
+
+@triton.jit
+def _cooc_partial_kernel(S, CEN, OFF, PART, H, W, L, P, NUM_OFF,
+                         LOG_L: tl.constexpr, KERNEL: tl.constexpr, CHUNK: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Deterministic mode: PART[b, p, m] = this chunk's counts of the flat level pairs
+    ``m = a·L + c`` in one ``BLOCK_M`` tile, reduced in registers (one-hot tiles, no atomics)."""
+    p = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    m = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
+    HW = H * W
+    s_img = S + b * HW
+    cen_row = CEN + b * L
+    acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for o in range(0, NUM_OFF):
         dy = tl.load(OFF + 2 * o)
         dx = tl.load(OFF + 2 * o + 1)
         for n0 in range(0, CHUNK, BLOCK_N):
             i = p * CHUNK + n0 + tl.arange(0, BLOCK_N)
-            y = i // W + dy
-            x = i % W + dx
-            pair = (i < HW) & (y >= 0) & (y < H) & (x >= 0) & (x < W)
-            s_i = tl.load(s_img + i, mask=pair, other=0.0).to(tl.float32)
-            s_j = tl.load(s_img + y * W + x, mask=pair, other=0.0).to(tl.float32)
-            lo_i, hi_i, wl_i, wh_i, _a, _b = _taps(s_i, pair, cen_row, L, LOG_L, KERNEL)
-            lo_j, hi_j, wl_j, wh_j, _c, _d = _taps(s_j, pair, cen_row, L, LOG_L, KERNEL)
-            e_i = (tl.where(lo_i[:, None] == a_bins[None, :], wl_i[:, None], 0.0)
-                   + tl.where(hi_i[:, None] == a_bins[None, :], wh_i[:, None], 0.0))
-            e_j = (tl.where(lo_j[:, None] == b_bins[None, :], wl_j[:, None], 0.0)
-                   + tl.where(hi_j[:, None] == b_bins[None, :], wh_j[:, None], 0.0))
-            acc = tl.dot(tl.trans(e_i), e_j, acc, input_precision="ieee")
-    keep = (a_bins[:, None] < L) & (b_bins[None, :] < L)
-    if DETERMINISTIC:
-        tl.store(CNT + ((b * P + p) * L + a_bins[:, None]) * L + b_bins[None, :], acc, mask=keep)
-    else:
-        tl.atomic_add(CNT + (b * L + a_bins[:, None]) * L + b_bins[None, :], acc, mask=keep)
+            lo_i, hi_i, wl_i, wh_i, lo_j, hi_j, wl_j, wh_j = _pair_taps(
+                s_img, cen_row, i, W, H, HW, dy, dx, L, LOG_L, KERNEL)
+            mm = m[None, :]
+            onehot = (tl.where((lo_i * L + lo_j)[:, None] == mm, (wl_i * wl_j)[:, None], 0.0)
+                      + tl.where((lo_i * L + hi_j)[:, None] == mm, (wl_i * wh_j)[:, None], 0.0)
+                      + tl.where((hi_i * L + lo_j)[:, None] == mm, (wh_i * wl_j)[:, None], 0.0)
+                      + tl.where((hi_i * L + hi_j)[:, None] == mm, (wh_i * wh_j)[:, None], 0.0))
+            acc += tl.sum(onehot, axis=0)
+    tl.store(PART + (b * P + p) * L * L + m, acc, mask=m < L * L)
 
 
 @triton.jit
@@ -415,13 +445,15 @@ def grad_table_config(cfg: Config, d: int, n: int, interpreted: bool | None = No
     return cfg._replace(BLOCK_N=block_n, BLOCK_L=block_l, CHUNK=chunk, P=triton.cdiv(n, chunk)), block_d
 
 
-def cooc_config(cfg: Config, n: int, interpreted: bool | None = None) -> tuple[Config, int]:
-    """(config with CHUNK/P/BLOCK_N adjusted, BLOCK_A) of ``_cooc_kernel``: ``BLOCK_A²`` level-pair tiles."""
+def cooc_config(cfg: Config, n: int, levels: int, interpreted: bool | None = None) -> tuple[Config, int]:
+    """(config with CHUNK/P/BLOCK_N adjusted, BLOCK_M) of ``_cooc_partial_kernel``: one-hot tiles
+    of ``BLOCK_N`` pairs × ``BLOCK_M`` flat level pairs."""
     interpreted = _interpreted() if interpreted is None else interpreted
-    block_a = min(64 if interpreted else 32, cfg.BLOCK_L)
-    block_n = cfg.BLOCK_N if interpreted else 32
+    m_pow = triton.next_power_of_2(levels * levels)
+    block_m = min(m_pow, 1024) if interpreted else min(m_pow, 128)
+    block_n = min(cfg.BLOCK_N, max(16, 65536 // block_m)) if interpreted else 64
     chunk = triton.cdiv(cfg.CHUNK, block_n) * block_n
-    return cfg._replace(BLOCK_N=block_n, CHUNK=chunk, P=triton.cdiv(n, chunk)), block_a
+    return cfg._replace(BLOCK_N=block_n, CHUNK=chunk, P=triton.cdiv(n, chunk)), block_m
 
 
 def _guard(t: torch.Tensor):
@@ -622,15 +654,25 @@ class _CooccurrenceFn(torch.autograd.Function):
         L = centers.shape[1]
         N = H * W
         off = _offsets_tensor(tuple(offsets), s2.device)
-        cfg, block_a = cooc_config(launch_config(B, N, L), N)
-        buf, det = _merge(B, cfg, L * L, s2.device)
-        tiles = triton.cdiv(L, block_a)
+        kid = KERNEL_IDS[kernel]
+        cfg = launch_config(B, N, L)
         with _guard(s2):
-            _cooc_kernel[(cfg.P, B, tiles * tiles)](
-                s2, centers, off, buf, H, W, L, cfg.P, len(offsets),
-                LOG_L=cfg.LOG_L, KERNEL=KERNEL_IDS[kernel], DETERMINISTIC=det, CHUNK=cfg.CHUNK,
-                BLOCK_N=cfg.BLOCK_N, BLOCK_A=block_a, num_warps=cfg.num_warps,
-            )
+            if _deterministic():
+                cfg, block_m = cooc_config(cfg, N, L)
+                buf = torch.empty(B, cfg.P, L * L, device=s2.device, dtype=torch.float32)
+                _cooc_partial_kernel[(cfg.P, B, triton.cdiv(L * L, block_m))](
+                    s2, centers, off, buf, H, W, L, cfg.P, len(offsets),
+                    LOG_L=cfg.LOG_L, KERNEL=kid, CHUNK=cfg.CHUNK, BLOCK_N=cfg.BLOCK_N, BLOCK_M=block_m,
+                    num_warps=cfg.num_warps,
+                )
+                det = True
+            else:
+                buf = torch.zeros(B, L * L, device=s2.device, dtype=torch.float32)
+                block = _pixel_block(N)
+                _cooc_atomic_kernel[(triton.cdiv(N, block), B)](
+                    s2, centers, off, buf, H, W, L, len(offsets), LOG_L=cfg.LOG_L, KERNEL=kid, BLOCK_N=block,
+                )
+                det = False
         counts = _finish(buf, det)
         hist, total = _normalize(counts)
         ctx.save_for_backward(s2, centers, off, hist, total)

@@ -157,9 +157,12 @@ def test_cooccurrence_forward_and_grad(dtype, kernel):
         check(res[0][1], res[1][1], res[2][1], f"grad s {tag}")
 
 
-def test_cooccurrence_level_tiles():
+@pytest.mark.parametrize("det", [False, True])
+def test_cooccurrence_many_levels(det, request):
+    if det:
+        request.getfixturevalue("deterministic")
     s = rand_s(1, 5, 6)
-    L = 70  # 2 x 2 level-pair tiles
+    L = 40  # 1600 level pairs: two pair tiles of the deterministic kernel
     centers, _ = quantize_count(s, L, backend="torch")
     x = s.clone().requires_grad_()
     M = cooccurrence(x, centers, offsets=((1, 1), (0, -2)), backend="triton")
@@ -241,7 +244,8 @@ def test_gpu_launch_config_shapes():
         cfg = K.launch_config(B, N, L, interpreted=False)
         assert cfg.CHUNK % cfg.BLOCK_N == 0 and cfg.P * cfg.CHUNK >= N > (cfg.P - 1) * cfg.CHUNK
         assert 2 ** cfg.LOG_L > L and cfg.BLOCK_L >= 16 and cfg.BLOCK_N * cfg.BLOCK_L <= 8192
-        for c2, blk in (K.grad_table_config(cfg, D, N, interpreted=False), K.cooc_config(cfg, N, interpreted=False)):
+        for c2, blk in (K.grad_table_config(cfg, D, N, interpreted=False),
+                        K.cooc_config(cfg, N, L, interpreted=False)):
             assert c2.CHUNK % c2.BLOCK_N == 0 and c2.P * c2.CHUNK >= N and blk >= 16 and c2.BLOCK_N >= 16
 
 
@@ -250,7 +254,7 @@ def _aot_jobs(arch, kernel, det, dt):
     B, N, L, D = 8, 128 * 128, 128, 64
     cfg = K.launch_config(B, N, L, interpreted=False)
     gt, bd = K.grad_table_config(cfg, D, N, interpreted=False)
-    co, ba = K.cooc_config(cfg, N, interpreted=False)
+    co, bm = K.cooc_config(cfg, N, L, interpreted=False)
     f32, i32 = "*fp32", "i32"
     pix = dict(LOG_L=cfg.LOG_L, KERNEL=kernel)
     nb = K._pixel_block(N, interpreted=False)
@@ -267,8 +271,10 @@ def _aot_jobs(arch, kernel, det, dt):
         (K._reproject_grad_table_kernel, dict(S=dt, CEN=f32, G=dt, GT=f32, N=i32, D=i32, L=i32, P=i32, sgb=i32,
                                               sgd=i32, sgn=i32),
          dict(pix, DETERMINISTIC=det, CHUNK=gt.CHUNK, BLOCK_N=gt.BLOCK_N, BLOCK_D=bd, BLOCK_L=gt.BLOCK_L)),
-        (K._cooc_kernel, dict(S=dt, CEN=f32, OFF="*i32", CNT=f32, H=i32, W=i32, L=i32, P=i32, NUM_OFF=i32),
-         dict(pix, DETERMINISTIC=det, CHUNK=co.CHUNK, BLOCK_N=co.BLOCK_N, BLOCK_A=ba)),
+        (K._cooc_atomic_kernel, dict(S=dt, CEN=f32, OFF="*i32", CNT=f32, H=i32, W=i32, L=i32, NUM_OFF=i32),
+         dict(pix, BLOCK_N=nb)),
+        (K._cooc_partial_kernel, dict(S=dt, CEN=f32, OFF="*i32", PART=f32, H=i32, W=i32, L=i32, P=i32, NUM_OFF=i32),
+         dict(pix, CHUNK=co.CHUNK, BLOCK_N=co.BLOCK_N, BLOCK_M=bm)),
         (K._cooc_backward_kernel, dict(S=dt, CEN=f32, OFF="*i32", GC=f32, GS=dt, H=i32, W=i32, L=i32, NUM_OFF=i32),
          dict(pix, BLOCK_N=nb)),
     ]

@@ -87,6 +87,10 @@ def main(args: argparse.Namespace) -> int:
     finally:
         if trainer is not None:
             trainer.close()
+        else:  # failed while building: leave the process group all the same
+            from sstkd.engine.distributed import cleanup_distributed
+
+            cleanup_distributed()
     if _is_main_process():
         best = summary["best_miou"]
         best_s = f"{100 * best:.2f}" if best is not None else "n/a"

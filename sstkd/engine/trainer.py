@@ -317,7 +317,10 @@ class Trainer:
                               "(a student-only export such as best_student.pt of the teacher's run)")
         self.teacher_args = model_args_from_config(tc, self.num_classes)
         teacher = build_model(**self.teacher_args)
-        state = ckpt_lib.extract_state_dict(ckpt_lib.load_checkpoint(tc["checkpoint"]))
+        try:
+            state = ckpt_lib.extract_state_dict(ckpt_lib.load_checkpoint(tc["checkpoint"]))
+        except ckpt_lib.CheckpointError as e:
+            raise ConfigError(f"teacher.checkpoint: {e}") from None
         state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
         try:
             teacher.load_state_dict(state)
