@@ -15,7 +15,7 @@ set size's high-water mark over the post-setup baseline, measured in a fresh
 subprocess per variant with glibc's mmap threshold pinned low
 (``MALLOC_MMAP_THRESHOLD_``) so freed tensors leave the RSS at once.
 
-    python bench/bench_reference_ops_quantize.py [--repeats 15] [--json out.json]
+    python bench/bench_reference_ops_quantize.py [--repeats 15] [--threads 2] [--json out.json]
 """
 from __future__ import annotations
 
@@ -113,9 +113,9 @@ def _reset_peak_rss() -> None:
         pass
 
 
-def child_peak(name: str) -> None:
+def child_peak(name: str, threads: int = 2) -> None:
     """Run one variant once in this (fresh) process and print its peak RSS increase in bytes."""
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     inputs = make_inputs()
     s, table, r = inputs
     VARIANTS[name](s[:1, :64], table[:1], r[:1])  # load the code paths on a tiny input
@@ -125,9 +125,9 @@ def child_peak(name: str) -> None:
     print(_peak_rss_bytes() - base)
 
 
-def peak_memory(name: str) -> int:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="2")
-    res = subprocess.run([sys.executable, __file__, "--child", name], env=env, check=True,
+def peak_memory(name: str, threads: int = 2) -> int:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(threads))
+    res = subprocess.run([sys.executable, __file__, "--child", name, "--threads", str(threads)], env=env, check=True,
                          capture_output=True, text=True)
     return int(res.stdout.strip().splitlines()[-1])
 
@@ -135,19 +135,20 @@ def peak_memory(name: str) -> int:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
-        child_peak(a.child)
+        child_peak(a.child, a.threads)
         return {}
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     inputs = make_inputs()
     ours, ref = run_sstkd(*inputs), run_dense(*inputs)
     for name, x, y in zip(("hist", "out", "grad s", "grad table"), ours, ref):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4, msg=lambda m: f"{name}: {m}")
     med = time_variants(inputs, a.repeats)
-    res = {name: {"median_s": med[name], "peak_bytes": peak_memory(name)} for name in VARIANTS}
+    res = {name: {"median_s": med[name], "peak_bytes": peak_memory(name, a.threads)} for name in VARIANTS}
     speed = res["dense"]["median_s"] / res["sstkd"]["median_s"]
     mem = res["dense"]["peak_bytes"] / max(res["sstkd"]["peak_bytes"], 1)
     print(f"quantize_count + reproject, forward + backward, CPU float32, {torch.get_num_threads()} threads, "

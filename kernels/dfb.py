@@ -422,7 +422,7 @@ def _stage_dec(st, filt, cd, parent, children, energy=None, energy_mode=_E_NONE)
     y0_kind = _K_SCRATCH if via else _K_Y0
     common = dict(energy=energy, energy_mode=energy_mode)
     _launch(st, filt, cd, win=parent, win_kind=_K_P1, bf=6, adjoint=False, cen=parent, cen_kind=_K_P0,
-                    coeffs=(_IR2, -_IR2, 0.0), out=y0, out_kind=y0_kind, en_slot=0, **common)
+            coeffs=(_IR2, -_IR2, 0.0), out=y0, out_kind=y0_kind, en_slot=0, **common)
     store = energy_mode == _E_NONE
     _launch(st, filt, cd, win=y0, win_kind=y0_kind, bf=5, adjoint=False, cen=parent, cen_kind=_K_P1,
             coeffs=(-_R2, -1.0, 1.0), out=children if store else None, out_kind=_K_Y1 if store else _K_NONE,
@@ -499,7 +499,8 @@ def _parents(plan, x_planes, bufs):
     return parents
 
 
-def _final_bands(last_bufs, levels, shape_bc):
+def _final_bands(last_bufs, shape_bc):
+    """The sub-bands as contiguous (B, C, h, w) views of the last level's band-major buffers."""
     b, c = shape_bc
     out = []
     for buf in last_bufs:
@@ -518,7 +519,7 @@ def _dec_forward(x: torch.Tensor, levels: int, filt: str, out_dtype: torch.dtype
     for l, level in enumerate(plan):
         for st, parent, child in zip(level, parents[l], bufs[l]):
             _stage_dec(st, filt, cd, parent, child)
-    return _final_bands(bufs[-1], levels, (b, c))
+    return _final_bands(bufs[-1], (b, c))
 
 
 def _band_major_view(group, dtype):
@@ -594,7 +595,7 @@ def _rec_adjoint(gx, levels, filt, bands_dtype) -> list[torch.Tensor]:
     for l, level in enumerate(plan):
         for st, gp, gc in zip(level, parents[l], bufs[l]):
             _stage_rec_adjoint(st, filt, cd, gp, gc)
-    return _final_bands(bufs[-1], levels, (b, c))
+    return _final_bands(bufs[-1], (b, c))
 
 
 def _image_size(band_hw, levels):

@@ -440,7 +440,7 @@ def grad_table_config(cfg: Config, d: int, n: int, interpreted: bool | None = No
     if interpreted:
         block_d, block_n, block_l = min(64, max(16, triton.next_power_of_2(d))), cfg.BLOCK_N, cfg.BLOCK_L
     else:  # the fp32 (FMA) dot is unrolled per thread: keep BLOCK_D·BLOCK_N·BLOCK_L moderate
-        block_d, block_n, block_l = min(32, max(16, triton.next_power_of_2(d))), 32, min(64, cfg.BLOCK_L)
+        block_d, block_n, block_l = min(32, max(16, triton.next_power_of_2(d))), 16, min(64, cfg.BLOCK_L)
     chunk = triton.cdiv(cfg.CHUNK, block_n) * block_n
     return cfg._replace(BLOCK_N=block_n, BLOCK_L=block_l, CHUNK=chunk, P=triton.cdiv(n, chunk)), block_d
 
@@ -451,7 +451,7 @@ def cooc_config(cfg: Config, n: int, levels: int, interpreted: bool | None = Non
     interpreted = _interpreted() if interpreted is None else interpreted
     m_pow = triton.next_power_of_2(levels * levels)
     block_m = min(m_pow, 1024) if interpreted else min(m_pow, 128)
-    block_n = min(cfg.BLOCK_N, max(16, 65536 // block_m)) if interpreted else 64
+    block_n = min(cfg.BLOCK_N, max(16, 65536 // block_m)) if interpreted else 32  # compile time grows fast
     chunk = triton.cdiv(cfg.CHUNK, block_n) * block_n
     return cfg._replace(BLOCK_N=block_n, CHUNK=chunk, P=triton.cdiv(n, chunk)), block_m
 

@@ -142,7 +142,7 @@ def cases(small: bool) -> list[Case]:
     from sstkd import ops
 
     img_shapes = [(1, 1, 12, 8), (2, 3, 18, 34)] if small else [(2, 3, 66, 130), (8, 256, 128, 256)]
-    ct_shapes = [(1, 2, 16, 16)] if small else [(2, 3, 64, 96), (8, 64, 128, 256)]
+    ct_shapes = [(1, 2, 24, 24), (2, 1, 24, 40)] if small else [(2, 3, 64, 96), (8, 64, 128, 256)]
     q_shapes = [(1, 37), (3, 5, 7)] if small else [(8, 128 * 256), (4, 127, 131)]
     L = 8 if small else 128
     res: list[Case] = []

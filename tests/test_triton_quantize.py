@@ -244,9 +244,12 @@ def test_gpu_launch_config_shapes():
         cfg = K.launch_config(B, N, L, interpreted=False)
         assert cfg.CHUNK % cfg.BLOCK_N == 0 and cfg.P * cfg.CHUNK >= N > (cfg.P - 1) * cfg.CHUNK
         assert 2 ** cfg.LOG_L > L and cfg.BLOCK_L >= 16 and cfg.BLOCK_N * cfg.BLOCK_L <= 8192
-        for c2, blk in (K.grad_table_config(cfg, D, N, interpreted=False),
-                        K.cooc_config(cfg, N, L, interpreted=False)):
-            assert c2.CHUNK % c2.BLOCK_N == 0 and c2.P * c2.CHUNK >= N and blk >= 16 and c2.BLOCK_N >= 16
+        gt, block_d = K.grad_table_config(cfg, D, N, interpreted=False)
+        co, block_m = K.cooc_config(cfg, N, L, interpreted=False)
+        for c2 in (gt, co):
+            assert c2.CHUNK % c2.BLOCK_N == 0 and c2.P * c2.CHUNK >= N > (c2.P - 1) * c2.CHUNK
+        # tl.dot needs every tile dimension >= 16
+        assert min(block_d, gt.BLOCK_N, gt.BLOCK_L) >= 16 and block_m * co.BLOCK_N <= 8192
 
 
 def _aot_jobs(arch, kernel, det, dt):

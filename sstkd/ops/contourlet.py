@@ -241,8 +241,10 @@ def contourlet_dec(x: torch.Tensor, nlevs, pfilt: str = "9-7", dfilt: str = "pkv
     """
     nlevs = _check_args(x, nlevs, pfilt, dfilt)
     b = resolve_backend("contourlet_dec", backend, x)
-    if b != "torch":  # pragma: no cover - no fast contourlet kernel yet (resolve_backend never picks one)
-        raise RuntimeError(f"backend={b!r} does not implement contourlet_dec")
+    if b == "triton":
+        from sstkd.kernels.contourlet import contourlet_dec_triton
+
+        return contourlet_dec_triton(x, nlevs, pfilt, dfilt)
     return _cast(*_contourlet_dec_torch(x, nlevs, pfilt, dfilt), x.dtype)
 
 
@@ -266,8 +268,10 @@ def contourlet_rec(low: torch.Tensor, bands, pfilt: str = "9-7", dfilt: str = "p
     _check_pfilt(pfilt, "pfilt")
     _check_dfilt(dfilt, "dfilt")
     b = resolve_backend("contourlet_rec", backend, low)
-    if b != "torch":  # pragma: no cover - no fast contourlet kernel yet (resolve_backend never picks one)
-        raise RuntimeError(f"backend={b!r} does not implement contourlet_rec")
+    if b == "triton":
+        from sstkd.kernels.contourlet import contourlet_rec_triton
+
+        return contourlet_rec_triton(low, bands, pfilt, dfilt)
     return _contourlet_rec_torch(low, bands, pfilt, dfilt).to(low.dtype)
 
 
@@ -287,8 +291,10 @@ def contourlet_energy(x: torch.Tensor, nlevs, pfilt: str = "9-7", dfilt: str = "
     """
     nlevs = _check_args(x, nlevs, pfilt, dfilt)
     b = resolve_backend("contourlet_energy", backend, x)
-    if b != "torch":  # pragma: no cover - no fast contourlet kernel yet (resolve_backend never picks one)
-        raise RuntimeError(f"backend={b!r} does not implement contourlet_energy")
+    if b == "triton":
+        from sstkd.kernels.contourlet import contourlet_energy_triton
+
+        return contourlet_energy_triton(x, nlevs, pfilt, dfilt)
     low, bands = _contourlet_dec_torch(x, nlevs, pfilt, dfilt)
     coeffs = [low] + [t for level in bands for t in level]
     return torch.stack([t.square().sum(dim=(-2, -1)) for t in coeffs], dim=-1).to(x.dtype)

@@ -466,8 +466,10 @@ def dfb_dec(x: torch.Tensor, levels: int, filt: str = "pkva", backend: str = "au
     check_dfb_size(x.shape[-2], x.shape[-1], levels)
     _check_filt(filt)
     b = resolve_backend("dfb_dec", backend, x)
-    if b != "torch":  # pragma: no cover - no fast DFB kernel yet (resolve_backend never picks one)
-        raise RuntimeError(f"backend={b!r} does not implement dfb_dec")
+    if b == "triton":
+        from sstkd.kernels.dfb import dfb_dec_triton
+
+        return dfb_dec_triton(x, levels, filt)
     return [y.to(x.dtype) for y in _dfb_dec_torch(x, levels, filt)]
 
 
@@ -489,8 +491,10 @@ def dfb_rec(bands: list[torch.Tensor], filt: str = "pkva", backend: str = "auto"
     _check_bands(bands)
     _check_filt(filt)
     b = resolve_backend("dfb_rec", backend, *bands)
-    if b != "torch":  # pragma: no cover - no fast DFB kernel yet (resolve_backend never picks one)
-        raise RuntimeError(f"backend={b!r} does not implement dfb_rec")
+    if b == "triton":
+        from sstkd.kernels.dfb import dfb_rec_triton
+
+        return dfb_rec_triton(list(bands), filt)
     return _dfb_rec_torch(list(bands), filt).to(bands[0].dtype)
 
 
