@@ -137,6 +137,11 @@ def _randn(gen, *shape):
     return torch.randn(*shape, generator=gen, dtype=torch.float64)
 
 
+def _rec_flipped(ops, x, backend):
+    low, bands = ops.contourlet_dec(x, [2, 2], backend="torch")
+    return ops.contourlet_rec(low.flip(-1), [[t.flip(-1) for t in lev] for lev in bands], backend=backend)
+
+
 def cases(small: bool) -> list[Case]:
     """The check matrix. ``small``: interpreter-sized shapes (CPU)."""
     from sstkd import ops
@@ -164,6 +169,12 @@ def cases(small: bool) -> list[Case]:
                         lambda xs, b: ops.dfb_dec(xs[0], 3, backend=b), (0,)))
         res.append(Case("contourlet_dec", name, lambda d, g, s=shp: [dev(d, _randn(g, *s))],
                         lambda xs, b: ops.contourlet_dec(xs[0], [2, 2], backend=b), (0,)))
+        # Synthesis ops on arbitrary coefficients (flipped sub-bands of a decomposition are not one).
+        res.append(Case("dfb_rec", name, lambda d, g, s=shp: [dev(d, _randn(g, *s))],
+                        lambda xs, b: ops.dfb_rec([t.flip(-1) for t in ops.dfb_dec(xs[0], 3, backend="torch")],
+                                                  backend=b), (0,)))
+        res.append(Case("contourlet_rec", name, lambda d, g, s=shp: [dev(d, _randn(g, *s))],
+                        lambda xs, b: _rec_flipped(ops, xs[0], b), (0,)))
         res.append(Case("contourlet_energy", name, lambda d, g, s=shp: [dev(d, _randn(g, *s))],
                         lambda xs, b: ops.contourlet_energy(xs[0], [2, 2], backend=b), (0,)))
     for shp in q_shapes:
