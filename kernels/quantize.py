@@ -89,16 +89,16 @@ def _taps(s, valid, cen_row, L, LOG_L: tl.constexpr, KERNEL: tl.constexpr):
     if KERNEL == 0:  # triangular: linear interpolation between the two centers
         gap = c_hi - c_lo
         spaced = gap > 0
-        inv = 1.0 / tl.where(spaced, gap, 1.0)
-        raw = (s - c_lo) * inv
+        safe = tl.where(spaced, gap, 1.0)
+        raw = tl.math.div_rn(s - c_lo, safe)  # IEEE-rounded, as torch divides
         t = tl.where(spaced, tl.minimum(tl.maximum(raw, 0.0), 1.0), tl.where(s > c_lo, 1.0, 0.0))
-        dt = tl.where(spaced & (raw >= 0.0) & (raw <= 1.0), inv, 0.0)
+        dt = tl.where(spaced & (raw >= 0.0) & (raw <= 1.0), tl.math.div_rn(1.0, safe), 0.0)
         w_lo = 1.0 - t
         w_hi = t
         dw_lo = -dt
         dw_hi = dt
     else:  # stlnet: (1 - |c - s|)·[|c - s| < Δ], Δ the mean spacing
-        delta = (tl.load(cen_row + L - 1) - tl.load(cen_row)) / (L - 1)
+        delta = tl.math.div_rn(tl.load(cen_row + L - 1) - tl.load(cen_row), (L - 1).to(tl.float32))
         e_lo = s - c_lo
         e_hi = s - c_hi
         d_lo = tl.abs(e_lo)

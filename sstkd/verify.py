@@ -39,7 +39,6 @@ class Case:
     make: Callable[[torch.device, torch.Generator], list]
     run: Callable[[list, str], object]
     diff: tuple[int, ...]
-    low_precision: bool = True  # quantization of low-precision inputs is checked on the rounded input
 
 
 def _flat(out) -> list[torch.Tensor]:
@@ -185,7 +184,7 @@ def cases(small: bool) -> list[Case]:
                     f"quantize_count[{kernel},iters={iters}]", name,
                     lambda d, g, s=shp: [dev(d, torch.rand(*s, generator=g, dtype=torch.float64))],
                     lambda xs, b, k=kernel, it=iters: ops.quantize_count(xs[0], L, iters=it, kernel=k, backend=b),
-                    (0,), low_precision=False))
+                    (0,)))
 
         def make_rep(d, g, s=shp):
             sv = torch.rand(*s, generator=g, dtype=torch.float64)

@@ -58,13 +58,20 @@ def test_quantize_count_forward_and_grad(dtype, kernel):
         tag = f"{kernel} {dtype} B={B} N={N} L={L} iters={iters}"
         check(c, ce, cr, f"centers {tag}")
         check(h, he, hr, f"hist {tag}")
+        # gradients: with the (float32) centers the kernels used, since the slopes 1/gap
+        # amplify center rounding
         w = torch.randn(B, L, dtype=torch.float64)
         (g,) = torch.autograd.grad((h.double() * w).sum(), sg)
-        (ge,) = torch.autograd.grad((he * w).sum(), s64)
-        (gr,) = torch.autograd.grad((hr.double() * w).sum(), sr)
+        c32 = K.quantize_count_triton(s, L, iters, kernel, None, None)[0]
+        (ge,) = torch.autograd.grad((hist_with(s64, c32.double(), kernel) * w).sum(), s64)
+        (gr,) = torch.autograd.grad((hist_with(sr, c32, kernel).double() * w).sum(), sr)
         if N > 1:
             assert ge.abs().max() > 0, tag
         check(g, ge, gr, f"grad s {tag}")
+
+
+def hist_with(s, centers, kernel):
+    return quantize_count(s, centers.shape[1], kernel=kernel, centers=centers, backend="torch")[1]
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -80,6 +87,7 @@ def test_quantize_count_given_centers_quantiles_many_levels(kernel):
         check(c, ce, None, f"centers {kw.keys()}")
         check(h, he, None, f"hist {kw.keys()} L={L}")
         w = torch.randn(2, L, dtype=torch.float64)
+        he = hist_with(s64, c.double(), kernel)  # the float32 centers the kernels used
         check(torch.autograd.grad((h.double() * w).sum(), sg)[0],
               torch.autograd.grad((he * w).sum(), s64)[0], None, f"grad {kw.keys()} L={L}")
 
@@ -205,10 +213,23 @@ def _all_ops(s, table, kernel):
     return c, h, out, M, gs, gt
 
 
+def _small_chunks(monkeypatch):
+    """Several programs per image (the interpreter's default is one), so that the
+    merging of per-program results is exercised."""
+    orig = K.launch_config
+
+    def small(batch, n, levels, interpreted=None):
+        cfg = orig(batch, n, levels, interpreted)
+        return cfg._replace(BLOCK_N=16, CHUNK=16, P=-(-n // 16))
+
+    monkeypatch.setattr(K, "launch_config", small)
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_deterministic_mode_uses_partials_and_matches(monkeypatch, deterministic, kernel):
     spy = _Spy(K._sum_partials_kernel)
     monkeypatch.setattr(K, "_sum_partials_kernel", spy)
+    _small_chunks(monkeypatch)
     s = rand_s(2, 42)
     table = torch.randn(2, 3, 8)
     first = _all_ops(s, table, kernel)
@@ -219,9 +240,18 @@ def test_deterministic_mode_uses_partials_and_matches(monkeypatch, deterministic
         assert torch.equal(a, b)
     torch.use_deterministic_algorithms(False)
     atomic = _all_ops(s, table, kernel)
-    for a, b in zip(first, atomic):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert spy.launches == 14
+    monkeypatch.undo()  # default launch parameters, reference ops
+    sg = s.clone().requires_grad_()
+    tg = table.clone().requires_grad_()
+    c, h = quantize_count(sg, 8, iters=2, kernel=kernel, backend="torch")
+    out = reproject(tg, sg, c, kernel=kernel, backend="torch")
+    M = cooccurrence(sg.view(2, 6, 7), c, kernel=kernel, backend="torch")
+    loss = (h * torch.arange(8.0)).sum() + (out * out).sum() + (M * M).sum()
+    ref = (c, h, out, M) + torch.autograd.grad(loss, (sg, tg))
+    for a, b, r in zip(first, atomic, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5)  # 2 Lloyd steps summed in another order
 
 
 def test_float64_is_refused_or_falls_back():
@@ -262,7 +292,8 @@ def _aot_jobs(arch, kernel, det, dt):
     pix = dict(LOG_L=cfg.LOG_L, KERNEL=kernel)
     nb = K._pixel_block(N, interpreted=False)
     return [
-        (K._minmax_kernel, dict(S=dt, PMIN=f32, PMAX=f32, N=i32, P=i32), dict(CHUNK=cfg.CHUNK, BLOCK_N=min(1024, cfg.CHUNK))),
+        (K._minmax_kernel, dict(S=dt, PMIN=f32, PMAX=f32, N=i32, P=i32),
+         dict(CHUNK=cfg.CHUNK, BLOCK_N=min(1024, cfg.CHUNK))),
         (K._count_kernel, dict(S=dt, CEN=f32, MASS=f32, MOMENT=f32, N=i32, L=i32, P=i32),
          dict(pix, WITH_MOMENT=True, DETERMINISTIC=det, CHUNK=cfg.CHUNK, BLOCK_N=cfg.BLOCK_N, BLOCK_L=cfg.BLOCK_L)),
         (K._sum_partials_kernel, dict(PART=f32, OUT=f32, P=i32, M=i32), dict(BLOCK=128)),

@@ -239,8 +239,15 @@ def callable_for(case: OpCase, backend: str) -> Callable[[list], list[torch.Tens
     ``torch.compile`` of the reference; compilation happens on the first call)."""
     if backend == "compile":
         import logging
+        import warnings
 
-        torch._logging.set_logs(dynamo=logging.ERROR)  # graph-break chatter (input checks) is expected
+        import torch._functorch.config as functorch_config
+
+        # graph breaks at the ops' input checks are expected: keep the log readable
+        torch._logging.set_logs(dynamo=logging.ERROR)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\._dynamo")
+        # the "bwd" mode replays one retained graph; donated buffers forbid retain_graph=True
+        functorch_config.donated_buffer = False
         torch._dynamo.reset()  # a fresh cache per case: never hits the recompile limit
         compiled = torch.compile(lambda *xs: case.run(list(xs), "torch"), dynamic=False)
         return lambda xs: _flat(compiled(*xs))

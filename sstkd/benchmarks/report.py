@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-FIELDS = ("op", "params", "shape", "dtype", "mode", "backend")
 
 
 def _slugify(text: str) -> str:

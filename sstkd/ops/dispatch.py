@@ -24,7 +24,8 @@ CHOICES = BACKENDS + ("auto",)
 
 # Which ops each fast backend implements; filled in as kernels land.
 TRITON_OPS: frozenset[str] = frozenset(
-    {"lp_dec", "lp_rec", "dfb_dec", "dfb_rec", "contourlet_dec", "contourlet_rec", "contourlet_energy"}
+    {"lp_dec", "lp_rec", "dfb_dec", "dfb_rec", "contourlet_dec", "contourlet_rec", "contourlet_energy",
+     "quantize_count", "reproject", "cooccurrence"}
 )
 CUDA_OPS: frozenset[str] = frozenset({"lp_dec", "lp_rec", "quantize_count"})
 # Per-op preference of "auto" on CUDA tensors, fastest first (from bench/results/).

@@ -51,6 +51,7 @@ __all__ = [
     "cooccurrence",
     "cooccurrence_ref",
     "initial_centers",
+    "intensity_range",
     "lloyd_update",
     "quantize_count",
     "quantize_count_ref",
@@ -141,7 +142,7 @@ def intensity_range(s2: torch.Tensor, quantiles: tuple[float, float] | None) -> 
     """``(smin, smax)`` per row of ``s2`` (B, N): extremes, or robust quantiles."""
     with torch.no_grad():
         if quantiles is None:
-            return s2.amin(dim=1), s2.amax(dim=1)
+            return torch.aminmax(s2, dim=1)
         xs = s2.sort(dim=1).values
         return _quantile_rows(xs, quantiles[0]), _quantile_rows(xs, quantiles[1])
 
@@ -182,55 +183,48 @@ def normalize_rows(counts: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------
 # taps of the encoding (reference)
 # ----------------------------------------------------------------------------
-def _stl_masks(s2, c_lo, c_hi, delta):
-    """Active taps of the stlnet encoding: ``|c − s| < Δ`` (or ``s`` on the center,
-    which keeps a constant image, Δ = 0, defined); of two coincident centers only
-    the lower one counts."""
-    d_lo = (s2 - c_lo).abs()
-    d_hi = (s2 - c_hi).abs()
-    m_lo = (d_lo < delta) | (d_lo == 0)
-    m_hi = ((d_hi < delta) | (d_hi == 0)) & (c_hi > c_lo)
-    return m_lo.to(s2.dtype), m_hi.to(s2.dtype)
-
-
 def _taps(s2: torch.Tensor, centers: torch.Tensor, kernel: str, slopes: bool = False):
     """Indices, weights (and slopes ``d w / d s``) of the ≤2 active levels per pixel.
 
     ``s2`` (B, N) and ``centers`` (B, L, sorted) in the compute dtype; nothing
     is recorded for autograd (the Functions below use the slopes). Returns
-    ``lo, hi`` (B, N) int64 and ``w_lo, w_hi`` (+ ``dw_lo, dw_hi``) (B, N).
+    ``idx`` (B, 2, N) int64 (``lo``, ``hi = lo + 1``), ``w`` (B, 2, N) and
+    ``dw`` (B, 2, N) or None. Both taps are handled by each op at once: on
+    the CPU, the number of ops matters as much as their size.
     """
     s2 = s2.detach()
+    B, N = s2.shape
     L = centers.shape[1]
     lo = torch.searchsorted(centers, s2, right=False).sub_(1).clamp_(0, L - 2)
-    hi = lo + 1
-    c_lo = centers.gather(1, lo)
-    c_hi = centers.gather(1, hi)
+    idx = torch.stack((lo, lo + 1), dim=1)
+    ct = centers.gather(1, idx.view(B, 2 * N)).view(B, 2, N)
     if kernel == "triangular":
-        gap = c_hi - c_lo
-        pos = gap > 0
-        inv = torch.where(pos, gap, torch.ones_like(gap)).reciprocal_()
-        raw = (s2 - c_lo).mul_(inv)
-        t = torch.where(pos, raw.clamp(0.0, 1.0), (s2 > c_lo).to(s2.dtype))
+        gap = ct[:, 1] - ct[:, 0]
+        # gap == 0 (coincident centers) gives NaN / ±inf here: the lower center takes
+        # the weight unless s lies above both (t = 0, 0, 1 for s =, <, > c)
+        raw = (s2 - ct[:, 0]).div_(gap)
+        t = raw.clamp(0.0, 1.0).nan_to_num_(0.0)
+        w = torch.stack((1.0 - t, t), dim=1)
         if not slopes:
-            return lo, hi, 1.0 - t, t
+            return idx, w, None
         # the slope on the closed interval [c_lo, c_hi], as autograd's clamp has it
-        dt = torch.where(pos & (raw >= 0) & (raw <= 1), inv, torch.zeros_like(inv))
-        return lo, hi, 1.0 - t, t, -dt, dt
-    e_lo = s2 - c_lo
-    e_hi = s2 - c_hi
-    m_lo, m_hi = _stl_masks(s2, c_lo, c_hi, _stl_delta(centers))
-    w_lo = (1.0 - e_lo.abs()) * m_lo
-    w_hi = (1.0 - e_hi.abs()) * m_hi
-    if not slopes:
-        return lo, hi, w_lo, w_hi
-    return lo, hi, w_lo, w_hi, -torch.sign(e_lo) * m_lo, -torch.sign(e_hi) * m_hi
+        dt = torch.where((raw >= 0) & (raw <= 1), gap.reciprocal(), 0.0)
+        return idx, w, torch.stack((-dt, dt), dim=1)
+    # stlnet: |c − s| < Δ, or s on the center (keeps a constant image, Δ = 0,
+    # defined); of two coincident centers only the lower one counts
+    e = s2[:, None] - ct
+    d = e.abs()
+    m = (d < _stl_delta(centers)[:, :, None]) | (d == 0)
+    m[:, 1] &= ct[:, 1] > ct[:, 0]
+    w = torch.where(m, 1.0 - d, 0.0)
+    return idx, w, (torch.where(m, e.sign().neg_(), 0.0) if slopes else None)
 
 
-def _level_sums(lo, hi, w_lo, w_hi, L: int) -> torch.Tensor:
-    """``Σ_i w`` per level, (B, L)."""
-    out = torch.zeros(lo.shape[0], L, dtype=w_lo.dtype, device=w_lo.device)
-    return out.scatter_add_(1, lo, w_lo).scatter_add_(1, hi, w_hi)
+def _level_sums(idx: torch.Tensor, w: torch.Tensor, L: int) -> torch.Tensor:
+    """``Σ_i w`` per level, (B, L), from taps ``idx``/``w`` (B, 2, N)."""
+    B = idx.shape[0]
+    out = torch.zeros(B, L, dtype=w.dtype, device=w.device)
+    return out.scatter_add_(1, idx.view(B, -1), w.reshape(B, -1))
 
 
 class _SoftCountRef(torch.autograd.Function):
@@ -238,14 +232,15 @@ class _SoftCountRef(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, s2, centers, kernel):
-        lo, hi, w_lo, w_hi, dw_lo, dw_hi = _taps(s2, centers, kernel, slopes=True)
-        ctx.save_for_backward(lo, hi, dw_lo, dw_hi)
-        return _level_sums(lo, hi, w_lo, w_hi, centers.shape[1])
+        idx, w, dw = _taps(s2, centers, kernel, slopes=True)
+        ctx.save_for_backward(idx, dw)
+        return _level_sums(idx, w, centers.shape[1])
 
     @staticmethod
     def backward(ctx, grad):
-        lo, hi, dw_lo, dw_hi = ctx.saved_tensors
-        return grad.gather(1, lo) * dw_lo + grad.gather(1, hi) * dw_hi, None, None
+        idx, dw = ctx.saved_tensors
+        B = idx.shape[0]
+        return grad.gather(1, idx.view(B, -1)).view(dw.shape).mul_(dw).sum(1), None, None
 
 
 # ----------------------------------------------------------------------------
@@ -260,9 +255,9 @@ def quantize_count_ref(s2: torch.Tensor, levels: int, iters: int, kernel: str,
         with torch.no_grad():
             sd = s2.detach()
             for _ in range(iters):
-                lo, hi, w_lo, w_hi = _taps(sd, centers, kernel)
-                mass = _level_sums(lo, hi, w_lo, w_hi, levels)
-                moment = _level_sums(lo, hi, w_lo * sd, w_hi * sd, levels)
+                idx, w, _ = _taps(sd, centers, kernel)
+                mass = _level_sums(idx, w, levels)
+                moment = _level_sums(idx, w.mul_(sd[:, None]), levels)
                 centers = lloyd_update(centers, mass, moment)
     hist = normalize_rows(_SoftCountRef.apply(s2, centers, kernel))
     return centers, hist
@@ -278,31 +273,33 @@ class _ReprojectRef(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, table, s2, centers, kernel):
-        lo, hi, w_lo, w_hi, dw_lo, dw_hi = _taps(s2, centers, kernel, slopes=True)
+        idx, w, dw = _taps(s2, centers, kernel, slopes=True)
         B, D, _ = table.shape
         N = s2.shape[1]
-        out = table.gather(2, lo[:, None].expand(B, D, N)).mul_(w_lo[:, None])
+        out = table.gather(2, idx[:, None, 0].expand(B, D, N)).mul_(w[:, None, 0])
         for d0, d1 in _chunks(D, N):
-            tap = table[:, d0:d1].gather(2, hi[:, None].expand(B, d1 - d0, N))
-            out[:, d0:d1].addcmul_(tap, w_hi[:, None])
-        ctx.save_for_backward(table, lo, hi, w_lo, w_hi, dw_lo, dw_hi)
+            tap = table[:, d0:d1].gather(2, idx[:, None, 1].expand(B, d1 - d0, N))
+            out[:, d0:d1].addcmul_(tap, w[:, None, 1])
+        ctx.save_for_backward(table, idx, w, dw)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        table, lo, hi, w_lo, w_hi, dw_lo, dw_hi = ctx.saved_tensors
+        table, idx, w, dw = ctx.saved_tensors
         B, D, L = table.shape
-        N = lo.shape[1]
+        N = idx.shape[2]
         grad_table = torch.zeros_like(table) if ctx.needs_input_grad[0] else None
-        grad_s = torch.zeros_like(w_lo) if ctx.needs_input_grad[1] else None
+        # Σ_d g·table[lo] and Σ_d g·table[hi] per pixel; times the slopes at the end
+        tap_sums = torch.zeros_like(w) if ctx.needs_input_grad[1] else None
         for d0, d1 in _chunks(D, N):
             g = grad_out[:, d0:d1]
-            for idx, w, dw in ((lo, w_lo, dw_lo), (hi, w_hi, dw_hi)):
-                idx = idx[:, None].expand(B, d1 - d0, N)
+            for k in (0, 1):
+                ik = idx[:, None, k].expand(B, d1 - d0, N)
                 if grad_table is not None:
-                    grad_table[:, d0:d1].scatter_add_(2, idx, g * w[:, None])
-                if grad_s is not None:
-                    grad_s.addcmul_(table[:, d0:d1].gather(2, idx).mul_(g).sum(1), dw)
+                    grad_table[:, d0:d1].scatter_add_(2, ik, g * w[:, None, k])
+                if tap_sums is not None:
+                    tap_sums[:, k] += table[:, d0:d1].gather(2, ik).mul_(g).sum(1)
+        grad_s = None if tap_sums is None else tap_sums.mul_(dw).sum(1)
         return grad_table, grad_s, None, None
 
 
@@ -332,30 +329,29 @@ class _CooccurrenceRef(torch.autograd.Function):
     def forward(ctx, s2, centers, H, W, offsets, kernel):
         B = s2.shape[0]
         L = centers.shape[1]
-        lo, hi, w_lo, w_hi, dw_lo, dw_hi = _taps(s2, centers, kernel, slopes=True)
+        idx, w, dw = _taps(s2, centers, kernel, slopes=True)
         counts = torch.zeros(B, L * L, dtype=s2.dtype, device=s2.device)
         for dy, dx in offsets:
             i, j = _pair_index(H, W, dy, dx, s2.device)
-            for ia, wa in ((lo, w_lo), (hi, w_hi)):
-                for jb, wb in ((lo, w_lo), (hi, w_hi)):
-                    counts.scatter_add_(1, ia[:, i] * L + jb[:, j], wa[:, i] * wb[:, j])
-        ctx.save_for_backward(lo, hi, w_lo, w_hi, dw_lo, dw_hi)
+            # the 2 × 2 tap pairs of every pixel pair, (B, 2, 2, P)
+            pair = idx[:, :, None, i] * L + idx[:, None, :, j]
+            counts.scatter_add_(1, pair.reshape(B, -1), (w[:, :, None, i] * w[:, None, :, j]).reshape(B, -1))
+        ctx.save_for_backward(idx, w, dw)
         ctx.geometry = (H, W, offsets, L)
         return counts
 
     @staticmethod
     def backward(ctx, grad):
-        lo, hi, w_lo, w_hi, dw_lo, dw_hi = ctx.saved_tensors
+        idx, w, dw = ctx.saved_tensors
         H, W, offsets, L = ctx.geometry
-        grad_s = torch.zeros_like(w_lo)
-        taps = ((lo, w_lo, dw_lo), (hi, w_hi, dw_hi))
+        B = idx.shape[0]
+        grad_s = torch.zeros_like(w[:, 0])
         for dy, dx in offsets:
-            i, j = _pair_index(H, W, dy, dx, lo.device)
-            for ia, wa, dwa in taps:
-                for jb, wb, dwb in taps:
-                    g = grad.gather(1, ia[:, i] * L + jb[:, j])
-                    grad_s.index_add_(1, i, g * wb[:, j] * dwa[:, i])
-                    grad_s.index_add_(1, j, g * wa[:, i] * dwb[:, j])
+            i, j = _pair_index(H, W, dy, dx, idx.device)
+            pair = idx[:, :, None, i] * L + idx[:, None, :, j]
+            g = grad.gather(1, pair.reshape(B, -1)).view(pair.shape)  # (B, 2, 2, P)
+            grad_s.index_add_(1, i, (g * w[:, None, :, j]).sum(2).mul_(dw[:, :, i]).sum(1))
+            grad_s.index_add_(1, j, (g * w[:, :, None, i]).sum(1).mul_(dw[:, :, j]).sum(1))
         return grad_s, None, None, None, None, None
 
 
@@ -391,8 +387,14 @@ def quantize_count(s: torch.Tensor, levels: int, iters: int = 0, kernel: str = "
         s: ``(B, N)`` or ``(B, H, W)`` (flattened) floating intensities, finite.
         levels: number of levels ``L >= 2``.
         iters: Lloyd refinement steps ``c_n ← Σ_i E_in s_i / Σ_i E_in`` before the
-            final count (empty levels keep their center; centers are re-sorted).
-            Must be 0 when ``centers`` is given.
+            final count (empty levels keep their center; centers are re-sorted,
+            which for either encoding with non-negative weights only guards
+            against rounding). Each step minimizes the weighted quantization
+            error ``Q(c; E) = Σ_i Σ_n E_in (s_i − c_n)²`` over ``c`` for the
+            encoding ``E`` of the current centers, so it never increases
+            ``Q``; the error re-evaluated with the new encoding (and the hard
+            nearest-center error) need not decrease — the soft encoding moves
+            under the centers. Must be 0 when ``centers`` is given.
         kernel: ``"triangular"`` or ``"stlnet"`` (see the module docstring).
         centers: optional ``(B, L)`` ascending centers to quantize with as given
             (no range, no refinement), e.g. a teacher's refined centers.
@@ -435,6 +437,10 @@ def quantize_count(s: torch.Tensor, levels: int, iters: int = 0, kernel: str = "
         from sstkd.kernels.quantize import quantize_count_triton
 
         c, h = quantize_count_triton(s2, levels, iters, kernel, cen, quantiles)
+    elif b == "cuda":
+        from sstkd.ops._cuda_ops import quantize_count_cuda
+
+        c, h = quantize_count_cuda(s2, levels, iters, kernel, cen, quantiles)
     else:
         c, h = quantize_count_ref(s2.to(cdt), levels, iters, kernel, cen, quantiles)
     return c.to(s.dtype), h.to(s.dtype)
