@@ -53,6 +53,7 @@ def run(repeats: int, log=print) -> dict:
     from sstkd.benchmarks import op_suite, peers, report, roofline, runner
 
     device = torch.device("cpu")
+    meta = runner.collect_meta(device, quick=False, command=" ".join(["python"] + sys.argv))  # load at start
     cfg = op_suite.TimingConfig(warmup=2, repeat=repeats, max_seconds=15.0)
     bw = roofline.copy_bandwidth(device, 128 * 2**20, repeat=10)
     log(f"CPU {report.cpu_name()}, {torch.get_num_threads()} threads, float32; copy bandwidth {bw['gbps']:.1f} GB/s")
@@ -88,8 +89,7 @@ def run(repeats: int, log=print) -> dict:
         qco_fb = helper.main(["--repeats", str(repeats)])
         qco_fb["meets_target"] = qco_fb["speedup"] >= peers.QCO_MIN_SPEEDUP and \
             qco_fb["memory_ratio"] >= peers.QCO_MIN_MEM_RATIO
-    return {"meta": dict(runner.collect_meta(device, quick=False, command=" ".join(["python"] + sys.argv)),
-                         copy_bandwidth=bw, image_shape=list(IMAGE), qco_shape=list(QCO), levels=LEVELS,
+    return {"meta": dict(meta, copy_bandwidth=bw, image_shape=list(IMAGE), qco_shape=list(QCO), levels=LEVELS,
                          table_channels=TABLE_D),
             "ops": rows, "peers": peer_rows, "qco_fwd_bwd": qco_fb, "load_average_at_end": runner.load_average()}
 

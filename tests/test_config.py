@@ -142,3 +142,11 @@ def test_every_shipped_config_parses():
             assert (t["batch_size"] * t["accumulate"], t["iterations"], t["lr"], t["momentum"],
                     t["weight_decay"], t["poly_power"]) == (8, 40000, 0.01, 0.9, 5e-4, 0.9), p
             assert cfg["data"]["name"] == ds, p
+
+
+def test_unknown_distillation_key_is_named_at_load_time(tmp_path):
+    p = _write(tmp_path / "a.yaml", {"method": "sstkd", "teacher": {"name": "pspnet_resnet101"}})
+    with pytest.raises(ConfigError, match="lambda_strr"):
+        load_config(p, ["distill.loss.lambda_strr=1"])
+    cfg = load_config(p, ["distill.loss.lambda_str=0.5"])
+    assert cfg["distill"]["loss"] == {"lambda_str": 0.5}

@@ -293,3 +293,47 @@ def test_sigkill_mid_training_then_resume_auto_is_bit_exact(tmp_path):
     a, b = _student_state(tmp_path / "straight"), _student_state(tmp_path / "killed")
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+# ------------------------------------------------------- every config family
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PAIRS = ("pspnet_r101-pspnet_r18", "deeplabv3_r101-deeplabv3_r18", "deeplabv3_r101-deeplabv3_mbv2")
+_FAMILIES = ([f"{p}_{m}" for p in _PAIRS for m in ("baseline", "kd", "sstkd")]
+             + ["teacher_pspnet_r101", "teacher_deeplabv3_r101"])
+
+
+@pytest.fixture(scope="module")
+def tiny_teachers(tmp_path_factory):
+    from sstkd.models import build_model
+
+    out = {}
+    for name in ("pspnet_resnet101", "deeplabv3_resnet101"):
+        args = {"name": name, "num_classes": 4, "base_width": 8, "output_stride": 8, "aux": True,
+                "deep_stem": False}
+        path = tmp_path_factory.mktemp("teachers") / f"{name}.pt"
+        C.export_student(build_model(**args), args, path)
+        out[name] = str(path)
+    return out
+
+
+@pytest.mark.parametrize("family", _FAMILIES)
+def test_every_config_family_trains_and_evaluates(tmp_path, family, tiny_teachers):
+    """The real recipes (configs/cityscapes/*) at toy sizes: 1 iteration + sliding-window eval."""
+    from sstkd.engine.config import load_config
+
+    overrides = [
+        f"work_dir={tmp_path}", "device=cpu", "data.name=synthetic", "data.root=null", "data.crop_size=[32, 32]",
+        "data.num_workers=0", "data.options={num_images: 4, size: 32, num_classes: 4}",
+        "data.val_options={num_images: 1}", "model.base_width=8", "model.pretrained_backbone=null",
+        "train.iterations=1", "train.batch_size=2", "train.progress=false", "eval.num_workers=0",
+        "eval.mode=slide", "eval.crop_size=[32, 32]", "eval.stride=[16, 16]",
+    ]
+    cfg = load_config(os.path.join(REPO, "configs", "cityscapes", f"{family}.yaml"), overrides)
+    if cfg["method"] != "baseline":
+        cfg = load_config(os.path.join(REPO, "configs", "cityscapes", f"{family}.yaml"), overrides + [
+            "teacher.base_width=8", f"teacher.checkpoint={tiny_teachers[cfg['teacher']['name']]}",
+            "distill.loss.d_channels=8"])
+    summary = train(cfg, log=None)
+    assert summary["iterations"] == 1 and 0.0 <= summary["best_miou"] <= 1.0
+    assert (tmp_path / "best_student.pt").is_file()

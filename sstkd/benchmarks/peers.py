@@ -207,6 +207,7 @@ def run_peers(
                     for side, (call, prepared) in fns.items():
                         row[f"{side}_ms"] = stats[side].median_ms
                         row[f"{side}_iqr_ms"] = stats[side].iqr_ms
+                        row[f"{side}_min_ms"] = stats[side].min_ms
                         row[f"{side}_peak_bytes"] = measure_peak_memory(lambda: call(prepared[0]), device)
                 except Exception as e:  # reported, the run goes on
                     row["status"] = "error"

@@ -80,10 +80,10 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def ops_table(rows: list[dict]) -> list[str]:
     ok = [r for r in rows if r.get("status") == "ok"]
     body = [[r["op"], r["params"] or "", r["shape"], r["dtype"], r["mode"], r["backend"],
-             _fmt(r["median_ms"]), _fmt(r["iqr_ms"]), _fmt(r.get("gbps"), ".1f"), _fmt(r.get("pct_copy_bw"), ".1f"),
+             _fmt(r["median_ms"]), _fmt(r["iqr_ms"]), _fmt(r.get("min_ms")), _fmt(r.get("gbps"), ".1f"), _fmt(r.get("pct_copy_bw"), ".1f"),
              _mib(r.get("peak_mem_bytes")), _fmt(r.get("launches"), "d"), _fmt(r.get("speedup_vs_torch"), ".2f")]
             for r in ok]
-    return _table(["op", "params", "shape", "dtype", "mode", "backend", "median ms", "IQR ms", "GB/s",
+    return _table(["op", "params", "shape", "dtype", "mode", "backend", "median ms", "IQR ms", "min ms", "GB/s",
                    "% copy BW", "peak MiB", "launches", "× vs torch"], body)
 
 
@@ -155,8 +155,9 @@ def to_markdown(result: dict) -> str:
     if bw:
         lines.append(f"* measured copy bandwidth: **{bw['gbps']:.1f} GB/s** "
                      f"({bw['nbytes'] / 2**20:.0f} MiB tensor copy, read + write)")
-    lines.append("* times: median and interquartile range of per-call times; GB/s = the op's compulsory "
-                 "bytes / median time; peak = memory allocated during one call beyond its inputs")
+    lines.append("* times: median, interquartile range and minimum of per-call times; GB/s = the op's compulsory "
+                 "bytes / median time; peak = memory allocated during one call beyond its inputs; launches = "
+                 "kernels of one call (CPU: aten ops of the eager reference)")
     ops_rows = result.get("ops") or []
     if ops_rows:
         lines += ["", "## Ops", ""] + ops_table(ops_rows)

@@ -218,14 +218,6 @@ def _first_nonfinite(terms: Mapping[str, torch.Tensor]) -> tuple[str, float] | N
     return names[i], float(values[i])
 
 
-class _Noop:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 # ---------------------------------------------------------------------- trainer
 
 
@@ -511,7 +503,7 @@ class Trainer:
     # ------------------------------------------------------------------ step
     def _autocast(self):
         if self.amp is None:
-            return _Noop()
+            return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
@@ -541,7 +533,7 @@ class Trainer:
         accum = t["accumulate"]
         self.student.train()
         self.optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, torch.Tensor] = {}
+        sums: dict[str, torch.Tensor] = {}  # detached running sums over the micro-batches
         skipped = False
         s_logits = t_logits = None
         for micro in range(accum):
@@ -569,7 +561,7 @@ class Trainer:
                     continue
                 self.scaler.scale(total / accum).backward()
             for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v.detach().float()
+                sums[k] = v.detach().float() + sums[k] if k in sums else v.detach().float()
             s_logits = s_out["out"].detach()
         if skipped:
             self.optimizer.zero_grad(set_to_none=True)
@@ -584,11 +576,12 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        out = {k: float(v) / accum for k, v in sums.items()}
         if self.d_optimizer is not None:
             d = self.distiller.discriminator_step(s_logits, t_logits, self.d_optimizer)
-            out.update({k: float(v) for k, v in d.items()})
-        return out
+            sums.update({k: v.detach().float() * accum for k, v in d.items()})
+        # One device -> host copy for all the terms.
+        values = torch.stack([v.reshape(()) for v in sums.values()]).div_(accum).tolist()
+        return dict(zip(sums, values))
 
     # ------------------------------------------------------------------- run
     def train(self) -> dict:
