@@ -54,7 +54,7 @@ def run(repeats: int, log=print) -> dict:
 
     device = torch.device("cpu")
     meta = runner.collect_meta(device, quick=False, command=" ".join(["python"] + sys.argv))  # load at start
-    cfg = op_suite.TimingConfig(warmup=2, repeat=repeats, max_seconds=15.0)
+    cfg = op_suite.TimingConfig(warmup=2, repeat=repeats, max_seconds=15.0, warmup_seconds=0.5)
     bw = roofline.copy_bandwidth(device, 128 * 2**20, repeat=10)
     log(f"CPU {report.cpu_name()}, {torch.get_num_threads()} threads, float32; copy bandwidth {bw['gbps']:.1f} GB/s")
     b, n = QCO

@@ -25,6 +25,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_one_thread():
+    """Every test starts from seed 0 and one intra-op thread: the shapes here are tiny, and on a
+    busy 2-core machine two OpenMP threads spin-wait on each other (10-100x slower)."""
     torch.manual_seed(0)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(n)

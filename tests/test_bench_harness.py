@@ -36,6 +36,10 @@ def test_time_fn_measures_and_rotates_inputs():
     assert 2.0 <= st.median_ms < 100.0
     assert st.q1_ms <= st.median_ms <= st.q3_ms and st.min_ms <= st.q1_ms
     assert seen == [0, 1, 2, 0, 1, 2, 0, 1]  # warm-up and timed calls walk the copies in turn
+    # warm-up continues for warmup_seconds of wall time, then timing starts
+    seen.clear()
+    timing.time_fn(fn, [0], warmup=1, repeat=2, warmup_seconds=0.02)
+    assert len(seen) >= 2 + 1 + 2  # >= 0.02 s of 2 ms calls would be ~10; be lenient with slow clocks
     # the time cap stops early, but never below min_repeat samples
     capped = timing.time_fn(fn, [0], warmup=0, repeat=1000, max_seconds=0.0, min_repeat=3)
     assert capped.repeats == 3

@@ -26,16 +26,6 @@ DATA = Path(__file__).parent / "data" / "contourlet"
 CASES = sorted(DATA.glob("case*.npz"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The images here are tiny: one intra-op thread avoids the barrier stalls that make
-    multi-threaded small ops 10-100x slower on a shared, oversubscribed CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _flat(low, bands):
     return [low] + [t for level in bands for t in level]
 

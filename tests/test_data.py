@@ -26,14 +26,6 @@ from sstkd.data import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _save_rgb(path, h, w, seed=0):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     arr = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)

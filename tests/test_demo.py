@@ -2,18 +2,7 @@
 import os
 import re
 
-import pytest
-import torch
-
 from sstkd.engine.demo import RUNS, demo_config_dir, run_demo
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # see tests/test_trainer.py: two threads crawl on a busy 2-core machine
-    yield
-    torch.set_num_threads(n)
 
 
 def test_demo_configs_are_the_documented_setup():

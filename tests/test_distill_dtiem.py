@@ -1,9 +1,12 @@
 """DTIEM: the statistical texture loss L_sta and each of its steps."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from sstkd.distill import DTIEM, clip_histogram, intensity_map, overflow
+from sstkd.distill.dtiem import smooth_histogram
 
 
 # ----------------------------------------------------------------------------- a literal dense DTIEM
@@ -58,8 +61,20 @@ def _naive_clahe(h, limit, max_rounds=10000):
     return h
 
 
-def _literal_sta(f_s, f_t, L, iters, quantiles, tau, w):
-    """w = (w_hist, w_cdf, w_map, w_range)."""
+def _literal_smooth(h, sigma):
+    """Bin k's mass spread over bins n with Gaussian weights exp(-(n-k)^2 / 2 sigma^2) normalized over n."""
+    if sigma == 0:
+        return h
+    L = h.shape[1]
+    out = torch.zeros_like(h)
+    for k in range(L):
+        w = torch.tensor([math.exp(-((n - k) ** 2) / (2 * sigma**2)) for n in range(L)], dtype=h.dtype)
+        out = out + h[:, k : k + 1] * (w / w.sum())[None, :]
+    return out
+
+
+def _literal_sta(f_s, f_t, L, iters, quantiles, tau, w, bandwidth=0.0):
+    """w = (w_hist, w_cdf, w_map, w_range); the histogram term compares densities smoothed by bandwidth·L bins."""
     def intensity(f):
         g = f.mean((2, 3), keepdim=True).expand_as(f)
         return F.cosine_similarity(f, g, dim=1, eps=1e-12).flatten(1)
@@ -78,7 +93,8 @@ def _literal_sta(f_s, f_t, L, iters, quantiles, tau, w):
     over = lambda s: torch.where(s < lo, s - lo, torch.where(s > hi, s - hi, torch.zeros_like(s)))  # noqa: E731
     mse = lambda a, b: ((a - b) ** 2).mean()  # noqa: E731
     terms = {
-        "sta_hist": mse(h_s, h_t) * L**2,  # histograms compared as densities L·h
+        # histograms compared as smoothed densities L·G(h)
+        "sta_hist": mse(_literal_smooth(h_s, bandwidth * L), _literal_smooth(h_t, bandwidth * L)) * L**2,
         "sta_cdf": mse(cdf_s, cdf_t),
         "sta_map": mse(map_s, map_t),
         "sta_range": mse(over(s_s), over(s_t)),
@@ -87,15 +103,16 @@ def _literal_sta(f_s, f_t, L, iters, quantiles, tau, w):
     return terms, c
 
 
-def test_sta_equals_a_literal_dense_computation_and_its_gradient():
+@pytest.mark.parametrize("bandwidth", [0.0, 0.25])
+def test_sta_equals_a_literal_dense_computation_and_its_gradient(bandwidth):
     torch.manual_seed(3)
     f_t = torch.randn(2, 6, 7, 9, dtype=torch.float64) + 0.5
     f_s = (f_t + 0.7 * torch.randn_like(f_t)).requires_grad_(True)
     w = (0.5, 3.0, 2.0, 1.5)
-    mod = DTIEM(levels=8, iters=2, quantiles=(0.05, 0.95), tau=1.5, w_hist=w[0], w_cdf=w[1], w_map=w[2],
-                w_range=w[3], backend="torch")
+    mod = DTIEM(levels=8, iters=2, quantiles=(0.05, 0.95), tau=1.5, hist_bandwidth=bandwidth, w_hist=w[0],
+                w_cdf=w[1], w_map=w[2], w_range=w[3], backend="torch")
     got = mod(f_s, f_t)
-    ref, centers = _literal_sta(f_s, f_t, 8, 2, (0.05, 0.95), 1.5, w)
+    ref, centers = _literal_sta(f_s, f_t, 8, 2, (0.05, 0.95), 1.5, w, bandwidth)
     torch.testing.assert_close(mod.describe(f_t)["centers"], centers, rtol=1e-10, atol=1e-12)
     assert float(ref["sta_range"].detach()) > 0  # some student pixels lie beyond the teacher's levels
     for k in ("sta", "sta_hist", "sta_cdf", "sta_map", "sta_range"):
@@ -251,7 +268,43 @@ def test_teacher_gets_no_gradient():
     assert f_t.grad is None and float(f_s.grad.abs().sum()) > 0
 
 
+def test_smooth_histogram_preserves_mass_and_zero_is_identity():
+    h = torch.rand(3, 32, dtype=torch.float64)
+    torch.testing.assert_close(smooth_histogram(h, 3.0).sum(1), h.sum(1))
+    assert smooth_histogram(h, 0.0) is h
+    sm = smooth_histogram(h, 3.0)
+    assert float(sm.std(1).max()) < float(h.std(1).min())  # smoothing flattens the fluctuations
+    with pytest.raises(ValueError, match="sigma"):
+        smooth_histogram(h, -1.0)
+
+
+def test_smoothed_histogram_term_has_a_stable_l_independent_gradient():
+    """The raw density term's gradient grows like L and jumps under tiny feature changes; the smoothed one's does not."""
+    torch.manual_seed(0)
+    f_t = torch.randn(2, 8, 12, 12, dtype=torch.float64)
+    f_s = f_t + 0.5 * torch.randn_like(f_t)
+    step = 1e-7 * torch.randn_like(f_s)
+
+    def grad(mod, x):
+        x = x.clone().requires_grad_(True)
+        return torch.autograd.grad(mod(x, f_t)["sta_hist"], x)[0]
+
+    norms, jumps = {}, {}
+    for bw in (0.0, 1.0 / 16):
+        for L in (32, 128):
+            mod = DTIEM(levels=L, hist_bandwidth=bw, backend="torch")
+            g0, g1 = grad(mod, f_s), grad(mod, f_s + step)
+            norms[bw, L] = float(g0.norm())
+            jumps[bw, L] = float((g1 - g0).norm() / g0.norm())
+    assert norms[0.0, 128] > 2.5 * norms[0.0, 32]  # raw: grows with L
+    assert 0.5 < norms[1 / 16, 128] / norms[1 / 16, 32] < 2.0  # smoothed: about L-independent
+    assert norms[1 / 16, 128] < 0.1 * norms[0.0, 128]
+    assert jumps[1 / 16, 128] < 0.2 * jumps[0.0, 128]
+
+
 def test_bad_arguments_name_the_key():
+    with pytest.raises(ValueError, match="sta_hist_bandwidth"):
+        DTIEM(hist_bandwidth=-0.1)
     with pytest.raises(ValueError, match="sta_tau"):
         DTIEM(tau=0.5)
     with pytest.raises(ValueError, match="sta_quantiles"):

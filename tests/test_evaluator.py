@@ -10,14 +10,6 @@ from sstkd.engine.evaluator import SegMetrics, evaluate, format_metrics_table
 from sstkd.engine.inference import predict, slide_inference, whole_inference
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_miou_hand_computed():
     gt = torch.tensor([[[0, 0, 1], [1, 2, 255]]])
     pred = torch.tensor([[[0, 1, 1], [1, 2, 0]]])

@@ -19,16 +19,6 @@ from sstkd.models import (
 TINY = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convolutions gain nothing from threads, and OpenMP spin-waiting on a busy 2-core host
-    # makes them ~20x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _check_model(name, output_stride, size=32):
     model = build_model(name, 5, base_width=TINY, output_stride=output_stride)
     x = torch.randn(2, 3, size, size)

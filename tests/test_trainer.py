@@ -12,16 +12,6 @@ from sstkd.engine.config import resolve_config
 from sstkd.engine.trainer import NonFiniteLossError, ResumableBatchSampler, Trainer, train
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a busy 2-core machine, two OpenMP threads spin-wait on each other
-    (10x slower); the results of these tests do not depend on the thread count."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_config(work_dir, **sections):
     """A seconds-scale run: 8-wide PSPNet-ResNet18 on 32x32 synthetic textures."""
     cfg = {

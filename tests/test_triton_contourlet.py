@@ -28,15 +28,6 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DATA = Path(__file__).parent / "data" / "contourlet"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny images: one intra-op thread avoids barrier stalls on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _flat(low, bands):
     return [low] + [t for level in bands for t in level]
 

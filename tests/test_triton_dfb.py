@@ -27,15 +27,6 @@ K = pytest.importorskip("sstkd.kernels.dfb")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny images: one intra-op thread avoids barrier stalls on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # --------------------------------------------------------------------------- helpers
 def _dec_and_grad(fn, x, cots):
     x = x.detach().requires_grad_(True)

@@ -51,15 +51,16 @@ class TimingConfig:
     max_seconds: float | None = None  # per cell, once 3 samples exist
     measure_memory: bool = True
     count_launches: bool = True
+    warmup_seconds: float = 0.1  # and at least this long
 
     @staticmethod
     def for_run(device: torch.device, quick: bool) -> "TimingConfig":
         # Cheap cells get many samples (a robust median on a shared machine), slow ones stop at the time cap.
         if quick:
-            return TimingConfig(warmup=2, repeat=25, max_seconds=0.5)
+            return TimingConfig(warmup=2, repeat=25, max_seconds=0.5, warmup_seconds=0.1)
         if device.type == "cuda":
-            return TimingConfig(warmup=10, repeat=100, max_seconds=5.0)
-        return TimingConfig(warmup=2, repeat=30, max_seconds=10.0)
+            return TimingConfig(warmup=10, repeat=100, max_seconds=5.0, warmup_seconds=0.05)
+        return TimingConfig(warmup=2, repeat=30, max_seconds=10.0, warmup_seconds=0.3)
 
 
 def image_shapes(quick: bool) -> list[tuple[str, tuple[int, int, int, int]]]:
@@ -342,7 +343,7 @@ def run_cell(case: OpCase, backend: str, dtype_name: str, mode: str, copies: lis
         fn = fn if fn is not None else callable_for(case, backend)
         call, prepared = mode_fn(case, fn, mode, copies, gen)
         stats = time_fn(call, prepared, device=device, warmup=cfg.warmup, repeat=cfg.repeat,
-                        max_seconds=cfg.max_seconds)
+                        max_seconds=cfg.max_seconds, warmup_seconds=cfg.warmup_seconds)
         peak = measure_peak_memory(lambda: call(prepared[0]), device) if cfg.measure_memory else None
         # aten-op counting only sees eager code; on a GPU the profiler counts every backend's kernels
         launches = (roofline.count_launches(lambda: call(prepared[0]), device, allow_aten_count=backend == "torch")

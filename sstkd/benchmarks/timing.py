@@ -109,6 +109,7 @@ def time_fn(
     method: str = "auto",
     max_seconds: float | None = None,
     min_repeat: int = 3,
+    warmup_seconds: float = 0.0,
 ) -> TimingStats:
     """Time ``fn(inputs[i % len(inputs)])`` and summarize per-call times.
 
@@ -122,6 +123,9 @@ def time_fn(
             ``"events"``, ``"do_bench"`` (CUDA only) or ``"perf_counter"``.
         max_seconds: stop after this much timed wall time once ``min_repeat``
             samples exist (keeps slow CPU cases bounded).
+        warmup_seconds: keep warming up (after the ``warmup`` calls) until this
+            much wall time has passed, so the first cell of a process is not
+            timed while caches, thread pools and the allocator settle.
 
     Returns:
         :class:`TimingStats` in milliseconds.
@@ -140,8 +144,14 @@ def time_fn(
     if method == "do_bench":
         return _time_do_bench(fn, inputs, warmup, repeat)
 
-    for i in range(warmup):
+    t_warm = time.perf_counter()
+    i = 0
+    while i < warmup or (time.perf_counter() - t_warm < warmup_seconds and i < 1000):
         fn(inputs[i % n])
+        i += 1
+        if i >= warmup and warmup_seconds:
+            synchronize(dev)
+    warmup = i
     synchronize(dev)
     samples: list[float] = []
     t_start = time.perf_counter()

@@ -14,11 +14,16 @@ Per image, with ``F`` the aligned low-level features:
 The student is quantized with the teacher's refined centers (``shared_centers``),
 so both histograms share their bins, and
 
-``L_sta = w_hist·MSE(L·hist_s, L·hist_t) + w_cdf·MSE(cdf_s, cdf_t) + w_map·MSE(m_s, m_t)
+``L_sta = w_hist·MSE(L·G(hist_s), L·G(hist_t)) + w_cdf·MSE(cdf_s, cdf_t) + w_map·MSE(m_s, m_t)
         + w_range·MSE(o_s, o_t)``
 
 * the histograms are compared as densities relative to uniform (``L·hist``),
-  so the term's scale does not depend on ``L``;
+  after a Gaussian smoothing ``G`` of bandwidth ``hist_bandwidth`` (a fraction
+  of the level range, i.e. ``σ = hist_bandwidth·L`` bins): the loss then
+  compares kernel density estimates whose bandwidth does not depend on ``L``,
+  so neither the term's value nor its gradient grows with ``L`` (with the raw
+  ``L·hist`` the gradient per pixel grows like ``L²/N`` and jumps from bin to
+  bin). ``hist_bandwidth = 0`` compares the raw clipped histograms;
 * ``o(s) = s − clamp(s, c_0, c_{L−1})`` is the part of an intensity beyond the
   teacher's outermost centers. Quantized with the teacher's levels, such a
   pixel sits on the flat outer part of the encoding and gets no gradient from
@@ -106,6 +111,28 @@ def clip_histogram(hist: torch.Tensor, limit: float, redistribute: str = "iterat
     return torch.minimum(hist + a_star, lim)
 
 
+def smooth_histogram(hist: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian smoothing of ``hist`` (B, L) across bins, ``σ = sigma`` bins; mass-preserving.
+
+    Bin ``k``'s mass is spread over the bins with weights
+    ``exp(−(n−k)²/2σ²)`` normalized over ``n`` (so every row keeps its total;
+    near the ends the spread is one-sided). ``sigma = 0`` returns ``hist``.
+    This is a kernel density estimate with bandwidth ``σ`` bins: its gradient
+    in the intensities varies slowly from bin to bin, unlike the raw
+    histogram's (which with ``L`` levels over ``N`` pixels changes by
+    ``~L²/N`` per bin).
+    """
+    check_tensor(hist, "hist", ndim=2)
+    if not float(sigma) >= 0.0:
+        raise ValueError(f"sigma: must be >= 0, got {sigma}")
+    if sigma == 0:
+        return hist
+    n = torch.arange(hist.shape[1], device=hist.device, dtype=hist.dtype)
+    kernel = torch.exp(-0.5 * ((n[:, None] - n[None, :]) / float(sigma)) ** 2)  # (n, k)
+    kernel = kernel / kernel.sum(dim=0, keepdim=True)
+    return hist @ kernel.T
+
+
 def overflow(s: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
     """``s − clamp(s, c_0, c_{L−1})`` per image: how far each intensity lies beyond the outermost centers.
 
@@ -132,8 +159,12 @@ class DTIEM(nn.Module):
         equalize: add the CDF and equalized-map terms (off: histogram term only).
         shared_centers: quantize the student with the teacher's refined
             centers (default); off: the student gets its own range and refinement.
-        w_hist, w_cdf, w_map, w_range: weights of the terms (defaults 1, 10, 1, 1:
-            similar magnitudes at initialization).
+        hist_bandwidth: bandwidth of the Gaussian smoothing of the histograms
+            compared by the histogram term, as a fraction of the level range
+            (``σ = hist_bandwidth·L`` bins; default 1/16; 0 = raw histograms).
+            Only the loss term is smoothed: ``describe`` and the CDF / map
+            terms use the clipped histogram itself.
+        w_hist, w_cdf, w_map, w_range: weights of the terms (defaults 1, 10, 1, 1).
         backend: passed to ``quantize_count`` / ``reproject``.
 
     ``forward(f_s, f_t)`` returns ``dict(sta=, sta_hist=, [sta_cdf=, sta_map=,] [sta_range=])``
@@ -155,6 +186,7 @@ class DTIEM(nn.Module):
         redistribute: str = "iterate",
         equalize: bool = True,
         shared_centers: bool = True,
+        hist_bandwidth: float = 1.0 / 16,
         w_hist: float = 1.0,
         w_cdf: float = 10.0,
         w_map: float = 1.0,
@@ -175,6 +207,9 @@ class DTIEM(nn.Module):
             raise ValueError(f"sta_tau: must be >= 1 (the clip limit tau/L must hold the whole mass), got {tau}")
         if redistribute not in REDISTRIBUTE:
             raise ValueError(f"sta_redistribute: unknown mode {redistribute!r}; choose from {REDISTRIBUTE}")
+        if not 0.0 <= float(hist_bandwidth) < float("inf"):
+            raise ValueError(f"sta_hist_bandwidth: must be finite and >= 0, got {hist_bandwidth}")
+        self.hist_bandwidth = float(hist_bandwidth)
         for name, w in (("sta_w_hist", w_hist), ("sta_w_cdf", w_cdf), ("sta_w_map", w_map),
                         ("sta_w_range", w_range)):
             if not float(w) >= 0.0:
@@ -233,7 +268,9 @@ class DTIEM(nn.Module):
             t = self.describe(f_t.detach())
         s = self.describe(f_s, centers=t["centers"] if self.shared_centers else None)
         mse = nn.functional.mse_loss
-        terms = {"sta_hist": mse(self.levels * s["clipped"], self.levels * t["clipped"])}
+        sigma = self.hist_bandwidth * self.levels
+        terms = {"sta_hist": mse(self.levels * smooth_histogram(s["clipped"], sigma),
+                                 self.levels * smooth_histogram(t["clipped"], sigma))}
         loss = self.w_hist * terms["sta_hist"]
         if self.equalize:
             terms["sta_cdf"] = mse(s["cdf"], t["cdf"])
@@ -250,5 +287,5 @@ class DTIEM(nn.Module):
             f"levels={self.levels}, iters={self.iters}, kernel={self.kernel!r}, intensity={self.intensity!r}, "
             f"robust_range={self.robust_range}, quantiles={self.quantiles}, clip={self.clip}, tau={self.tau}, "
             f"redistribute={self.redistribute!r}, equalize={self.equalize}, shared_centers={self.shared_centers}, "
-            f"w=({self.w_hist}, {self.w_cdf}, {self.w_map}, {self.w_range}), backend={self.backend!r}"
+            f"hist_bandwidth={self.hist_bandwidth}, w=({self.w_hist}, {self.w_cdf}, {self.w_map}, {self.w_range}), backend={self.backend!r}"
         )

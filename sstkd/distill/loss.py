@@ -42,7 +42,7 @@ class SSTKDConfig:
     lambda_pi: float = 10.0
     lambda_adv: float = 0.001
     lambda_str: float = 2.0
-    lambda_sta: float = 3.0
+    lambda_sta: float = 0.1
     # response loss
     temperature: float = 1.0
     ignore_index: int = 255
@@ -68,6 +68,7 @@ class SSTKDConfig:
     sta_redistribute: str = "iterate"
     sta_equalize: bool = True
     sta_shared_centers: bool = True
+    sta_hist_bandwidth: float = 1.0 / 16
     sta_w_hist: float = 1.0
     sta_w_cdf: float = 10.0
     sta_w_map: float = 1.0
@@ -86,7 +87,7 @@ class SSTKDConfig:
                                                       "sta_equalize", "sta_shared_centers"):
                 if not isinstance(v, bool):
                     raise TypeError(f"{f.name}: expected a bool, got {v!r}")
-            elif f.name.startswith(("lambda_", "sta_w_")) or f.name == "gp_weight":
+            elif f.name.startswith(("lambda_", "sta_w_")) or f.name in ("gp_weight", "sta_hist_bandwidth"):
                 self._check_number(f.name, v, minimum=0.0)
         self._check_number("temperature", self.temperature, minimum=0.0, strict=True)
         self._check_number("d_lr", self.d_lr, minimum=0.0, strict=True)
@@ -229,7 +230,8 @@ class SSTKDLoss(nn.Module):
         self.dtiem = (DTIEM(levels=c.sta_levels, iters=c.sta_iters, kernel=c.sta_kernel, intensity=c.sta_intensity,
                             robust_range=c.sta_robust_range, quantiles=c.sta_quantiles, clip=c.sta_clip,
                             tau=c.sta_tau, redistribute=c.sta_redistribute, equalize=c.sta_equalize,
-                            shared_centers=c.sta_shared_centers, w_hist=c.sta_w_hist, w_cdf=c.sta_w_cdf,
+                            shared_centers=c.sta_shared_centers, hist_bandwidth=c.sta_hist_bandwidth,
+                            w_hist=c.sta_w_hist, w_cdf=c.sta_w_cdf,
                             w_map=c.sta_w_map, w_range=c.sta_w_range, backend=c.backend) if c.use_sta else None)
         self.discriminator = ScoreMapDiscriminator(num_classes, c.d_channels) if c.use_ho else None
         self.last_str_bands: torch.Tensor | None = None
