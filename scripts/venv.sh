@@ -23,4 +23,9 @@ if [ "$(readlink .venv 2>/dev/null || true)" != "$venv" ]; then
 fi
 # Editable install of this checkout (cheap; re-run every time so that a
 # second clone sharing the cached venv points the package at itself).
-SSTKD_BUILD_CUDA=${SSTKD_BUILD_CUDA:-0} .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e . 
+# setuptools prints a warning box for every editable build: show the log only on failure.
+log=$(mktemp)
+if ! SSTKD_BUILD_CUDA=${SSTKD_BUILD_CUDA:-0} .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e . >"$log" 2>&1; then
+    cat "$log"; rm -f "$log"; exit 1
+fi
+rm -f "$log"
