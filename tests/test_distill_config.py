@@ -13,6 +13,10 @@ def test_defaults_are_the_documented_recipe():
     assert (c.d_lr, c.d_betas, c.temperature) == (4e-4, (0.9, 0.99), 1.0)
     assert c.str_nlevs == (3, 3) and c.sta_levels == 128 and c.sta_iters == 3
     assert c.sta_quantiles == (0.01, 0.99) and c.sta_tau == 4.0
+    # calibrated by gradient share (docs/method.md, "Defaults")
+    assert (c.lambda_str, c.lambda_sta, c.sta_hist_bandwidth) == (2.0, 0.1, 1.0 / 16)
+    assert (c.sta_w_hist, c.sta_w_cdf, c.sta_w_map, c.sta_w_range) == (1.0, 10.0, 1.0, 1.0)
+    assert SSTKDLoss(4, 4, 3, c).dtiem.hist_bandwidth == 1.0 / 16
     assert SSTKDConfig.preset("sstkd") == c
 
 
@@ -67,6 +71,8 @@ def test_from_dict_yaml_style_values_and_round_trip():
     ("str_nlevs", [], TypeError),
     ("str_nlevs", [3, -1], ValueError),
     ("sta_quantiles", [0.1], ValueError),
+    ("sta_hist_bandwidth", -0.1, ValueError),
+    ("sta_hist_bandwidth", float("inf"), ValueError),
     ("align", "maybe", ValueError),
     ("str_pad_mode", "mirror", ValueError),
     ("d_lr", 0, ValueError),

@@ -279,7 +279,7 @@ def test_smooth_histogram_preserves_mass_and_zero_is_identity():
 
 
 def test_smoothed_histogram_term_has_a_stable_l_independent_gradient():
-    """The raw density term's gradient grows like L and jumps under tiny feature changes; the smoothed one's does not."""
+    """The raw density term's gradient grows with L and jumps under tiny feature changes; the smoothed one's not."""
     torch.manual_seed(0)
     f_t = torch.randn(2, 8, 12, 12, dtype=torch.float64)
     f_s = f_t + 0.5 * torch.randn_like(f_t)
@@ -292,7 +292,9 @@ def test_smoothed_histogram_term_has_a_stable_l_independent_gradient():
     norms, jumps = {}, {}
     for bw in (0.0, 1.0 / 16):
         for L in (32, 128):
-            mod = DTIEM(levels=L, hist_bandwidth=bw, backend="torch")
+            # no clipping: at 144 pixels and L = 128 the clip limit 4/L cuts single-pixel spikes,
+            # which couples the bins and is a different (clip) effect
+            mod = DTIEM(levels=L, clip=False, hist_bandwidth=bw, backend="torch")
             g0, g1 = grad(mod, f_s), grad(mod, f_s + step)
             norms[bw, L] = float(g0.norm())
             jumps[bw, L] = float((g1 - g0).norm() / g0.norm())

@@ -287,5 +287,6 @@ class DTIEM(nn.Module):
             f"levels={self.levels}, iters={self.iters}, kernel={self.kernel!r}, intensity={self.intensity!r}, "
             f"robust_range={self.robust_range}, quantiles={self.quantiles}, clip={self.clip}, tau={self.tau}, "
             f"redistribute={self.redistribute!r}, equalize={self.equalize}, shared_centers={self.shared_centers}, "
-            f"hist_bandwidth={self.hist_bandwidth}, w=({self.w_hist}, {self.w_cdf}, {self.w_map}, {self.w_range}), backend={self.backend!r}"
+            f"hist_bandwidth={self.hist_bandwidth}, w=({self.w_hist}, {self.w_cdf}, {self.w_map}, {self.w_range}), "
+            f"backend={self.backend!r}"
         )
