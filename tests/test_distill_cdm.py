@@ -7,15 +7,6 @@ from sstkd.distill import ContourletDecompositionModule, pad_to_size
 from sstkd.ops.contourlet import contourlet_dec
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Small shapes: one intra-op thread is as fast and does not thrash a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _literal_str(f_s, f_t, nlevs, size, weights=None):
     """Decompose student and teacher separately; per-sub-band MSE; weighted mean."""
     def pad(x):  # symmetric extension x | flip(x) | x | ... along each axis, cut to size

@@ -27,15 +27,6 @@ def _dense_encoding(s, c):
     return e
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Small shapes: one intra-op thread is as fast and does not thrash a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _dense_centers(s, L, iters, quantiles):
     with torch.no_grad():
         if quantiles is None:

@@ -8,15 +8,6 @@ from sstkd.distill import FeatureTap, SSTKDConfig, SSTKDLoss
 K = 5
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Small shapes: one intra-op thread is as fast and does not thrash a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class TinySeg(nn.Module):
     """A stride-4 'layer1' tap and a logits head, like the real segmentation models."""
 

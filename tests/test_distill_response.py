@@ -12,15 +12,6 @@ from sstkd.distill import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Small shapes: one intra-op thread is as fast and does not thrash a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _kl_literal(s, t, T=1.0):
     """Per-pixel KL(p_t || p_s), written out with explicit logs."""
     p_t = torch.softmax(t / T, 1)

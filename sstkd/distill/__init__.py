@@ -6,7 +6,7 @@ See docs/method.md for the math and every default.
 from sstkd.distill.align import AlignHead  # noqa: F401
 from sstkd.distill.cdm import ContourletDecompositionModule, pad_to_size  # noqa: F401
 from sstkd.distill.discriminator import ScoreMapDiscriminator  # noqa: F401
-from sstkd.distill.dtiem import DTIEM, clip_histogram, intensity_map, overflow  # noqa: F401
+from sstkd.distill.dtiem import DTIEM, clip_histogram, intensity_map, overflow, smooth_histogram  # noqa: F401
 from sstkd.distill.holistic import critic_loss, discriminator_step, generator_loss, gradient_penalty  # noqa: F401
 from sstkd.distill.loss import PRESETS, SSTKDConfig, SSTKDLoss  # noqa: F401
 from sstkd.distill.response import pixelwise_kd  # noqa: F401
@@ -30,4 +30,5 @@ __all__ = [
     "overflow",
     "pad_to_size",
     "pixelwise_kd",
+    "smooth_histogram",
 ]

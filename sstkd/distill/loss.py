@@ -159,14 +159,15 @@ class SSTKDConfig:
         * ``"kd"``: response + holistic only (the SKD/IFVD baseline).
         * ``"stlnet_sta"``: every term, with STLNet's QCO as the statistical
           branch: plain min/max range, ``"stlnet"`` encoding, no Lloyd steps,
-          no clipping, no equalization (``L_sta`` = histogram term only).
+          no clipping, no equalization, no histogram smoothing (``L_sta`` =
+          histogram term on STLNet's raw histograms, plus the range term).
         """
         base: dict = {}
         if name == "kd":
             base = {"use_str": False, "use_sta": False}
         elif name == "stlnet_sta":
             base = {"sta_robust_range": False, "sta_kernel": "stlnet", "sta_iters": 0,
-                    "sta_clip": False, "sta_equalize": False}
+                    "sta_clip": False, "sta_equalize": False, "sta_hist_bandwidth": 0.0}
         elif name != "sstkd":
             raise ValueError(f"preset: unknown preset {name!r}; choose from {PRESETS}")
         valid = {f.name for f in dataclasses.fields(cls)}
