@@ -303,8 +303,9 @@ class _ReprojectRef(torch.autograd.Function):
         return grad_table, grad_s, None, None
 
 
-def _chunks(D: int, N: int, budget: int = 1 << 19):
-    """Channel chunks: temporaries of at most half the output and about ``budget`` elements per image."""
+def _chunks(D: int, N: int, budget: int = 1 << 16):
+    """Channel chunks: temporaries of at most half the output and about ``budget`` elements per image
+    (small: the peak memory of reproject is then its output plus a few percent)."""
     step = max(1, min((D + 1) // 2, budget // max(N, 1)))
     return [(d0, min(D, d0 + step)) for d0 in range(0, D, step)]
 
