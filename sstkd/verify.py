@@ -41,12 +41,13 @@ class Case:
     diff: tuple[int, ...]
 
 
-def _flat(out) -> list[torch.Tensor]:
+def flatten_outputs(out) -> list[torch.Tensor]:
+    """An op's outputs (a tensor, or nested lists/tuples of them) as one flat list."""
     if isinstance(out, torch.Tensor):
         return [out]
     res: list[torch.Tensor] = []
     for o in out:
-        res.extend(_flat(o))
+        res.extend(flatten_outputs(o))
     return res
 
 
@@ -67,7 +68,7 @@ def _forward_backward(case: Case, inputs: list, backend: str, dtype: torch.dtype
             if i in case.diff:
                 t.requires_grad_(True)
         xs.append(t)
-    outs = _flat(case.run(xs, backend))
+    outs = flatten_outputs(case.run(xs, backend))
     g = torch.Generator(device="cpu").manual_seed(cot_seed)
     cots = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.device) for o in outs]
     loss = sum((o.to(torch.float64) * c).sum() for o, c in zip(outs, cots) if o.requires_grad)

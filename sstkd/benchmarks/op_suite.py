@@ -31,6 +31,7 @@ import torch
 
 from sstkd.benchmarks import roofline
 from sstkd.benchmarks.timing import measure_peak_memory, time_fn
+from sstkd.verify import flatten_outputs
 
 BACKENDS = ("torch", "compile", "triton", "cuda")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
@@ -226,15 +227,6 @@ def backend_availability(backend: str, op: str, device: torch.device, quick: boo
     return True, why
 
 
-def _flat(out) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    res: list[torch.Tensor] = []
-    for o in out:
-        res.extend(_flat(o))
-    return res
-
-
 def callable_for(case: OpCase, backend: str) -> Callable[[list], list[torch.Tensor]]:
     """``inputs -> flat list of outputs`` running ``case`` on ``backend`` (``"compile"``: a fresh
     ``torch.compile`` of the reference; compilation happens on the first call)."""
@@ -251,8 +243,8 @@ def callable_for(case: OpCase, backend: str) -> Callable[[list], list[torch.Tens
         functorch_config.donated_buffer = False
         torch._dynamo.reset()  # a fresh cache per case: never hits the recompile limit
         compiled = torch.compile(lambda *xs: case.run(list(xs), "torch"), dynamic=False)
-        return lambda xs: _flat(compiled(*xs))
-    return lambda xs: _flat(case.run(xs, backend))
+        return lambda xs: flatten_outputs(compiled(*xs))
+    return lambda xs: flatten_outputs(case.run(xs, backend))
 
 
 @dataclasses.dataclass
