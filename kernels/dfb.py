@@ -240,12 +240,12 @@ def _ladder_kernel(
     # row pass (12 taps along columns), then column pass (12 taps along rows)
     kh_main = _col_matrix(TAPS, TC, TC, 0)
     kh_halo = _col_matrix(TAPS, HALO, TC, TC)
-    h0 = tl.dot(x00, kh_main, input_precision=PREC)
-    h0 = tl.dot(x01, kh_halo, h0, input_precision=PREC)
-    h1 = tl.dot(x10, kh_main, input_precision=PREC)
-    h1 = tl.dot(x11, kh_halo, h1, input_precision=PREC)
-    s = tl.dot(_row_matrix(TAPS, TR, TR, 0, P), h0, input_precision=PREC)
-    s = tl.dot(_row_matrix(TAPS, TR, HALO, TR, P), h1, s, input_precision=PREC)
+    # Sums of dots rather than the `acc=` argument: triton 3.6 rejects a float64 accumulator
+    # there, and the compiler folds `dot + add` into an accumulating dot anyway.
+    h0 = tl.dot(x00, kh_main, input_precision=PREC) + tl.dot(x01, kh_halo, input_precision=PREC)
+    h1 = tl.dot(x10, kh_main, input_precision=PREC) + tl.dot(x11, kh_halo, input_precision=PREC)
+    s = (tl.dot(_row_matrix(TAPS, TR, TR, 0, P), h0, input_precision=PREC)
+         + tl.dot(_row_matrix(TAPS, TR, HALO, TR, P), h1, input_precision=PREC))
 
     li, k, n, valid = _planes_of(tl.arange(0, P * TR)[:, None], TR, g0, P, PLANES, N)
     i = i0 + li

@@ -255,6 +255,9 @@ _VARIANTS = [
                                        OUT2_KIND=0, LAYOUT=3, Y0POS=1, ENERGY=0, EN_SLOT=0)),
     (("*fp32", "*fp32", "*fp32"), dict(SPLIT=3, BF=5, QPER=False, WIN_KIND=4, CEN_KIND=1, OUT_KIND=5,
                                        OUT2_KIND=5, LAYOUT=4, Y0POS=1, ENERGY=2, EN_SLOT=1)),
+    # float64 end to end (float64 tl.dot): triton 3.6 rejected a float64 `acc=` accumulator here
+    (("*fp64", "*fp64", "*fp64"), dict(SPLIT=1, BF=5, QPER=True, WIN_KIND=1, CEN_KIND=0, OUT_KIND=2,
+                                       OUT2_KIND=5, LAYOUT=0, Y0POS=0, ENERGY=0, EN_SLOT=0)),
     (("*bf16", "*bf16", "*fp32"), dict(SPLIT=3, BF=6, QPER=False, WIN_KIND=3, CEN_KIND=0, OUT_KIND=2,
                                        OUT2_KIND=5, LAYOUT=4, Y0POS=1, ENERGY=0, EN_SLOT=0)),
 ]
@@ -265,7 +268,8 @@ def test_aot_compile_every_variant_sm80_sm90():
     for arch in AOT_ARCHS:
         for i, ((src, dst, en), ce) in enumerate(_VARIANTS):
             sig = {name: "i32" for name in _INT_ARGS}
-            sig.update(WIN=src, CEN=src, OUT=dst, OUT2=dst, TAPS="*fp32", EN=en)
+            taps = "*fp64" if src == "*fp64" else "*fp32"  # taps come in the compute dtype
+            sig.update(WIN=src, CEN=src, OUT=dst, OUT2=dst, TAPS=taps, EN=en)
             tile = 16 if i == len(_VARIANTS) - 1 else 32  # both GPU tile sizes
             prec = "tf32x3" if i == 0 else "ieee"  # the optional tensor-core path compiles too
             jobs.append((K._ladder_kernel, sig, dict(ce, TR=tile, TC=tile, P=1, PREC=prec), arch, 4))
