@@ -42,6 +42,11 @@ def _cuda_extension():
         return [], {}
     from sstkd_build import extension_kwargs  # noqa: E402  (csrc/ build flags shared with the JIT path)
 
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        # torch derives the arch list from the visible GPUs; with none it would fail.
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
+        print("sstkd: no GPU visible, building sstkd._C for TORCH_CUDA_ARCH_LIST=8.0;9.0+PTX", file=sys.stderr)
+
     ext = cpp_extension.CUDAExtension("sstkd._C", sources, **extension_kwargs())
     return [ext], {"build_ext": cpp_extension.BuildExtension}
 
