@@ -20,7 +20,8 @@ COMMANDS = {
 
 
 def build_parser(argv_cmd: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sstkd", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="sstkd", description="sstkd: structural and statistical texture knowledge distillation.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (module, help_) in COMMANDS.items():
