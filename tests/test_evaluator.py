@@ -198,7 +198,6 @@ def test_eval_cli_config_free(tmp_path, capsys):
 
 
 def test_eval_cli_with_config(tmp_path, capsys):
-    pytest.importorskip("sstkd.engine.config")
     from sstkd.cli import main as cli_main
     from sstkd.models import build_model
 
@@ -207,8 +206,11 @@ def test_eval_cli_with_config(tmp_path, capsys):
     torch.save({"student": model.state_dict()}, ckpt)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("model: {name: deeplabv3_mobilenetv2, base_width: 16, output_stride: 16}\n"
-                   "data: {name: synthetic, num_workers: 0, options: {num_images: 2, size: 32, num_classes: 3}}\n"
+                   "data: {name: synthetic, num_workers: 0, options: {num_images: 4, size: 32, num_classes: 3},\n"
+                   "       val_options: {num_images: 2}}\n"
                    "eval: {mode: whole, num_workers: 0}\n")
     assert cli_main(["eval", "--config", str(cfg), "--checkpoint", str(ckpt), "--device", "cpu",
                      "eval.mode=slide", "eval.crop_size=[24, 24]", "eval.stride=[16, 16]"]) == 0
-    assert "mode=slide" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "mode=slide" in out
+    assert "(2 images" in out  # the validation split's options, as the trainer evaluates it

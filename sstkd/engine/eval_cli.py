@@ -97,7 +97,8 @@ def resolve_settings(args: argparse.Namespace) -> dict:
         if d.get("num_classes") is not None:
             s["model"]["num_classes"] = d["num_classes"]
         s["data"] = {"name": d["name"], "root": d.get("root"), "split": d.get("val_split", "val"),
-                     "options": dict(d.get("options") or {}), "num_workers": e.get("num_workers", 2)}
+                     "options": {**(d.get("options") or {}), **(d.get("val_options") or {})},
+                     "num_workers": e.get("num_workers", 2)}
         s["eval"] = {"mode": e.get("mode", "whole"), "crop_size": e.get("crop_size"), "stride": e.get("stride"),
                      "batch_size": e.get("batch_size", 1), "max_samples": e.get("max_samples")}
         s["device"] = cfg.get("device", "auto")
