@@ -31,11 +31,18 @@ def _pyramid(name: str):
     return h, g
 
 
+def check_pyramid_filter(filt, arg: str = "filt") -> str:
+    """``filt`` if it is a known pyramid filter; TypeError / ValueError naming ``arg`` otherwise."""
+    if not isinstance(filt, str):
+        raise TypeError(f"{arg}: expected a pyramid filter name (str), got {type(filt).__name__}")
+    if filt not in PYRAMID_FILTERS:
+        raise ValueError(f"{arg}: unknown pyramid filter {filt!r}; available: {PYRAMID_FILTERS}")
+    return filt
+
+
 def pyramid_filters(name: str = "9-7") -> tuple[torch.Tensor, torch.Tensor]:
     """``(h, g)``: analysis lowpass (9 taps) and synthesis lowpass (7 taps), float64."""
-    if not isinstance(name, str):
-        raise TypeError(f"filt: expected a filter name (str), got {type(name).__name__}")
-    h, g = _pyramid(name)
+    h, g = _pyramid(check_pyramid_filter(name))
     return h.clone(), g.clone()
 
 

@@ -24,12 +24,12 @@ import numbers
 import torch
 from torch import nn
 
+from sstkd.filters import check_pyramid_filter
 from sstkd.ops._checks import check_image, check_same_device, compute_dtype
-from sstkd.ops.dfb import _check_backend_name, _dfb_dec_torch, _dfb_rec_torch, dfb_band_shapes
+from sstkd.ops.dfb import _dfb_dec_torch, _dfb_rec_torch, dfb_band_shapes
 from sstkd.ops.dfb import _check_filt as _check_dfilt
-from sstkd.ops.dispatch import resolve_backend
+from sstkd.ops.dispatch import check_backend_name, resolve_backend
 from sstkd.ops.laplacian import lp_dec_ref, lp_rec_ref
-from sstkd.ops.wavelet import _check_filt as _check_pfilt
 from sstkd.ops.wavelet import _wfb_dec_torch, _wfb_rec_torch
 
 __all__ = [
@@ -159,7 +159,7 @@ def _check_args(x, nlevs, pfilt, dfilt) -> list[int]:
     check_image(x, "x")
     nlevs = _check_nlevs(nlevs)
     check_contourlet_size(x.shape[-2], x.shape[-1], nlevs)
-    _check_pfilt(pfilt, "pfilt")
+    check_pyramid_filter(pfilt, "pfilt")
     _check_dfilt(dfilt, "dfilt")
     return nlevs
 
@@ -205,7 +205,7 @@ def contourlet_dec_ref(x: torch.Tensor, nlevs, pfilt: str = "9-7", dfilt: str = 
 def contourlet_rec_ref(low: torch.Tensor, bands, pfilt: str = "9-7", dfilt: str = "pkva") -> torch.Tensor:
     """Plain-PyTorch reference of :func:`contourlet_rec` (same contract, no dispatch)."""
     _check_coefficients(low, bands)
-    _check_pfilt(pfilt, "pfilt")
+    check_pyramid_filter(pfilt, "pfilt")
     _check_dfilt(dfilt, "dfilt")
     return _contourlet_rec_torch(low, bands, pfilt, dfilt).to(low.dtype)
 
@@ -265,7 +265,7 @@ def contourlet_rec(low: torch.Tensor, bands, pfilt: str = "9-7", dfilt: str = "p
         TypeError / ValueError naming ``low``, ``bands[L][K]``, the filter or ``backend``.
     """
     _check_coefficients(low, bands)
-    _check_pfilt(pfilt, "pfilt")
+    check_pyramid_filter(pfilt, "pfilt")
     _check_dfilt(dfilt, "dfilt")
     b = resolve_backend("contourlet_rec", backend, low)
     if b == "triton":
@@ -308,9 +308,9 @@ class Contourlet(nn.Module):
     def __init__(self, nlevs=(3, 3), pfilt: str = "9-7", dfilt: str = "pkva", backend: str = "auto"):
         super().__init__()
         self.nlevs = _check_nlevs(nlevs)
-        self.pfilt = _check_pfilt(pfilt, "pfilt")
+        self.pfilt = check_pyramid_filter(pfilt, "pfilt")
         self.dfilt = _check_dfilt(dfilt, "dfilt")
-        self.backend = _check_backend_name(backend)
+        self.backend = check_backend_name(backend)
 
     def extra_repr(self) -> str:
         return f"nlevs={self.nlevs}, pfilt={self.pfilt!r}, dfilt={self.dfilt!r}, backend={self.backend!r}"

@@ -38,7 +38,7 @@ from torch import nn
 
 from sstkd.filters import DFB_FILTERS, modulated_dfb_filter
 from sstkd.ops._checks import check_image, check_int, check_same_device, compute_dtype
-from sstkd.ops.dispatch import CHOICES, resolve_backend
+from sstkd.ops.dispatch import check_backend_name, resolve_backend
 
 __all__ = [
     "dfb_dec",
@@ -332,13 +332,6 @@ def _dfb_rec_groups(groups: list[torch.Tensor], levels: int, filt: str) -> torch
 
 
 # --------------------------------------------------------------------------- validation
-def _check_backend_name(backend) -> str:
-    """Reject an unknown backend name early (availability is checked per call)."""
-    if not isinstance(backend, str) or backend not in CHOICES:
-        raise ValueError(f"backend: unknown backend {backend!r}; choose from {CHOICES}")
-    return backend
-
-
 def _check_filt(filt, name: str = "filt") -> str:
     if not isinstance(filt, str):
         raise TypeError(f"{name}: expected a DFB filter name (str), got {type(filt).__name__}")
@@ -506,7 +499,7 @@ class DirectionalFilterBank(nn.Module):
         super().__init__()
         self.levels = _check_levels(levels)
         self.filt = _check_filt(filt)
-        self.backend = _check_backend_name(backend)
+        self.backend = check_backend_name(backend)
 
     def extra_repr(self) -> str:
         return f"levels={self.levels}, filt={self.filt!r}, backend={self.backend!r}"

@@ -93,14 +93,23 @@ def _implements(backend: str, op: str) -> bool:
     return backend == "torch" or op in (TRITON_OPS if backend == "triton" else CUDA_OPS)
 
 
+def check_backend_name(backend) -> str:
+    """``backend`` if it is one of :data:`CHOICES`; ValueError naming ``backend`` otherwise.
+
+    Availability is checked per call by :func:`resolve_backend`.
+    """
+    if not isinstance(backend, str) or backend not in CHOICES:
+        raise ValueError(f"backend: unknown backend {backend!r}; choose from {CHOICES}")
+    return backend
+
+
 def resolve_backend(op: str, backend: str, *tensors: torch.Tensor) -> str:
     """The concrete backend that runs ``op`` on ``tensors``.
 
     Raises ``ValueError`` for an unknown name and ``RuntimeError`` when an
     explicitly requested backend cannot run (not built, no GPU, op missing).
     """
-    if not isinstance(backend, str) or backend not in CHOICES:
-        raise ValueError(f"backend: unknown backend {backend!r}; choose from {CHOICES}")
+    check_backend_name(backend)
     device = tensors[0].device if tensors else None
     if backend == "auto":
         if device is None or device.type != "cuda":

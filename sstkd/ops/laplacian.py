@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sstkd.filters import pyramid_filters
+from sstkd.filters import check_pyramid_filter, pyramid_filters
 from sstkd.ops._checks import check_image, check_int, check_same_device, compute_dtype
-from sstkd.ops.dispatch import CHOICES, resolve_backend
+from sstkd.ops.dispatch import check_backend_name, resolve_backend
 
 __all__ = ["lp_dec", "lp_rec", "lp_dec_ref", "lp_rec_ref", "LaplacianPyramid"]
 
@@ -59,13 +59,6 @@ def _conv_weights(filt: str, device: torch.device, dtype: torch.dtype):
         gp.view(2, 1, 4, 1).contiguous(),
         gp.view(2, 1, 1, 4).contiguous(),
     )
-
-
-def _check_filt(filt) -> str:
-    if not isinstance(filt, str):
-        raise TypeError(f"filt: expected a filter name (str), got {type(filt).__name__}")
-    pyramid_filters(filt)  # ValueError naming filt for unknown names
-    return filt
 
 
 @functools.lru_cache(maxsize=256)
@@ -125,7 +118,7 @@ def lp_dec_ref(x: torch.Tensor, filt: str = "9-7") -> tuple[torch.Tensor, torch.
     """Plain-PyTorch reference of :func:`lp_dec` (same contract, no dispatch)."""
     check_image(x, "x")
     _check_even(x, "x")
-    _check_filt(filt)
+    check_pyramid_filter(filt)
     b, ch, h, w = x.shape
     dt = compute_dtype(x)
     hr, hc, gr, gc = _conv_weights(filt, x.device, dt)
@@ -155,7 +148,7 @@ def _check_pair(low: torch.Tensor, band: torch.Tensor) -> None:
 def lp_rec_ref(low: torch.Tensor, band: torch.Tensor, filt: str = "9-7") -> torch.Tensor:
     """Plain-PyTorch reference of :func:`lp_rec` (same contract, no dispatch)."""
     _check_pair(low, band)
-    _check_filt(filt)
+    check_pyramid_filter(filt)
     b, ch, h, w = band.shape
     dt = compute_dtype(band)
     hr, hc, gr, gc = _conv_weights(filt, band.device, dt)
@@ -189,7 +182,7 @@ def lp_dec(x: torch.Tensor, filt: str = "9-7", backend: str = "auto") -> tuple[t
     """
     check_image(x, "x")
     _check_even(x, "x")
-    _check_filt(filt)
+    check_pyramid_filter(filt)
     b = resolve_backend("lp_dec", backend, x)
     if b == "triton":
         from sstkd.kernels.laplacian import lp_dec_triton
@@ -222,7 +215,7 @@ def lp_rec(low: torch.Tensor, band: torch.Tensor, filt: str = "9-7", backend: st
         TypeError / ValueError naming ``low``, ``band``, ``filt`` or ``backend``.
     """
     _check_pair(low, band)
-    _check_filt(filt)
+    check_pyramid_filter(filt)
     b = resolve_backend("lp_rec", backend, low, band)
     if b == "triton":
         from sstkd.kernels.laplacian import lp_rec_triton
@@ -246,10 +239,8 @@ class LaplacianPyramid(nn.Module):
     def __init__(self, levels: int = 1, filt: str = "9-7", backend: str = "auto"):
         super().__init__()
         self.levels = check_int(levels, "levels", minimum=1)
-        self.filt = _check_filt(filt)
-        if not isinstance(backend, str) or backend not in CHOICES:
-            raise ValueError(f"backend: unknown backend {backend!r}; choose from {CHOICES}")
-        self.backend = backend
+        self.filt = check_pyramid_filter(filt)
+        self.backend = check_backend_name(backend)
 
     def extra_repr(self) -> str:
         return f"levels={self.levels}, filt={self.filt!r}, backend={self.backend!r}"

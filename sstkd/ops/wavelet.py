@@ -24,7 +24,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from sstkd.filters import PYRAMID_FILTERS, pyramid_filters
+from sstkd.filters import check_pyramid_filter, pyramid_filters
 from sstkd.ops._checks import check_image, check_same_device, compute_dtype
 from sstkd.ops.dispatch import resolve_backend
 
@@ -134,14 +134,6 @@ def _wfb_rec_torch(ll: torch.Tensor, bands, filt: str) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- validation
-def _check_filt(filt, name: str = "filt") -> str:
-    if not isinstance(filt, str):
-        raise TypeError(f"{name}: expected a pyramid filter name (str), got {type(filt).__name__}")
-    if filt not in PYRAMID_FILTERS:
-        raise ValueError(f"{name}: unknown pyramid filter {filt!r}; available: {PYRAMID_FILTERS}")
-    return filt
-
-
 def _check_even(x: torch.Tensor, name: str) -> None:
     h, w = x.shape[-2:]
     if h % 2 or w % 2:
@@ -169,7 +161,7 @@ def wfb_dec_ref(x: torch.Tensor, filt: str = "9-7"):
     """Plain-PyTorch reference of :func:`wfb_dec` (same contract, no dispatch)."""
     check_image(x, "x")
     _check_even(x, "x")
-    _check_filt(filt)
+    check_pyramid_filter(filt)
     ll, bands = _wfb_dec_torch(x, filt)
     return ll.to(x.dtype), [t.to(x.dtype) for t in bands]
 
@@ -177,7 +169,7 @@ def wfb_dec_ref(x: torch.Tensor, filt: str = "9-7"):
 def wfb_rec_ref(ll: torch.Tensor, bands, filt: str = "9-7") -> torch.Tensor:
     """Plain-PyTorch reference of :func:`wfb_rec` (same contract, no dispatch)."""
     _check_rec_inputs(ll, bands)
-    _check_filt(filt)
+    check_pyramid_filter(filt)
     return _wfb_rec_torch(ll, bands, filt).to(ll.dtype)
 
 
@@ -199,7 +191,7 @@ def wfb_dec(x: torch.Tensor, filt: str = "9-7", backend: str = "auto"):
     """
     check_image(x, "x")
     _check_even(x, "x")
-    _check_filt(filt)
+    check_pyramid_filter(filt)
     b = resolve_backend("wfb_dec", backend, x)
     if b != "torch":  # pragma: no cover - no fast wavelet kernel yet (resolve_backend never picks one)
         raise RuntimeError(f"backend={b!r} does not implement wfb_dec")
@@ -223,7 +215,7 @@ def wfb_rec(ll: torch.Tensor, bands, filt: str = "9-7", backend: str = "auto") -
         TypeError / ValueError naming ``ll``, ``bands[k]``, ``filt`` or ``backend``.
     """
     _check_rec_inputs(ll, bands)
-    _check_filt(filt)
+    check_pyramid_filter(filt)
     b = resolve_backend("wfb_rec", backend, ll, *bands)
     if b != "torch":  # pragma: no cover - no fast wavelet kernel yet (resolve_backend never picks one)
         raise RuntimeError(f"backend={b!r} does not implement wfb_rec")
