@@ -36,7 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cmd = argv[0] if argv and argv[0] in COMMANDS else None
     parser = build_parser(cmd if cmd is not None else "__none__")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides may follow options (`sstkd train C --work-dir D train.iterations=1`).
+    strays = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if strays:
+        parser.error(f"unrecognized arguments: {' '.join(strays)}")
+    if extra:
+        args.overrides = list(args.overrides or []) + extra
     module = importlib.import_module(COMMANDS[args.command][0])
     return int(module.main(args) or 0)
 

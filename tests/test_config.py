@@ -5,6 +5,7 @@ import os
 import pytest
 import yaml
 
+from sstkd.distill import SSTKDConfig
 from sstkd.engine.config import ConfigError, DEFAULTS, load_config, resolve_config, save_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +63,7 @@ def test_overrides_parse_yaml_values(tmp_path):
     assert cfg["train"]["grad_clip"] is None
     assert cfg["model"]["aux"] is False
     assert cfg["train"]["weight_decay"] == pytest.approx(1e-4)
-    assert cfg["distill"]["loss"] == {"lambda_pi": 3}
+    assert cfg.distill.loss == SSTKDConfig(lambda_pi=3.0)  # the method's preset plus the override
 
 
 @pytest.mark.parametrize("override, fragment", [
@@ -149,4 +150,4 @@ def test_unknown_distillation_key_is_named_at_load_time(tmp_path):
     with pytest.raises(ConfigError, match="lambda_strr"):
         load_config(p, ["distill.loss.lambda_strr=1"])
     cfg = load_config(p, ["distill.loss.lambda_str=0.5"])
-    assert cfg["distill"]["loss"] == {"lambda_str": 0.5}
+    assert cfg.distill.loss == SSTKDConfig.preset("sstkd", lambda_str=0.5)

@@ -28,6 +28,7 @@ import torch
 
 __all__ = [
     "CheckpointError",
+    "first_nonfinite",
     "save_checkpoint",
     "load_checkpoint",
     "find_last_checkpoint",
@@ -48,16 +49,42 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or not of the expected kind."""
 
 
+def first_nonfinite(obj: Any, _prefix: str = "") -> str | None:
+    """The key path of the first floating-point tensor in ``obj`` (nested dicts / lists) holding
+    NaN or Inf, or None."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() or obj.is_complex():
+            return None if bool(torch.isfinite(obj).all()) else (_prefix or "<tensor>")
+        return None
+    if isinstance(obj, Mapping):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return None
+    for k, v in items:
+        found = first_nonfinite(v, f"{_prefix}.{k}" if _prefix else str(k))
+        if found is not None:
+            return found
+    return None
+
+
 def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Save ``obj`` to ``path`` atomically (temp file in the same directory,
-    fsync, ``os.replace``).
+    fsync, ``os.replace``). A checkpoint never holds NaN or Inf: such an
+    ``obj`` is refused and the file at ``path`` is left as it was.
 
     Raises:
         TypeError: ``obj`` is not a mapping.
+        CheckpointError: a tensor of ``obj`` holds a non-finite value (named).
     """
     if not isinstance(obj, Mapping):
         raise TypeError(f"obj: expected a mapping, got {type(obj).__name__}")
     path = os.fspath(path)
+    bad = first_nonfinite(obj)
+    if bad is not None:
+        raise CheckpointError(f"not saving {path}: {bad} holds a non-finite value (NaN or Inf); "
+                              "the previous file is left as it was")
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp.{os.getpid()}")

@@ -97,7 +97,7 @@ def run_demo(out: str, quick: bool = False, config_dir: str | None = None, log=p
         log(f"== {run}: {cfg['model']['name']} (base_width {cfg['model']['base_width']}), method {cfg['method']}, "
             f"{cfg['train']['iterations']} iterations")
         t0 = time.perf_counter()
-        summary = train(cfg, log=None)
+        summary = train(cfg, log=None, overwrite=True)  # the demo regenerates everything under --out
         wall = time.perf_counter() - t0
         metrics = summary["final_metrics"]
         results[run] = {
@@ -209,7 +209,11 @@ def write_report(path: str, results: dict, cfgs: dict, table: str, train_wall: f
 
 
 def _loss_overrides(cfgs: dict) -> str:
-    extra = {k: v for k, v in cfgs["sstkd"]["distill"]["loss"].items()}
+    from sstkd.distill import SSTKDConfig
+
+    loss = cfgs["sstkd"]["distill"]["loss"].to_dict()
+    preset = SSTKDConfig.preset(cfgs["sstkd"]["method"]).to_dict()
+    extra = {k: v for k, v in loss.items() if v != preset[k]}
     return f"; overrides: `{extra}`" if extra else ""
 
 
