@@ -221,14 +221,21 @@ def export_student(model: torch.nn.Module, model_args: Mapping[str, Any], path: 
 
 def extract_state_dict(ckpt: Mapping[str, Any]) -> dict:
     """The model weights of a student export, a training checkpoint or a bare
-    state dict."""
-    if "model" in ckpt and isinstance(ckpt["model"], Mapping):
-        return dict(ckpt["model"])
-    if "state_dict" in ckpt and isinstance(ckpt["state_dict"], Mapping):
-        return dict(ckpt["state_dict"])
-    if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        return dict(ckpt)
-    raise CheckpointError("checkpoint holds no model weights ('model' or 'state_dict' key, or a bare state dict)")
+    state dict (under ``model``, ``student`` or ``state_dict``), with a DDP
+    wrapper's ``module.`` prefix removed: the one place state dicts are unwrapped."""
+    sd = None
+    for key in ("model", "student", "state_dict"):
+        if isinstance(ckpt.get(key), Mapping):
+            sd = dict(ckpt[key])
+            break
+    if sd is None and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        sd = dict(ckpt)
+    if sd is None:
+        raise CheckpointError("checkpoint holds no model weights ('model', 'student' or 'state_dict' key, "
+                              "or a bare state dict)")
+    if sd and all(isinstance(k, str) and k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
 
 
 def load_student(path: str | os.PathLike, map_location: Any = "cpu") -> torch.nn.Module:

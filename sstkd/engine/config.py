@@ -348,7 +348,7 @@ class EvalConfig(_Section):
             raise ConfigError("config key 'eval.scales': expected at least one scale")
 
 
-_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")  # the values of `device`
 
 
 @dataclass
@@ -381,7 +381,7 @@ class Config(_Section):
             self.distill.loss = build_loss_config(loss, self.method)
 
     def _check(self) -> None:
-        if not _DEVICE.match(self.device):
+        if not DEVICE_PATTERN.match(self.device):
             raise ConfigError(f"config key 'device': expected auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.method != "baseline" and not self.teacher.name:
             raise ConfigError(f"config key 'teacher.name': method {self.method!r} needs a teacher")

@@ -284,14 +284,14 @@ def make_figure(cfgs: dict, path: str, results: dict | None = None) -> None:
                 logits = model(image[None])["out"]
         preds[run] = logits.argmax(1)[0].numpy()
 
-    nlevs = list(cfgs["sstkd"]["distill"]["loss"].get("str_nlevs", (3, 3)))
+    nlevs = list(cfgs["sstkd"]["distill"]["loss"].str_nlevs)
     channel = int(teacher_low.flatten(1).var(dim=1).argmax())
     feat = teacher_low[channel][None, None].double()
     cdm = ContourletDecompositionModule(nlevs)
     feat = pad_to_size(feat, cdm.padded_size(*feat.shape[-2:]), "symmetric")
     low, bands = contourlet_dec(feat, nlevs)
     s = intensity_map(teacher_low[None].float())
-    levels = int(cfgs["sstkd"]["distill"]["loss"].get("sta_levels", 128))
+    levels = int(cfgs["sstkd"]["distill"]["loss"].sta_levels)
     centers, hist = quantize_count(s, levels, iters=3, quantiles=(0.01, 0.99))
     clipped = clip_histogram(hist, 4.0 / levels)
 

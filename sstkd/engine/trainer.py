@@ -390,7 +390,6 @@ class Trainer:
             state = ckpt_lib.extract_state_dict(ckpt_lib.load_checkpoint(tc.checkpoint))
         except ckpt_lib.CheckpointError as e:
             raise ConfigError(f"teacher.checkpoint: {e}") from None
-        state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
         try:
             teacher.load_state_dict(state)
         except RuntimeError as e:
