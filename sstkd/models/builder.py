@@ -108,7 +108,7 @@ def build_model(name: str, num_classes: int, *, pretrained_backbone=None, base_w
         ValueError: unknown ``name`` (lists the choices), ``num_classes < 1``,
             bad ``base_width`` / ``output_stride`` / ``norm_layer``.
     """
-    if name not in MODELS:
+    if not isinstance(name, str) or name not in MODELS:
         raise ValueError(f"name: unknown model {name!r}; choices: {', '.join(sorted(MODELS))}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int):
         raise TypeError(f"num_classes: expected an int, got {type(num_classes).__name__}")
