@@ -322,6 +322,7 @@ class TrainConfig(_Section):
     grad_clip: Optional[float] = _f(None, gt=0)   # max global grad norm, null = off
     amp: Optional[Literal["bf16", "fp16"]] = None
     on_nonfinite: Literal["stop", "skip"] = "stop"
+    max_consecutive_skips: int = _f(20, ge=0)  # (skip) more skipped steps in a row stop the run: it diverged
     log_interval: int = _f(50, ge=1)
     checkpoint_interval: int = _f(2000, ge=1)
     eval_interval: int = _f(4000, ge=0)   # 0 = evaluate only at the end

@@ -66,7 +66,7 @@ class NonFiniteLossError(RuntimeError):
 
     def __init__(self, iteration: int, term: str, value: float, kind: str = "loss"):
         self.iteration, self.term, self.value, self.kind = iteration, term, value, kind
-        hint = ("lower train.lr or add train.grad_clip" if kind == "update"
+        hint = ("lower train.lr or add train.grad_clip" if kind == "update" or "diverged" in kind
                 else "set train.on_nonfinite=skip to skip such steps")
         super().__init__(f"non-finite {kind} at iteration {iteration}: term {term!r} = {value} ({hint}); "
                          "the last checkpoint was left as it was")
@@ -332,6 +332,7 @@ class Trainer:
         self.start_iter = 0
         self.best_miou = -1.0
         self.skipped_steps = 0
+        self._skips_in_a_row = 0
         self._resumed_from: str | None = None
         self._config_changes: dict = {}
         self._maybe_resume()
@@ -663,6 +664,14 @@ class Trainer:
             w.update(pi=c.lambda_pi, ho=c.lambda_adv, str=c.lambda_str, sta=c.lambda_sta)
         return w
 
+    def _blame_weighted_term(self, terms: Mapping[str, torch.Tensor]) -> str:
+        """The term whose weighted value overflows (else the largest one) when only the total is non-finite."""
+        weighted = {n: abs(float(terms[n].detach()) * w) for n, w in self._term_weights().items() if n in terms}
+        if not weighted:
+            return "loss"
+        bad = [n for n, v in weighted.items() if not math.isfinite(v)]
+        return bad[0] if bad else max(weighted, key=weighted.get)
+
     def _trained_params(self) -> list[nn.Parameter]:
         return [p for g in self.optimizer.param_groups for p in g["params"]]
 
@@ -721,6 +730,8 @@ class Trainer:
             with sync:
                 total, terms, s_out, t_logits = self._forward_terms(images, labels)
                 found = _first_nonfinite(terms)
+                if found is not None and found[0] == "loss":  # finite terms, non-finite total
+                    found = (self._blame_weighted_term(terms), found[1])
                 if dist_lib.any_across_ranks(found is not None, self.device):
                     bad = ("loss",) + (found or ("(another process)", float("nan")))
                     if self.dist.distributed:
@@ -741,8 +752,12 @@ class Trainer:
             s_logits = s_out["out"].detach()
         if bad is not None:
             kind, term, value = bad
+            self._skips_in_a_row += 1
             if t.on_nonfinite == "stop":
                 raise NonFiniteLossError(it + 1, term, value, kind=kind)
+            if self._skips_in_a_row > t.max_consecutive_skips:
+                raise NonFiniteLossError(it + 1, term, value, kind=f"{kind} in {self._skips_in_a_row} steps in a row "
+                                         "(train.max_consecutive_skips): the run diverged")
             with torch.no_grad():
                 for b, v in zip(self._buffers(), saved):
                     b.copy_(v)
@@ -762,6 +777,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        self._skips_in_a_row = 0
         broken = self._nonfinite_parameter()
         if broken is not None:  # finite gradients, non-finite weights: the step itself overflowed
             raise NonFiniteLossError(it + 1, f"parameter {broken}", float("nan"), kind="update")
