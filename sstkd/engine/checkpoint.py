@@ -20,6 +20,7 @@ loads with nothing but ``build_model(**ckpt["model_args"])`` and
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from typing import Any, Mapping
 
@@ -122,8 +123,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"refusing checkpoint {path}: it holds objects that are not plain data "
+                              "(loading it could run code); only tensors and plain values load") from None
     except Exception as e:  # torch raises several types for corrupt files
-        raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from None
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {first}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path}: expected a dict, got {type(obj).__name__}")
     return obj

@@ -80,7 +80,7 @@ class RunDirError(ConfigError):
 RUN_FILES = ("last.pt", "metrics.jsonl", "config.yaml", "best_student.pt", "final_student.pt")
 CHANGES_FILE = "config_changes.jsonl"
 # Keys that do not change the training trajectory: changing them on resume keeps it exact.
-RESUME_SAFE_KEYS = ("resume", "work_dir", "name", "device", "data.num_workers", "train.log_interval",
+RESUME_SAFE_KEYS = ("work_dir", "name", "device", "data.num_workers", "train.log_interval",
                     "train.checkpoint_interval", "train.eval_interval", "train.eval_at_end", "train.tensorboard",
                     "train.progress", "eval.")
 
@@ -491,6 +491,7 @@ class Trainer:
         except ConfigError:
             old = dict(stored)
         diff = config_diff(old, self.cfg.to_dict())
+        diff.pop("resume", None)  # how this process was started, not part of the experiment
         self._config_changes = diff
         breaking = {k: v for k, v in diff.items() if not any(k == s or (s.endswith(".") and k.startswith(s))
                                                              for s in RESUME_SAFE_KEYS)}

@@ -262,9 +262,11 @@ def quantize_count_ref(s2: torch.Tensor, levels: int, iters: int, kernel: str,
                 mass = _level_sums(idx, w, levels)
                 moment = _level_sums(idx, w.mul_(sd[:, None]), levels)
                 moved = lloyd_update(centers, mass, moment)
-                if torch.equal(moved, centers):
-                    break  # a fixed point: further steps change nothing
+                step = (moved - centers).abs().max()
                 centers = moved
+                # (long runs only: the check reads a value back from the device)
+                if iters > 8 and step <= 4 * torch.finfo(sd.dtype).eps * centers.abs().max():
+                    break  # the centers stopped moving (a few ulps): more steps change nothing
     hist = normalize_rows(_SoftCountRef.apply(s2, centers, kernel))
     return centers, hist
 
