@@ -17,11 +17,11 @@ from sstkd.distill.align import ALIGN_MODES, AlignHead
 from sstkd.distill.cdm import PAD_MODES, ContourletDecompositionModule
 from sstkd.distill.discriminator import ScoreMapDiscriminator
 from sstkd.distill.dtiem import DTIEM, INTENSITIES, KERNELS, REDISTRIBUTE
-from sstkd.distill.holistic import _all_reduce_grads
 from sstkd.distill.holistic import discriminator_step as _discriminator_step
 from sstkd.distill.holistic import generator_loss
 from sstkd.distill.response import match_logits, pixelwise_kd
 from sstkd.filters import DFB_FILTERS, check_pyramid_filter
+from sstkd.models.sync import all_reduce_gradients
 from sstkd.ops._checks import check_image, check_int
 from sstkd.ops.contourlet import MAX_DFB_LEVELS
 from sstkd.ops.dispatch import check_backend_name
@@ -269,7 +269,7 @@ class SSTKDLoss(nn.Module):
         Call between ``backward()`` and the student's ``optimizer.step()`` when
         this module is not wrapped in DDP (the student usually is, the loss is not).
         """
-        _all_reduce_grads(self.student_side_parameters())
+        all_reduce_gradients(self.student_side_parameters())
 
     def make_discriminator_optimizer(self) -> torch.optim.Optimizer | None:
         """``Adam(discriminator_parameters(), lr=d_lr, betas=d_betas)``; None when ``use_ho`` is off."""

@@ -123,10 +123,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        raise CheckpointError(f"refusing checkpoint {path}: it holds objects that are not plain data "
-                              "(loading it could run code); only tensors and plain values load") from None
     except Exception as e:  # torch raises several types for corrupt files
+        if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
+            raise CheckpointError(f"cannot load checkpoint {path}: not a file of tensors and plain values "
+                                  "(corrupt, or holding objects whose loading could run code: refused)") from None
         first = (str(e).strip().splitlines() or [""])[0]
         raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {first}") from None
     if not isinstance(obj, dict):

@@ -360,7 +360,7 @@ class Trainer:
         student = build_model(**self.model_args, pretrained_backbone=cfg.model.pretrained_backbone)
         student.to(self.device)
         if self.dist.distributed and cfg.model.sync_bn:
-            student = dist_lib.convert_sync_batchnorm(student, self.device)
+            student = dist_lib.convert_sync_batchnorm(student, self.device, force=True)
         self.student = student  # unwrapped
         self.teacher = None
         self.distiller = None
@@ -409,7 +409,7 @@ class Trainer:
         t_ch = _tap_channels(teacher, taps.teacher)
         distiller = SSTKDLoss(s_ch, t_ch, self.num_classes, loss_cfg).to(self.device)
         if self.dist.distributed and cfg.model.sync_bn:
-            distiller = dist_lib.convert_sync_batchnorm(distiller, self.device)
+            distiller = dist_lib.convert_sync_batchnorm(distiller, self.device, force=True)
         if self.dist.distributed:  # not DDP-wrapped: start every replica from rank 0's weights
             import torch.distributed as dist
 

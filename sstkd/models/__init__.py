@@ -8,9 +8,9 @@ from sstkd.models.heads import ASPP, DeepLabV3Head, FCNHead, PSPHead, aspp_rates
 from sstkd.models.mobilenetv2 import MobileNetV2, torchvision_to_stages
 from sstkd.models.resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet50, resnet101
 from sstkd.models.segmentor import Segmentor
+from sstkd.models.sync import SyncBatchNormAnyDevice, all_reduce_gradients, convert_sync_batchnorm
 from sstkd.models.weights import (
     LoadReport,
-    convert_sync_batchnorm,
     load_backbone_weights,
     load_checkpoint,
     model_report,
@@ -24,5 +24,5 @@ __all__ = [
     "BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet50", "resnet101",
     "Segmentor",
     "LoadReport", "convert_sync_batchnorm", "load_backbone_weights", "load_checkpoint", "model_report",
-    "read_state_dict",
+    "read_state_dict", "SyncBatchNormAnyDevice", "all_reduce_gradients",
 ]

@@ -1,4 +1,4 @@
-"""Loading weights (ImageNet backbones, segmentation checkpoints), SyncBN conversion, params/FLOPs.
+"""Loading weights (ImageNet backbones, segmentation checkpoints), params/FLOPs.
 
 Every load uses ``torch.load(..., weights_only=True)``: checkpoints are data,
 never code.
@@ -12,7 +12,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-__all__ = ["LoadReport", "load_backbone_weights", "load_checkpoint", "read_state_dict", "convert_sync_batchnorm",
+__all__ = ["LoadReport", "load_backbone_weights", "load_checkpoint", "read_state_dict",
            "model_report"]
 
 # Classifier parts of ImageNet checkpoints that a segmentation backbone does not have.
@@ -184,18 +184,6 @@ def load_checkpoint(model: nn.Module, path, strict: bool = True, key: str | None
         raise ValueError(f"checkpoint: does not match the model ({report.summary()})")
     model.load_state_dict(usable, strict=False)
     return report
-
-
-def convert_sync_batchnorm(model: nn.Module, force: bool = False) -> nn.Module:
-    """Swap BatchNorm for SyncBatchNorm when ``torch.distributed`` is initialized (or ``force``).
-
-    Returns the (possibly new) module; unchanged in a single process.
-    """
-    import torch.distributed as dist
-
-    if force or (dist.is_available() and dist.is_initialized()):
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return model
 
 
 @torch.no_grad()
