@@ -156,7 +156,7 @@ def test_save_refuses_nonfinite_and_keeps_the_previous_file(tmp_path):
 
 
 def test_nan_and_inf_lr_are_rejected_at_load_time(tmp_path):
-    for value in (".nan", ".inf", "-0.01"):
+    for value in (".nan", ".inf", "-0.01", "1e300"):
         with pytest.raises(ConfigError, match="train.lr"):
             resolve_config({}, [f"train.lr={value}"])
 
@@ -420,3 +420,20 @@ def test_every_section_is_validated_on_construction_too():
         Config(method="kd")
     cfg = Config(method="kd", teacher={"name": "pspnet_resnet101"})
     assert cfg.distill.loss.use_str is False  # the kd preset
+
+
+def test_step_that_overflows_the_weights_names_the_parameter_and_saves_nothing(tmp_path, monkeypatch):
+    real_step = torch.optim.SGD.step
+
+    def overflowing_step(self, closure=None):  # an update that overflows (finite loss and gradients)
+        out = real_step(self, closure)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].mul_(float("inf"))
+        return out
+
+    monkeypatch.setattr(torch.optim.SGD, "step", overflowing_step)
+    cfg = tiny(tmp_path / "r", train={"on_nonfinite": "skip"})
+    with pytest.raises(NonFiniteLossError, match=r"non-finite update at iteration 1: term 'parameter ") as info:
+        train(cfg, log=None)
+    assert info.value.kind == "update"
+    assert not (tmp_path / "r" / "last.pt").exists()

@@ -80,6 +80,9 @@ def _unwrap_optional(tp):
     return tp, False
 
 
+_FLOAT32_MAX = 3.4028234663852886e38  # the values meet float32 tensors (lr, weights)
+
+
 def _as_float(value):
     # YAML 1.1 reads "5e-4" (no dot) as a string: accept any number spelling.
     if isinstance(value, str):
@@ -127,8 +130,8 @@ def _convert(key: str, value, tp, md: Mapping) -> Any:
     elif tp is float:
         value = _as_float(value)
         ok = isinstance(value, float)
-        if ok and not math.isfinite(value):
-            raise ConfigError(f"config key {key!r}: must be finite, got {value!r}")
+        if ok and not (math.isfinite(value) and abs(value) <= _FLOAT32_MAX):
+            raise ConfigError(f"config key {key!r}: must be finite (in float32's range), got {value!r}")
     elif tp is str:
         ok = isinstance(value, str)
     else:  # pragma: no cover - a schema type this function does not know

@@ -695,11 +695,11 @@ class Trainer:
 
     def _nonfinite_parameter(self) -> str | None:
         modules = [("", self.student)] + ([("distill.", self.distiller)] if self.distiller is not None else [])
-        for prefix, module in modules:
-            for name, p in module.named_parameters():
-                if not bool(torch.isfinite(p).all()):
-                    return prefix + name
-        return None
+        named = [(prefix + n, p) for prefix, m in modules for n, p in m.named_parameters()]
+        finite = torch.stack([torch.isfinite(p).all() for _, p in named])
+        if bool(finite.all()):  # one device -> host read per step
+            return None
+        return named[int((~finite).nonzero()[0, 0])][0]
 
     def _buffers(self) -> list[torch.Tensor]:
         mods = [self.student] + ([self.distiller] if self.distiller is not None else [])
