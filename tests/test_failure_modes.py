@@ -437,3 +437,14 @@ def test_step_that_overflows_the_weights_names_the_parameter_and_saves_nothing(t
         train(cfg, log=None)
     assert info.value.kind == "update"
     assert not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_one_state_dict_unwrapping():
+    from sstkd.models import read_state_dict
+
+    w = torch.ones(2)
+    for ckpt in ({"model": {"module.a": w}}, {"student": {"a": w}}, {"state_dict": {"module.a": w}}, {"module.a": w}):
+        assert C.extract_state_dict(ckpt) == {"a": w}
+        assert read_state_dict(ckpt) == {"a": w}
+    with pytest.raises(C.CheckpointError, match="no state dict"):
+        C.extract_state_dict({"iteration": 3})

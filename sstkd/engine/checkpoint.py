@@ -227,20 +227,14 @@ def export_student(model: torch.nn.Module, model_args: Mapping[str, Any], path: 
 def extract_state_dict(ckpt: Mapping[str, Any]) -> dict:
     """The model weights of a student export, a training checkpoint or a bare
     state dict (under ``model``, ``student`` or ``state_dict``), with a DDP
-    wrapper's ``module.`` prefix removed: the one place state dicts are unwrapped."""
-    sd = None
-    for key in ("model", "student", "state_dict"):
-        if isinstance(ckpt.get(key), Mapping):
-            sd = dict(ckpt[key])
-            break
-    if sd is None and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        sd = dict(ckpt)
-    if sd is None:
-        raise CheckpointError("checkpoint holds no model weights ('model', 'student' or 'state_dict' key, "
-                              "or a bare state dict)")
-    if sd and all(isinstance(k, str) and k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    return sd
+    wrapper's ``module.`` prefix removed (by :func:`sstkd.models.read_state_dict`,
+    the one place state dicts are unwrapped)."""
+    from sstkd.models.weights import read_state_dict
+
+    try:
+        return read_state_dict(ckpt)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(str(e)) from None
 
 
 def load_student(path: str | os.PathLike, map_location: Any = "cpu") -> torch.nn.Module:

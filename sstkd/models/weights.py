@@ -93,7 +93,7 @@ def read_state_dict(source, *, keys: tuple[str, ...] = ("model", "student", "sta
         top = list(obj)[:10] if isinstance(obj, Mapping) else type(obj).__name__
         raise ValueError(f"checkpoint: {name} holds no state dict (a mapping of name -> tensor, raw or under one "
                          f"of {list(keys)}); found {top}")
-    return dict(obj)
+    return _strip_prefixes(dict(obj), ("module.",))
 
 
 def _strip_prefixes(sd: dict, prefixes: tuple[str, ...]) -> dict:
