@@ -186,6 +186,8 @@ def test_work_dir_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
     cfg_path = _write_yaml(tmp_path / "c.yaml", tiny(tmp_path / "unused"))
     assert _cli(["train", cfg_path, "--work-dir", str(target)]) == 2
     assert "work_dir" in capsys.readouterr().err and target.read_text() == "mine"
+    with pytest.raises(RunDirError, match="not a directory"):
+        Trainer(tiny(target), log=None)
 
 
 def test_resume_refuses_changes_that_break_exactness_and_records_allowed_ones(tmp_path, capsys):
