@@ -300,7 +300,7 @@ class Trainer:
 
     def _build_distillation(self) -> None:
         from sstkd.distill import FeatureTap, SSTKDConfig, SSTKDLoss
-        from sstkd.models import build_model
+        from sstkd.models import load_teacher
 
         cfg = self.cfg
         tc = cfg["teacher"]
@@ -308,17 +308,11 @@ class Trainer:
             raise ConfigError(f"teacher.checkpoint: method {self.method!r} needs the teacher's weights "
                               "(a student-only export such as best_student.pt of the teacher's run)")
         self.teacher_args = model_args_from_config(tc, self.num_classes)
-        teacher = build_model(**self.teacher_args)
+        # Any source sstkd.models.from_pretrained reads (sstkd, torchvision, CIRKD, SKD/IFVD, mmseg).
         try:
-            state = ckpt_lib.extract_state_dict(ckpt_lib.load_checkpoint(tc["checkpoint"]))
-        except ckpt_lib.CheckpointError as e:
-            raise ConfigError(f"teacher.checkpoint: {e}") from None
-        state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-        try:
-            teacher.load_state_dict(state)
-        except RuntimeError as e:
-            raise ConfigError(f"teacher.checkpoint: {tc['checkpoint']} does not match teacher "
-                              f"{self.teacher_args}: {e}") from None
+            teacher = load_teacher(tc["checkpoint"], model_args=self.teacher_args, format=tc.get("format", "auto"))
+        except (ValueError, TypeError, FileNotFoundError) as e:
+            raise ConfigError(f"teacher.checkpoint: {tc['checkpoint']}: {e}") from None
         teacher.to(self.device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)

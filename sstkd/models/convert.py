@@ -161,9 +161,6 @@ _MMSEG = [
     (r"auxiliary_head\.convs\.0\.bn\.(.*)", r"aux_head.conv.1.\1"),
 ]
 
-# Only what the copy of a full checkpoint's backbone needs (sstkd.models.weights.load_backbone_weights).
-MMSEG_STEM_RULES = _MMSEG[:6]
-
 
 def _convert_abn(sd: dict) -> dict:
     """In-Place ABN -> BatchNorm: every norm weight (a ``weight`` beside a ``running_var``) becomes ``|w| + eps``."""
@@ -305,6 +302,7 @@ def convert_state_dict(source, format: str = "auto") -> Conversion:
 
 
 def _load_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> None:
+    """Strict load that lists every missing / unexpected / mis-shaped key; a meta-device model takes the tensors."""
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
@@ -314,12 +312,17 @@ def _load_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str) ->
                 (("missing", missing), ("unexpected", unexpected), ("shape mismatches", mismatched)) if v]
     if problems:
         raise ValueError(f"checkpoint ({what}) does not match the model: " + "; ".join(problems))
-    model.load_state_dict(sd, strict=True)
+    on_meta = any(t.is_meta for t in own.values())
+    if on_meta:  # assign: the model takes the checkpoint's tensors (in the model's dtypes, on the CPU)
+        sd = {k: v.detach().to(device="cpu", dtype=own[k].dtype).contiguous() for k, v in sd.items()}
+    model.load_state_dict(sd, strict=True, assign=on_meta)
 
 
 def _build(conv: Conversion) -> Segmentor:
+    """The empty model (on the meta device: no memory, no init; the strict load fills it)."""
     try:
-        return build_model(**conv.model_args)
+        with torch.device("meta"):
+            return build_model(**conv.model_args)
     except TypeError as exc:
         raise ValueError(f"checkpoint ({conv.format}): model_args {conv.model_args} do not build a model: "
                          f"{exc}") from None
