@@ -225,6 +225,20 @@ def test_student_backbone_from_imagenet_weights():
     model = build_model("pspnet_resnet18", 19, pretrained_backbone=_weights(z, shapes, meta)[0]).eval()
     got = _backbone_outputs(model.backbone, torch.from_numpy(z["x"]))
     assert _compare(z, got, ("layer1", "layer2")) == ["layer1", "layer2"]
+    # mmseg ResNetV1c ImageNet layout (stem.*) and full checkpoints (their backbone; IFVD's ABN converted).
+    cases = (("mmseg_pspnet_r18-d8", "mmseg", True), ("ifvd_pspnet_resnet18", "ifvd", False),
+             ("cirkd_v1_deeplabv3_resnet18", "cirkd_v1", False))
+    for fixture, flavor, backbone_only in cases:
+        z, shapes, meta = _load(fixture)
+        sd = _weights(z, shapes, meta)[1]
+        if backbone_only:
+            sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+            assert "stem.0.weight" in sd
+        kind = "deeplabv3" if "deeplabv3" in fixture else "pspnet"
+        model = build_model(f"{kind}_resnet18", 19, flavor=flavor, pretrained_backbone=sd).eval()
+        got = _backbone_outputs(model.backbone, torch.from_numpy(z["x"]))
+        assert _compare(z, {f"gain1__{k}": v for k, v in got.items()}, ("gain1__layer1", "gain1__layer4")) == \
+            ["gain1__layer1", "gain1__layer4"], fixture
 
 
 # Published parameter counts of the paper-recipe students (the fixtures' weight + bias + norm-weight elements).
@@ -307,8 +321,14 @@ def test_teacher_loader_and_convert_cli(tmp_path, capsys):
         assert set(teacher(x)) == {"out"} and torch.equal(teacher(x)["out"], ref)
         assert torch.equal(load_teacher(str(src), model_args={"name": "pspnet_resnet18", "num_classes": 19})(x)["out"],
                            ref)
+    # A converted export records its flavor: a config that leaves the flavor unset still gets the IFVD network.
+    plain_args = {"name": "pspnet_resnet18", "num_classes": 19, "base_width": 64, "aux": True, "flavor": None}
+    with torch.no_grad():
+        assert torch.equal(load_teacher(str(dst), model_args=plain_args)(x)["out"], ref)
     with pytest.raises(ValueError, match="config says name='pspnet_resnet101'"):
         load_teacher(str(src), model_args={"name": "pspnet_resnet101", "num_classes": 19})
+    with pytest.raises(ValueError, match="config says flavor='mmseg'"):
+        load_teacher(str(dst), model_args={"name": "pspnet_resnet18", "num_classes": 19, "flavor": "mmseg"})
     # Errors: one line on stderr, exit status 2, nothing overwritten.
     assert main(["convert", str(src), str(dst)]) == 2
     assert "exists" in capsys.readouterr().err
@@ -318,3 +338,13 @@ def test_teacher_loader_and_convert_cli(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("sstkd convert: error: checkpoint: unknown layout") and err.count("\n") == 1
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_readme_states_the_published_sizes_and_one_command_per_source():
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("### Using the field's checkpoints"):text.index("### Training")]
+    for _, count, millions in PUBLISHED_STUDENTS.values():
+        assert f"{count:,}" in section and f"({millions} M)" in section
+    commands = [line for line in section.splitlines() if line.startswith("sstkd convert ")]
+    for source in ("torchvision", "CIRKD", "IFVD", "mmseg", "sstkd"):
+        assert any(source in line for line in commands), source

@@ -360,8 +360,9 @@ def from_pretrained(source, format: str = "auto", num_classes: int | None = None
     model.source_format = conv.format
     model.aux_in_eval = model.aux_head is not None
     name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<state dict>"
-    log.info("%s: %s format%s -> %s, flavor %s", name, conv.format, " (auto)" if format == "auto" else "",
-             conv.model_args["name"], conv.model_args.get("flavor"))
+    log.info("from_pretrained: %s: %s %s layout -> %s (flavor %s, %d classes)", name,
+             "recognized" if format == "auto" else "given", conv.format, conv.model_args["name"],
+             conv.model_args.get("flavor"), conv.model_args["num_classes"])
     return model.eval()
 
 
@@ -369,9 +370,10 @@ def load_teacher(source, model_args: Mapping | None = None, format: str = "auto"
     """The teacher for distillation: any checkpoint :func:`from_pretrained` reads.
 
     An sstkd checkpoint is loaded strictly into ``build_model(**model_args)`` (the config's
-    teacher; the checkpoint's own ``model_args`` when None). Another source builds its own
-    architecture; ``model_args`` (if given) must agree with it on ``name``, ``num_classes`` and,
-    when set, ``flavor``.
+    teacher; the checkpoint's own ``model_args`` when None). Another source, or an sstkd export
+    that records a flavor the config leaves unset, builds its own architecture; ``model_args``
+    (if given) must agree with it on ``name`` and ``num_classes`` and, when set, ``flavor`` and
+    ``base_width``; its ``output_stride`` is used.
 
     Returns:
         The teacher in eval mode (its ``aux`` output is not computed in eval).
@@ -381,15 +383,21 @@ def load_teacher(source, model_args: Mapping | None = None, format: str = "auto"
     """
     conv = convert_state_dict(source, format)
     if model_args is not None:
-        if conv.format == "sstkd":
+        # A bare sstkd state dict (or an export of sstkd's own models) is built as the config says;
+        # an export that records a flavor (e.g. from `sstkd convert`) builds its own architecture.
+        if conv.format == "sstkd" and conv.model_args.get("flavor") is None:
             conv = Conversion("sstkd", dict(model_args), conv.state_dict)
         else:
-            got = conv.model_args
-            for key in ("name", "num_classes", "flavor"):
+            got = dict(conv.model_args)
+            for key in ("name", "num_classes", "flavor", "base_width"):
                 want = model_args.get(key)
-                if want is not None and want != got[key]:
+                if want is not None and want != got.get(key):
                     raise ValueError(f"checkpoint: a {conv.format} {got['name']} (flavor {got['flavor']}, "
-                                     f"{got['num_classes']} classes), but the config says {key}={want!r}")
+                                     f"{got['num_classes']} classes, base_width {got['base_width']}), but the "
+                                     f"config says {key}={want!r}")
+            if model_args.get("output_stride") is not None:  # the weights do not depend on it
+                got["output_stride"] = model_args["output_stride"]
+            conv = Conversion(conv.format, got, conv.state_dict)
     model = _build(conv)
     _load_strict(model, conv.state_dict, conv.format)
     model.source_format = conv.format

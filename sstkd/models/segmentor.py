@@ -53,6 +53,7 @@ class Segmentor(nn.Module):
         self.align_corners = bool(align_corners)
         self.flavor = flavor
         self.aux_in_eval = False
+        self.source_format: str | None = None  # set by from_pretrained: the checkpoint's layout
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         check_input(x)

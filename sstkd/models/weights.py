@@ -18,7 +18,8 @@ __all__ = ["LoadReport", "load_backbone_weights", "load_checkpoint", "read_state
 # Classifier parts of ImageNet checkpoints that a segmentation backbone does not have.
 _CLASSIFIER_PREFIXES = ("fc.", "classifier.", "last_conv.")
 _BACKBONE_LAYOUT = ("torchvision's key layout: conv1.weight, bn1.*, layer1.0.conv1.weight, ... "
-                    "(deep stem: conv1/bn1/conv2/bn2/conv3/bn3; MobileNetV2: features.{i}.*)")
+                    "(deep stem: conv1/bn1/conv2/bn2/conv3/bn3; mmseg V1c: stem.*; MobileNetV2: features.{i}.*), "
+                    "or a full torchvision / CIRKD / SKD-IFVD / mmseg / sstkd segmentation checkpoint")
 
 
 @dataclass
