@@ -168,6 +168,9 @@ def test_segmentation_checkpoint_reproduces_peer(name):
         assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
         assert bool((negated["bn1.weight"] < 0).all())
         assert torch.equal(b["backbone.bn1.weight"], negated["bn1.weight"].abs() + 1e-5)
+        if "18" in name:  # and end to end: the outputs are bit-identical
+            with torch.no_grad():
+                assert torch.equal(from_pretrained(negated)(x)["out"], from_pretrained(sd)(x)["out"])
 
 
 def _imagenet_backbone(name, sd):
@@ -338,6 +341,10 @@ def test_teacher_loader_and_convert_cli(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("sstkd convert: error: checkpoint: unknown layout") and err.count("\n") == 1
     assert not (tmp_path / "out.pt").exists()
+    assert main(["convert", str(src), str(tmp_path / "out.pt"), "--format", "mmseg"]) == 2
+    err = capsys.readouterr().err
+    assert "no place in the model: module.conv1.weight" not in err and "conv1.weight" in err
+    assert err.count("\n") == 1 and not (tmp_path / "out.pt").exists()
 
 
 def test_readme_states_the_published_sizes_and_one_command_per_source():
