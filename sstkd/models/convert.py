@@ -418,7 +418,11 @@ def convert_checkpoint(src, dst, format: str = "auto") -> Conversion:
     parent = os.path.dirname(os.path.abspath(dst))
     os.makedirs(parent, exist_ok=True)
     tmp = dst + ".tmp"
-    torch.save({"format": "sstkd-student", "model": state, "model_args": dict(conv.model_args),
-                "converted_from": conv.format}, tmp)
-    os.replace(tmp, dst)
+    try:
+        torch.save({"format": "sstkd-student", "model": state, "model_args": dict(conv.model_args),
+                    "converted_from": conv.format}, tmp)
+        os.replace(tmp, dst)  # atomic: dst is either absent / the old file or the whole new one
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return conv
