@@ -1,4 +1,4 @@
-"""``sstkd`` command line: ``sstkd train|eval|demo|verify|bench|info``.
+"""``sstkd`` command line: ``sstkd train|eval|demo|convert|verify|bench|info``.
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)``
 and ``main(args) -> int``; modules are imported only when their command runs.
@@ -13,6 +13,7 @@ COMMANDS = {
     "train": ("sstkd.engine.train_cli", "train a segmentation model (baseline, KD or SSTKD) from a YAML config"),
     "eval": ("sstkd.engine.eval_cli", "evaluate a checkpoint (mIoU, per-class IoU)"),
     "demo": ("sstkd.engine.demo", "teacher -> student SSTKD distillation on synthetic textures, on the CPU"),
+    "convert": ("sstkd.convert_cli", "convert a torchvision / CIRKD / SKD-IFVD / mmseg checkpoint to sstkd's layout"),
     "verify": ("sstkd.verify", "check every backend of every op against the reference"),
     "bench": ("sstkd.bench", "time every op x backend; training-step overhead"),
     "info": ("sstkd.info", "versions, devices, backends and why they are (un)available"),

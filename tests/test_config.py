@@ -151,3 +151,17 @@ def test_unknown_distillation_key_is_named_at_load_time(tmp_path):
         load_config(p, ["distill.loss.lambda_strr=1"])
     cfg = load_config(p, ["distill.loss.lambda_str=0.5"])
     assert cfg.distill.loss == SSTKDConfig.preset("sstkd", lambda_str=0.5)
+
+
+def test_flavor_and_format_choices_match_the_models():
+    """The config's Literal choices are the models' flavors and checkpoint formats, no more, no less."""
+    import typing
+
+    from sstkd.engine import config as config_lib
+    from sstkd.models.convert import FORMATS
+    from sstkd.models.flavors import FLAVORS
+
+    assert set(typing.get_args(config_lib.Flavor)) == set(FLAVORS)
+    assert set(typing.get_args(config_lib.CheckpointFormat)) == {"auto", *FORMATS}
+    with pytest.raises(config_lib.ConfigError, match="model.flavor"):
+        config_lib.resolve_config({"model": {"flavor": "bogus"}})

@@ -221,6 +221,11 @@ class _Section:
 _PAIR = 2
 
 
+# The choices of sstkd.models.FLAVORS and sstkd.models.convert.FORMATS (a test keeps them equal).
+Flavor = Literal["ifvd", "cirkd_v1", "cirkd_v2", "mmseg", "mmseg_b", "torchvision"]
+CheckpointFormat = Literal["auto", "sstkd", "torchvision", "cirkd", "ifvd", "mmseg"]
+
+
 @dataclass
 class ModelConfig(_Section):
     """The student (or the model, for baseline / teacher runs)."""
@@ -233,7 +238,7 @@ class ModelConfig(_Section):
     deep_stem: bool = False
     pretrained_backbone: Optional[str] = None  # path or URL to ImageNet weights (torchvision keys)
     sync_bn: bool = True                       # SyncBN when running on several processes
-    flavor: Optional[str] = None               # architecture flavor ("ifvd", "mmseg", ...); null = sstkd's
+    flavor: Optional[Flavor] = None            # architecture flavor (sstkd.models.FLAVORS); null = sstkd's
 
 
 @dataclass
@@ -245,8 +250,8 @@ class TeacherConfig(_Section):
     aux: bool = True
     deep_stem: bool = False
     checkpoint: Optional[str] = None  # teacher weights (student-only export or training checkpoint)
-    flavor: Optional[str] = None      # architecture flavor; null = sstkd's models
-    format: str = "auto"              # checkpoint format
+    flavor: Optional[Flavor] = None   # architecture flavor; null = sstkd's models
+    format: CheckpointFormat = "auto"  # checkpoint format (sstkd.models.from_pretrained)
 
 
 @dataclass

@@ -204,7 +204,8 @@ def poly_factor(total: int, power: float) -> Callable[[int], float]:
 def model_args_from_config(section: Mapping, num_classes: int) -> dict:
     """``build_model`` keyword arguments from a ``model`` / ``teacher`` config section."""
     return {"name": section.name, "num_classes": int(num_classes), "base_width": section.base_width,
-            "output_stride": section.output_stride, "aux": section.aux, "deep_stem": section.deep_stem}
+            "output_stride": section.output_stride, "aux": section.aux, "deep_stem": section.deep_stem,
+            "flavor": section.flavor}
 
 
 def resolve_work_dir(cfg: Mapping) -> str:
@@ -378,7 +379,7 @@ class Trainer:
 
     def _build_distillation(self) -> None:
         from sstkd.distill import FeatureTap, SSTKDLoss
-        from sstkd.models import build_model
+        from sstkd.models import load_teacher
 
         cfg = self.cfg
         tc = cfg.teacher
@@ -386,16 +387,11 @@ class Trainer:
             raise ConfigError(f"teacher.checkpoint: method {self.method!r} needs the teacher's weights "
                               "(a student-only export such as best_student.pt of the teacher's run)")
         self.teacher_args = model_args_from_config(tc, self.num_classes)
-        teacher = build_model(**self.teacher_args)
+        # Any source sstkd.models.from_pretrained reads (sstkd, torchvision, CIRKD, SKD/IFVD, mmseg).
         try:
-            state = ckpt_lib.extract_state_dict(ckpt_lib.load_checkpoint(tc.checkpoint))
-        except ckpt_lib.CheckpointError as e:
-            raise ConfigError(f"teacher.checkpoint: {e}") from None
-        try:
-            teacher.load_state_dict(state)
-        except RuntimeError as e:
-            raise ConfigError(f"teacher.checkpoint: {tc['checkpoint']} does not match teacher "
-                              f"{self.teacher_args}: {e}") from None
+            teacher = load_teacher(tc.checkpoint, model_args=self.teacher_args, format=tc.format)
+        except (ValueError, TypeError, FileNotFoundError) as e:
+            raise ConfigError(f"teacher.checkpoint: {tc.checkpoint}: {e}") from None
         teacher.to(self.device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
