@@ -34,7 +34,7 @@ def test_explicit_unavailable_backend_raises_with_reason(monkeypatch):
 
 def test_op_not_implemented_by_backend(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setattr(dispatch, "TRITON_OPS", frozenset())
+    monkeypatch.setattr(dispatch.BACKEND_MODULES["triton"], "TABLE", {})
     with pytest.raises(RuntimeError, match="does not implement"):
         dispatch.resolve_backend("lp_dec", "triton", torch.randn(1, 1, 8, 8))
 
