@@ -16,6 +16,11 @@ sides divisible by ``2**(n-1)``, and ``n >= 1`` needs a height of at least 12
 (the first DFB stage takes 6 rows of its half-height component).
 :func:`contourlet_required_multiple` and :func:`check_contourlet_size` state
 what an input needs; the CDM module pads feature maps to that.
+
+The composition is written once (:mod:`sstkd.ops.algorithms`) and takes a backend's passes:
+``backend=b`` runs ``b``'s LP and DFB, and the best available backend's for a pass ``b``
+lacks (``"cuda"``: the CUDA LP with the Triton or torch DFB). The reference is the same
+composition of the torch passes.
 """
 from __future__ import annotations
 
