@@ -10,6 +10,10 @@ with ``floor = rtol(dtype) * max|truth|`` (float32: 1e-5; float16/bfloat16:
 the dtype's machine epsilon). Non-contiguous and channels-last inputs are
 part of the matrix. Exit status is non-zero on any failure.
 
+The matrix is every :class:`~sstkd.ops.specs.OpSpec` of :data:`sstkd.ops.specs.SPECS`
+(``verify_shapes`` on the CPU, ``verify_full_shapes`` on a GPU, × its ``variants``) on every
+backend whose table implements it.
+
 On a machine without a GPU the Triton backend runs in Triton's interpreter
 (``TRITON_INTERPRET=1`` is set before the kernels load) on small shapes.
 """

@@ -39,7 +39,7 @@ from sstkd.ops import algorithms, dispatch
 from sstkd.ops._checks import check_image, check_same_device
 from sstkd.ops.backends import torch as _torch_backend
 from sstkd.ops.dispatch import check_backend_name
-from sstkd.ops.reference.dfb import check_filt as _check_dfilt
+from sstkd.ops.dfb import _check_filt as _check_dfilt
 
 __all__ = [
     "contourlet_dec",

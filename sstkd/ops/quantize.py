@@ -6,6 +6,9 @@ The encoding, its taps and the PyTorch reference are described in
 """
 from __future__ import annotations
 
+from numbers import Real
+from typing import Sequence
+
 import torch
 from torch import nn
 
@@ -14,11 +17,6 @@ from sstkd.ops import algorithms, dispatch
 from sstkd.ops._checks import check_int, check_same_device, check_tensor
 from sstkd.ops.reference.quantize import (  # noqa: F401  (re-exported)
     KERNELS,
-    _check_centers,
-    _check_kernel,
-    _check_offsets,
-    _check_quantiles,
-    _check_s,
     _chunks,
     cooccurrence_ref,
     initial_centers,
@@ -42,6 +40,66 @@ __all__ = [
     "reproject",
     "reproject_ref",
 ]
+
+
+# ----------------------------------------------------------------------------
+# validation helpers
+# ----------------------------------------------------------------------------
+def _check_kernel(kernel) -> str:
+    if not isinstance(kernel, str):
+        raise TypeError(f"kernel: expected a str, got {type(kernel).__name__}")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel: unknown encoding {kernel!r}; choose from {KERNELS}")
+    return kernel
+
+
+def _check_s(s, ndim=(2, 3)) -> torch.Tensor:
+    return check_tensor(s, "s", ndim=ndim, finite=True)
+
+
+def _check_centers(centers, batch: int, levels: int | None, s: torch.Tensor) -> torch.Tensor:
+    check_tensor(centers, "centers", ndim=2, finite=True)
+    check_same_device(s=s, centers=centers)
+    if centers.shape[0] != batch:
+        raise ValueError(f"centers: batch size {centers.shape[0]} does not match s ({batch})")
+    if levels is not None and centers.shape[1] != levels:
+        raise ValueError(f"centers: expected {levels} levels (shape ({batch}, {levels})), got {tuple(centers.shape)}")
+    if centers.shape[1] < 2:
+        raise ValueError(f"centers: need at least 2 levels, got shape {tuple(centers.shape)}")
+    if not bool((centers[:, 1:] >= centers[:, :-1]).all()):
+        raise ValueError("centers: must be sorted ascending along the level axis")
+    return centers
+
+
+def _check_quantiles(quantiles) -> tuple[float, float] | None:
+    if quantiles is None:
+        return None
+    if isinstance(quantiles, (str, bytes)) or not isinstance(quantiles, Sequence) or len(quantiles) != 2:
+        raise TypeError(f"quantiles: expected a pair (q_lo, q_hi), got {quantiles!r}")
+    lo, hi = quantiles
+    if isinstance(lo, bool) or isinstance(hi, bool) or not isinstance(lo, Real) or not isinstance(hi, Real):
+        raise TypeError(f"quantiles: expected two real numbers, got {quantiles!r}")
+    lo, hi = float(lo), float(hi)
+    if not (0.0 <= lo < hi <= 1.0):
+        raise ValueError(f"quantiles: need 0 <= q_lo < q_hi <= 1, got {quantiles!r}")
+    return lo, hi
+
+
+def _check_offsets(offsets, H: int, W: int) -> tuple[tuple[int, int], ...]:
+    if isinstance(offsets, (str, bytes)) or not isinstance(offsets, Sequence) or len(offsets) == 0:
+        raise TypeError(f"offsets: expected a non-empty sequence of (dy, dx) pairs, got {offsets!r}")
+    out = []
+    for off in offsets:
+        if isinstance(off, (str, bytes)) or not isinstance(off, Sequence) or len(off) != 2:
+            raise TypeError(f"offsets: each offset must be a (dy, dx) pair of ints, got {off!r}")
+        dy, dx = off
+        for v in (dy, dx):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"offsets: each offset must be a (dy, dx) pair of ints, got {off!r}")
+        if abs(dy) >= H or abs(dx) >= W:
+            raise ValueError(f"offsets: offset {off!r} leaves no pixel pair inside a {H}x{W} image")
+        out.append((int(dy), int(dx)))
+    return tuple(out)
 
 
 def quantize_count(s: torch.Tensor, levels: int, iters: int = 0, kernel: str = "triangular",

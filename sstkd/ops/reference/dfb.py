@@ -35,21 +35,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from sstkd._util import check_int, compute_dtype
-from sstkd.filters import DFB_FILTERS, modulated_dfb_filter
+from sstkd._util import compute_dtype
+from sstkd.filters import modulated_dfb_filter
 from sstkd.geometry import check_dfb_size, dfb_band_shapes, dfb_required_multiple  # noqa: F401  (re-exported)
-from sstkd.ops._checks import check_image, check_same_device
 
-__all__ = [
-    "dfb_dec_ref",
-    "dfb_rec_ref",
-    "dfb_required_multiple",
-    "check_dfb_size",
-    "dfb_band_shapes",
-    "check_filt",
-    "check_levels",
-    "check_bands",
-]
+__all__ = ["dfb_required_multiple", "check_dfb_size", "dfb_band_shapes"]
 
 _SQRT2 = math.sqrt(2.0)
 
@@ -286,19 +276,7 @@ def _dfb_rec_groups(groups: list[torch.Tensor], levels: int, filt: str) -> torch
     return _stage_rec(level1[:, :1], level1[:, 1:], "1r", "qper_col", weights, 2 * h, w)
 
 
-# --------------------------------------------------------------------------- validation
-def check_filt(filt, name: str = "filt") -> str:
-    if not isinstance(filt, str):
-        raise TypeError(f"{name}: expected a DFB filter name (str), got {type(filt).__name__}")
-    if filt not in DFB_FILTERS:
-        raise ValueError(f"{name}: unknown DFB ladder filter {filt!r}; available: {DFB_FILTERS}")
-    return filt
-
-
-def check_levels(levels, name: str = "levels") -> int:
-    return check_int(levels, name, minimum=0)
-
-
+# --------------------------------------------------------------------------- building blocks
 def _levels_of(count: int, name: str) -> int:
     levels = count.bit_length() - 1
     if count < 1 or 2**levels != count:
@@ -306,39 +284,6 @@ def _levels_of(count: int, name: str) -> int:
     return levels
 
 
-def check_bands(bands, name: str = "bands") -> tuple[int, int, int, int, int]:
-    """Validate a DFB sub-band list; returns ``(levels, B, C, H, W)`` of the image it came from."""
-    if isinstance(bands, torch.Tensor) or not isinstance(bands, (list, tuple)):
-        raise TypeError(f"{name}: expected a list of tensors, got {type(bands).__name__}")
-    levels = _levels_of(len(bands), name)
-    for k, band in enumerate(bands):
-        check_image(band, f"{name}[{k}]")
-    first = bands[0]
-    check_same_device(**{f"{name}[{k}]": b for k, b in enumerate(bands)})
-    for k, band in enumerate(bands):
-        if band.dtype != first.dtype:
-            raise TypeError(f"{name}[{k}]: dtype {band.dtype} differs from {name}[0] dtype {first.dtype}")
-    b, c, h0, w0 = first.shape
-    if levels == 0:
-        h, w = h0, w0
-    elif levels == 1:
-        h, w = 2 * h0, w0
-    else:
-        h, w = h0 * 2 ** (levels - 1), 2 * w0
-    try:
-        shapes = dfb_band_shapes(h, w, levels)
-    except ValueError as e:
-        raise ValueError(f"{name}[0]: shape {tuple(first.shape)} does not come from a valid image: {e}") from None
-    for k, (band, (hk, wk)) in enumerate(zip(bands, shapes)):
-        if tuple(band.shape) != (b, c, hk, wk):
-            raise ValueError(
-                f"{name}[{k}]: expected shape {(b, c, hk, wk)} for a {levels}-level DFB of a {h}x{w} image, "
-                f"got {tuple(band.shape)}"
-            )
-    return levels, b, c, h, w
-
-
-# --------------------------------------------------------------------------- reference ops
 def _dfb_dec_torch(x: torch.Tensor, levels: int, filt: str) -> list[torch.Tensor]:
     """Reference DFB analysis, no validation; returns sub-bands in the compute dtype of ``x``."""
     b, c, h, w = x.shape
@@ -363,19 +308,3 @@ def _dfb_rec_torch(bands: list[torch.Tensor], filt: str) -> torch.Tensor:
     ]
     x = _dfb_rec_groups(groups, levels, filt)
     return x.reshape(b, c, *x.shape[-2:])
-
-
-def dfb_dec_ref(x: torch.Tensor, levels: int, filt: str = "pkva") -> list[torch.Tensor]:
-    """Plain-PyTorch reference of :func:`dfb_dec` (same contract, no dispatch)."""
-    check_image(x, "x")
-    levels = check_levels(levels)
-    check_dfb_size(x.shape[-2], x.shape[-1], levels)
-    check_filt(filt)
-    return [y.to(x.dtype) for y in _dfb_dec_torch(x, levels, filt)]
-
-
-def dfb_rec_ref(bands: list[torch.Tensor], filt: str = "pkva") -> torch.Tensor:
-    """Plain-PyTorch reference of :func:`dfb_rec` (same contract, no dispatch)."""
-    check_bands(bands)
-    check_filt(filt)
-    return _dfb_rec_torch(list(bands), filt).to(bands[0].dtype)
