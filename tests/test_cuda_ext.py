@@ -20,7 +20,6 @@ import glob
 import hashlib
 import os
 import subprocess
-import sys
 
 import pytest
 import torch

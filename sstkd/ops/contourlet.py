@@ -27,7 +27,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sstkd._util import compute_dtype
 from sstkd.filters import check_pyramid_filter
 from sstkd.geometry import (  # noqa: F401  (re-exported)
     check_contourlet_size,

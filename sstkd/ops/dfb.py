@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from sstkd.filters import DFB_FILTERS
-from sstkd.geometry import check_dfb_size, dfb_band_shapes, dfb_required_multiple
+from sstkd.geometry import check_dfb_size, dfb_band_shapes, dfb_required_multiple  # noqa: F401  (re-exported)
 from sstkd.ops import dispatch
 from sstkd.ops._checks import check_image, check_int, check_same_device
 from sstkd.ops.dispatch import check_backend_name

@@ -12,7 +12,7 @@ from sstkd.filters import check_pyramid_filter
 from sstkd.ops import dispatch
 from sstkd.ops._checks import check_image, check_int
 from sstkd.ops.dispatch import check_backend_name
-from sstkd.ops.reference.laplacian import check_even, check_pair, lp_dec_ref, lp_rec_ref
+from sstkd.ops.reference.laplacian import check_even, check_pair, lp_dec_ref, lp_rec_ref  # noqa: F401  (re-exported)
 
 __all__ = ["lp_dec", "lp_rec", "lp_dec_ref", "lp_rec_ref", "LaplacianPyramid"]
 

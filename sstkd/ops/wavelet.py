@@ -10,7 +10,7 @@ import torch
 from sstkd.filters import check_pyramid_filter
 from sstkd.ops import dispatch
 from sstkd.ops._checks import check_image
-from sstkd.ops.reference.wavelet import check_even, check_rec_inputs, wfb_dec_ref, wfb_rec_ref
+from sstkd.ops.reference.wavelet import check_even, check_rec_inputs, wfb_dec_ref, wfb_rec_ref  # noqa: F401  (re-exported)
 
 __all__ = ["wfb_dec", "wfb_rec", "wfb_dec_ref", "wfb_rec_ref"]
 
