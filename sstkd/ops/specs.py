@@ -57,7 +57,7 @@ TOLERANCES: dict[str, dict[torch.dtype, float]] = {
 Shape = tuple[int, ...]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # compared and hashed by identity: one spec per op
 class OpSpec:
     """One texture op.
 
@@ -121,7 +121,7 @@ class OpSpec:
         return [Case(self, "x".join(map(str, s)), tuple(s), dict(p)) for s in table[purpose] for p in self.variants]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Case:
     """One op at one shape with one set of ``make_inputs`` params."""
 
