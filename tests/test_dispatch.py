@@ -26,6 +26,9 @@ def test_explicit_unavailable_backend_raises_with_reason(monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="cuda"):
             dispatch.resolve_backend("lp_dec", "cuda", x)
+    # import triton under the suite's TRITON_INTERPRET=1 first: a first import under 0 would leave
+    # the interpreter unusable for the kernels of later tests
+    dispatch.backend_status("triton")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
