@@ -39,13 +39,14 @@ def collect() -> dict:
             p = torch.cuda.get_device_properties(i)
             devices.append(f"cuda:{i} {p.name} (sm_{p.major}{p.minor}, {p.total_memory / 2**30:.1f} GiB)")
     info["devices"] = devices or ["cpu only"]
-    from sstkd import _ext
+    from sstkd.ops.backends import cuda
+    from sstkd.ops.specs import op_names
 
-    info["extension sstkd._C"] = _ext.status_line()
+    info["extension sstkd._C"] = cuda.status_line()
     backends = {}
     for b in dispatch.BACKENDS:
         ok, why = dispatch.backend_status(b)
-        ops = {"torch": "all ops", "triton": sorted(dispatch.TRITON_OPS), "cuda": sorted(dispatch.CUDA_OPS)}[b]
+        ops = "all ops" if b == "torch" else dispatch.implemented_ops(b, op_names())
         backends[b] = {"available": ok, "reason": why, "ops": ops}
     info["backends"] = backends
     return info

@@ -340,15 +340,16 @@ def test_op_inputs_meta_tensors_and_bounds():
     # Lloyd steps stop once the centers stop moving: a long run equals a converged one.
 
 def test_lloyd_steps_stop_when_the_centers_stop_moving(monkeypatch):
+    import sstkd.ops.algorithms as A
     import sstkd.ops.quantize as Q
 
-    real, calls = Q.lloyd_update, {"n": 0}
+    real, calls = A.lloyd_update, {"n": 0}
 
     def counted(*args):
         calls["n"] += 1
         return real(*args)
 
-    monkeypatch.setattr(Q, "lloyd_update", counted)
+    monkeypatch.setattr(A, "lloyd_update", counted)
     s = torch.rand(2, 256, generator=torch.Generator().manual_seed(0))
     c_long, h_long = Q.quantize_count(s, 8, iters=Q.MAX_ITERS, backend="torch")
     steps = calls["n"]

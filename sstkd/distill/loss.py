@@ -23,7 +23,7 @@ from sstkd.distill.response import match_logits, pixelwise_kd
 from sstkd.filters import DFB_FILTERS, check_pyramid_filter
 from sstkd.models.sync import all_reduce_gradients
 from sstkd.ops._checks import check_image, check_int
-from sstkd.ops.contourlet import MAX_DFB_LEVELS
+from sstkd.geometry import MAX_DFB_LEVELS
 from sstkd.ops.dispatch import check_backend_name
 from sstkd.ops.quantize import MAX_ITERS, MAX_LEVELS
 

@@ -8,7 +8,7 @@ from typing import Callable
 
 from torch import nn
 
-from sstkd.models.flavors import Flavor, resolve_flavor
+from sstkd.models.flavors import Flavor, resolve_flavor, scaled_width
 from sstkd.models.heads import DeepLabV3Head, FCNHead, MMSegASPPHead, PSPHead, aspp_rates
 from sstkd.models.mobilenetv2 import MobileNetV2
 from sstkd.models.resnet import BasicBlock, resnet18, resnet50, resnet101
@@ -26,11 +26,6 @@ def resolve_norm_layer(norm_layer) -> Callable[[int], nn.Module]:
     if callable(norm_layer):
         return norm_layer
     raise ValueError(f"norm_layer: expected None, 'bn', 'syncbn' or a callable(num_features), got {norm_layer!r}")
-
-
-def _scaled(width: int, base_width: int) -> int:
-    # Head widths follow the backbone's width multiplier (never below 8 channels).
-    return max(8, width * base_width // 64)
 
 
 def _resnet_backbone(depth: int, base_width: int, output_stride: int, norm_layer, deep_stem: bool,
@@ -60,7 +55,7 @@ def _flavored_heads(kind: str, backbone: nn.Module, num_classes: int, base_width
     widths = flavor.psp_width if kind == "pspnet" else flavor.aspp_width
     if widths is None:
         raise ValueError(f"flavor: {flavor.name!r} has no {kind} model (name {name!r})")
-    width = _scaled(widths[family], base_width)
+    width = scaled_width(widths[family], base_width)
     if kind == "pspnet":
         head = PSPHead(c4, num_classes, channels=width, norm_layer=norm_layer, input_first=flavor.psp_input_first,
                        activation=flavor.head_activation, align_corners=flavor.pyramid_align_corners)
@@ -85,9 +80,9 @@ def _assemble(kind: str, backbone: nn.Module, num_classes: int, base_width: int,
                          flavor=flavor.name)
     c3, c4 = backbone.channels[2], backbone.channels[3]
     if kind == "pspnet":
-        head = PSPHead(c4, num_classes, channels=_scaled(512, base_width), norm_layer=norm_layer)
+        head = PSPHead(c4, num_classes, channels=scaled_width(512, base_width), norm_layer=norm_layer)
     else:
-        head = DeepLabV3Head(c4, num_classes, rates=aspp_rates(output_stride), channels=_scaled(256, base_width),
+        head = DeepLabV3Head(c4, num_classes, rates=aspp_rates(output_stride), channels=scaled_width(256, base_width),
                              norm_layer=norm_layer)
     aux_head = FCNHead(c3, num_classes, norm_layer=norm_layer) if aux else None
     return Segmentor(backbone, head, aux_head, num_classes, name=name)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Flavor", "FLAVORS", "resolve_flavor"]
+__all__ = ["Flavor", "FLAVORS", "resolve_flavor", "scaled_width"]
 
 
 @dataclass(frozen=True)
@@ -86,3 +86,8 @@ def resolve_flavor(flavor) -> Flavor | None:
     if isinstance(flavor, str) and flavor in FLAVORS:
         return FLAVORS[flavor]
     raise ValueError(f"flavor: expected None or one of {', '.join(FLAVORS)}, got {flavor!r}")
+
+
+def scaled_width(width: int, base_width: int) -> int:
+    """A head width scaled by the backbone's width multiplier ``base_width / 64`` (never below 8 channels)."""
+    return max(8, width * base_width // 64)

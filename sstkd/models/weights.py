@@ -12,6 +12,9 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from sstkd.models.keymaps import convert_state_dict, detect_format
+from sstkd.models.state_dict import _source_name, _strip_prefixes, read_state_dict
+
 __all__ = ["LoadReport", "load_backbone_weights", "load_checkpoint", "read_state_dict",
            "model_report"]
 
@@ -49,61 +52,6 @@ class LoadReport:
         return f"{self.source}: " + "; ".join(parts)
 
 
-def _is_state_dict(obj) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
-
-
-def _source_name(source) -> str:
-    return str(source) if isinstance(source, (str, os.PathLike)) else "<state dict>"
-
-
-def read_state_dict(source, *, keys: tuple[str, ...] = ("model", "student", "state_dict"),
-                    map_location="cpu") -> dict[str, torch.Tensor]:
-    """Read a state dict from a path, an ``http(s)://`` URL or a mapping.
-
-    A checkpoint dict that wraps the weights under one of ``keys`` (tried in
-    order) is unwrapped; ``module.`` prefixes (DDP) are stripped.
-
-    Raises:
-        FileNotFoundError: the path does not exist.
-        ValueError: the file cannot be read with ``weights_only=True`` or holds no state dict.
-        TypeError: ``source`` is neither a path, a URL nor a mapping.
-    """
-    name = _source_name(source)
-    if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        if path.startswith(("http://", "https://")):
-            obj = torch.hub.load_state_dict_from_url(path, map_location=map_location, weights_only=True)
-        else:
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"checkpoint: no such file {path!r}")
-            try:
-                obj = torch.load(path, map_location=map_location, weights_only=True)
-            except Exception as exc:  # pickle / zip / weights-only errors all mean "not a usable checkpoint"
-                raise ValueError(f"checkpoint: cannot read {path!r} with torch.load(weights_only=True): {exc}") from exc
-    elif isinstance(source, Mapping):
-        obj = source
-    else:
-        raise TypeError(f"source: expected a path, a URL or a state dict, got {type(source).__name__}")
-    if not _is_state_dict(obj) and isinstance(obj, Mapping):
-        for key in keys:
-            if key in obj and _is_state_dict(obj[key]):
-                obj = obj[key]
-                break
-    if not _is_state_dict(obj):
-        top = list(obj)[:10] if isinstance(obj, Mapping) else type(obj).__name__
-        raise ValueError(f"checkpoint: {name} holds no state dict (a mapping of name -> tensor, raw or under one "
-                         f"of {list(keys)}); found {top}")
-    return _strip_prefixes(dict(obj), ("module.",))
-
-
-def _strip_prefixes(sd: dict, prefixes: tuple[str, ...]) -> dict:
-    for prefix in prefixes:
-        if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
-    return sd
-
-
 def _match(module: nn.Module, sd: dict, source: str, ignore_prefixes: tuple[str, ...]) -> tuple[LoadReport, dict]:
     own = module.state_dict()
     report = LoadReport(source=source)
@@ -128,8 +76,6 @@ def _sstkd_layout(sd: dict) -> dict:
     """A full checkpoint of a known source (CIRKD, SKD/IFVD, mmseg, torchvision) in sstkd's layout
     (``backbone.*``, In-Place ABN converted); mmseg's ImageNet ``stem.*`` keys as ``conv1``..``bn3``;
     anything else unchanged."""
-    from sstkd.models.convert import convert_state_dict, detect_format
-
     try:
         fmt = detect_format(sd)
     except ValueError:  # an ImageNet backbone or an unknown layout: the key checks below report it
