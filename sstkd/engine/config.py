@@ -53,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
         "deep_stem": False,
         "pretrained_backbone": None,   # path or URL to ImageNet weights (torchvision keys)
         "sync_bn": True,               # SyncBN when running on several processes
+        "flavor": None,                # architecture flavor of a published model (build_model(..., flavor=...))
     },
     "teacher": {
         "name": None,
@@ -61,6 +62,7 @@ DEFAULTS: dict[str, Any] = {
         "aux": True,
         "deep_stem": False,
         "checkpoint": None,     # teacher weights (student-only export or training checkpoint)
+        "flavor": None,         # architecture flavor, as model.flavor
     },
     "data": {
         "name": "synthetic",    # cityscapes | voc | ade20k | synthetic
@@ -118,6 +120,8 @@ _NULLABLE_TYPES: dict[str, tuple[type, ...]] = {
     "model.pretrained_backbone": (str,),
     "teacher.name": (str,),
     "teacher.checkpoint": (str,),
+    "model.flavor": (str,),
+    "teacher.flavor": (str,),
     "data.root": (str,),
     "data.scale_range": (list,),
     "train.grad_clip": (float,),

@@ -182,10 +182,28 @@ def poly_factor(total: int, power: float) -> Callable[[int], float]:
     return factor
 
 
-def model_args_from_config(section: Mapping, num_classes: int) -> dict:
-    """``build_model`` keyword arguments from a ``model`` / ``teacher`` config section."""
-    return {"name": section["name"], "num_classes": int(num_classes), "base_width": section["base_width"],
+def model_args_from_config(section: Mapping, num_classes: int, where: str = "model") -> dict:
+    """``build_model`` keyword arguments from a ``model`` / ``teacher`` config section.
+
+    ``flavor`` is passed only when set (so that checkpoints of flavorless
+    models keep loading with any ``build_model``) and only to a
+    ``build_model`` that takes it; otherwise a warning names ``<where>.flavor``
+    and the model is built without it.
+    """
+    args = {"name": section["name"], "num_classes": int(num_classes), "base_width": section["base_width"],
             "output_stride": section["output_stride"], "aux": section["aux"], "deep_stem": section["deep_stem"]}
+    flavor = section.get("flavor")
+    if flavor is not None:
+        import inspect
+
+        from sstkd.models import build_model
+
+        if "flavor" in inspect.signature(build_model).parameters:
+            args["flavor"] = flavor
+        else:
+            warnings.warn(f"{where}.flavor: {flavor!r} is ignored: this sstkd's build_model has no flavor "
+                          "keyword, so the model is built with sstkd's own architecture")
+    return args
 
 
 def resolve_work_dir(cfg: Mapping) -> str:
@@ -307,7 +325,7 @@ class Trainer:
         if not tc["checkpoint"]:
             raise ConfigError(f"teacher.checkpoint: method {self.method!r} needs the teacher's weights "
                               "(a student-only export such as best_student.pt of the teacher's run)")
-        self.teacher_args = model_args_from_config(tc, self.num_classes)
+        self.teacher_args = model_args_from_config(tc, self.num_classes, "teacher")
         teacher = build_model(**self.teacher_args)
         try:
             state = ckpt_lib.extract_state_dict(ckpt_lib.load_checkpoint(tc["checkpoint"]))
