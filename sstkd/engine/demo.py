@@ -112,12 +112,13 @@ def _train_job(run: str, seed: int, cfg: dict, threads: int | None) -> tuple[str
 
     if threads is not None:
         torch.set_num_threads(threads)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     summary = train(cfg, log=None)
     metrics = summary["final_metrics"]
     return run, seed, {
         "mIoU": float(metrics["mIoU"]), "pixel_acc": float(metrics["pixel_acc"]),
         "sec_per_iter": float(summary["sec_per_iter"]), "wall_s": time.perf_counter() - t0,
+        "cpu_s": time.process_time() - cpu0,
         "iterations": summary["iterations"], "params": _params(cfg),
         "model": cfg["model"]["name"], "base_width": cfg["model"]["base_width"],
     }
@@ -224,7 +225,8 @@ def run_demo(out: str, quick: bool = False, config_dir: str | None = None, log=p
     report_path = os.path.join(out, "report.md")
     write_report(report_path, results, summary, verdicts, first, table, seeds, train_wall, total_wall, quick,
                  workers, threads or torch.get_num_threads())
-    log(f"\nreport: {report_path}\nfigure: {figure_path}\ntotal time: {total_wall:.0f} s")
+    log(f"\nreport: {report_path}\nfigure: {figure_path}\ntotal time: {total_wall:.0f} s "
+        f"({_cpu_total(results):.0f} CPU s in the runs; load average {_load_average()})")
     return {"results": results, "summary": summary, "verdicts": verdicts, "report": report_path,
             "figure": figure_path, "total_s": total_wall, "seeds": seeds, "workers": workers}
 
@@ -333,8 +335,9 @@ def write_report(path: str, results: dict, summary: dict, verdicts: dict, cfgs: 
         "cores, so these are timings under load.",
         f"* Wall time: {train_wall:.0f} s of training + evaluation, {total_wall:.0f} s in all, "
         f"{len(seeds) * 3 + 1} runs on {workers} process(es) with {threads} torch thread(s) each "
-        f"({platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs). "
-        "Timings on a shared machine are noisy.",
+        f"({platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
+        f"1-minute load average {_load_average()} at the end). The runs used {_cpu_total(results):.0f} CPU "
+        "seconds in all; timings on a shared machine are noisy.",
         "",
         "![figure](figure.png)",
         "",
@@ -375,6 +378,17 @@ def write_report(path: str, results: dict, summary: dict, verdicts: dict, cfgs: 
     ]
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
+
+
+def _cpu_total(results: dict) -> float:
+    return sum(r.get("cpu_s", 0.0) for per_seed in results.values() for r in per_seed.values())
+
+
+def _load_average() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:  # not available on this platform
+        return "n/a"
 
 
 def _loss_overrides(cfgs: dict) -> str:
