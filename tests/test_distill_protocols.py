@@ -120,7 +120,7 @@ def test_sagan_critic_architecture():
         assert conv.kernel_size == (4, 4) and conv.stride == (2, 2)
     assert [l[0].out_channels for l in (d.l1, d.l2, d.l3, d.l4)] == [64, 128, 256, 512]
     assert d.attn1.value.in_channels == 256 and d.attn2.value.in_channels == 512
-    assert d.attn1.query.out_channels == 32 and float(d.attn1.gamma) == 0.0
+    assert d.attn1.query.out_channels == 32 and float(d.attn1.gamma.detach()) == 0.0
     assert not hasattr(d.last, "parametrizations") and d.last.kernel_size == (4, 4)
     # Parameter count derived from that layout: BN 2·19; convs Σ(c_in·c_out·16 + c_out); attention
     # q, k (C·C/8 + C/8 each), v (C² + C), γ; last conv 512·16 + 1.
