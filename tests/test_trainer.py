@@ -298,9 +298,10 @@ def tiny_teachers(tmp_path_factory):
     from sstkd.models import build_model
 
     out = {}
-    for name in ("pspnet_resnet101", "deeplabv3_resnet101"):
+    # the flavors configs/_base_/protocols/ifvd.yaml gives these teachers
+    for name, flavor in (("pspnet_resnet101", "ifvd"), ("deeplabv3_resnet101", "cirkd_v1")):
         args = {"name": name, "num_classes": 4, "base_width": 8, "output_stride": 8, "aux": True,
-                "deep_stem": False}
+                "deep_stem": False, "flavor": flavor}
         path = tmp_path_factory.mktemp("teachers") / f"{name}.pt"
         C.export_student(build_model(**args), args, path)
         out[name] = str(path)

@@ -15,11 +15,13 @@ from torch import nn
 
 from sstkd.distill.align import ALIGN_MODES, AlignHead
 from sstkd.distill.cdm import PAD_MODES, ContourletDecompositionModule
-from sstkd.distill.discriminator import ScoreMapDiscriminator
+from sstkd.distill.discriminator import CRITICS, build_critic
 from sstkd.distill.dtiem import DTIEM, INTENSITIES, KERNELS, REDISTRIBUTE
+from sstkd.distill.holistic import ADV_LOSSES
 from sstkd.distill.holistic import discriminator_step as _discriminator_step
 from sstkd.distill.holistic import generator_loss
-from sstkd.distill.response import match_logits, pixelwise_kd
+from sstkd.distill.protocols import protocol_settings
+from sstkd.distill.response import PI_NORMALIZATIONS, match_logits, pixelwise_kd
 from sstkd.filters import DFB_FILTERS, check_pyramid_filter
 from sstkd.models.sync import all_reduce_gradients
 from sstkd.ops._checks import check_image, check_int
@@ -83,6 +85,11 @@ class SSTKDConfig:
     d_lr: float = 4e-4
     d_betas: tuple[float, float] = (0.9, 0.99)
     d_channels: int = 64
+    # the field's conventions (sstkd.distill.protocols sets them together)
+    pi_normalization: str = "pixel"     # "pixel" (CIRKD) | "element" (IFVD) | "skd" (SKD)
+    pi_mask_ignored: bool = True        # leave ignore_index pixels out of L_pi (IFVD/CIRKD/SKD do not)
+    critic: str = "sstkd"               # "sstkd" (conv critic on softmax) | "sagan" (IFVD critic on logits)
+    adv_loss: str = "wgan-gp"           # "wgan-gp" (IFVD/SKD) | "hinge" (CIRKD)
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -123,6 +130,16 @@ class SSTKDConfig:
         self.d_betas = self._float_tuple("d_betas", self.d_betas, length=2)
         if not all(0.0 <= b < 1.0 for b in self.d_betas):
             raise ValueError(f"d_betas: Adam's betas must lie in [0, 1), got {self.d_betas}")
+        self._check_conventions()
+
+    def _check_conventions(self):
+        for name, choices in (("pi_normalization", PI_NORMALIZATIONS), ("critic", CRITICS),
+                              ("adv_loss", ADV_LOSSES)):
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in choices:
+                raise ValueError(f"{name}: unknown value {value!r}; choose from {choices}")
+        if not isinstance(self.pi_mask_ignored, bool):
+            raise TypeError(f"pi_mask_ignored: expected a bool, got {self.pi_mask_ignored!r}")
 
     @staticmethod
     def _check_number(name, v, minimum=None, strict=False):
@@ -153,8 +170,10 @@ class SSTKDConfig:
     def from_dict(cls, d: Mapping | None) -> "SSTKDConfig":
         """Build from a plain mapping (e.g. a YAML block); unknown keys raise ``ValueError`` naming them.
 
-        A ``preset`` key selects the starting point (default ``"sstkd"``); the
-        other keys override it.
+        A ``preset`` key selects the starting point (default ``"sstkd"``); a
+        ``protocol`` key (``"ifvd"``, ``"cirkd"``, ``"mmseg"``; see
+        :mod:`sstkd.distill.protocols`) applies that protocol's loss settings on
+        top of it; the other keys override both.
         """
         if d is None:
             return cls()
@@ -162,6 +181,9 @@ class SSTKDConfig:
             raise TypeError(f"config: expected a mapping, got {type(d).__name__}")
         d = dict(d)
         name = d.pop("preset", "sstkd")
+        protocol = d.pop("protocol", None)
+        if protocol is not None:
+            d = {**protocol_settings(protocol), **d}
         valid = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(str(k) for k in d if k not in valid)
         if unknown:
@@ -251,7 +273,7 @@ class SSTKDLoss(nn.Module):
                             shared_centers=c.sta_shared_centers, hist_bandwidth=c.sta_hist_bandwidth,
                             w_hist=c.sta_w_hist, w_cdf=c.sta_w_cdf,
                             w_map=c.sta_w_map, w_range=c.sta_w_range, backend=c.backend) if c.use_sta else None)
-        self.discriminator = ScoreMapDiscriminator(num_classes, c.d_channels) if c.use_ho else None
+        self.discriminator = build_critic(c.critic, num_classes, c.d_channels) if c.use_ho else None
         self.last_str_bands: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ params
@@ -317,7 +339,8 @@ class SSTKDLoss(nn.Module):
         out: dict[str, torch.Tensor] = {}
         loss = s_logits.new_zeros((), dtype=torch.float32)
         if c.use_pi:
-            out["pi"] = pixelwise_kd(s_logits, t_logits, c.temperature, target, c.ignore_index)
+            out["pi"] = pixelwise_kd(s_logits, t_logits, c.temperature, target if c.pi_mask_ignored else None,
+                                     c.ignore_index, c.pi_normalization)
             loss = loss + c.lambda_pi * out["pi"]
         if c.use_ho:
             out["ho"] = generator_loss(self.discriminator, s_logits, t_logits)
@@ -338,7 +361,7 @@ class SSTKDLoss(nn.Module):
 
     def discriminator_step(self, s_logits: torch.Tensor, t_logits: torch.Tensor,
                            optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-        """One critic update with ``λ_d · (D(p_s) − D(p_t) + λ_gp·GP)``; returns detached ``d_loss, wdist, gp``.
+        """One critic update with ``λ_d · L_D`` (``adv_loss``: WGAN-GP or hinge); returns detached ``d_loss, wdist, gp``.
 
         Call it after the student's step, with the same logits (they are detached here).
         """
@@ -347,7 +370,8 @@ class SSTKDLoss(nn.Module):
         check_image(s_logits, "s_logits")
         check_image(t_logits, "t_logits")
         return _discriminator_step(self.discriminator, s_logits, t_logits, optimizer,
-                                   gp_weight=self.config.gp_weight, loss_weight=self.config.lambda_d)
+                                   gp_weight=self.config.gp_weight, loss_weight=self.config.lambda_d,
+                                   adv_loss=self.config.adv_loss)
 
     def extra_repr(self) -> str:
         c = self.config

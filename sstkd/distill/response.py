@@ -8,6 +8,12 @@ import torch.nn.functional as F
 
 from sstkd.ops._checks import check_image
 
+# How the per-pixel KL (or cross-entropy) map is reduced to a scalar; each is a published convention:
+#   "pixel":   mean over pixels of the KL summed over classes (CIRKD's CriterionKD, ``batchmean`` over B·H·W rows);
+#   "element": mean over every element B·K·H·W (IFVD's ``nn.KLDivLoss()``, reduction "mean"): "pixel" / K;
+#   "skd":     cross-entropy −Σ_k p_t log p_s summed over the batch, divided by H·W (SKD's CriterionPixelWise).
+PI_NORMALIZATIONS = ("pixel", "element", "skd")
+
 
 def match_logits(s_logits: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor:
     """Validate a student/teacher logit pair; return the student's logits at the teacher's size.
@@ -38,8 +44,9 @@ def pixelwise_kd(
     temperature: float = 1.0,
     target: torch.Tensor | None = None,
     ignore_index: int = 255,
+    normalization: str = "pixel",
 ) -> torch.Tensor:
-    """``L_pi = T² · mean_pixels KL(softmax(t/T) ‖ softmax(s/T))``.
+    """``L_pi = T² · mean_pixels KL(softmax(t/T) ‖ softmax(s/T))`` (``normalization="pixel"``).
 
     Args:
         s_logits: student logits ``(B, K, H_s, W_s)``; resized bilinearly to
@@ -51,30 +58,48 @@ def pixelwise_kd(
             ``ignore_index`` are excluded from the mean. A target of another
             size is resized to ``(H, W)`` with nearest-neighbour sampling.
         ignore_index: the ignore label.
+        normalization: ``"pixel"`` (above; CIRKD), ``"element"`` (the same
+            sum divided by ``K`` more: the mean over ``B·K·H·W`` elements,
+            IFVD's ``KLDivLoss``), or ``"skd"`` (the cross-entropy
+            ``−Σ_k p_t,k log p_s,k`` — the KL plus the teacher's entropy —
+            summed over the pixels and divided by ``H·W``: the per-image mean
+            summed over the batch, SKD's pixel-wise loss). With a target, the
+            ignored pixels are left out of the sums and the counts (``"skd"``
+            keeps dividing by ``H·W``).
 
     Returns:
         A float32 scalar. If every pixel is ignored the result is 0 (still
         attached to the graph).
 
     Raises:
-        ValueError / TypeError naming ``s_logits``, ``t_logits``, ``target``
-        or ``temperature``.
+        ValueError / TypeError naming ``s_logits``, ``t_logits``, ``target``,
+        ``temperature`` or ``normalization``.
     """
     if (isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0
             or not math.isfinite(temperature)):
         raise ValueError(f"temperature: must be a finite positive number, got {temperature!r}")
+    if normalization not in PI_NORMALIZATIONS:
+        raise ValueError(f"normalization: unknown {normalization!r}; choose from {PI_NORMALIZATIONS}")
     s_logits = match_logits(s_logits, t_logits)
     t = t_logits.detach().float() / temperature
     s = s_logits.float() / temperature
     p_t = torch.softmax(t, dim=1)
-    # KL per pixel; xlogy gives 0·log 0 = 0 where the teacher is certain.
-    kl = (torch.xlogy(p_t, p_t) - p_t * torch.log_softmax(s, dim=1)).sum(dim=1)  # (B, H, W)
+    cross = -(p_t * torch.log_softmax(s, dim=1)).sum(dim=1)  # (B, H, W) cross-entropy per pixel
+    # KL = cross-entropy − teacher entropy; xlogy gives 0·log 0 = 0 where the teacher is certain.
+    per_pixel = cross if normalization == "skd" else cross + torch.xlogy(p_t, p_t).sum(dim=1)
+    b, k, h, w = t_logits.shape
     if target is None:
-        return kl.mean() * temperature**2
-    mask = _valid_mask(target, t_logits, ignore_index)
-    count = mask.sum()
-    total = (kl * mask).sum()
-    return total / count.clamp_min(1) * temperature**2
+        total, count = per_pixel.sum(), per_pixel.new_tensor(float(b * h * w))
+    else:
+        mask = _valid_mask(target, t_logits, ignore_index)
+        total, count = (per_pixel * mask).sum(), mask.sum().float()
+    if normalization == "skd":
+        denominator = per_pixel.new_tensor(float(h * w))
+    elif normalization == "element":
+        denominator = count * k
+    else:
+        denominator = count
+    return total / denominator.clamp_min(1) * temperature**2
 
 
 def _valid_mask(target: torch.Tensor, t_logits: torch.Tensor, ignore_index: int) -> torch.Tensor:

@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Iterable, Literal, Mapping, Optional
 import yaml
 
 from sstkd.distill.loss import SSTKDConfig
+from sstkd.distill.protocols import protocol_settings
 
 __all__ = [
     "ConfigError",
@@ -405,6 +406,13 @@ def build_loss_config(loss: Mapping | SSTKDConfig | None, method: str) -> SSTKDC
     if not isinstance(loss, Mapping):
         raise ConfigError(f"config key 'distill.loss': expected a mapping, got {type(loss).__name__} {loss!r}")
     hints = typing.get_type_hints(SSTKDConfig)
+    loss = dict(loss)
+    protocol = loss.pop("protocol", None)  # a protocol's loss settings, under the explicit keys
+    if protocol is not None:
+        try:
+            loss = {**protocol_settings(protocol), **loss}
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"config key 'distill.loss.protocol': {e}") from None
     values = {}
     for k, v in loss.items():
         if k not in hints:
@@ -482,7 +490,7 @@ def _check_key(key: str) -> None:
                 raise ConfigError(f"unknown config key {dotted!r}")
             node = _unwrap_optional(hints[part])[0]
         elif node is SSTKDConfig:
-            if part not in typing.get_type_hints(SSTKDConfig):
+            if part not in typing.get_type_hints(SSTKDConfig) and part != "protocol":
                 raise ConfigError(f"unknown config key {dotted!r}")
             node = None
         elif node is dict:

@@ -1,30 +1,36 @@
-"""``sstkd demo``: teacher -> student distillation on synthetic textures, on the CPU.
+"""``sstkd demo``: teacher -> student distillation on synthetic textures, on the CPU, over several seeds.
 
-Trains, one after the other and with the configs in ``configs/demo/``:
+With the configs in ``configs/demo/``, it trains
 
-1. a teacher (a wider network) on :class:`~sstkd.data.SyntheticTextures`;
-2. the same small student three times, same seed and iterations:
-   alone (``baseline``), with response + holistic distillation (``kd``) and
-   with SSTKD (``sstkd``: + structural and statistical texture terms);
+1. a teacher (a wider network) on :class:`~sstkd.data.SyntheticTextures` (first seed);
+2. the same small student three ways per seed: alone (``baseline``), with
+   response + holistic distillation (``kd``) and with SSTKD (``sstkd``: + the
+   structural and statistical texture terms), each over every seed (default
+   0, 1, 2; for a seed, the three students share the initialization and the
+   data order).
 
-then prints a table (mIoU, seconds per iteration, distillation overhead per
-iteration of KD and SSTKD against the baseline) and writes
-``OUT/report.md`` and ``OUT/figure.png`` (inputs, ground truth, predictions
-of each model, and the teacher's contourlet sub-bands and texture histogram
-for one image). Numbers are whatever the runs give: one seed, a few hundred
-iterations, a toy dataset.
+The runs go to parallel worker processes (one per core by default; the
+baselines train beside the teacher, the distilled students once it is done).
+It prints a table (mIoU per seed, mean ± sample standard deviation, seconds
+per iteration) and a plain verdict on whether SSTKD beats KD beyond the seed
+spread, and writes ``OUT/report.md`` and ``OUT/figure.png`` (inputs, ground
+truth, the first seed's predictions, and the teacher's contourlet sub-bands
+and texture histogram for one image).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import sys
 import time
 
-__all__ = ["add_arguments", "main", "run_demo", "demo_config_dir", "RUNS"]
+__all__ = ["add_arguments", "main", "run_demo", "demo_config_dir", "RUNS", "STUDENTS", "compare", "parse_seeds"]
 
 RUNS = ("teacher", "baseline", "kd", "sstkd")
+STUDENTS = ("baseline", "kd", "sstkd")
+DEFAULT_SEEDS = (0, 1, 2)
 LABELS = {"teacher": "teacher", "baseline": "student (baseline)", "kd": "student + KD (pixel + holistic)",
           "sstkd": "student + SSTKD (all terms)"}
 
@@ -40,14 +46,17 @@ QUICK_STUDENT_OVERRIDES = ["teacher.base_width=8"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=os.path.join("runs", "demo"), help="output directory (default runs/demo)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and 2 iterations per run (seconds)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="seed of every run (default: the configs', 0); results on this toy problem move "
-                             "by several mIoU points between seeds")
+    parser.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)),
+                        help="comma-separated seeds of the students (default 0,1,2); the teacher uses the first")
+    parser.add_argument("--seed", type=int, default=None, help="one seed only (same as --seeds N)")
+    parser.add_argument("--workers", default="auto",
+                        help="parallel training processes: a number, or 'auto' (default: one per CPU core, at most "
+                             "one per run); 1 trains everything in this process")
     parser.add_argument("--configs", default=None, help="directory of the demo configs (default configs/demo)")
     parser.add_argument("--threads", default="auto",
-                        help="torch CPU threads: a number, or 'auto' (default): torch's choice on an idle machine, "
-                             "1 when other processes keep the cores busy (OpenMP threads then spin-wait on each "
-                             "other and run several times slower)")
+                        help="torch CPU threads per process: a number, or 'auto' (default): the cores divided among "
+                             "the workers, and 1 when other processes keep the cores busy (OpenMP threads then "
+                             "spin-wait on each other and run several times slower)")
 
 
 def demo_config_dir() -> str:
@@ -56,10 +65,28 @@ def demo_config_dir() -> str:
     return os.path.join(os.path.dirname(os.path.dirname(here)), "configs", "demo")
 
 
+def parse_seeds(value) -> tuple[int, ...]:
+    """``"0,1,2"`` or a sequence of ints -> a tuple of distinct ints (``--seeds``)."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        seeds = tuple(int(str(v).strip()) for v in items if str(v).strip() != "")
+    except ValueError:
+        raise ValueError(f"--seeds: expected comma-separated integers, got {value!r}") from None
+    if not seeds:
+        raise ValueError(f"--seeds: no seed given in {value!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds: repeated seed in {value!r}")
+    return seeds
+
+
+def _work_dir(out: str, run: str, seed: int) -> str:
+    return os.path.join(out, run) if run == "teacher" else os.path.join(out, run, f"seed{seed}")
+
+
 def _load(config_dir: str, run: str, out: str, quick: bool, seed: int | None = None) -> dict:
     from sstkd.engine.config import load_config
 
-    overrides = [f"work_dir={os.path.join(out, run)}", "device=cpu"]
+    overrides = [f"work_dir={_work_dir(out, run, seed)}", "device=cpu"]
     if seed is not None:
         overrides.append(f"seed={int(seed)}")
     if run != "teacher":
@@ -77,79 +104,214 @@ def _params(cfg: dict) -> int:
                                                                                 "num_batches_tracked"))))
 
 
-def run_demo(out: str, quick: bool = False, config_dir: str | None = None, log=print,
-             seed: int | None = None) -> dict:
-    """Run the four trainings, the table, the report and the figure. Returns the results."""
+def _train_job(run: str, seed: int, cfg: dict, threads: int | None) -> tuple[str, int, dict]:
+    """Train one run (in a worker process or in this one) and return its numbers."""
     import torch
 
     from sstkd.engine.trainer import train
 
+    if threads is not None:
+        torch.set_num_threads(threads)
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    summary = train(cfg, log=None, overwrite=True)  # the demo regenerates everything under --out
+    metrics = summary["final_metrics"]
+    return run, seed, {
+        "mIoU": float(metrics["mIoU"]), "pixel_acc": float(metrics["pixel_acc"]),
+        "sec_per_iter": float(summary["sec_per_iter"]), "wall_s": time.perf_counter() - t0,
+        "cpu_s": time.process_time() - cpu0,
+        "iterations": summary["iterations"], "params": _params(cfg),
+        "model": cfg["model"]["name"], "base_width": cfg["model"]["base_width"],
+    }
+
+
+def resolve_workers(value, jobs: int) -> int:
+    """``--workers``: an int >= 1, or ``auto``: one per CPU core, at most ``jobs``."""
+    if str(value) == "auto":
+        return max(1, min(os.cpu_count() or 1, jobs))
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"--workers: expected a number or 'auto', got {value!r}") from None
+    if n < 1:
+        raise ValueError(f"--workers: must be >= 1, got {n}")
+    return n
+
+
+def _run_all(cfgs: dict, seeds: tuple[int, ...], workers: int, threads: int | None, log) -> dict:
+    """Train every run; the teacher and the baselines first (they do not need the teacher), then KD and SSTKD."""
+    results: dict[str, dict[int, dict]] = {run: {} for run in RUNS}
+
+    def record(run, seed, r):
+        results[run][seed] = r
+        log(f"   {run:8s} seed {seed}: mIoU {100 * r['mIoU']:.2f}  {r['sec_per_iter']:.3f} s/it  ({r['wall_s']:.0f} s)")
+
+    first = [("teacher", seeds[0])] + [("baseline", s) for s in seeds]
+    distilled = [(run, s) for s in seeds for run in ("sstkd", "kd")]  # the longest runs first
+    if workers <= 1:
+        for run, seed in first + distilled:
+            record(*_train_job(run, seed, cfgs[run][seed], threads))
+        return results
+
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    # spawn: fresh interpreters (no forked torch thread pools); each imports torch once.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending = {pool.submit(_train_job, run, seed, cfgs[run][seed], threads): run for run, seed in first}
+        teacher_done = False
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                pending.pop(fut)
+                run, seed, r = fut.result()
+                record(run, seed, r)
+                if run == "teacher" and not teacher_done:
+                    teacher_done = True
+                    for drun, dseed in distilled:
+                        pending[pool.submit(_train_job, drun, dseed, cfgs[drun][dseed], threads)] = drun
+    return results
+
+
+def run_demo(out: str, quick: bool = False, config_dir: str | None = None, log=print,
+             seed: int | None = None, seeds=None, workers="auto", threads: int | None = None) -> dict:
+    """Train the teacher and the students over ``seeds``, print the table, write the report and the figure.
+
+    ``seed`` (one seed) is kept for compatibility with ``--seed``; ``seeds``
+    defaults to (0, 1, 2). ``workers`` parallel processes (``"auto"``: one per
+    core); ``threads``: torch threads per process (None: cores / workers).
+    Returns ``results`` (per run, per seed), ``summary`` (per run: mean, std,
+    min, max of the mIoU, mean s/it), ``verdicts``, the report and figure
+    paths and the total time.
+    """
+    import torch
+
     config_dir = config_dir or demo_config_dir()
     if not os.path.isdir(config_dir):
         raise FileNotFoundError(f"--configs: demo configs not found at {config_dir} (run from the source tree)")
+    seeds = parse_seeds(seeds if seeds is not None else ((seed,) if seed is not None else DEFAULT_SEEDS))
+    n_jobs = 1 + 3 * len(seeds)
+    workers = resolve_workers(workers, n_jobs)
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     os.makedirs(out, exist_ok=True)
     t_start = time.perf_counter()
-    results: dict[str, dict] = {}
-    cfgs: dict[str, dict] = {}
-    for run in RUNS:
-        cfg = _load(config_dir, run, out, quick, seed)
-        cfgs[run] = cfg
-        log(f"== {run}: {cfg['model']['name']} (base_width {cfg['model']['base_width']}), method {cfg['method']}, "
-            f"{cfg['train']['iterations']} iterations")
-        t0 = time.perf_counter()
-        summary = train(cfg, log=None, overwrite=True)  # the demo regenerates everything under --out
-        wall = time.perf_counter() - t0
-        metrics = summary["final_metrics"]
-        results[run] = {
-            "mIoU": float(metrics["mIoU"]), "pixel_acc": float(metrics["pixel_acc"]),
-            "sec_per_iter": float(summary["sec_per_iter"]), "wall_s": wall,
-            "iterations": summary["iterations"], "params": _params(cfg),
-            "model": cfg["model"]["name"], "base_width": cfg["model"]["base_width"],
-        }
-        log(f"   mIoU {100 * results[run]['mIoU']:.2f}  {results[run]['sec_per_iter']:.3f} s/it  ({wall:.0f} s)")
-    base_spi = results["baseline"]["sec_per_iter"]
+    cfgs = {run: {s: _load(config_dir, run, out, quick, s) for s in (seeds[:1] if run == "teacher" else seeds)}
+            for run in RUNS}
+    t, st = cfgs["teacher"][seeds[0]], cfgs["baseline"][seeds[0]]
+    log(f"== teacher {t['model']['name']} (width {t['model']['base_width']}, {t['train']['iterations']} it) and "
+        f"students {st['model']['name']} (width {st['model']['base_width']}, {st['train']['iterations']} it): "
+        f"baseline, kd, sstkd x seeds {list(seeds)}; {n_jobs} runs on {workers} process(es)"
+        + (f", {threads} thread(s) each" if threads else ""))
+    results = _run_all(cfgs, seeds, workers, threads, log)
+    summary = {run: summarize(results[run]) for run in RUNS}
+    base_spi = summary["baseline"]["sec_per_iter"]
     for run in ("kd", "sstkd"):
-        spi = results[run]["sec_per_iter"]
-        results[run]["overhead_s"] = spi - base_spi
-        results[run]["overhead_pct"] = 100.0 * (spi - base_spi) / base_spi if base_spi > 0 else float("nan")
+        spi = summary[run]["sec_per_iter"]
+        summary[run]["overhead_s"] = spi - base_spi
+        summary[run]["overhead_pct"] = 100.0 * (spi - base_spi) / base_spi if base_spi > 0 else float("nan")
+    verdicts = {"kd_vs_baseline": compare(results["baseline"], results["kd"], "KD", "the baseline"),
+                "sstkd_vs_kd": compare(results["kd"], results["sstkd"], "SSTKD", "KD")}
     train_wall = time.perf_counter() - t_start
     figure_path = os.path.join(out, "figure.png")
-    make_figure(cfgs, figure_path, results)
+    first = {run: cfgs[run][seeds[0]] for run in RUNS}
+    make_figure(first, figure_path, {run: results[run][seeds[0]] for run in RUNS})
     total_wall = time.perf_counter() - t_start
-    table = format_table(results)
+    table = format_table(results, summary, seeds)
     log("")
     log(table)
+    log("")
+    for v in verdicts.values():
+        log(v["text"])
     report_path = os.path.join(out, "report.md")
-    write_report(report_path, results, cfgs, table, train_wall, total_wall, quick, torch.get_num_threads())
-    log(f"\nreport: {report_path}\nfigure: {figure_path}\ntotal time: {total_wall:.0f} s")
-    return {"results": results, "report": report_path, "figure": figure_path, "total_s": total_wall}
+    write_report(report_path, results, summary, verdicts, first, table, seeds, train_wall, total_wall, quick,
+                 workers, threads or torch.get_num_threads())
+    log(f"\nreport: {report_path}\nfigure: {figure_path}\ntotal time: {total_wall:.0f} s "
+        f"({_cpu_total(results):.0f} CPU s in the runs; load average {_load_average()})")
+    return {"results": results, "summary": summary, "verdicts": verdicts, "report": report_path,
+            "figure": figure_path, "total_s": total_wall, "seeds": seeds, "workers": workers}
+
+
+# ------------------------------------------------------------------- statistics
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    return mean, (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0)
+
+
+def summarize(per_seed: dict) -> dict:
+    """mIoU mean, sample standard deviation (0 for one seed), min and max over the seeds; mean s/it; params."""
+    values = [r["mIoU"] for r in per_seed.values()]
+    n = len(values)
+    mean, std = _mean_std(values)
+    first = next(iter(per_seed.values()))
+    return {"mIoU_mean": mean, "mIoU_std": std, "mIoU_min": min(values), "mIoU_max": max(values), "n": n,
+            "sec_per_iter": sum(r["sec_per_iter"] for r in per_seed.values()) / n, "params": first["params"]}
+
+
+def compare(reference: dict, candidate: dict, name: str, ref_name: str) -> dict:
+    """Does ``candidate`` beat ``reference`` beyond the seed spread? (per-seed mIoU dicts, same seeds)
+
+    The difference of the means must exceed the larger of the two sample
+    standard deviations, and every per-seed (paired) difference must have its
+    sign. With one seed there is no spread, so no verdict. Returns
+    ``dict(verdict, diff, spread, paired, text)``; ``verdict`` is ``"better"``,
+    ``"worse"``, ``"within spread"`` or ``"one seed"``.
+    """
+    seeds = sorted(set(reference) & set(candidate))
+    paired = [100 * (candidate[s]["mIoU"] - reference[s]["mIoU"]) for s in seeds]
+    ref_mean, ref_std = _mean_std([reference[s]["mIoU"] for s in seeds])
+    cand_mean, cand_std = _mean_std([candidate[s]["mIoU"] for s in seeds])
+    diff = 100 * (cand_mean - ref_mean)
+    spread = 100 * max(ref_std, cand_std)
+    per_seed = ", ".join(f"{d:+.2f}" for d in paired)
+    if len(seeds) < 2:
+        verdict, text = "one seed", (f"{name} vs {ref_name}: {diff:+.2f} mIoU points on one seed; run several "
+                                     "seeds (--seeds) for a verdict.")
+    elif diff > spread and all(d > 0 for d in paired):
+        verdict = "better"
+        text = (f"{name} beats {ref_name} beyond the seed spread on this toy task: {diff:+.2f} mIoU points "
+                f"(mean of {len(seeds)} seeds; per seed {per_seed}; larger std {spread:.2f}).")
+    elif diff < -spread and all(d < 0 for d in paired):
+        verdict = "worse"
+        text = (f"{name} is worse than {ref_name} beyond the seed spread on this toy task: {diff:+.2f} mIoU points "
+                f"(per seed {per_seed}; larger std {spread:.2f}).")
+    else:
+        verdict = "within spread"
+        text = (f"{name} does not beat {ref_name} beyond the seed spread on this toy task: {diff:+.2f} mIoU points "
+                f"(per seed {per_seed}; larger std {spread:.2f}); no conclusion either way.")
+    return {"verdict": verdict, "diff": diff, "spread": spread, "paired": paired, "text": text}
 
 
 # ------------------------------------------------------------------- report
 
 
-def format_table(results: dict) -> str:
-    rows = ["| model | params | mIoU (%) | pixel acc (%) | s / iteration | distillation overhead / iteration |",
-            "|---|---:|---:|---:|---:|---:|"]
+def format_table(results: dict, summary: dict, seeds) -> str:
+    seed_cols = " | ".join(f"seed {s}" for s in seeds)
+    rows = [f"| model | params | {seed_cols} | mean ± std | s / iteration | distillation overhead / iteration |",
+            "|---|---:|" + "---:|" * len(seeds) + "---:|---:|---:|"]
     for run in RUNS:
-        r = results[run]
+        r, m = results[run], summary[run]
+        cells = " | ".join(f"{100 * r[s]['mIoU']:.2f}" if s in r else "—" for s in seeds)
         over = "—"
         if run in ("kd", "sstkd"):
-            over = f"{r['overhead_s']:+.3f} s ({r['overhead_pct']:+.0f}%)"
+            over = f"{m['overhead_s']:+.3f} s ({m['overhead_pct']:+.0f}%)"
         elif run == "baseline":
             over = "(reference)"
-        rows.append(f"| {LABELS[run]} | {r['params'] / 1e6:.2f} M | {100 * r['mIoU']:.2f} | "
-                    f"{100 * r['pixel_acc']:.2f} | {r['sec_per_iter']:.3f} | {over} |")
+        spread = f"{100 * m['mIoU_mean']:.2f} ± {100 * m['mIoU_std']:.2f}" if m["n"] > 1 else f"{100 * m['mIoU_mean']:.2f}"
+        rows.append(f"| {LABELS[run]} | {m['params'] / 1e6:.2f} M | {cells} | {spread} | {m['sec_per_iter']:.3f} | "
+                    f"{over} |")
     return "\n".join(rows)
 
 
-def write_report(path: str, results: dict, cfgs: dict, table: str, train_wall: float, total_wall: float,
-                 quick: bool, threads: int) -> None:
+def write_report(path: str, results: dict, summary: dict, verdicts: dict, cfgs: dict, table: str, seeds,
+                 train_wall: float, total_wall: float, quick: bool, workers: int, threads: int) -> None:
     s, t = cfgs["baseline"], cfgs["teacher"]
     d = s["data"]
     opts = {**d["options"]}
-    gap = 100 * (results["teacher"]["mIoU"] - results["baseline"]["mIoU"])
-    gains = {run: 100 * (results[run]["mIoU"] - results["baseline"]["mIoU"]) for run in ("kd", "sstkd")}
+    gap = 100 * (summary["teacher"]["mIoU_mean"] - summary["baseline"]["mIoU_mean"])
     lines = [
         "# sstkd demo: teacher -> student distillation on synthetic textures (CPU)",
         "",
@@ -158,15 +320,24 @@ def write_report(path: str, results: dict, cfgs: dict, table: str, train_wall: f
         "",
         "## Results",
         "",
+        f"mIoU (%) on the validation set; students over seeds {', '.join(map(str, seeds))} "
+        "(mean ± sample standard deviation), one teacher (first seed).",
+        "",
         table,
         "",
-        f"* Teacher - baseline student gap: {gap:+.2f} mIoU points. "
-        f"KD vs baseline: {gains['kd']:+.2f}; SSTKD vs baseline: {gains['sstkd']:+.2f}.",
-        "* Overhead = seconds per training iteration minus the baseline's; it includes the teacher's "
-        "forward pass, the distillation losses and (KD, SSTKD) the critic's update.",
-        f"* Wall time: {train_wall:.0f} s of training + evaluation, {total_wall:.0f} s in all "
+        f"* **{verdicts['sstkd_vs_kd']['text']}**",
+        f"* {verdicts['kd_vs_baseline']['text']}",
+        "* Verdict rule: the difference of the means must exceed the larger standard deviation, and every "
+        "per-seed difference (same seed = same initialization and data order) must have the same sign.",
+        f"* Teacher - baseline student gap: {gap:+.2f} mIoU points.",
+        "* Overhead = seconds per training iteration minus the baseline's (means over the seeds); it includes "
+        "the teacher's forward pass, the distillation losses and the critic's update. The runs share the "
+        "cores, so these are timings under load.",
+        f"* Wall time: {train_wall:.0f} s of training + evaluation, {total_wall:.0f} s in all, "
+        f"{len(seeds) * 3 + 1} runs on {workers} process(es) with {threads} torch thread(s) each "
         f"({platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
-        f"torch threads: {threads}). Timings on a shared machine are noisy.",
+        f"1-minute load average {_load_average()} at the end). The runs used {_cpu_total(results):.0f} CPU "
+        "seconds in all; timings on a shared machine are noisy.",
         "",
         "![figure](figure.png)",
         "",
@@ -177,28 +348,29 @@ def write_report(path: str, results: dict, cfgs: dict, table: str, train_wall: f
         f"{d['val_options'].get('num_images', opts.get('num_images', '?'))} validation images; crops "
         f"{d['crop_size']}, scale {d['scale_range']}, flip, jitter {d['jitter']}).",
         f"* Teacher: `{t['model']['name']}` base width {t['model']['base_width']}, "
-        f"{t['train']['iterations']} iterations, batch {t['train']['batch_size']}, lr {t['train']['lr']}.",
-        f"* Students (all three identical but for the losses): `{s['model']['name']}` base width "
+        f"{t['train']['iterations']} iterations, batch {t['train']['batch_size']}, lr {t['train']['lr']}, "
+        f"seed {t['seed']}.",
+        f"* Students (the three identical but for the losses): `{s['model']['name']}` base width "
         f"{s['model']['base_width']}, {s['train']['iterations']} iterations, batch {s['train']['batch_size']}, "
-        f"lr {s['train']['lr']}, seed {s['seed']}.",
-        "* KD: `SSTKDConfig.preset('kd')` (pixel-wise KL, weight 10, + WGAN-GP holistic loss, weight 0.001). "
-        "SSTKD: `SSTKDConfig.preset('sstkd')` (+ CDM structural loss and DTIEM statistical loss on the "
-        "stride-4 `backbone.layer1` features)" + _loss_overrides(cfgs) + ".",
-        "* Configs: `configs/demo/`; every run directory holds its resolved `config.yaml`, `metrics.jsonl` "
-        "and the student-only `final_student.pt`.",
+        f"lr {s['train']['lr']}.",
+        "* KD: `SSTKDConfig.preset('kd')` with the SKD/IFVD protocol (`protocol: ifvd`: pixel-wise KL averaged "
+        "over every element B·K·H·W, weight 10; SAGAN critic on the raw logits, WGAN-GP, weight 0.001). "
+        "SSTKD: the same plus the CDM structural loss and the DTIEM statistical loss on the stride-4 "
+        "`backbone.layer1` features" + _loss_overrides(cfgs) + ".",
+        "* Configs: `configs/demo/`; every run directory (`<run>/seed<N>/`) holds its resolved `config.yaml`, "
+        "`metrics.jsonl` and the student-only `final_student.pt`.",
         "",
         "## What this shows and what it does not",
         "",
-        "* It shows the whole pipeline working end to end on a CPU: teacher training, the three student "
-        "trainings with the same seed and schedule, evaluation (dataset-level mIoU), checkpoints, and the "
-        "cost of each distillation variant per iteration.",
-        "* It is one seed of a toy problem with tiny networks trained from scratch for a few hundred "
-        "iterations: the students' mIoU moves by several points from one seed to another "
-        "(`sstkd demo --seed N` to see it), so only large differences mean anything here, and none of "
-        "them is evidence for or against the method at the paper's scale (Cityscapes / VOC / ADE20K, "
-        "ResNet-101 teachers, 40k iterations: `configs/<dataset>/`).",
-        "* The loss weights are the library defaults (`SSTKDConfig`), which were not tuned on this toy "
-        "problem; only the critic is narrowed (`d_channels`) to suit the tiny student.",
+        "* It shows the whole pipeline working end to end on a CPU: teacher training, the student trainings "
+        "over several seeds, evaluation (dataset-level mIoU), checkpoints, and the cost of each distillation "
+        "variant per iteration.",
+        "* It is a toy problem with tiny networks trained from scratch for a few hundred iterations: the "
+        "verdicts above hold for this task and these seeds only, and none of them is evidence for or against "
+        "the method at the paper's scale (Cityscapes / VOC / ADE20K, ResNet-101 teachers, 40k iterations: "
+        "`configs/<dataset>/`).",
+        "* The texture-loss weights are the library defaults (`SSTKDConfig`), not tuned on this toy problem; "
+        "only the critic is narrowed (`d_channels`) to suit the tiny student.",
         "* The per-iteration overhead on the CPU is dominated by the teacher's forward pass and the "
         "reference (PyTorch) texture operators; on a GPU the fused kernels change that picture "
         "(`sstkd bench`).",
@@ -206,6 +378,17 @@ def write_report(path: str, results: dict, cfgs: dict, table: str, train_wall: f
     ]
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
+
+
+def _cpu_total(results: dict) -> float:
+    return sum(r.get("cpu_s", 0.0) for per_seed in results.values() for r in per_seed.values())
+
+
+def _load_average() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:  # not available on this platform
+        return "n/a"
 
 
 def _loss_overrides(cfgs: dict) -> str:
@@ -375,6 +558,8 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         threads = resolve_threads(args.threads)
+        seeds = parse_seeds(str(args.seed) if args.seed is not None else args.seeds)
+        resolve_workers(args.workers, 1)
     except ValueError as e:
         print(f"sstkd demo: error: {e}", file=sys.stderr)
         return 2
@@ -383,7 +568,8 @@ def main(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(threads)
     try:
-        run_demo(args.out, quick=args.quick, config_dir=args.configs, seed=args.seed)
+        run_demo(args.out, quick=args.quick, config_dir=args.configs, seeds=seeds, workers=args.workers,
+                 threads=threads)
     except (ConfigError, CheckpointError, FileNotFoundError) as e:
         print(f"sstkd demo: error: {e}", file=sys.stderr)
         return 2

@@ -202,10 +202,16 @@ def poly_factor(total: int, power: float) -> Callable[[int], float]:
 
 
 def model_args_from_config(section: Mapping, num_classes: int) -> dict:
-    """``build_model`` keyword arguments from a ``model`` / ``teacher`` config section."""
-    return {"name": section.name, "num_classes": int(num_classes), "base_width": section.base_width,
-            "output_stride": section.output_stride, "aux": section.aux, "deep_stem": section.deep_stem,
-            "flavor": section.flavor}
+    """``build_model`` keyword arguments from a ``model`` / ``teacher`` config section.
+
+    ``flavor`` is passed only when set, so that the ``model_args`` recorded in checkpoints of
+    sstkd's own models stay as they were.
+    """
+    args = {"name": section.name, "num_classes": int(num_classes), "base_width": section.base_width,
+            "output_stride": section.output_stride, "aux": section.aux, "deep_stem": section.deep_stem}
+    if section.flavor is not None:
+        args["flavor"] = section.flavor
+    return args
 
 
 def resolve_work_dir(cfg: Mapping) -> str:
