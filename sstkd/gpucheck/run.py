@@ -287,9 +287,24 @@ def stage_sanitizer(r: Runner, budget: float, cuda_ext: bool) -> dict:
     return res
 
 
-def static_prediction() -> dict:
-    """``{(op, mode): ms}`` from the newest ``bench/results/static-*.json`` (another stage's file), if any."""
-    files = sorted(glob.glob(os.path.join(REPO, "bench", "results", "static-*.json")))
+def _numel(shape) -> int:
+    n = 1
+    for v in shape:
+        n *= int(v)
+    return n
+
+
+def static_key(op: str, params: str, shape) -> str:
+    """Key of one op × params × shape (shapes compared by element count: (B, H·W) = (B, H, W))."""
+    numel = _shape_cost(shape) if isinstance(shape, str) else _numel(shape)
+    return f"{op}|{params}|{numel}"
+
+
+def static_prediction(results_dir: str | None = None) -> dict:
+    """Predicted fwd+bwd ms per op × params × shape from the newest ``bench/results/static-*.json``
+    (written by ``sstkd cost``): rows ``{"op", "shape", "params", "dtype", "predicted": {"predicted_ms"}}``.
+    Absent or unreadable: an empty table and the reason."""
+    files = sorted(glob.glob(os.path.join(results_dir or os.path.join(REPO, "bench", "results"), "static-*.json")))
     if not files:
         return {"file": None, "by_op": {}}
     path = files[-1]
@@ -302,14 +317,13 @@ def static_prediction() -> dict:
 
     def walk(o):
         if isinstance(o, dict):
-            op = o.get("op")
-            if isinstance(op, str):
-                for k, v in o.items():
-                    if isinstance(v, (int, float)) and not isinstance(v, bool) and "pred" in k.lower():
-                        scale = 1e-3 if k.lower().endswith("_us") else 1e3 if k.lower().endswith("_s") else 1.0
-                        mode = o.get("mode") or o.get("direction") or ""
-                        found.setdefault(f"{op}|{mode}", v * scale)
-                        break
+            pred = o.get("predicted")
+            ms = pred.get("predicted_ms") if isinstance(pred, dict) else o.get("predicted_ms")
+            if isinstance(o.get("op"), str) and isinstance(o.get("shape"), list) and isinstance(ms, (int, float)) \
+                    and o.get("dtype", "float32") in ("float32", "fp32"):
+                params = o.get("params") or {}
+                pstr = ", ".join(f"{k}={v}" for k, v in params.items()) if isinstance(params, dict) else str(params)
+                found.setdefault(static_key(o["op"], pstr, o["shape"]), float(ms))
             for v in o.values():
                 walk(v)
         elif isinstance(o, list):
@@ -335,11 +349,11 @@ def timing_table(rows: list[dict], static: dict) -> list[str]:
             continue
         key = (x["op"], x.get("params", ""), x["shape"], x["mode"])
         cells.setdefault(key, {})[x["backend"]] = x
-    out = ["| op | shape | mode | torch ms | triton ms | cuda ms | best % of copy BW | static prediction ms |",
+    out = ["| op | shape | mode | torch ms | triton ms | cuda ms | best % of copy BW | static prediction ms (fwd+bwd) |",
            "|---|---|---|---|---|---|---|---|"]
     for (op, params, shape, mode), by in cells.items():
         pct = max((b.get("pct_copy_bw") or 0.0 for b in by.values()), default=0.0)
-        pred = static["by_op"].get(f"{op}|{mode}", static["by_op"].get(f"{op}|"))
+        pred = static["by_op"].get(static_key(op, params, shape)) if mode == "fwd+bwd" else None
         name = op + (f" ({params})" if params else "")
         out.append(f"| {name} | {shape} | {mode} | " + " | ".join(_fmt_ms(by[b]["median_ms"]) if b in by else "—"
                                                                  for b in ("torch", "triton", "cuda"))
@@ -531,20 +545,22 @@ def run(out: str | None, dry_run: bool, jobs: int | None, total_budget: float | 
     say("matrix")
 
     par: dict = {}
+    group_end = time.monotonic() + min(budgets["parallel"], max(1.0, r.left()))
 
     def ext_job():
-        ext_thread.join(timeout=max(1.0, min(budgets["parallel"], r.left())))
+        ext_thread.join(timeout=max(1.0, group_end - time.monotonic()))
         if ext_thread.is_alive():
             par["ext"] = {"status": "timeout", "reason": "the JIT build did not finish within its budget"}
             return
-        par["ext"] = stage_ext(r, build, budgets["parallel"] - 5)
+        par["ext"] = stage_ext(r, build, max(1.0, group_end - time.monotonic()))
 
     def det_job():
-        res = r.worker("determinism", "determinism", {}, budgets["parallel"])
-        par["determinism"] = res
+        par["determinism"] = r.worker("determinism", "determinism", {}, max(1.0, group_end - time.monotonic()))
 
     def san_job():
-        par["sanitizer"] = stage_sanitizer(r, budgets["parallel"], cuda_ext=build.get("status") == "ok")
+        # the CUDA ops join the sanitized program only if the extension is already built by now
+        par["sanitizer"] = stage_sanitizer(r, max(1.0, group_end - time.monotonic()),
+                                           cuda_ext=build.get("status") == "ok")
 
     threads = [threading.Thread(target=f) for f in (ext_job, det_job, san_job)]
     for t in threads:
