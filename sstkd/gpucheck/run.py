@@ -508,6 +508,13 @@ def default_out(dry_run: bool) -> str:
 
 def run(out: str | None, dry_run: bool, jobs: int | None, total_budget: float | None, log=print) -> int:
     t_start = time.monotonic()
+    if not dry_run:
+        import torch
+
+        if not torch.cuda.is_available():
+            log("gpu-check: no CUDA device here (torch.cuda.is_available() is False); "
+                "on a CPU machine run `make gpu-check-dry-run` (--dry-run)")
+            return 2
     budgets = DRY_BUDGETS if dry_run else GPU_BUDGETS
     total = total_budget or TOTAL_BUDGET["dry" if dry_run else "gpu"]
     out = os.path.abspath(out or default_out(dry_run))
@@ -527,8 +534,6 @@ def run(out: str | None, dry_run: bool, jobs: int | None, total_budget: float | 
 
     st["env"] = r.worker("env", "env", {}, budgets["env"])
     say("env")
-    if not dry_run and "CUDA device" in str(st["env"].get("device", "")) and "no CUDA" in str(st["env"].get("device")):
-        log("gpu-check: no CUDA device here; use --dry-run on a CPU machine")
     build: dict = {}
 
     def build_ext():
