@@ -146,26 +146,31 @@ def _shape_cost(shape: str) -> int:
 
 
 def plan_matrix(dry_run: bool, jobs: int) -> tuple[list[list[dict]], int]:
-    """Units of the check matrix (case × dtype, heaviest first) dealt to ``jobs`` shards by estimated cost."""
+    """Units of the check matrix (one case × one dtype), dealt to ``jobs`` shards.
+
+    Units of one op and dtype stay in one shard, heaviest groups first onto the
+    least loaded shard: the same Triton kernel variants are then compiled by
+    one process, not by several at once (the cache has no cross-process lock).
+    """
     from sstkd.gpucheck.workers import matrix_cases
 
     cases = matrix_cases(dry_run)
     dtypes = ["fp32"] if dry_run else ["fp32", "fp16", "bf16"]
-    units = []
+    groups: dict[tuple[str, str], list[dict]] = {}
     for i, case in enumerate(cases):
         training = case.op.startswith("contourlet_energy[nlevs=3,3]")
         layouts = ["contiguous"] if dry_run or training else ["contiguous", "channels_last", "noncontig"]
         for d in (["fp32", "bf16"] if training and not dry_run else dtypes):
-            units.append({"cases": [i], "dtypes": [d], "layouts": layouts,
-                          "cost": _shape_cost(case.shape) * len(layouts) * (4 if training else 1)})
-    units.sort(key=lambda u: -u["cost"])
+            unit = {"cases": [i], "dtypes": [d], "layouts": layouts,
+                    "cost": _shape_cost(case.shape) * len(layouts) * (4 if training else 1)}
+            groups.setdefault((case.op, d), []).append(unit)
     shards: list[list[dict]] = [[] for _ in range(max(1, jobs))]
     load = [0] * len(shards)
-    for u in units:
+    for units in sorted(groups.values(), key=lambda us: -sum(u["cost"] for u in us)):
         k = load.index(min(load))
-        shards[k].append(u)
-        load[k] += u["cost"]
-    return [s for s in shards if s], len(units)
+        shards[k].extend(units)
+        load[k] += sum(u["cost"] for u in units)
+    return [sh for sh in shards if sh], sum(len(us) for us in groups.values())
 
 
 def stage_matrix(r: Runner, jobs: int, budget: float, ext_thread_start) -> dict:
@@ -422,6 +427,10 @@ def _notes(results: dict) -> None:
         m["note"] = (f"{sum(bool(x.get('ok')) for x in rows)}/{len(rows)} rows pass, {m.get('units_done')}/"
                      f"{m.get('units')} units in {m.get('shards')} processes{tr}"
                      + (f"; {'; '.join(m['shard_problems'])[:200]}" if m.get("shard_problems") else ""))
+        warm_bad = [f"{k}: {v.get('status')} {v.get('reason', '')} {v.get('errors') or ''}".strip()
+                    for k, v in m.get("warm", {}).items() if v.get("status") != "ok" or v.get("errors")]
+        if warm_bad:
+            m["note"] += "; warm-up: " + "; ".join(warm_bad)[:200]
     e = s.get("ext", {})
     if "matrix_rows" in e:
         rows = e["matrix_rows"]
@@ -521,7 +530,8 @@ def run(out: str | None, dry_run: bool, jobs: int | None, total_budget: float | 
     if os.path.isdir(out) and os.listdir(out):
         log(f"gpu-check: {out} exists and is not empty; results would be mixed")
         return 2
-    jobs = jobs or (2 if dry_run else max(1, min(14, (os.cpu_count() or 4) - 2)))
+    # matrix shards + 2 warm-up processes + the extension's build (MAX_JOBS=4) share the cores
+    jobs = jobs or (2 if dry_run else max(1, (os.cpu_count() or 8) - 6))
     work = tempfile.mkdtemp(prefix="sstkd-gpucheck-")
     r = Runner(work, dry_run, t_start + total - 8)  # 8 s kept for writing the results
     results: dict = {"dry_run": dry_run, "started": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -599,7 +609,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                  "dry run: runs/gpu-check-dry-run-<date>/); must be new or empty")
     p.add_argument("--dry-run", action="store_true",
                    help="CPU, Triton interpreter, tiny shapes; GPU-only stages are skipped with the reason")
-    p.add_argument("--jobs", type=int, default=None, help="parallel processes of the matrix stage (default: CPUs - 2)")
+    p.add_argument("--jobs", type=int, default=None, help="parallel processes of the matrix stage (default: CPUs - 6)")
     p.add_argument("--budget", type=float, default=None, help="total seconds (default 420; dry run 120)")
 
 
