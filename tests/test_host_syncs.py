@@ -86,3 +86,34 @@ def test_sstkd_loss_step_never_waits_for_the_host(backend):
         with debug_checks(True), HostSyncCounter() as c:
             step()
         assert c.syncs > 0, c.report()
+
+
+@pytest.mark.parametrize("where", ["s_low", "t_low"])
+def test_a_nan_feature_without_debug_checks_gives_nan_terms_not_an_error(where, monkeypatch):
+    """docs/method.md: with value checks off, NaN propagates (every statistical term is NaN)."""
+    monkeypatch.delenv("SSTKD_DEBUG_CHECKS", raising=False)
+    torch.manual_seed(0)
+    crit = SSTKDLoss(2, 3, 3, SSTKDConfig(backend="torch"))
+    args = {"s_logits": torch.randn(1, 3, 32, 32, requires_grad=True), "t_logits": torch.randn(1, 3, 32, 32),
+            "s_low": torch.randn(1, 2, 16, 16, requires_grad=True), "t_low": torch.randn(1, 3, 16, 16)}
+    with torch.no_grad():
+        args[where][0, 0, 3, 5] = float("nan")
+    out = crit(**args)
+    for k in ("sta", "sta_hist", "sta_cdf", "sta_map", "sta_range", "str", "loss"):
+        assert torch.isnan(out[k]), k
+    assert torch.isfinite(out["pi"]) and torch.isfinite(out["ho"])
+    out["loss"].backward()  # no error, no hang
+
+
+def test_nan_intensities_through_the_triton_quantize_kernels_do_not_crash(monkeypatch):
+    from sstkd import ops
+
+    monkeypatch.delenv("SSTKD_DEBUG_CHECKS", raising=False)
+    s = torch.rand(2, 40)
+    s[0, 7] = float("nan")
+    s.requires_grad_(True)
+    centers, hist = ops.quantize_count(s, 8, iters=2, quantiles=(0.1, 0.9), backend="triton")
+    mapped = ops.reproject(hist.cumsum(1)[:, None], s, centers, backend="triton")
+    (hist.sum() + mapped.sum()).backward()
+    assert torch.isnan(centers[0]).all() and torch.isfinite(centers[1]).all()
+    assert torch.isfinite(hist[1]).all() and torch.isfinite(mapped[1]).all()
