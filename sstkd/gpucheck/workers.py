@@ -394,7 +394,7 @@ def run_train_step(spec: dict, rows: Rows) -> dict:
     device = device_for(dry)
     if dry:
         cfg = train_step.TrainStepConfig(teacher_width=8, student_width=8, batch=2, crop=(64, 64), warmup=1,
-                                         repeat=2, max_seconds=3.0)
+                                         repeat=1, max_seconds=3.0)
         variants = ("student", "kd", "sstkd_reference")
     else:
         cfg = train_step.TrainStepConfig(warmup=2, repeat=6, max_seconds=spec.get("variant_seconds", 10.0))

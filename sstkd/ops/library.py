@@ -15,6 +15,8 @@ so only the inputs are saved between the passes.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -149,8 +151,8 @@ def contourlet_energy(x: Tensor, nlevs, pfilt: str = "9-7", dfilt: str = "pkva")
 
 
 @torch.library.custom_op(f"{NS}::quantize_count", mutates_args=())
-def _quantize_count(s: Tensor, levels: int, iters: int, kernel: str, centers: Tensor | None,
-                    quantiles: list[float] | None) -> tuple[Tensor, Tensor]:
+def _quantize_count(s: Tensor, levels: int, iters: int, kernel: str, centers: Optional[Tensor],
+                    quantiles: Optional[list[float]]) -> tuple[Tensor, Tensor]:
     with torch.no_grad():
         c, h = _quantize.quantize_count(s, levels, iters, kernel, centers=centers,
                                         quantiles=None if quantiles is None else tuple(quantiles), backend="triton")
