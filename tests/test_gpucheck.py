@@ -86,3 +86,26 @@ def test_bad_options_are_refused(argv, capsys):
     gc.add_arguments(p)
     assert gc.main(p.parse_args(argv + ["--dry-run"])) == 2
     assert argv[0] in capsys.readouterr().out
+
+
+def test_sanitizer_stage_runs_both_tools_and_reads_their_error_summaries(tmp_path, monkeypatch):
+    """A stand-in compute-sanitizer (the real one needs a GPU) prints each tool's summary line."""
+    tool = tmp_path / "bin" / "compute-sanitizer"
+    tool.parent.mkdir()
+    tool.write_text('#!/bin/sh\necho "args: $*"\nif [ "$2" = racecheck ]; then n=3; else n=0; fi\n'
+                    'echo "========= ERROR SUMMARY: $n errors"\n')
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tool.parent}{os.pathsep}{os.environ['PATH']}")
+    r = gc.Runner(str(tmp_path), False, time.monotonic() + 60)
+    res = gc.stage_sanitizer(r, 30, cuda_ext=False)
+    assert res["tool"] == str(tool)
+    assert res["memcheck"]["status"] == "ok" and res["memcheck"]["errors"] == 0
+    assert res["racecheck"]["status"] == "fail" and res["racecheck"]["errors"] == 3
+    assert res["status"] == "fail"
+    assert "--tool memcheck" in res["memcheck"]["tail"] and "sstkd.gpucheck.workers sanitize_target" in res["memcheck"]["tail"]
+
+
+def test_ext_stage_reports_a_failed_build_with_its_reason(tmp_path):
+    r = gc.Runner(str(tmp_path), False, time.monotonic() + 60)
+    res = gc.stage_ext(r, {"status": "error", "reason": "RuntimeError: no nvcc"}, 10)
+    assert res["status"] == "fail" and "no nvcc" in res["reason"]
