@@ -1,4 +1,4 @@
-"""``sstkd`` command line: ``sstkd train|eval|demo|verify|bench|info|gpu-check``.
+"""``sstkd`` command line: ``sstkd train|eval|demo|convert|verify|bench|info|gpu-check``.
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)``
 and ``main(args) -> int``; modules are imported only when their command runs.
@@ -13,6 +13,7 @@ COMMANDS = {
     "train": ("sstkd.engine.train_cli", "train a segmentation model (baseline, KD or SSTKD) from a YAML config"),
     "eval": ("sstkd.engine.eval_cli", "evaluate a checkpoint (mIoU, per-class IoU)"),
     "demo": ("sstkd.engine.demo", "teacher -> student SSTKD distillation on synthetic textures, on the CPU"),
+    "convert": ("sstkd.convert_cli", "convert a torchvision / CIRKD / SKD-IFVD / mmseg checkpoint to sstkd's layout"),
     "verify": ("sstkd.verify", "check every backend of every op against the reference"),
     "bench": ("sstkd.bench", "time every op x backend; training-step overhead"),
     "info": ("sstkd.info", "versions, devices, backends and why they are (un)available"),
@@ -37,7 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cmd = argv[0] if argv and argv[0] in COMMANDS else None
     parser = build_parser(cmd if cmd is not None else "__none__")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides may follow options (`sstkd train C --work-dir D train.iterations=1`).
+    strays = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if strays:
+        parser.error(f"unrecognized arguments: {' '.join(strays)}")
+    if extra:
+        args.overrides = list(args.overrides or []) + extra
     module = importlib.import_module(COMMANDS[args.command][0])
     return int(module.main(args) or 0)
 

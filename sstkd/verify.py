@@ -254,8 +254,22 @@ def add_arguments(parser) -> None:
     parser.add_argument("--full", action="store_true", help="training-size shapes even on the CPU")
 
 
+def _error(msg: str) -> int:
+    print(f"sstkd verify: error: {msg}", file=sys.stderr)
+    return 2
+
+
 def main(args) -> int:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        return _error(f"--device: {args.device!r} is not a device (cpu, cuda or cuda:N)")
+    if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not torch.cuda.is_available()):
+        return _error(f"--device: {args.device!r} is not available here (cpu{', cuda' if torch.cuda.is_available() else ''})")
+    known = sorted({_op_base(c.op) for c in cases(True)})
+    unknown = sorted(set(args.op or []) - set(known))
+    if unknown:
+        return _error(f"--op: unknown op {unknown[0]!r}; choose from {known}")
     if device.type == "cpu" and "TRITON_INTERPRET" not in os.environ:
         os.environ["TRITON_INTERPRET"] = "1"  # before any kernel module is imported
     from sstkd.ops import dispatch

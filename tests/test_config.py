@@ -5,6 +5,7 @@ import os
 import pytest
 import yaml
 
+from sstkd.distill import SSTKDConfig
 from sstkd.engine.config import ConfigError, DEFAULTS, load_config, resolve_config, save_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +63,7 @@ def test_overrides_parse_yaml_values(tmp_path):
     assert cfg["train"]["grad_clip"] is None
     assert cfg["model"]["aux"] is False
     assert cfg["train"]["weight_decay"] == pytest.approx(1e-4)
-    assert cfg["distill"]["loss"] == {"lambda_pi": 3}
+    assert cfg.distill.loss == SSTKDConfig(lambda_pi=3.0)  # the method's preset plus the override
 
 
 @pytest.mark.parametrize("override, fragment", [
@@ -149,4 +150,18 @@ def test_unknown_distillation_key_is_named_at_load_time(tmp_path):
     with pytest.raises(ConfigError, match="lambda_strr"):
         load_config(p, ["distill.loss.lambda_strr=1"])
     cfg = load_config(p, ["distill.loss.lambda_str=0.5"])
-    assert cfg["distill"]["loss"] == {"lambda_str": 0.5}
+    assert cfg.distill.loss == SSTKDConfig.preset("sstkd", lambda_str=0.5)
+
+
+def test_flavor_and_format_choices_match_the_models():
+    """The config's Literal choices are the models' flavors and checkpoint formats, no more, no less."""
+    import typing
+
+    from sstkd.engine import config as config_lib
+    from sstkd.models.convert import FORMATS
+    from sstkd.models.flavors import FLAVORS
+
+    assert set(typing.get_args(config_lib.Flavor)) == set(FLAVORS)
+    assert set(typing.get_args(config_lib.CheckpointFormat)) == {"auto", *FORMATS}
+    with pytest.raises(config_lib.ConfigError, match="model.flavor"):
+        config_lib.resolve_config({"model": {"flavor": "bogus"}})

@@ -254,7 +254,7 @@ def test_sigkill_mid_training_then_resume_auto_is_bit_exact(tmp_path):
     sections = {"train": {"iterations": 30, "checkpoint_interval": 1, "log_interval": 5}}
     cfg = tiny_config(tmp_path / "killed", **sections)
     cfg_path = tmp_path / "run.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg))
+    cfg_path.write_text(yaml.safe_dump(cfg.to_dict()))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "sstkd", "train", str(cfg_path)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -99,6 +99,10 @@ def _render(cls: TextureClass, h: int, w: int, rng: np.random.Generator) -> np.n
     return base + rng.normal(0.0, cls.noise, (h, w))
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 class SyntheticTextures(Dataset):
     """Texture-region segmentation images generated on the fly.
 
@@ -125,7 +129,10 @@ class SyntheticTextures(Dataset):
         del root  # accepted so build_dataset can treat every dataset alike
         if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
             raise ValueError(f"num_images: must be a positive int, got {num_images!r}")
-        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        sides = [size, size] if _is_int(size) else list(size) if isinstance(size, (list, tuple)) else None
+        if sides is None or len(sides) != 2 or not all(_is_int(v) for v in sides):
+            raise ValueError(f"size: expected an int or (height, width) ints, got {size!r}")
+        h, w = sides
         if h < 8 or w < 8:
             raise ValueError(f"size: each side must be >= 8, got {size!r}")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 2 <= num_classes <= len(
@@ -133,6 +140,9 @@ class SyntheticTextures(Dataset):
             raise ValueError(f"num_classes: must be an int in 2..{len(TEXTURE_CLASSES)}, got {num_classes!r}")
         if split not in _SPLITS:
             raise ValueError(f"split: must be one of {sorted(_SPLITS)}, got {split!r}")
+        if (not isinstance(regions, (list, tuple)) or len(regions) != 2
+                or not all(_is_int(v) for v in regions)):
+            raise ValueError(f"regions: expected (min, max) ints, got {regions!r}")
         lo, hi = regions
         if not 1 <= lo <= hi:
             raise ValueError(f"regions: expected 1 <= min <= max, got {regions!r}")

@@ -15,11 +15,11 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.func import functional_call
 
 from sstkd.distill.response import match_logits
+from sstkd.models.sync import all_reduce_gradients
 
 
 def _fp32(device: torch.device):
@@ -79,17 +79,6 @@ def critic_loss(
         return {"d_loss": -wdist + gp_weight * gp, "wdist": wdist, "gp": gp}
 
 
-def _all_reduce_grads(params) -> None:
-    """Average gradients over ranks: the critic is not DDP-wrapped, so keep replicas in sync."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return
-    world = dist.get_world_size()
-    for p in params:
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-            p.grad.div_(world)
-
-
 def discriminator_step(
     discriminator: nn.Module,
     s_logits: torch.Tensor,
@@ -111,6 +100,6 @@ def discriminator_step(
     optimizer.zero_grad(set_to_none=True)
     terms = critic_loss(discriminator, s_logits, t_logits, gp_weight)
     (loss_weight * terms["d_loss"]).backward()
-    _all_reduce_grads(discriminator.parameters())
+    all_reduce_gradients(discriminator.parameters())
     optimizer.step()
     return {k: v.detach() for k, v in terms.items()}

@@ -16,12 +16,16 @@ from torch import nn
 from sstkd.distill.align import ALIGN_MODES, AlignHead
 from sstkd.distill.cdm import PAD_MODES, ContourletDecompositionModule
 from sstkd.distill.discriminator import ScoreMapDiscriminator
-from sstkd.distill.dtiem import DTIEM
-from sstkd.distill.holistic import _all_reduce_grads
+from sstkd.distill.dtiem import DTIEM, INTENSITIES, KERNELS, REDISTRIBUTE
 from sstkd.distill.holistic import discriminator_step as _discriminator_step
 from sstkd.distill.holistic import generator_loss
 from sstkd.distill.response import match_logits, pixelwise_kd
+from sstkd.filters import DFB_FILTERS, check_pyramid_filter
+from sstkd.models.sync import all_reduce_gradients
 from sstkd.ops._checks import check_image, check_int
+from sstkd.ops.contourlet import MAX_DFB_LEVELS
+from sstkd.ops.dispatch import check_backend_name
+from sstkd.ops.quantize import MAX_ITERS, MAX_LEVELS
 
 PRESETS = ("sstkd", "kd", "stlnet_sta")
 
@@ -93,19 +97,32 @@ class SSTKDConfig:
         self._check_number("d_lr", self.d_lr, minimum=0.0, strict=True)
         self._check_number("sta_tau", self.sta_tau, minimum=1.0)
         check_int(self.ignore_index, "ignore_index")
-        check_int(self.sta_levels, "sta_levels", minimum=2)
-        check_int(self.sta_iters, "sta_iters", minimum=0)
+        check_int(self.sta_levels, "sta_levels", minimum=2, maximum=MAX_LEVELS)
+        check_int(self.sta_iters, "sta_iters", minimum=0, maximum=MAX_ITERS)
         check_int(self.d_channels, "d_channels", minimum=1)
         if self.align not in ALIGN_MODES:
             raise ValueError(f"align: unknown mode {self.align!r}; choose from {ALIGN_MODES}")
         if self.str_pad_mode not in PAD_MODES:
             raise ValueError(f"str_pad_mode: unknown mode {self.str_pad_mode!r}; choose from {PAD_MODES}")
+        for name, value, choices in (("sta_kernel", self.sta_kernel, KERNELS),
+                                     ("sta_intensity", self.sta_intensity, INTENSITIES),
+                                     ("sta_redistribute", self.sta_redistribute, REDISTRIBUTE),
+                                     ("str_dfilt", self.str_dfilt, DFB_FILTERS)):
+            if value not in choices:
+                raise ValueError(f"{name}: unknown value {value!r}; choose from {choices}")
+        check_backend_name(self.backend)
+        check_pyramid_filter(self.str_pfilt, "str_pfilt")
         # YAML gives lists: store tuples so the config stays hashable and comparable.
         self.str_nlevs = self._int_tuple("str_nlevs", self.str_nlevs)
         if self.str_band_weights is not None:
             self.str_band_weights = self._float_tuple("str_band_weights", self.str_band_weights)
         self.sta_quantiles = self._float_tuple("sta_quantiles", self.sta_quantiles, length=2)
+        lo, hi = self.sta_quantiles
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ValueError(f"sta_quantiles: expected (low, high) with 0 <= low < high <= 1, got {self.sta_quantiles}")
         self.d_betas = self._float_tuple("d_betas", self.d_betas, length=2)
+        if not all(0.0 <= b < 1.0 for b in self.d_betas):
+            raise ValueError(f"d_betas: Adam's betas must lie in [0, 1), got {self.d_betas}")
 
     @staticmethod
     def _check_number(name, v, minimum=None, strict=False):
@@ -120,7 +137,7 @@ class SSTKDConfig:
     def _int_tuple(name, v):
         if isinstance(v, (str, bytes)) or not isinstance(v, (list, tuple)) or len(v) == 0:
             raise TypeError(f"{name}: expected a non-empty list of ints, got {v!r}")
-        return tuple(check_int(x, name, minimum=0) for x in v)
+        return tuple(check_int(x, name, minimum=0, maximum=MAX_DFB_LEVELS) for x in v)
 
     @classmethod
     def _float_tuple(cls, name, v, length=None):
@@ -252,7 +269,7 @@ class SSTKDLoss(nn.Module):
         Call between ``backward()`` and the student's ``optimizer.step()`` when
         this module is not wrapped in DDP (the student usually is, the loss is not).
         """
-        _all_reduce_grads(self.student_side_parameters())
+        all_reduce_gradients(self.student_side_parameters())
 
     def make_discriminator_optimizer(self) -> torch.optim.Optimizer | None:
         """``Adam(discriminator_parameters(), lr=d_lr, betas=d_betas)``; None when ``use_ho`` is off."""

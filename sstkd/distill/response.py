@@ -1,6 +1,8 @@
 """Response (pixel-wise) distillation: KL between teacher and student class distributions."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -58,8 +60,9 @@ def pixelwise_kd(
         ValueError / TypeError naming ``s_logits``, ``t_logits``, ``target``
         or ``temperature``.
     """
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature <= 0:
-        raise ValueError(f"temperature: must be a positive number, got {temperature!r}")
+    if (isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0
+            or not math.isfinite(temperature)):
+        raise ValueError(f"temperature: must be a finite positive number, got {temperature!r}")
     s_logits = match_logits(s_logits, t_logits)
     t = t_logits.detach().float() / temperature
     s = s_logits.float() / temperature

@@ -20,6 +20,7 @@ loads with nothing but ``build_model(**ckpt["model_args"])`` and
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from typing import Any, Mapping
 
@@ -28,6 +29,7 @@ import torch
 
 __all__ = [
     "CheckpointError",
+    "first_nonfinite",
     "save_checkpoint",
     "load_checkpoint",
     "find_last_checkpoint",
@@ -48,16 +50,42 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or not of the expected kind."""
 
 
+def first_nonfinite(obj: Any, _prefix: str = "") -> str | None:
+    """The key path of the first floating-point tensor in ``obj`` (nested dicts / lists) holding
+    NaN or Inf, or None."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() or obj.is_complex():
+            return None if bool(torch.isfinite(obj).all()) else (_prefix or "<tensor>")
+        return None
+    if isinstance(obj, Mapping):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return None
+    for k, v in items:
+        found = first_nonfinite(v, f"{_prefix}.{k}" if _prefix else str(k))
+        if found is not None:
+            return found
+    return None
+
+
 def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Save ``obj`` to ``path`` atomically (temp file in the same directory,
-    fsync, ``os.replace``).
+    fsync, ``os.replace``). A checkpoint never holds NaN or Inf: such an
+    ``obj`` is refused and the file at ``path`` is left as it was.
 
     Raises:
         TypeError: ``obj`` is not a mapping.
+        CheckpointError: a tensor of ``obj`` holds a non-finite value (named).
     """
     if not isinstance(obj, Mapping):
         raise TypeError(f"obj: expected a mapping, got {type(obj).__name__}")
     path = os.fspath(path)
+    bad = first_nonfinite(obj)
+    if bad is not None:
+        raise CheckpointError(f"not saving {path}: {bad} holds a non-finite value (NaN or Inf); "
+                              "the previous file is left as it was")
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp.{os.getpid()}")
@@ -96,7 +124,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for corrupt files
-        raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from None
+        if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
+            raise CheckpointError(f"cannot load checkpoint {path}: not a file of tensors and plain values "
+                                  "(corrupt, or holding objects whose loading could run code: refused)") from None
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {first}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path}: expected a dict, got {type(obj).__name__}")
     return obj
@@ -194,14 +226,15 @@ def export_student(model: torch.nn.Module, model_args: Mapping[str, Any], path: 
 
 def extract_state_dict(ckpt: Mapping[str, Any]) -> dict:
     """The model weights of a student export, a training checkpoint or a bare
-    state dict."""
-    if "model" in ckpt and isinstance(ckpt["model"], Mapping):
-        return dict(ckpt["model"])
-    if "state_dict" in ckpt and isinstance(ckpt["state_dict"], Mapping):
-        return dict(ckpt["state_dict"])
-    if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        return dict(ckpt)
-    raise CheckpointError("checkpoint holds no model weights ('model' or 'state_dict' key, or a bare state dict)")
+    state dict (under ``model``, ``student`` or ``state_dict``), with a DDP
+    wrapper's ``module.`` prefix removed (by :func:`sstkd.models.read_state_dict`,
+    the one place state dicts are unwrapped)."""
+    from sstkd.models.weights import read_state_dict
+
+    try:
+        return read_state_dict(ckpt)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(str(e)) from None
 
 
 def load_student(path: str | os.PathLike, map_location: Any = "cpu") -> torch.nn.Module:

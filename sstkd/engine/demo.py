@@ -97,7 +97,7 @@ def run_demo(out: str, quick: bool = False, config_dir: str | None = None, log=p
         log(f"== {run}: {cfg['model']['name']} (base_width {cfg['model']['base_width']}), method {cfg['method']}, "
             f"{cfg['train']['iterations']} iterations")
         t0 = time.perf_counter()
-        summary = train(cfg, log=None)
+        summary = train(cfg, log=None, overwrite=True)  # the demo regenerates everything under --out
         wall = time.perf_counter() - t0
         metrics = summary["final_metrics"]
         results[run] = {
@@ -209,7 +209,11 @@ def write_report(path: str, results: dict, cfgs: dict, table: str, train_wall: f
 
 
 def _loss_overrides(cfgs: dict) -> str:
-    extra = {k: v for k, v in cfgs["sstkd"]["distill"]["loss"].items()}
+    from sstkd.distill import SSTKDConfig
+
+    loss = cfgs["sstkd"]["distill"]["loss"].to_dict()
+    preset = SSTKDConfig.preset(cfgs["sstkd"]["method"]).to_dict()
+    extra = {k: v for k, v in loss.items() if v != preset[k]}
     return f"; overrides: `{extra}`" if extra else ""
 
 
@@ -280,14 +284,14 @@ def make_figure(cfgs: dict, path: str, results: dict | None = None) -> None:
                 logits = model(image[None])["out"]
         preds[run] = logits.argmax(1)[0].numpy()
 
-    nlevs = list(cfgs["sstkd"]["distill"]["loss"].get("str_nlevs", (3, 3)))
+    nlevs = list(cfgs["sstkd"]["distill"]["loss"].str_nlevs)
     channel = int(teacher_low.flatten(1).var(dim=1).argmax())
     feat = teacher_low[channel][None, None].double()
     cdm = ContourletDecompositionModule(nlevs)
     feat = pad_to_size(feat, cdm.padded_size(*feat.shape[-2:]), "symmetric")
     low, bands = contourlet_dec(feat, nlevs)
     s = intensity_map(teacher_low[None].float())
-    levels = int(cfgs["sstkd"]["distill"]["loss"].get("sta_levels", 128))
+    levels = int(cfgs["sstkd"]["distill"]["loss"].sta_levels)
     centers, hist = quantize_count(s, levels, iters=3, quantiles=(0.01, 0.99))
     clipped = clip_histogram(hist, 4.0 / levels)
 

@@ -4,8 +4,12 @@ One process: ``sstkd train configs/demo/sstkd.yaml``. Several GPUs or nodes:
 ``torchrun --nproc_per_node=8 -m sstkd train CONFIG`` (the same command on
 every node, with ``--nnodes``/``--node_rank``/``--master_addr``).
 
+A run directory that already holds a run is never reused silently: continue
+it with ``--resume auto`` or replace it with ``--overwrite``. See
+docs/failure-modes.md.
+
 Exit status: 0 on success, 2 for a bad config / override / missing file or
-dataset, 1 for a failed run (e.g. a non-finite loss).
+dataset / occupied run directory, 1 for a failed run (e.g. a non-finite loss).
 """
 from __future__ import annotations
 
@@ -24,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'auto': continue from WORK_DIR/last.pt when it exists; or a checkpoint path")
     parser.add_argument("--work-dir", metavar="DIR",
                         help="run directory (default: the config's work_dir, else runs/<config path under configs/>)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in the run directory (its checkpoints, exports and log)")
+    parser.add_argument("--allow-changes", action="store_true",
+                        help="on resume, apply config changes that alter the run (lr, loss weights, iterations, "
+                             "...); they are recorded in WORK_DIR/config_changes.jsonl")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
@@ -60,8 +69,8 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as e:
         _error(str(e))
         return 2
-    if cfg["work_dir"] is None:
-        cfg["work_dir"] = default_work_dir(args.config)
+    if cfg.work_dir is None:
+        cfg.work_dir = default_work_dir(args.config)
     if args.print_config:
         print(config_to_yaml(cfg), end="")
         return 0
@@ -70,7 +79,7 @@ def main(args: argparse.Namespace) -> int:
 
     trainer = None
     try:
-        trainer = Trainer(cfg, log=print)
+        trainer = Trainer(cfg, log=print, overwrite=args.overwrite, allow_changes=args.allow_changes)
         summary = trainer.train()
     except (ConfigError, CheckpointError, FileNotFoundError) as e:
         _error(str(e))

@@ -10,12 +10,17 @@ Deep stem (``deep_stem=True``, the "resnet101-imagenet" checkpoints of the
 SKD / IFVD / CCNet lineage): three 3x3 convs replace the 7x7 one, with keys
 ``conv1`` (3 -> w, stride 2), ``bn1``, ``conv2`` (w -> w), ``bn2``,
 ``conv3`` (w -> 2w), ``bn3``; ``layer1`` then starts from 2w channels, so
-``layer1.0`` always has a ``downsample`` branch.
+``layer1.0`` always has a ``downsample`` branch. ``stem="v1c"`` (mmsegmentation's
+ResNetV1c) is the same three convs at half width (w/2, w/2, w), so ``layer1``
+starts from w channels.
 
 ``base_width`` scales every width (64 is the standard network, 16 a tiny CPU
 variant for demos and tests); ``output_stride`` 8 dilates layer3 (2) and
 layer4 (4), 16 dilates layer4 (2), 32 dilates nothing. As in torchvision,
 the first block of a dilated stage keeps the previous dilation.
+``dilation_rule`` selects the other codebases' conventions (see
+:data:`DILATION_RULES`); ``ceil_mode=True`` makes the stem max-pool round up
+(SKD/IFVD).
 """
 from __future__ import annotations
 
@@ -26,7 +31,21 @@ from torch import nn
 
 NormLayer = Callable[[int], nn.Module]
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet50", "resnet101", "stage_dilations"]
+__all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet50", "resnet101", "stage_dilations",
+           "DILATION_RULES", "STEMS"]
+
+STEMS = ("torchvision", "deep", "v1c")
+
+# Dilation of the 3x3 convs in a dilated stage (stage dilation d, previous stage's p), per codebase:
+# (first block's dilated conv: "previous" = p or "stage" = d,
+#  BasicBlock conv2: "same" as its conv1, "stage" = d always, or "one" = never dilated).
+# Bottleneck blocks have one 3x3 conv (conv2), so only the first entry matters for them.
+DILATION_RULES = {
+    "torchvision": ("previous", "same"),   # torchvision; sstkd's own models
+    "cirkd": ("previous", "stage"),        # CIRKD ResNetV1b (BasicBlockV1b conv2 uses previous_dilation = d)
+    "mmseg": ("previous", "one"),          # mmseg contract_dilation; its BasicBlock conv2 is never dilated
+    "ifvd": ("stage", "same"),             # SKD/IFVD: every block at the full stage dilation
+}
 
 
 def stage_dilations(output_stride: int) -> tuple[bool, bool, bool]:
@@ -51,12 +70,12 @@ class BasicBlock(nn.Module):
     expansion = 1
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 dilation: int = 1, norm_layer: NormLayer = nn.BatchNorm2d):
+                 dilation: int = 1, norm_layer: NormLayer = nn.BatchNorm2d, conv2_dilation: int | None = None):
         super().__init__()
         self.conv1 = _conv3x3(inplanes, planes, stride, dilation=dilation)
         self.bn1 = norm_layer(planes)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = _conv3x3(planes, planes, dilation=dilation)
+        self.conv2 = _conv3x3(planes, planes, dilation=dilation if conv2_dilation is None else conv2_dilation)
         self.bn2 = norm_layer(planes)
         self.downsample = downsample
         self.stride = stride
@@ -102,7 +121,11 @@ class ResNet(nn.Module):
         layers: blocks per stage, e.g. ``(2, 2, 2, 2)`` for ResNet-18.
         base_width: width of the stem and of ``layer1`` (64 = standard).
         output_stride: 8, 16 or 32 (see module docstring).
-        deep_stem: three 3x3 convs instead of the 7x7 one.
+        deep_stem: three 3x3 convs instead of the 7x7 one (same as ``stem="deep"``).
+        stem: ``"torchvision"`` (7x7), ``"deep"`` (3x3 w, w, 2w) or ``"v1c"``
+            (3x3 w/2, w/2, w); ``None`` follows ``deep_stem``.
+        dilation_rule: a key of :data:`DILATION_RULES` (default torchvision's).
+        ceil_mode: the stem max-pool rounds its output size up (SKD/IFVD).
         norm_layer: ``callable(num_features) -> nn.Module`` (default ``nn.BatchNorm2d``).
         num_classes: if given, adds ``avgpool`` + ``fc`` and ``forward`` returns
             ``(B, num_classes)`` logits (ImageNet classifier, used for parameter
@@ -115,32 +138,45 @@ class ResNet(nn.Module):
 
     def __init__(self, block: type[nn.Module], layers: tuple[int, int, int, int], *, base_width: int = 64,
                  output_stride: int = 32, deep_stem: bool = False, norm_layer: NormLayer | None = None,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, stem: str | None = None, dilation_rule: str = "torchvision",
+                 ceil_mode: bool = False):
         super().__init__()
         if isinstance(base_width, bool) or not isinstance(base_width, int) or base_width < 1:
             raise ValueError(f"base_width: must be a positive int, got {base_width!r}")
         if len(layers) != 4 or any(n < 1 for n in layers):
             raise ValueError(f"layers: expected 4 positive block counts, got {layers!r}")
+        stem = ("deep" if deep_stem else "torchvision") if stem is None else stem
+        if stem not in STEMS:
+            raise ValueError(f"stem: expected one of {', '.join(STEMS)}, got {stem!r}")
+        if deep_stem and stem != "deep":
+            raise ValueError(f"deep_stem: True contradicts stem={stem!r}")
+        if dilation_rule not in DILATION_RULES:
+            raise ValueError(f"dilation_rule: expected one of {', '.join(DILATION_RULES)}, got {dilation_rule!r}")
+        if stem == "v1c" and base_width % 2:
+            raise ValueError(f"base_width: the v1c stem halves it, so it must be even, got {base_width}")
         norm_layer = nn.BatchNorm2d if norm_layer is None else norm_layer
         self._norm_layer = norm_layer
+        self._dilation_rule = DILATION_RULES[dilation_rule]
         self.output_stride = output_stride
-        self.deep_stem = deep_stem
+        self.stem_type = stem
+        self.deep_stem = stem != "torchvision"
         dilate = stage_dilations(output_stride)
         w = base_width
-        if deep_stem:
-            self.conv1 = _conv3x3(3, w, stride=2)
-            self.bn1 = norm_layer(w)
-            self.conv2 = _conv3x3(w, w)
-            self.bn2 = norm_layer(w)
-            self.conv3 = _conv3x3(w, 2 * w)
-            self.bn3 = norm_layer(2 * w)
-            self.inplanes = 2 * w
+        if stem != "torchvision":
+            s1, s3 = (w, 2 * w) if stem == "deep" else (w // 2, w)
+            self.conv1 = _conv3x3(3, s1, stride=2)
+            self.bn1 = norm_layer(s1)
+            self.conv2 = _conv3x3(s1, s1)
+            self.bn2 = norm_layer(s1)
+            self.conv3 = _conv3x3(s1, s3)
+            self.bn3 = norm_layer(s3)
+            self.inplanes = s3
         else:
             self.conv1 = nn.Conv2d(3, w, 7, stride=2, padding=3, bias=False)
             self.bn1 = norm_layer(w)
             self.inplanes = w
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=bool(ceil_mode))
         self.dilation = 1
         self.layer1 = self._make_layer(block, w, layers[0])
         self.layer2 = self._make_layer(block, 2 * w, layers[1], stride=2, dilate=dilate[0])
@@ -163,11 +199,18 @@ class ResNet(nn.Module):
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(_conv1x1(self.inplanes, planes * block.expansion, stride),
                                        norm_layer(planes * block.expansion))
-        # The first block of a dilated stage keeps the previous dilation (torchvision convention).
-        mods = [block(self.inplanes, planes, stride, downsample, dilation=previous_dilation, norm_layer=norm_layer)]
+        # The first block of a dilated stage keeps the previous dilation (torchvision), or not (IFVD).
+        first_rule, conv2_rule = self._dilation_rule
+        first = previous_dilation if first_rule == "previous" else self.dilation
+        extra = {}
+        if block is BasicBlock and conv2_rule != "same":
+            extra["conv2_dilation"] = self.dilation if conv2_rule == "stage" else 1
+        mods = [block(self.inplanes, planes, stride, downsample, dilation=first, norm_layer=norm_layer,
+                      **extra)]
         self.inplanes = planes * block.expansion
         for _ in range(1, blocks):
-            mods.append(block(self.inplanes, planes, dilation=self.dilation, norm_layer=norm_layer))
+            mods.append(block(self.inplanes, planes, dilation=self.dilation, norm_layer=norm_layer,
+                              **extra))
         return nn.Sequential(*mods)
 
     def _init_weights(self) -> None:

@@ -32,29 +32,39 @@ class Segmentor(nn.Module):
         head: decode head applied to ``c4``.
         aux_head: optional head applied to ``c3`` (the trainer weights it 0.4).
         num_classes: number of output classes.
+        align_corners: of the upsampling to the input size (False: sstkd,
+            torchvision, mmseg; True: how CIRKD and SKD/IFVD evaluate).
+        flavor: name of the architecture flavor it was built with (None = sstkd's own).
 
     ``forward(x)``: ``x`` float ``(B, 3, H, W)`` -> ``dict(out=(B, K, H, W))``
-    logits upsampled bilinearly (``align_corners=False``) to ``H x W``, plus
-    ``aux=(B, K, H, W)`` in training mode when an auxiliary head exists.
+    logits upsampled bilinearly to ``H x W``, plus ``aux=(B, K, H, W)`` when an
+    auxiliary head exists, in training mode or when ``aux_in_eval`` is set
+    (models from :func:`sstkd.models.from_pretrained` set it).
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, aux_head: nn.Module | None, num_classes: int,
-                 name: str = "segmentor"):
+                 name: str = "segmentor", align_corners: bool = False, flavor: str | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.aux_head = aux_head
         self.num_classes = num_classes
         self.name = name
+        self.align_corners = bool(align_corners)
+        self.flavor = flavor
+        self.aux_in_eval = False
+        self.source_format: str | None = None  # set by from_pretrained: the checkpoint's layout
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         check_input(x)
         size = x.shape[-2:]
         c1, c2, c3, c4 = self.backbone(x)
-        out = {"out": F.interpolate(self.head(c4), size=size, mode="bilinear", align_corners=False)}
-        if self.training and self.aux_head is not None:
-            out["aux"] = F.interpolate(self.aux_head(c3), size=size, mode="bilinear", align_corners=False)
+        ac = self.align_corners
+        out = {"out": F.interpolate(self.head(c4), size=size, mode="bilinear", align_corners=ac)}
+        if self.aux_head is not None and (self.training or self.aux_in_eval):
+            out["aux"] = F.interpolate(self.aux_head(c3), size=size, mode="bilinear", align_corners=ac)
         return out
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, num_classes={self.num_classes}"
+        flavor = "" if self.flavor is None else f", flavor={self.flavor!r}, align_corners={self.align_corners}"
+        return f"name={self.name!r}, num_classes={self.num_classes}{flavor}"

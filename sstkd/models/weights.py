@@ -1,4 +1,4 @@
-"""Loading weights (ImageNet backbones, segmentation checkpoints), SyncBN conversion, params/FLOPs.
+"""Loading weights (ImageNet backbones, segmentation checkpoints), params/FLOPs.
 
 Every load uses ``torch.load(..., weights_only=True)``: checkpoints are data,
 never code.
@@ -12,13 +12,14 @@ from typing import Mapping
 import torch
 from torch import nn
 
-__all__ = ["LoadReport", "load_backbone_weights", "load_checkpoint", "read_state_dict", "convert_sync_batchnorm",
+__all__ = ["LoadReport", "load_backbone_weights", "load_checkpoint", "read_state_dict",
            "model_report"]
 
 # Classifier parts of ImageNet checkpoints that a segmentation backbone does not have.
 _CLASSIFIER_PREFIXES = ("fc.", "classifier.", "last_conv.")
 _BACKBONE_LAYOUT = ("torchvision's key layout: conv1.weight, bn1.*, layer1.0.conv1.weight, ... "
-                    "(deep stem: conv1/bn1/conv2/bn2/conv3/bn3; MobileNetV2: features.{i}.*)")
+                    "(deep stem: conv1/bn1/conv2/bn2/conv3/bn3; mmseg V1c: stem.*; MobileNetV2: features.{i}.*), "
+                    "or a full torchvision / CIRKD / SKD-IFVD / mmseg / sstkd segmentation checkpoint")
 
 
 @dataclass
@@ -93,7 +94,7 @@ def read_state_dict(source, *, keys: tuple[str, ...] = ("model", "student", "sta
         top = list(obj)[:10] if isinstance(obj, Mapping) else type(obj).__name__
         raise ValueError(f"checkpoint: {name} holds no state dict (a mapping of name -> tensor, raw or under one "
                          f"of {list(keys)}); found {top}")
-    return dict(obj)
+    return _strip_prefixes(dict(obj), ("module.",))
 
 
 def _strip_prefixes(sd: dict, prefixes: tuple[str, ...]) -> dict:
@@ -123,6 +124,25 @@ def _match(module: nn.Module, sd: dict, source: str, ignore_prefixes: tuple[str,
     return report, usable
 
 
+def _sstkd_layout(sd: dict) -> dict:
+    """A full checkpoint of a known source (CIRKD, SKD/IFVD, mmseg, torchvision) in sstkd's layout
+    (``backbone.*``, In-Place ABN converted); mmseg's ImageNet ``stem.*`` keys as ``conv1``..``bn3``;
+    anything else unchanged."""
+    from sstkd.models.convert import convert_state_dict, detect_format
+
+    try:
+        fmt = detect_format(sd)
+    except ValueError:  # an ImageNet backbone or an unknown layout: the key checks below report it
+        fmt = None
+    if fmt is not None and fmt != "sstkd":
+        return convert_state_dict(sd, fmt).state_dict
+    if any(k.startswith("stem.") for k in sd):
+        stem = {f"stem.{i}.": f"{dst}." for i, dst in
+                zip((0, 1, 3, 4, 6, 7), ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3"))}
+        sd = {next((stem[p] + k[len(p):] for p in stem if k.startswith(p)), k): v for k, v in sd.items()}
+    return sd
+
+
 def load_backbone_weights(backbone: nn.Module, source, strict: bool = True, map_location="cpu") -> LoadReport:
     """Load ImageNet weights in torchvision's key layout into a backbone.
 
@@ -130,8 +150,10 @@ def load_backbone_weights(backbone: nn.Module, source, strict: bool = True, map_
         backbone: a :class:`~sstkd.models.resnet.ResNet` or
             :class:`~sstkd.models.mobilenetv2.MobileNetV2` (any module works;
             one with ``convert_torchvision_keys`` gets its keys renamed first).
-        source: local path, ``http(s)://`` URL (``torch.hub`` cache) or state dict;
-            a full segmentation checkpoint (keys ``backbone.*``) gives its backbone.
+        source: local path, ``http(s)://`` URL (``torch.hub`` cache) or state dict:
+            torchvision ResNet / MobileNetV2, CIRKD deep-stem ResNetV1s or mmseg ResNetV1c
+            ImageNet weights; a full segmentation checkpoint (sstkd, torchvision, CIRKD,
+            SKD/IFVD, mmseg: see :mod:`sstkd.models.convert`) gives its backbone.
         strict: raise unless every backbone key is loaded with the right shape
             and nothing but the classifier (``fc.*``, ``classifier.*``,
             MobileNetV2's last 1x1 conv) is left over. With ``strict=False``,
@@ -146,6 +168,7 @@ def load_backbone_weights(backbone: nn.Module, source, strict: bool = True, map_
     """
     name = _source_name(source)
     sd = _strip_prefixes(read_state_dict(source, keys=("state_dict", "model")), ("module.",))
+    sd = _sstkd_layout(sd)
     others: list[str] = []
     if any(k.startswith("backbone.") for k in sd):
         # A full segmentation checkpoint: take its backbone, the heads are not ours to load.
@@ -184,18 +207,6 @@ def load_checkpoint(model: nn.Module, path, strict: bool = True, key: str | None
         raise ValueError(f"checkpoint: does not match the model ({report.summary()})")
     model.load_state_dict(usable, strict=False)
     return report
-
-
-def convert_sync_batchnorm(model: nn.Module, force: bool = False) -> nn.Module:
-    """Swap BatchNorm for SyncBatchNorm when ``torch.distributed`` is initialized (or ``force``).
-
-    Returns the (possibly new) module; unchanged in a single process.
-    """
-    import torch.distributed as dist
-
-    if force or (dist.is_available() and dist.is_initialized()):
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return model
 
 
 @torch.no_grad()

@@ -59,6 +59,8 @@ def check_tensor(x, name: str, ndim: int | tuple[int, ...] | None = None, finite
             raise ValueError(f"{name}: expected a {want}-D tensor, got shape {tuple(x.shape)}")
     if x.numel() == 0:
         raise ValueError(f"{name}: empty tensor of shape {tuple(x.shape)}")
+    if x.device.type == "meta":  # (before any check that reads values)
+        raise ValueError(f"{name}: a meta tensor has no values; pass a tensor on the CPU or a GPU")
     if finite and debug_checks_enabled() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name}: contains NaN or Inf")
     return x

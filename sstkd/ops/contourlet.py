@@ -48,6 +48,9 @@ _MIN_DFB_HEIGHT = 12  # the first DFB stage needs H/2 >= 6 at its level
 
 
 # --------------------------------------------------------------------------- sizes
+MAX_DFB_LEVELS = 8  # 256 directions per level; more needs images of 2^(n-1) rows and exhausts memory
+
+
 def _check_nlevs(nlevs, name: str = "nlevs") -> list[int]:
     if isinstance(nlevs, (str, bytes, torch.Tensor)) or not isinstance(nlevs, (list, tuple)):
         raise TypeError(f"{name}: expected a non-empty list of ints (DFB levels per pyramid level), "
@@ -58,8 +61,8 @@ def _check_nlevs(nlevs, name: str = "nlevs") -> list[int]:
     for i, n in enumerate(nlevs):
         if isinstance(n, bool) or not isinstance(n, numbers.Integral):
             raise TypeError(f"{name}[{i}]: expected an int, got {type(n).__name__}")
-        if n < 0:
-            raise ValueError(f"{name}[{i}]: must be >= 0, got {n}")
+        if not 0 <= n <= MAX_DFB_LEVELS:
+            raise ValueError(f"{name}[{i}]: must be in [0, {MAX_DFB_LEVELS}], got {n}")
         out.append(int(n))
     return out
 

@@ -41,7 +41,10 @@ import torch
 from torch import nn
 
 from sstkd.ops._checks import check_int, check_same_device, check_tensor, compute_dtype, debug_checks_enabled
-from sstkd.ops.dispatch import resolve_backend
+from sstkd.ops.dispatch import check_backend_name, resolve_backend
+
+MAX_LEVELS = 1 << 16  # levels beyond this are no histogram (and would exhaust memory)
+MAX_ITERS = 1000      # Lloyd steps; the centers stop moving long before
 
 KERNELS = ("triangular", "stlnet")
 
@@ -258,7 +261,12 @@ def quantize_count_ref(s2: torch.Tensor, levels: int, iters: int, kernel: str,
                 idx, w, _ = _taps(sd, centers, kernel)
                 mass = _level_sums(idx, w, levels)
                 moment = _level_sums(idx, w.mul_(sd[:, None]), levels)
-                centers = lloyd_update(centers, mass, moment)
+                moved = lloyd_update(centers, mass, moment)
+                step = (moved - centers).abs().max()
+                centers = moved
+                # (long runs only: the check reads a value back from the device)
+                if iters > 8 and step <= 4 * torch.finfo(sd.dtype).eps * centers.abs().max():
+                    break  # the centers stopped moving (a few ulps): more steps change nothing
     hist = normalize_rows(_SoftCountRef.apply(s2, centers, kernel))
     return centers, hist
 
@@ -419,8 +427,8 @@ def quantize_count(s: torch.Tensor, levels: int, iters: int = 0, kernel: str = "
         empty, NaN/Inf, levels < 2, unsorted or mis-shaped centers, ...).
     """
     _check_s(s)
-    check_int(levels, "levels", minimum=2)
-    check_int(iters, "iters", minimum=0)
+    check_int(levels, "levels", minimum=2, maximum=MAX_LEVELS)
+    check_int(iters, "iters", minimum=0, maximum=MAX_ITERS)
     kernel = _check_kernel(kernel)
     quantiles = _check_quantiles(quantiles)
     B = s.shape[0]
@@ -540,11 +548,11 @@ class QuantizeCount(nn.Module):
     def __init__(self, levels: int, iters: int = 0, kernel: str = "triangular", quantiles=None,
                  backend: str = "auto"):
         super().__init__()
-        self.levels = check_int(levels, "levels", minimum=2)
-        self.iters = check_int(iters, "iters", minimum=0)
+        self.levels = check_int(levels, "levels", minimum=2, maximum=MAX_LEVELS)
+        self.iters = check_int(iters, "iters", minimum=0, maximum=MAX_ITERS)
         self.kernel = _check_kernel(kernel)
         self.quantiles = _check_quantiles(quantiles)
-        self.backend = backend
+        self.backend = check_backend_name(backend)
 
     def forward(self, s: torch.Tensor, centers: torch.Tensor | None = None):
         if centers is not None:
