@@ -1,4 +1,4 @@
-"""``sstkd`` command line: ``sstkd train|eval|demo|convert|verify|bench|info``.
+"""``sstkd`` command line: ``sstkd train|eval|demo|convert|verify|bench|info|gpu-check``.
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)``
 and ``main(args) -> int``; modules are imported only when their command runs.
@@ -17,6 +17,7 @@ COMMANDS = {
     "verify": ("sstkd.verify", "check every backend of every op against the reference"),
     "bench": ("sstkd.bench", "time every op x backend; training-step overhead"),
     "info": ("sstkd.info", "versions, devices, backends and why they are (un)available"),
+    "gpu-check": ("sstkd.gpucheck.run", "the whole GPU acceptance in one run (make gpu-check; --dry-run on a CPU)"),
 }
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sstkd.debug import debug_checks
 from sstkd.distill import DTIEM, clip_histogram, intensity_map, overflow
 from sstkd.distill.dtiem import smooth_histogram
 
@@ -332,12 +333,19 @@ def test_range_term_lifts_the_plateau_beyond_the_teachers_levels():
     torch.testing.assert_close(overflow(s, torch.tensor([[0.0, 1.0]])), torch.tensor([[-2.0, 0.0, 0.0, 0.0, 2.0]]))
 
 
-def test_non_finite_features():
-    f = torch.randn(1, 4, 8, 8)
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_features(value):
+    f = torch.randn(2, 4, 8, 8)
     bad = f.clone()
-    bad[0, 0, 0, 0] = float("nan")
-    out = DTIEM(levels=16)(bad, f)
-    assert set(out) == {"sta", "sta_hist", "sta_cdf", "sta_map", "sta_range"}
-    assert all(bool(torch.isnan(v)) for v in out.values())
-    with pytest.raises(ValueError, match="t_low"):
-        DTIEM(levels=16)(f, bad)
+    bad[1, 0, 0, 0] = value
+    names = {"sta", "sta_hist", "sta_cdf", "sta_map", "sta_range"}
+    # default (no value checks, no host sync): a non-finite student or teacher gives NaN terms
+    for args in ((bad, f), (f, bad), (bad, bad)):
+        out = DTIEM(levels=16)(*args)
+        assert set(out) == names
+        assert all(bool(torch.isnan(v)) for v in out.values())
+    with debug_checks(True):  # value checks: the same for the student, an error for the teacher
+        out = DTIEM(levels=16)(bad, f)
+        assert set(out) == names and all(bool(torch.isnan(v)) for v in out.values())
+        with pytest.raises(ValueError, match="t_low"):
+            DTIEM(levels=16)(f, bad)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from sstkd.debug import debug_checks
 from sstkd.ops.quantize import QuantizeCount, cooccurrence, quantize_count, reproject
 
 F64 = torch.float64
@@ -388,7 +389,7 @@ QC_BAD = [
 def test_quantize_count_bad_input(kwargs, exc, name):
     args = dict(s=S, levels=4)
     args.update(kwargs)
-    with pytest.raises(exc, match=rf"^{name}\b"):
+    with debug_checks(True), pytest.raises(exc, match=rf"^{name}\b"):  # value checks included
         quantize_count(**args)
 
 
@@ -413,7 +414,7 @@ RP_BAD = [
 def test_reproject_bad_input(kwargs, exc, name):
     args = dict(table=T, s=S, centers=C)
     args.update(kwargs)
-    with pytest.raises(exc, match=rf"^{name}\b"):
+    with debug_checks(True), pytest.raises(exc, match=rf"^{name}\b"):  # value checks included
         reproject(**args)
 
 
@@ -440,7 +441,7 @@ CO_BAD = [
 def test_cooccurrence_bad_input(kwargs, exc, name):
     args = dict(s=S3, centers=C)
     args.update(kwargs)
-    with pytest.raises(exc, match=rf"^{name}\b"):
+    with debug_checks(True), pytest.raises(exc, match=rf"^{name}\b"):  # value checks included
         cooccurrence(**args)
 
 
@@ -451,3 +452,22 @@ def test_module_bad_input():
         QuantizeCount(4, kernel="box")
     with pytest.raises(ValueError, match="^quantiles"):
         QuantizeCount(4, quantiles=(0.9, 0.1))
+
+
+def test_value_checks_are_off_by_default_and_non_finite_input_propagates(monkeypatch):
+    """Without debug checks nothing waits for the device: NaN/Inf and unsorted centers are not
+    refused; an image with a non-finite intensity gets non-finite centers (others are unaffected)."""
+    monkeypatch.delenv("SSTKD_DEBUG_CHECKS", raising=False)
+    for bad in (NAN, INF):
+        c, h = quantize_count(bad, 4, iters=2)
+        assert not torch.isfinite(c[0]).any() and torch.isfinite(c[1]).all()
+        torch.testing.assert_close(c[1:], quantize_count(bad[1:], 4, iters=2)[0])
+    quantize_count(S, 4, centers=C.flip(1))  # unsorted: unspecified counts, no error
+    reproject(T, S, C.flip(1))
+    cooccurrence(S3, C.flip(1))
+    monkeypatch.setenv("SSTKD_DEBUG_CHECKS", "1")
+    with pytest.raises(ValueError, match="^s: contains NaN"):
+        quantize_count(NAN, 4)
+    monkeypatch.setenv("SSTKD_DEBUG_CHECKS", "maybe")
+    with pytest.raises(ValueError, match="^SSTKD_DEBUG_CHECKS"):
+        quantize_count(S, 4)

@@ -108,6 +108,9 @@ class ContourletDecompositionModule(nn.Module):
         self.recompute = bool(recompute)
         self.multiple = tuple(contourlet_required_multiple(list(self.nlevs)))
         self._size_cache: dict[tuple[int, int], tuple[int, int]] = {}
+        # (K,) band sizes per (height, width, device, dtype): built (and copied to the
+        # device) once per shape, not every step (a host-to-device copy blocks the host).
+        self._band_size_cache: dict[tuple, torch.Tensor] = {}
         counts = [3 if n == 0 else 2**n for n in self.nlevs]
         self.num_bands = 1 + sum(counts)
         self.register_buffer("band_weights", self._expand_weights(band_weights, counts), persistent=False)
@@ -154,11 +157,19 @@ class ContourletDecompositionModule(nn.Module):
             self._size_cache[key] = (hp, wp)
         return self._size_cache[key]
 
-    def band_sizes(self, height: int, width: int) -> torch.Tensor:
-        """Elements per sub-band (per channel) for a padded ``height × width`` map, as a (K,) tensor."""
-        low, levels = contourlet_band_shapes(height, width, list(self.nlevs))
-        sizes = [low[0] * low[1]] + [h * w for level in levels for (h, w) in level]
-        return torch.tensor(sizes, dtype=torch.float64)
+    def band_sizes(self, height: int, width: int, device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """Elements per sub-band (per channel) for a padded ``height × width`` map, as a (K,) tensor.
+
+        Cached per (height, width, device, dtype): treat the result as read-only.
+        """
+        key = (height, width, torch.device(device), dtype)
+        sizes = self._band_size_cache.get(key)
+        if sizes is None:
+            low, levels = contourlet_band_shapes(height, width, list(self.nlevs))
+            host = [low[0] * low[1]] + [h * w for level in levels for (h, w) in level]
+            sizes = self._band_size_cache[key] = torch.tensor(host, dtype=dtype, device=device)
+        return sizes
 
     def forward(self, f_s: torch.Tensor, f_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_image(f_s, "s_low")
@@ -182,7 +193,7 @@ class ContourletDecompositionModule(nn.Module):
         else:
             energy = self._energy(diff)
         b, c = diff.shape[:2]
-        counts = self.band_sizes(*diff.shape[-2:]).to(device=energy.device, dtype=energy.dtype) * (b * c)
+        counts = self.band_sizes(*diff.shape[-2:], device=energy.device, dtype=energy.dtype) * (b * c)
         band_mse = energy.to(dtype).sum(dim=(0, 1)) / counts
         w = self.band_weights.to(device=band_mse.device, dtype=band_mse.dtype)
         return (band_mse * w).sum() / w.sum(), band_mse

@@ -43,7 +43,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from sstkd.ops._checks import check_image, check_int, check_tensor, compute_dtype
+from sstkd.ops._checks import check_image, check_int, check_tensor, compute_dtype, debug_checks_enabled
 from sstkd.ops.quantize import quantize_count, reproject
 
 INTENSITIES = ("cosine", "norm")
@@ -169,8 +169,11 @@ class DTIEM(nn.Module):
 
     ``forward(f_s, f_t)`` returns ``dict(sta=, sta_hist=, [sta_cdf=, sta_map=,] [sta_range=])``
     (float32 scalars); ``describe(f)`` returns the per-image descriptor.
-    Non-finite student features give NaN terms (so a trainer's non-finite
-    check reports them); non-finite teacher features raise ``ValueError``.
+    Non-finite features (NaN/Inf in the student's or the teacher's) give NaN
+    terms, found on the device without waiting for it (so a trainer's
+    non-finite check reports them). With debug checks on
+    (:func:`sstkd.debug.set_debug_checks`), non-finite teacher features raise
+    ``ValueError`` instead.
     """
 
     def __init__(
@@ -255,15 +258,14 @@ class DTIEM(nn.Module):
             raise ValueError(
                 f"s_low: aligned student features {tuple(f_s.shape)} must match t_low {tuple(f_t.shape)}"
             )
-        if not bool(torch.isfinite(f_t).all()):
-            raise ValueError("t_low: contains NaN or Inf")
-        if not bool(torch.isfinite(f_s).all()):
-            # A diverged student: report NaN terms (the trainer's non-finite handling
-            # names the term) instead of failing inside the quantizer.
-            nan = f_s.float().sum() * float("nan")
-            names = ["sta_hist"] + (["sta_cdf", "sta_map"] if self.equalize else []) + (
-                ["sta_range"] if self.w_range > 0 else [])
-            return {"sta": nan, **{k: nan for k in names}}
+        if debug_checks_enabled():  # value checks copy to the host: a sync each
+            if not bool(torch.isfinite(f_t).all()):
+                raise ValueError("t_low: contains NaN or Inf")
+            if not bool(torch.isfinite(f_s).all()):
+                # A diverged student: report NaN terms (the trainer's non-finite handling
+                # names the term) instead of failing inside the quantizer.
+                nan = f_s.float().sum() * float("nan")
+                return {"sta": nan, **{k: nan for k in self._term_names()}}
         with torch.no_grad():
             t = self.describe(f_t.detach())
         s = self.describe(f_s, centers=t["centers"] if self.shared_centers else None)
@@ -280,7 +282,16 @@ class DTIEM(nn.Module):
             c = t["centers"].to(s["s"].dtype)
             terms["sta_range"] = mse(overflow(s["s"], c), overflow(t["s"], c))
             loss = loss + self.w_range * terms["sta_range"]
-        return {"sta": loss, **terms}
+        # Non-finite features make non-finite intensities (a NaN/Inf in any channel
+        # reaches its pixel's cosine or norm); the quantizer's clamped taps could hide
+        # them, so every term is set to NaN on the device instead of asking the host.
+        finite = torch.isfinite(s["s"]).all() & torch.isfinite(t["s"]).all()
+        nan = torch.full((), float("nan"), dtype=loss.dtype, device=loss.device)
+        return {k: torch.where(finite, v, nan) for k, v in {"sta": loss, **terms}.items()}
+
+    def _term_names(self) -> list[str]:
+        return ["sta_hist"] + (["sta_cdf", "sta_map"] if self.equalize else []) + (
+            ["sta_range"] if self.w_range > 0 else [])
 
     def extra_repr(self) -> str:
         return (
