@@ -88,17 +88,21 @@ def pixelwise_kd(
     # KL = cross-entropy − teacher entropy; xlogy gives 0·log 0 = 0 where the teacher is certain.
     per_pixel = cross if normalization == "skd" else cross + torch.xlogy(p_t, p_t).sum(dim=1)
     b, k, h, w = t_logits.shape
+    # Counts known on the host stay Python numbers: a tensor made from them would be a
+    # host-to-device copy every step.
     if target is None:
-        total, count = per_pixel.sum(), per_pixel.new_tensor(float(b * h * w))
+        total, count = per_pixel.sum(), float(b * h * w)
     else:
         mask = _valid_mask(target, t_logits, ignore_index)
         total, count = (per_pixel * mask).sum(), mask.sum().float()
     if normalization == "skd":
-        denominator = per_pixel.new_tensor(float(h * w))
+        denominator = float(h * w)
     elif normalization == "element":
         denominator = count * k
     else:
         denominator = count
+    if isinstance(denominator, float):
+        return total / max(denominator, 1.0) * temperature**2
     return total / denominator.clamp_min(1) * temperature**2
 
 
