@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import datetime
 
+import torch
+
 from sstkd.benchmarks.compile_facts import CompileFacts, compile_facts_many
 
 __all__ = ["KernelJob", "dfb_ladder_jobs", "lp_jobs", "measure", "markdown"]
@@ -30,9 +32,10 @@ class KernelJob:
     loop: bool
     useful_fma: float  # per output element
     arch: int = 90
+    maxnreg: int | None = None  # register cap passed at launch (None: ptxas's choice)
 
     def compile_job(self):
-        return (self.kernel, self.signature, self.constexprs, self.arch, self.num_warps, 3)
+        return (self.kernel, self.signature, self.constexprs, self.arch, self.num_warps, 3, self.maxnreg)
 
 
 _DTYPES = {"fp32": "*fp32", "bf16": "*bf16", "fp16": "*fp16", "fp64": "*fp64"}
@@ -87,6 +90,7 @@ def lp_jobs(dtype: str = "fp32", shape=(8, 256, 128, 128), arch: int = 90) -> li
         raise ValueError(f"dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
     b, c, H, W = shape
     cfg = lp.launch_config(b * c, H // 2, W // 2, interpreted=False)
+    cap = lp.maxnreg_for(torch.float64 if dtype == "fp64" else torch.float32)
     ptr = _DTYPES[dtype]
     taps = "*fp64" if dtype == "fp64" else "*fp32"
     ints = {a: "i32" for a in ("N", "H", "W", "HL", "WL", "ROWS")}
@@ -95,9 +99,9 @@ def lp_jobs(dtype: str = "fp32", shape=(8, 256, 128, 128), arch: int = 90) -> li
     # analysis: rows 2 × (2·16 band + 9 low), columns 2·2·16 + 9; synthesis: rows 2 × 2·16 + 2·5, columns 2·2·(16 + 5)
     return [
         KernelJob("lp analysis", lp.KERNELS["analysis"], dict(X=ptr, LOW=ptr, OUT=ptr, TAPS=taps, **ints), ce,
-                  cfg.num_warps, 4 * cfg.BLOCK, True, (2 * (32 + 9) + 64 + 9) / 4, arch),
+                  cfg.num_warps, 4 * cfg.BLOCK, True, (2 * (32 + 9) + 64 + 9) / 4, arch, cap),
         KernelJob("lp synthesis", lp.KERNELS["synthesis"], dict(LOW=ptr, BAND=ptr, OUT=ptr, TAPS=taps, **ints), ce,
-                  cfg.num_warps, 4 * cfg.BLOCK, True, (2 * 32 + 10 + 4 * 21) / 4, arch),
+                  cfg.num_warps, 4 * cfg.BLOCK, True, (2 * 32 + 10 + 4 * 21) / 4, arch, cap),
     ]
 
 
@@ -116,14 +120,14 @@ def measure(jobs: list[KernelJob]) -> list[tuple[KernelJob, CompileFacts, dict]]
 def markdown(rows, title: str) -> str:
     """A Markdown table of :func:`measure` rows."""
     lines = [f"## {title}", "",
-             "| kernel | dtype | warps | regs | blocks/SM (128 thr) | spill B | stack B | shared B | "
+             "| kernel | dtype | warps | maxnreg | regs | blocks/SM (128 thr) | spill B | stack B | shared B | "
              "SASS/output | FMA/output (useful) | int/output | LDG/output | shared ld+st/output | BAR/output |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for j, f, p in rows:
         dt = j.signature.get("WIN", j.signature.get("X", j.signature.get("LOW")))[1:]
         fma = p["fma"] + p["fmul"] + p["fadd"]
         lines.append(
-            f"| {j.name} | {dt} | {f.num_warps} | {f.registers} | {f.blocks_per_sm()} | {f.spills} | {f.stack} | "
+            f"| {j.name} | {dt} | {f.num_warps} | {j.maxnreg or '-'} | {f.registers} | {f.blocks_per_sm()} | {f.spills} | {f.stack} | "
             f"{f.shared} | {p['total']:.0f} | {fma:.0f} ({j.useful_fma:.0f}) | {p['int']:.0f} | {p['ldg']:.1f} | "
             f"{p['shared_mem']:.1f} | {p['bar']:.2f} |")
     lines.append("")
