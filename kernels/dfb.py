@@ -91,321 +91,201 @@ _E_NONE, _E_ATOMIC, _E_PARTIAL = 0, 1, 2
 
 
 # --------------------------------------------------------------------------- kernels
-# Every operand is addressed at sub-band position (rho, c): rho is the row a program is at
-# (a scalar on a GPU), c a column already wrapped into [0, w). What depends on the column
-# only is computed once per lane before the row loop ("column terms", `%` allowed there);
-# what depends on the row only is a few scalars per row ("row terms", one compare-and-select
-# wrap each when FAST); per element the maps cost adds, compares and selects only.
 @triton.jit
-def _pmod(x, m):
-    """x mod m in [0, m) for either sign convention of `%`."""
-    r = x % m
-    return tl.where(r < 0, r + m, r)
-
-
-@triton.jit
-def _col_terms(c, k, H, W, h, w, HALF4,
-               KIND: tl.constexpr, SPLIT: tl.constexpr, LAYOUT: tl.constexpr, Y0POS: tl.constexpr):
-    """Row-independent terms (t1, t2) of the address of columns ``c`` (in [0, w)) of an operand."""
-    t1 = c * 0
-    t2 = c * 0
+def _addr(rho, c, k, n, N, H, W, h, w, NBC, HALF4,
+          KIND: tl.constexpr, SPLIT: tl.constexpr, LAYOUT: tl.constexpr, Y0POS: tl.constexpr):
+    """Element offset of sub-band position ``(rho, c)`` (``0 <= rho < h``, ``0 <= c < w``)
+    of parent band ``k`` / image ``n`` in the buffer an operand of ``KIND`` lives in."""
     if KIND < 2:
+        # parent component q = KIND of the polyphase split (toolbox resampling R1..R4)
         q = KIND
-        odd = k % 2
-        if SPLIT == 0:  # (-c) mod H
-            t1 = _pmod(-c, H)
-        elif SPLIT == 1:  # c mod H, (2c + q - c mod H) mod W
-            t1 = _pmod(c, H)
-            t2 = _pmod(2 * c + q - t1, W)
-        elif SPLIT == 3:  # ((1 - 2 odd) c + q (1 - odd)) mod H
-            t1 = _pmod((1 - 2 * odd) * c + q * (1 - odd), H)
+        if SPLIT == 0:  # '1r': y = R2(x); p_q = R3(roll(y[q::2], -q, cols))
+            col = (c + rho + q) % W
+            col = tl.where(col < 0, col + W, col)
+            row = (2 * rho + q - col) % H
+            row = tl.where(row < 0, row + H, row)
+        elif SPLIT == 1:  # '2c': y = R4(x); p_q = R1(roll(y[:, q::2], -q, rows))
+            row = (rho + c + q) % H
+            row = tl.where(row < 0, row + H, row)
+            col = (2 * c + q - row) % W
+            col = tl.where(col < 0, col + W, col)
+        elif SPLIT == 2:  # P1 (even band: R3, roll) / P2 (odd band: R4) of the rows x[q::2]
+            odd = k % 2
+            row = 2 * rho + q
+            col = (c + (1 - 2 * odd) * rho + q * (1 - odd)) % W
+            col = tl.where(col < 0, col + W, col)
+        else:  # P3 (even band: R1, roll) / P4 (odd band: R2) of the columns x[:, q::2]
+            odd = k % 2
+            col = 2 * c + q
+            row = (rho + (1 - 2 * odd) * c + q * (1 - odd)) % H
+            row = tl.where(row < 0, row + H, row)
+        return (k * N + n).to(tl.int64) * H * W + (row * W + col)
     elif KIND < 4:
-        if LAYOUT == 4:  # (-s c) mod h
-            if KIND == 2:
-                cb = 2 * k + Y0POS
-            else:
-                cb = 2 * k + 1 - Y0POS
-            t1 = _pmod(-(2 * (cb // 2) + 1 - HALF4) * c, h)
-    return t1, t2
-
-
-@triton.jit
-def _row_terms(rho, qs, k, H, W, h, w, HALF4, WMH, HMW,
-               KIND: tl.constexpr, SPLIT: tl.constexpr, LAYOUT: tl.constexpr, Y0POS: tl.constexpr,
-               FAST: tl.constexpr):
-    """Column-independent terms (r0, r1, r2) at sub-band row ``rho`` (in [0, h)); ``qs`` is the
-    'qper_col' column shift of the row (in [0, w)). FAST: every wrap below is one add or
-    subtract (the launcher checks the sizes allow it), else an exact modulo."""
-    r0 = rho * 0
-    r1 = rho * 0
-    r2 = rho * 0
-    if KIND < 2:
-        q = KIND
-        if SPLIT == 0:  # col = (c + a) mod W, row = (t1 + B + wrap·(W mod H)) mod H
-            a = rho + q + qs
-            b = 2 * rho + q
-            if FAST:  # a in [0, 2W), b - a in [-W, H)
-                a = tl.where(a >= W, a - W, a)
-                b = b - a
-                b = tl.where(b < 0, b + H, b)
-            else:
-                a = _pmod(a, W)
-                b = _pmod(b - a, H)
-            r0 = a
-            r1 = b
-            r2 = rho * 0 + WMH
-        elif SPLIT == 1:  # row = (t1 + a) mod H, col = (t2 + (-a mod W) + wrap·(H mod W)) mod W
-            a = rho + q
-            a = tl.where(a >= H, a - H, a)
-            if FAST:  # -a in [-W, 0]
-                na = tl.where(a > 0, W - a, 0)
-            else:
-                na = _pmod(-a, W)
-            r0 = a
-            r1 = na
-            r2 = rho * 0 + HMW
-        elif SPLIT == 2:  # row = 2 rho + q, col = (c + r1) mod W
-            r0 = (2 * rho + q) * W
-            if k % 2 == 1:
-                e = -rho
-            else:
-                e = rho + q
-            if FAST:  # e in [-W, 2W)
-                r1 = tl.where(e < 0, e + W, tl.where(e >= W, e - W, e))
-            else:
-                r1 = _pmod(e, W)
-        else:  # col = 2c + q, row = (t1 + rho) mod H
-            r0 = rho
-    elif KIND < 4:
-        if LAYOUT == 1:  # col = (c + r0) mod w, row = (rho - col // 2) mod h
-            e = rho + qs
-            if FAST:
-                r0 = tl.where(e >= w, e - w, e)
-            else:
-                r0 = _pmod(e, w)
-            r1 = rho
-        elif LAYOUT == 3:  # col = (c + r1) mod w
-            if KIND == 2:
-                cb = 2 * k + Y0POS
-            else:
-                cb = 2 * k + 1 - Y0POS
-            e = qs - (2 * (cb // 2) + 1 - HALF4) * rho
-            r0 = rho * w
-            if FAST:  # e in [-w, 2w)
-                r1 = tl.where(e < 0, e + w, tl.where(e >= w, e - w, e))
-            else:
-                r1 = _pmod(e, w)
-        elif LAYOUT == 4:  # row = (t1 + rho) mod h
-            r0 = rho
-        else:
-            r0 = rho * w
-            r1 = qs
-    else:
-        r0 = rho * w
-        r1 = qs
-    return r0, r1, r2
-
-
-@triton.jit
-def _offsets(c, t1, t2, r0, r1, r2, H, W, h, w,
-             KIND: tl.constexpr, SPLIT: tl.constexpr, LAYOUT: tl.constexpr, NF1: tl.constexpr):
-    """Offsets, inside the operand's plane, of the columns ``c`` at the row of ``r*``."""
-    if KIND < 2:
-        if SPLIT == 0:
-            x = c + r0
-            wrap = x >= W
-            col = tl.where(wrap, x - W, x)
-            row = t1 + r1 + tl.where(wrap, r2, 0)  # < 3H
-            row = tl.where(row >= H, row - H, row)
-            row = tl.where(row >= H, row - H, row)
-            off = row * W + col
-        elif SPLIT == 1:
-            y = t1 + r0
-            wrap = y >= H
-            row = tl.where(wrap, y - H, y)
-            col = t2 + r1 + tl.where(wrap, r2, 0)  # < 3W
-            col = tl.where(col >= W, col - W, col)
-            col = tl.where(col >= W, col - W, col)
-            off = row * W + col
-        elif SPLIT == 2:
-            col = c + r1
-            off = r0 + tl.where(col >= W, col - W, col)
-        else:
-            row = t1 + r0
-            off = tl.where(row >= H, row - H, row) * W + 2 * c + KIND
-    elif KIND < 4:
-        if LAYOUT == 1:
-            col = c + r0
-            col = tl.where(col >= w, col - w, col)
-            row = r1 - col // 2
-            if NF1 == 0:  # (w - 1) // 2 > h: several wraps
-                row = _pmod(row, h)
-            else:
-                row = tl.where(row < 0, row + h, row)
-            off = row * w + col
-        elif LAYOUT == 4:
-            row = t1 + r0
-            off = tl.where(row >= h, row - h, row) * w + c
-        else:
-            col = c + r1
-            off = r0 + tl.where(col >= w, col - w, col)
-    else:
-        col = c + r1
-        off = r0 + tl.where(col >= w, col - w, col)
-    return off
-
-
-@triton.jit
-def _plane_base(k, n, N, H, W, h, w, NBC, KIND: tl.constexpr, LAYOUT: tl.constexpr, Y0POS: tl.constexpr):
-    """Element offset (int64) of the plane of parent band ``k`` / image ``n`` an operand lives in."""
-    if KIND < 2:
-        base = (k * N + n).to(tl.int64) * H * W
-    elif KIND < 4:
+        # child sub-band: band 2k + slot of the children buffer, maybe in the final layout
         if KIND == 2:
             cb = 2 * k + Y0POS
         else:
             cb = 2 * k + 1 - Y0POS
         band = cb
-        if LAYOUT == 2:  # levels == 2: the second half of the list is reversed
+        row = rho
+        col = c
+        if LAYOUT == 1:  # levels == 1: backsampling R4, then R1 on even / odd columns
+            col = (c + rho) % w
+            col = tl.where(col < 0, col + w, col)
+            row = (rho - col // 2) % h
+            row = tl.where(row < 0, row + h, row)
+        elif LAYOUT == 2:  # levels == 2: the second half of the list is reversed
             band = tl.where(cb < 2, cb, 5 - cb)
-        elif LAYOUT == 4:
+        elif LAYOUT == 3:  # levels >= 3, first half: R3 with shift s
+            s = 2 * (cb // 2) + 1 - HALF4
+            col = (c - s * rho) % w
+            col = tl.where(col < 0, col + w, col)
+        elif LAYOUT == 4:  # levels >= 3, second half: R1 with shift s, list reversed
+            s = 2 * (cb // 2) + 1 - HALF4
+            row = (rho - s * c) % h
+            row = tl.where(row < 0, row + h, row)
             band = NBC - 1 - cb
-        base = (band * N + n).to(tl.int64) * h * w
+        return (band * N + n).to(tl.int64) * h * w + (row * w + col)
     else:
-        base = (k * N + n).to(tl.int64) * h * w
-    return base
+        return (k * N + n).to(tl.int64) * h * w + (rho * w + c)
+
+
+@triton.jit
+def _planes_of(rows, RR: tl.constexpr, g0, P: tl.constexpr, PLANES, N):
+    """Rows ``[0, P·RR)`` of a stacked tile -> (local row, parent band k, image n, plane exists)."""
+    plane = g0 + rows // RR
+    valid = plane < PLANES
+    plane = tl.minimum(plane, PLANES - 1)
+    return rows % RR, plane // N, plane % N, valid
+
+
+@triton.jit
+def _load_window(WIN, r0, c0, RR: tl.constexpr, CC: tl.constexpr, rlim, clim, g0, PLANES,
+                 N, H, W, h, w, QS, NBC, HALF4,
+                 DT: tl.constexpr, KIND: tl.constexpr, SPLIT: tl.constexpr, LAYOUT: tl.constexpr,
+                 Y0POS: tl.constexpr, QPER: tl.constexpr, P: tl.constexpr):
+    """``(P·RR) × CC`` sub-tile of the extended windows of P planes (stacked along rows):
+    extended rows ``r0 + [0, RR)`` and columns ``c0 + [0, CC)`` (may be negative or
+    beyond the size: periodic or 'qper_col'); rows ``>= rlim`` / columns ``>= clim``
+    of each plane's sub-tile are not needed (masked, no memory traffic)."""
+    lr, k, n, valid = _planes_of(tl.arange(0, P * RR)[:, None], RR, g0, P, PLANES, N)
+    cc = tl.arange(0, CC)[None, :]
+    er = r0 + lr
+    ec = c0 + cc
+    rho = er % h
+    rho = tl.where(rho < 0, rho + h, rho)
+    if QPER:  # rows outside the component come circularly shifted by QS columns
+        ec = ec + tl.where((er < 0) | (er >= h), QS, 0)
+    c = ec % w
+    c = tl.where(c < 0, c + w, c)
+    off = _addr(rho, c, k, n, N, H, W, h, w, NBC, HALF4, KIND, SPLIT, LAYOUT, Y0POS)
+    return tl.load(WIN + off, mask=(lr < rlim) & (cc < clim) & valid, other=0.0).to(DT)
+
+
+@triton.jit
+def _row_matrix(TAPS, M: tl.constexpr, K: tl.constexpr, shift, P: tl.constexpr):
+    """Left factor of the column pass, block-diagonal over P stacked planes:
+    ``A[a, r] = taps[r + shift - a]`` within a plane (``a < M``, ``r < K`` local)."""
+    a = tl.arange(0, P * M)[:, None]
+    r = tl.arange(0, P * K)[None, :]
+    t = r % K + shift - a % M
+    return tl.load(TAPS + t, mask=(t >= 0) & (t < 12) & (a // M == r // K), other=0.0)
+
+
+@triton.jit
+def _col_matrix(TAPS, K: tl.constexpr, M: tl.constexpr, shift):
+    """Right factor of the row pass: ``A[c, b] = taps[c + shift - b]`` (``c < K``, ``b < M``)."""
+    c = tl.arange(0, K)[:, None]
+    b = tl.arange(0, M)[None, :]
+    t = c + shift - b
+    return tl.load(TAPS + t, mask=(t >= 0) & (t < 12), other=0.0)
 
 
 @triton.jit
 def _ladder_kernel(
     WIN, CEN, OUT, OUT2, TAPS, EN,
-    N, H, W, h, w, QS, NBC, HALF4, IMG_GROUPS, CHUNK_GROUPS, STRIPS, ROWS,
+    PLANES, N, H, W, h, w, QS, NBC, HALF4, TILES_W, NPART,
     SPLIT: tl.constexpr, BF: tl.constexpr, QPER: tl.constexpr,
     WIN_KIND: tl.constexpr, CEN_KIND: tl.constexpr, OUT_KIND: tl.constexpr, OUT2_KIND: tl.constexpr,
     LAYOUT: tl.constexpr, Y0POS: tl.constexpr, ENERGY: tl.constexpr, EN_SLOT: tl.constexpr,
-    CG: tl.constexpr, GPL: tl.constexpr, PL: tl.constexpr, CPL: tl.constexpr,
-    FAST: tl.constexpr = 0, NF1: tl.constexpr = 0,
+    TR: tl.constexpr, TC: tl.constexpr, P: tl.constexpr, PREC: tl.constexpr = "ieee",
 ):
-    """One ladder pass: ``out = ALPHA·CEN + BETA·S(WIN)`` (``OUT2 = GAMMA·WIN`` at the centre).
+    """One ladder pass on a ``TR × TC`` tile of P (parent band k, image n) planes.
 
-    ``S`` is the 12×12 separable filter of extension ``BF``; ``TAPS = [taps (12), ALPHA, BETA,
-    GAMMA]`` in the compute dtype. A lane owns CG consecutive output columns of one image of
-    parent band k and marches down a chunk of ROWS rows: per row it loads its CG + 11 window
-    columns at once ([16, lanes]), filters them horizontally with a [CG, 16] Toeplitz block
-    (a broadcast multiply-sum, in registers), and keeps the last 12 such rows as a sliding
-    window of registers for the vertical taps. Lanes: CPL row chunks × PL images × GPL column
-    groups (CPL > 1 only in the interpreter, whose cost is per vector op).
-    Grid (1-D): strips fastest, then row chunks, image groups, parent bands, so the tiles of
-    one plane run next to each other.
+    ``out = ALPHA·CEN + BETA·S(WIN)`` with ``S`` the 12×12 separable filter of
+    extension ``BF`` (rows and columns), ``OUT2 = GAMMA·WIN`` at the centre;
+    ``TAPS = [taps (12), ALPHA, BETA, GAMMA]`` in the compute dtype. Planes are
+    ``k·N + n``; the P planes of a program are stacked along the tile rows (P = 1
+    on a GPU; the interpreter takes many planes per program).
+    ``PREC``: ``tl.dot`` input precision of float32 tiles ("ieee": exact float32
+    FMAs; "tf32x3": tensor cores at about float32 accuracy).
+    Grid (1-D): tiles fastest, then plane groups, so the neighbouring tiles of one plane
+    (which share halo rows and columns in L2) run next to each other.
     """
     DT: tl.constexpr = TAPS.dtype.element_ty
-    NXP: tl.constexpr = 16 if CG <= 5 else 32  # window columns CG + 11, padded
-    L: tl.constexpr = CPL * PL * GPL
+    HALO: tl.constexpr = 16
     pid = tl.program_id(0)
-    strip = pid % STRIPS
-    rest = pid // STRIPS
-    cgrp = rest % CHUNK_GROUPS
-    rest = rest // CHUNK_GROUPS
-    ig = rest % IMG_GROUPS
-    k = rest // IMG_GROUPS
-    lane = tl.arange(0, L)[None, :]
-    n = ig * PL + (lane // GPL) % PL
-    has_img = n < N
-    n = tl.minimum(n, N - 1)
-    cb = strip * (GPL * CG) + (lane % GPL) * CG  # first output column of the lane
-    if CPL == 1:
-        i0 = cgrp * ROWS
-    else:
-        i0 = (cgrp * CPL + lane // (PL * GPL)) * ROWS
-    i1 = tl.minimum(i0 + ROWS, h)
-    WMH = W % H
-    HMW = H % W
-    QSM = QS % w
+    tile = pid % NPART
+    g0 = (pid // NPART) * P
+    i0 = (tile // TILES_W) * TR
+    j0 = (tile % TILES_W) * TC
 
-    taps = ()
-    for t in tl.static_range(12):
-        taps = taps + (tl.load(TAPS + t),)
+    # window: extended rows i0 - BF + [0, TR + 16), columns j0 - BF + [0, TC + 16)
+    x00 = _load_window(WIN, i0 - BF, j0 - BF, TR, TC, TR, TC, g0, PLANES, N, H, W, h, w, QS, NBC, HALF4,
+                       DT, WIN_KIND, SPLIT, LAYOUT, Y0POS, QPER, P)
+    x01 = _load_window(WIN, i0 - BF, j0 - BF + TC, TR, HALO, TR, 11, g0, PLANES, N, H, W, h, w, QS, NBC,
+                       HALF4, DT, WIN_KIND, SPLIT, LAYOUT, Y0POS, QPER, P)
+    x10 = _load_window(WIN, i0 - BF + TR, j0 - BF, HALO, TC, 11, TC, g0, PLANES, N, H, W, h, w, QS, NBC,
+                       HALF4, DT, WIN_KIND, SPLIT, LAYOUT, Y0POS, QPER, P)
+    x11 = _load_window(WIN, i0 - BF + TR, j0 - BF + TC, HALO, HALO, 11, 11, g0, PLANES, N, H, W, h, w, QS,
+                       NBC, HALF4, DT, WIN_KIND, SPLIT, LAYOUT, Y0POS, QPER, P)
+    # row pass (12 taps along columns), then column pass (12 taps along rows)
+    kh_main = _col_matrix(TAPS, TC, TC, 0)
+    kh_halo = _col_matrix(TAPS, HALO, TC, TC)
+    # Sums of dots rather than the `acc=` argument: triton 3.6 rejects a float64 accumulator
+    # there, and the compiler folds `dot + add` into an accumulating dot anyway.
+    h0 = tl.dot(x00, kh_main, input_precision=PREC) + tl.dot(x01, kh_halo, input_precision=PREC)
+    h1 = tl.dot(x10, kh_main, input_precision=PREC) + tl.dot(x11, kh_halo, input_precision=PREC)
+    s = (tl.dot(_row_matrix(TAPS, TR, TR, 0, P), h0, input_precision=PREC)
+         + tl.dot(_row_matrix(TAPS, TR, HALO, TR, P), h1, input_precision=PREC))
+
+    li, k, n, valid = _planes_of(tl.arange(0, P * TR)[:, None], TR, g0, P, PLANES, N)
+    i = i0 + li
+    j = j0 + tl.arange(0, TC)[None, :]
+    ok = (i < h) & (j < w) & valid
+    i = tl.minimum(i, h - 1)
+    j = tl.minimum(j, w - 1)
     alpha = tl.load(TAPS + 12)
     beta = tl.load(TAPS + 13)
-    jx = tl.arange(0, NXP)[:, None]
-    oo = tl.arange(0, CG)[:, None]
-    u = tl.arange(0, NXP)[None, :] - oo  # horizontal Toeplitz block [CG, NXP]: taps[j - o]
-    hmat = tl.load(TAPS + u, mask=(u >= 0) & (u < 12), other=0.0)
-
-    # window columns cb - BF + [0, CG + 11) and output columns cb + [0, CG), wrapped once per lane
-    xc = _pmod(cb - BF + jx, w)
-    xok = jx < CG + 11
-    xt1, xt2 = _col_terms(xc, k, H, W, h, w, HALF4, WIN_KIND, SPLIT, LAYOUT, Y0POS)
-    win_ptr = WIN + _plane_base(k, n, N, H, W, h, w, NBC, WIN_KIND, LAYOUT, Y0POS)
-    oc = _pmod(cb + oo, w)
-    ook = has_img & (cb + oo < w)
-    ct1, ct2 = _col_terms(oc, k, H, W, h, w, HALF4, CEN_KIND, SPLIT, LAYOUT, Y0POS)
-    cen_ptr = CEN + _plane_base(k, n, N, H, W, h, w, NBC, CEN_KIND, LAYOUT, Y0POS)
+    cen_off = _addr(i, j, k, n, N, H, W, h, w, NBC, HALF4, CEN_KIND, SPLIT, LAYOUT, Y0POS)
+    cen = tl.load(CEN + cen_off, mask=ok, other=0.0).to(DT)
+    out = alpha * cen + beta * s
     if OUT_KIND != 5:
-        ot1, ot2 = _col_terms(oc, k, H, W, h, w, HALF4, OUT_KIND, SPLIT, LAYOUT, Y0POS)
-        out_ptr = OUT + _plane_base(k, n, N, H, W, h, w, NBC, OUT_KIND, LAYOUT, Y0POS)
+        out_off = _addr(i, j, k, n, N, H, W, h, w, NBC, HALF4, OUT_KIND, SPLIT, LAYOUT, Y0POS)
+        tl.store(OUT + out_off, out.to(OUT.dtype.element_ty), mask=ok)
     if OUT2_KIND != 5:
         gamma = tl.load(TAPS + 14)
-        vt1, vt2 = _col_terms(oc, k, H, W, h, w, HALF4, WIN_KIND, SPLIT, LAYOUT, Y0POS)
-        o2t1, o2t2 = _col_terms(oc, k, H, W, h, w, HALF4, OUT2_KIND, SPLIT, LAYOUT, Y0POS)
-        o2_ptr = OUT2 + _plane_base(k, n, N, H, W, h, w, NBC, OUT2_KIND, LAYOUT, Y0POS)
-
-    z = tl.zeros((CG, L), DT)
-    win = (z, z, z, z, z, z, z, z, z, z, z)  # the last 11 horizontally filtered rows
-    en = z
-    rho = _pmod(i0 - BF, h)  # sub-band row of window row r, advanced by one per iteration
-    for it in range(0, ROWS + 11):
-        r = i0 - BF + it
-        qs = 0
-        if QPER:  # 'qper_col': halo rows come circularly shifted by QS columns
-            qs = tl.where((r < 0) | (r >= h), QSM, 0)
-        r0, r1, r2 = _row_terms(rho, qs, k, H, W, h, w, HALF4, WMH, HMW, WIN_KIND, SPLIT, LAYOUT, Y0POS, FAST)
-        offs = _offsets(xc, xt1, xt2, r0, r1, r2, H, W, h, w, WIN_KIND, SPLIT, LAYOUT, NF1)
-        x = tl.load(win_ptr + offs, mask=xok, other=0.0).to(DT)
-        hrow = tl.sum(hmat[:, :, None] * x[None, :, :], axis=1)
-        win = win + (hrow,)
-        if it >= 11:
-            i = r - 11 + BF  # output row: the window holds rows i - BF .. i - BF + 11
-            ok = ook & (i < i1)
-            c0, c1, c2 = _row_terms(i, 0, k, H, W, h, w, HALF4, WMH, HMW, CEN_KIND, SPLIT, LAYOUT, Y0POS, FAST)
-            cen = tl.load(cen_ptr + _offsets(oc, ct1, ct2, c0, c1, c2, H, W, h, w, CEN_KIND, SPLIT, LAYOUT, NF1),
-                          mask=ok, other=0.0).to(DT)
-            s = taps[0] * win[0]
-            for t in tl.static_range(1, 12):
-                s += taps[t] * win[t]
-            out = alpha * cen + beta * s
-            if OUT_KIND != 5:
-                p0, p1, p2 = _row_terms(i, 0, k, H, W, h, w, HALF4, WMH, HMW, OUT_KIND, SPLIT, LAYOUT, Y0POS, FAST)
-                tl.store(out_ptr + _offsets(oc, ot1, ot2, p0, p1, p2, H, W, h, w, OUT_KIND, SPLIT, LAYOUT, NF1),
-                         out.to(OUT.dtype.element_ty), mask=ok)
-            if OUT2_KIND != 5:
-                v0, v1, v2 = _row_terms(i, 0, k, H, W, h, w, HALF4, WMH, HMW, WIN_KIND, SPLIT, LAYOUT, Y0POS, FAST)
-                v = tl.load(win_ptr + _offsets(oc, vt1, vt2, v0, v1, v2, H, W, h, w, WIN_KIND, SPLIT, LAYOUT, NF1),
-                            mask=ok, other=0.0).to(DT)
-                u0, u1, u2 = _row_terms(i, 0, k, H, W, h, w, HALF4, WMH, HMW, OUT2_KIND, SPLIT, LAYOUT, Y0POS, FAST)
-                tl.store(o2_ptr + _offsets(oc, o2t1, o2t2, u0, u1, u2, H, W, h, w, OUT2_KIND, SPLIT, LAYOUT, NF1),
-                         (gamma * v).to(OUT2.dtype.element_ty), mask=ok)
-            if ENERGY != 0:
-                en += tl.where(ok, out * out, 0.0)
-        win = win[1:]
-        rho = tl.where(rho + 1 == h, 0, rho + 1)
+        v_off = _addr(i, j, k, n, N, H, W, h, w, NBC, HALF4, WIN_KIND, SPLIT, LAYOUT, Y0POS)
+        v = tl.load(WIN + v_off, mask=ok, other=0.0).to(DT)
+        o2_off = _addr(i, j, k, n, N, H, W, h, w, NBC, HALF4, OUT2_KIND, SPLIT, LAYOUT, Y0POS)
+        tl.store(OUT2 + o2_off, (gamma * v).to(OUT2.dtype.element_ty), mask=ok)
     if ENERGY != 0:
-        # per (row chunk, image) sums: lanes are chunk-major, then image, then column group
-        part = tl.sum(tl.reshape(tl.sum(en, axis=0), (CPL * PL, GPL)), axis=1)
-        slot_ids = tl.arange(0, CPL * PL)
-        img = ig * PL + slot_ids % PL
-        chunk = cgrp * CPL + slot_ids // PL
+        # per-plane tile sums: rows of plane p are p·TR .. p·TR + TR - 1
+        rows = tl.sum(tl.where(ok, out * out, 0.0), axis=1)
+        part = tl.sum(tl.reshape(rows, (P, TR)), axis=1)
+        plane = g0 + tl.arange(0, P)
+        has = plane < PLANES
+        plane = tl.minimum(plane, PLANES - 1)
+        kp = plane // N
         if EN_SLOT == 0:
-            cbe = 2 * k + Y0POS
+            cb = 2 * kp + Y0POS
         else:
-            cbe = 2 * k + 1 - Y0POS
-        slot = cbe * N + tl.minimum(img, N - 1)
-        has = img < N  # chunks past the last row store a zero partial
+            cb = 2 * kp + 1 - Y0POS
+        slot = cb * N + plane % N
         if ENERGY == 1:
             tl.atomic_add(EN + slot, part.to(EN.dtype.element_ty), mask=has)
         else:
-            tiles = CHUNK_GROUPS * CPL * STRIPS
-            tl.store(EN + slot.to(tl.int64) * tiles + chunk * STRIPS + strip, part.to(EN.dtype.element_ty), mask=has)
+            tl.store(EN + slot.to(tl.int64) * NPART + tile, part.to(EN.dtype.element_ty), mask=has)
 
 
 KERNELS = {"ladder": _ladder_kernel}
@@ -419,66 +299,36 @@ def _interpreted() -> bool:
 
 
 class TileConfig(NamedTuple):
-    CG: int  # output columns per lane (the window adds 11)
-    GPL: int  # column groups per image: a strip is GPL·CG columns (power of two)
-    PL: int  # images per program (power of two)
-    CPL: int  # row chunks per program, side by side in the lanes (interpreter only; power of two)
-    ROWS: int  # output rows per chunk (the window re-reads 11 rows per chunk)
+    TR: int  # output tile rows (power of two >= 16)
+    TC: int  # output tile columns (power of two >= 16)
+    P: int  # planes per program, stacked along the rows (power of two)
     num_warps: int
 
 
-def tile_config(images: int, h: int, w: int, bands: int = 1, interpreted: bool | None = None) -> TileConfig:
-    """Fixed launch geometry for ``bands`` parent bands × ``images`` planes of sub-band size ``h × w``.
+def tile_config(planes: int, h: int, w: int, interpreted: bool | None = None) -> TileConfig:
+    """Fixed launch geometry for ``planes`` sub-band planes of size ``h × w`` (no autotuning).
 
-    On a GPU: 4 output columns per lane (16 window loads per 4 outputs, a 12 × 4 register
-    window), 128 lanes: a strip of up to 512 columns of one image, or several images side by
-    side when the band is narrow; rows in one chunk per plane, split into chunks of at least 32
-    rows only to fill the GPU (~1024 programs). The interpreter runs programs one after another
-    at a fixed cost per vector op, so there a lane owns one column and one output row, and a
-    program holds whole planes (up to 16384 lanes): 12 loop iterations per pass.
+    On a GPU: one plane per program, 32 × 32 output tiles (16 where the band is
+    smaller): ~2.3 loads per output pixel and dot operands that fit in shared
+    memory. The interpreter runs programs one after another at a fixed cost
+    each (~tens of ms), so there a program takes whole planes (tiles up to
+    64 × 64) of as many images as fit in 512 stacked rows.
     """
     if interpreted is None:
         interpreted = _interpreted()
-    if interpreted:
-        gpl = triton.next_power_of_2(w)
-        cpl = triton.next_power_of_2(h)
-        pl = max(1, min(triton.next_power_of_2(images), 16384 // (gpl * cpl)))
-        return TileConfig(1, gpl, pl, cpl, 1, 4)
-    cg, lanes = 4, 128
-    gpl = min(lanes, triton.next_power_of_2(triton.cdiv(w, cg)))
-    pl = max(1, min(lanes // gpl, triton.next_power_of_2(images)))
-    programs = bands * triton.cdiv(images, pl) * triton.cdiv(w, gpl * cg)
-    chunks = max(1, triton.cdiv(1024, programs))
-    rows = min(h, max(32, triton.cdiv(h, chunks)))
-    return TileConfig(cg, gpl, pl, 1, rows, max(1, min(4, gpl * pl // 32)))
-
-
-def _grid(cfg: TileConfig, bands: int, images: int, h: int, w: int) -> tuple[int, int, int, int, int]:
-    """(programs, image groups, chunk groups, column strips, tiles per plane) of a launch."""
-    groups = triton.cdiv(images, cfg.PL)
-    chunk_groups = triton.cdiv(triton.cdiv(h, cfg.ROWS), cfg.CPL)
-    strips = triton.cdiv(w, cfg.GPL * cfg.CG)
-    return bands * groups * chunk_groups * strips, groups, chunk_groups, strips, chunk_groups * cfg.CPL * strips
-
-
-def _fast_wraps(st: "_Stage") -> bool:
-    """Whether every row-term wrap of stage ``st`` is a single add or subtract (else exact `%`)."""
-    ok = True
-    if st.split == _S_1R:
-        ok = st.h <= st.W <= st.H
-    elif st.split == _S_2C:
-        ok = st.H <= st.W
-    elif st.split == _S_ROWS:
-        ok = st.h <= st.W
-    if st.layout == _L_FINAL1:
-        ok = ok and st.h <= st.w
-    elif st.layout == _L_FIRST:
-        ok = ok and max(st.half4 - 1, 1) * st.h <= st.w
-    return ok
+    cap = 64 if interpreted else 32
+    tr = max(16, min(cap, triton.next_power_of_2(h)))
+    tc = max(16, min(cap, triton.next_power_of_2(w)))
+    p = min(triton.next_power_of_2(planes), max(1, 512 // tr)) if interpreted else 1
+    return TileConfig(tr, tc, p, 4)
 
 
 # Debug/benchmark hook: when a list, every launch appends its constexprs, grid and tile.
 launch_log: list | None = None
+# tl.dot precision of the float32 filter products. "ieee" (default) is exact float32 on
+# CUDA cores (~120 FMAs per output pixel); "tf32x3" moves them to tensor cores at about
+# float32 accuracy: try it on a GPU with `sstkd verify` before making it the default.
+DOT_PRECISION = "ieee"
 
 
 class _Stage(NamedTuple):
@@ -529,26 +379,27 @@ def _launch(st: _Stage, filt: str, cd: torch.dtype, *, win, win_kind, bf, adjoin
             coeffs, out=None, out_kind=_K_NONE, out2=None, out2_kind=_K_NONE,
             energy=None, energy_mode=_E_NONE, en_slot=0):
     """Launch one ladder pass of stage ``st`` on the current stream of the tensors' device."""
-    cfg = tile_config(st.n, st.h, st.w, st.nb)
-    programs, groups, chunk_groups, strips, _ = _grid(cfg, st.nb, st.n, st.h, st.w)
+    planes = st.nb * st.n
+    cfg = tile_config(planes, st.h, st.w)
+    tiles_h, tiles_w = triton.cdiv(st.h, cfg.TR), triton.cdiv(st.w, cfg.TC)
     taps = _taps(tuple(coeffs), filt, win.device, cd)
     qs = ((st.w // 2) if adjoint else (st.w + 1) // 2) if st.qper else 0
     dummy = taps
+    grid = (triton.cdiv(planes, cfg.P) * tiles_h * tiles_w,)  # tiles of one plane group are consecutive
     if launch_log is not None:
         launch_log.append(dict(split=st.split, bf=bf, qper=st.qper, kinds=(win_kind, cen_kind, out_kind, out2_kind),
-                               layout=st.layout, energy=energy_mode, grid=(programs,), tile=tuple(cfg[:5]),
+                               layout=st.layout, energy=energy_mode, grid=grid, tile=cfg[:3],
                                dtypes=tuple(t.dtype if t is not None else None for t in (win, cen, out, out2))))
     guard = torch.cuda.device(win.device) if win.device.type == "cuda" else contextlib.nullcontext()
     with guard:
-        _ladder_kernel[(programs,)](
+        _ladder_kernel[grid](
             win, cen, out if out is not None else dummy, out2 if out2 is not None else dummy, taps,
             energy if energy is not None else dummy,
-            st.n, st.H, st.W, st.h, st.w, qs, st.nbc, st.half4, groups, chunk_groups, strips, cfg.ROWS,
+            planes, st.n, st.H, st.W, st.h, st.w, qs, st.nbc, st.half4, tiles_w, tiles_h * tiles_w,
             SPLIT=st.split, BF=bf, QPER=st.qper,
             WIN_KIND=win_kind, CEN_KIND=cen_kind, OUT_KIND=out_kind, OUT2_KIND=out2_kind,
             LAYOUT=st.layout, Y0POS=st.y0pos, ENERGY=energy_mode, EN_SLOT=en_slot,
-            CG=cfg.CG, GPL=cfg.GPL, PL=cfg.PL, CPL=cfg.CPL, FAST=int(_fast_wraps(st)),
-            NF1=int((st.w - 1) // 2 <= st.h), num_warps=cfg.num_warps,
+            TR=cfg.TR, TC=cfg.TC, P=cfg.P, PREC=DOT_PRECISION, num_warps=cfg.num_warps,
         )
 
 
@@ -780,8 +631,8 @@ def _dec_energy(x: torch.Tensor, levels: int, filt: str) -> torch.Tensor:
     out = []
     for st, parent in zip(plan[-1], parents[-1]):
         if deterministic:  # per-tile partials, reduced in a fixed order
-            cfg = tile_config(st.n, st.h, st.w, st.nb)
-            tiles = _grid(cfg, st.nb, st.n, st.h, st.w)[4]
+            cfg = tile_config(st.nb * st.n, st.h, st.w)
+            tiles = triton.cdiv(st.h, cfg.TR) * triton.cdiv(st.w, cfg.TC)
             part = torch.empty(st.nbc, st.n, tiles, device=x.device, dtype=cd)
             _stage_dec(st, filt, cd, parent, part, energy=part, energy_mode=_E_PARTIAL)
             en = part.sum(-1)

@@ -56,7 +56,7 @@ _LADDER_PASSES = [
     ("1r adjoint A^T (two outputs)", dict(SPLIT=0, BF=5, QPER=True, WIN_KIND=4, CEN_KIND=3, OUT_KIND=1,
                                           OUT2_KIND=0, LAYOUT=0, Y0POS=0, ENERGY=0, EN_SLOT=0)),
 ]
-_LADDER_INTS = ("N", "H", "W", "h", "w", "QS", "NBC", "HALF4", "IMG_GROUPS", "CHUNK_GROUPS", "STRIPS", "ROWS")
+_LADDER_INTS = ("PLANES", "N", "H", "W", "h", "w", "QS", "NBC", "HALF4", "TILES_W", "NPART")
 
 
 def dfb_ladder_jobs(dtype: str = "fp32", shape=(8, 256, 128, 128), arch: int = 90, passes=None) -> list[KernelJob]:
@@ -76,10 +76,9 @@ def dfb_ladder_jobs(dtype: str = "fp32", shape=(8, 256, 128, 128), arch: int = 9
         ptr = _DTYPES[dtype]
         sig.update(WIN=ptr, CEN=ptr, OUT=ptr, OUT2=ptr, TAPS="*fp64" if dtype == "fp64" else "*fp32",
                    EN="*fp64" if dtype == "fp64" else "*fp32")
-        ce = dict(ce, CG=cfg.CG, GPL=cfg.GPL, PL=cfg.PL, CPL=cfg.CPL, FAST=1, NF1=1)
-        lanes = cfg.CG * cfg.GPL * cfg.PL * cfg.CPL
+        ce = dict(ce, TR=cfg.TR, TC=cfg.TC, P=cfg.P)
         jobs.append(KernelJob(f"dfb ladder: {label}", dfb._ladder_kernel, sig, ce, cfg.num_warps,
-                              lanes, True, 24.0, arch))
+                              cfg.TR * cfg.TC, False, 24.0, arch))
     return jobs
 
 
