@@ -222,12 +222,14 @@ def _ladder_kernel(
     on a GPU; the interpreter takes many planes per program).
     ``PREC``: ``tl.dot`` input precision of float32 tiles ("ieee": exact float32
     FMAs; "tf32x3": tensor cores at about float32 accuracy).
-    Grid: (plane groups, tiles).
+    Grid (1-D): tiles fastest, then plane groups, so the neighbouring tiles of one plane
+    (which share halo rows and columns in L2) run next to each other.
     """
     DT: tl.constexpr = TAPS.dtype.element_ty
     HALO: tl.constexpr = 16
-    g0 = tl.program_id(0) * P
-    tile = tl.program_id(1)
+    pid = tl.program_id(0)
+    tile = pid % NPART
+    g0 = (pid // NPART) * P
     i0 = (tile // TILES_W) * TR
     j0 = (tile % TILES_W) * TC
 
@@ -380,7 +382,7 @@ def _launch(st: _Stage, filt: str, cd: torch.dtype, *, win, win_kind, bf, adjoin
     taps = _taps(tuple(coeffs), filt, win.device, cd)
     qs = ((st.w // 2) if adjoint else (st.w + 1) // 2) if st.qper else 0
     dummy = taps
-    grid = (triton.cdiv(planes, cfg.P), tiles_h * tiles_w)
+    grid = (triton.cdiv(planes, cfg.P) * tiles_h * tiles_w,)  # tiles of one plane group are consecutive
     if launch_log is not None:
         launch_log.append(dict(split=st.split, bf=bf, qper=st.qper, kinds=(win_kind, cen_kind, out_kind, out2_kind),
                                layout=st.layout, energy=energy_mode, grid=grid, tile=cfg[:3],

@@ -39,7 +39,9 @@ input element is read from global memory once, plus 7 warm-up iterations
 (14 rows) per row chunk. The two column phases of a full-res output row are
 written by two stride-2 stores (they fill the same sectors; a register
 interleave would cost a shared-memory layout conversion per row). Accumulation is float32 (float64 for
-float64 inputs); loads and stores are in the tensors' own dtype.
+float64 inputs); loads and stores are in the tensors' own dtype. The float32-compute launches cap
+registers at 128 (``maxnreg``): the same sm_90 code without spills, 4 blocks of 128 threads per SM
+instead of 3 (tests/test_kernel_budgets.py).
 """
 from __future__ import annotations
 
@@ -382,6 +384,17 @@ def launch_config(images: int, hl: int, wl: int, interpreted: bool | None = None
     return LaunchConfig(sw, block, rows, warps, (programs, triton.cdiv(hl, rows)))
 
 
+# Register cap of the float32-compute kernels: ptxas would take 168 (3 blocks of 128 threads
+# per SM); at 128 the sm_90 code has the same instructions and no spills, and 4 blocks fit.
+# float64 windows need twice the registers: uncapped (capping spills).
+MAXNREG = 128
+
+
+def maxnreg_for(compute_dtype: torch.dtype) -> int | None:
+    """The ``maxnreg`` launch option of the LP kernels computing in ``compute_dtype``."""
+    return None if compute_dtype == torch.float64 else MAXNREG
+
+
 def _check_dtype(t: torch.Tensor, name: str) -> None:
     if t.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise TypeError(f"{name}: the Triton LP kernels take float16/bfloat16/float32/float64, got {t.dtype}")
@@ -395,12 +408,13 @@ def _launch(kernel, tensors, shape, mode: str, filt: str) -> None:
         raise RuntimeError(
             f"the Triton LP kernels need CUDA tensors (got {ref.device.type}); set TRITON_INTERPRET=1 to interpret"
         )
-    taps = _taps(filt, mode, ref.device, _compute_dtype(ref.dtype))
+    cd = _compute_dtype(ref.dtype)
+    taps = _taps(filt, mode, ref.device, cd)
     cfg = launch_config(b * c, h // 2, w // 2)
     with _guard(ref):
         kernel[cfg.grid](
             *tensors, taps, b * c, h, w, h // 2, w // 2, cfg.ROWS,
-            SW=cfg.SW, BLOCK=cfg.BLOCK, num_warps=cfg.num_warps,
+            SW=cfg.SW, BLOCK=cfg.BLOCK, num_warps=cfg.num_warps, maxnreg=maxnreg_for(cd),
         )
 
 
