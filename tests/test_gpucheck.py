@@ -32,7 +32,7 @@ def test_dry_run_passes_and_writes_one_small_results_folder(tmp_path):
         assert st[name]["status"] == "skipped" and "no CUDA device" in st[name]["reason"]
     rows = st["matrix"]["rows"]
     assert rows and all(r["ok"] for r in rows) and st["matrix"]["units_done"] == st["matrix"]["units"]
-    assert any(r["op"] == "contourlet_energy[nlevs=3,3]" for r in rows)  # the training-shape case
+    assert any(r["op"] == "contourlet_energy[nlevs=[3, 3]]" for r in rows)  # the training-shape case
     assert st["determinism"]["rows"] and all(r["ok"] for r in st["determinism"]["rows"])
     assert any(r.get("status") == "ok" for r in st["timing"]["rows"])
     # a results folder is never mixed with an earlier run's
@@ -60,8 +60,8 @@ def test_the_gpu_plan_deals_every_unit_once_and_covers_the_training_shape():
     dealt = sorted((i, d) for u in units for i in u["cases"] for d in u["dtypes"])
     assert len(dealt) == len(set(dealt))
     assert {i for i, _ in dealt} == set(range(len(cases)))
-    train = [c for c in cases if c.op == "contourlet_energy[nlevs=3,3]"]
-    assert [c.shape for c in train] == ["8x256x128x128"]
+    train = [c for c in cases if c.name == "contourlet_energy[nlevs=[3, 3]]"]
+    assert [(c.label, c.shape) for c in train] == [("8x256x128x128", (8, 256, 128, 128))]
 
 
 def test_static_prediction_is_read_from_the_newest_cost_report(tmp_path):

@@ -152,18 +152,18 @@ def plan_matrix(dry_run: bool, jobs: int) -> tuple[list[list[dict]], int]:
     least loaded shard: the same Triton kernel variants are then compiled by
     one process, not by several at once (the cache has no cross-process lock).
     """
-    from sstkd.gpucheck.workers import matrix_cases
+    from sstkd.gpucheck.workers import is_training, matrix_cases
 
     cases = matrix_cases(dry_run)
     dtypes = ["fp32"] if dry_run else ["fp32", "fp16", "bf16"]
     groups: dict[tuple[str, str], list[dict]] = {}
     for i, case in enumerate(cases):
-        training = case.op.startswith("contourlet_energy[nlevs=3,3]")
+        training = is_training(case.name, case.label)
         layouts = ["contiguous"] if dry_run or training else ["contiguous", "channels_last", "noncontig"]
         for d in (["fp32", "bf16"] if training and not dry_run else dtypes):
             unit = {"cases": [i], "dtypes": [d], "layouts": layouts,
-                    "cost": _shape_cost(case.shape) * len(layouts) * (4 if training else 1)}
-            groups.setdefault((case.op, d), []).append(unit)
+                    "cost": _shape_cost(case.label) * len(layouts) * (4 if training else 1)}
+            groups.setdefault((case.name, d), []).append(unit)
     shards: list[list[dict]] = [[] for _ in range(max(1, jobs))]
     load = [0] * len(shards)
     for units in sorted(groups.values(), key=lambda us: -sum(u["cost"] for u in us)):
@@ -226,10 +226,13 @@ def stage_ext(r: Runner, build: dict, budget: float) -> dict:
     if build.get("status") != "ok":
         return {"status": "fail", "reason": f"JIT build: {build.get('status')}: {build.get('reason', '')}",
                 "build": build}
-    from sstkd.gpucheck.workers import matrix_cases
-    from sstkd.ops.dispatch import CUDA_OPS
+    from sstkd.gpucheck.workers import is_training, matrix_cases
+    from sstkd.ops import dispatch
 
-    cases = [i for i, c in enumerate(matrix_cases(False)) if c.op.split("[")[0] in CUDA_OPS]
+    # verify's rows of the extension: every case of an op its table implements (whole, or some of
+    # its passes); the training-shape case stays with the Triton matrix
+    cases = [i for i, c in enumerate(matrix_cases(False))
+             if dispatch.implements("cuda", c.spec.name) and not is_training(c.name, c.label)]
     out: dict = {"build_seconds": build.get("seconds"), "build": build.get("info")}
 
     def rows_job():
@@ -412,6 +415,8 @@ def write_summary(out: str, results: dict, budgets: dict) -> None:
 
 def _notes(results: dict) -> None:
     """One-line result per stage for the summary table."""
+    from sstkd.gpucheck.workers import is_training
+
     s = results["stages"]
     env = s.get("env", {})
     if env.get("status") == "ok":
@@ -421,7 +426,7 @@ def _notes(results: dict) -> None:
     m = s.get("matrix", {})
     if "rows" in m:
         rows = m["rows"]
-        train = [x for x in rows if str(x.get("op", "")).startswith("contourlet_energy[nlevs=3,3]")]
+        train = [x for x in rows if is_training(str(x.get("op", "")), str(x.get("shape", "")))]
         tr = (f"; training shape nlevs=[3,3] {train[0]['shape']}: "
               f"{sum(bool(x.get('ok')) for x in train)}/{len(train)} pass") if train else "; training-shape case not run"
         m["note"] = (f"{sum(bool(x.get('ok')) for x in rows)}/{len(rows)} rows pass, {m.get('units_done')}/"

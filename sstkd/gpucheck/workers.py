@@ -52,29 +52,42 @@ class Rows:
 # ----------------------------------------------------------------------------- check matrix
 
 
+# The training-shape case: the contourlet energy SSTKDLoss takes of a ResNet-101 teacher's
+# stride-4 features (VOC/ADE20K 512x512 crops, batch 8); a tiny image in the dry run.
+TRAINING_NLEVS = [3, 3]
+TRAINING_SHAPE = {False: (8, 256, 128, 128), True: (1, 1, 24, 24)}
+
+
+def training_case(dry_run: bool):
+    """The ``contourlet_energy`` ``nlevs=[3, 3]`` case at the training shape, from the op's spec."""
+    from sstkd.ops.specs import Case, get_spec
+
+    shape = TRAINING_SHAPE[bool(dry_run)]
+    return Case(get_spec("contourlet_energy"), "x".join(map(str, shape)), shape, {"nlevs": list(TRAINING_NLEVS)})
+
+
+def is_training(op: str, shape: str) -> bool:
+    """Whether a matrix case / row (its ``op`` name and ``shape`` label) is the training-shape case
+    (:func:`training_case`, GPU or dry run)."""
+    return any(op == c.name and shape == c.label for c in (training_case(False), training_case(True)))
+
+
 def matrix_cases(dry_run: bool):
-    """verify's check matrix on this device plus the training-shape ``nlevs=[3, 3]`` case.
+    """verify's check matrix on this device (every spec's ``"verify_full"`` cases) plus the
+    training-shape ``nlevs=[3, 3]`` case.
 
-    Dry run: a few interpreter-sized cases. The list is rebuilt identically in
-    every process, so a shard names its cases by index.
+    Dry run: the first ``lp_dec`` and ``quantize_count`` (triangular, no Lloyd step) cases of
+    ``"verify"`` (interpreter-sized). The list is rebuilt identically in every process, so a
+    shard names its cases by index.
     """
-    from sstkd import ops
-    from sstkd import verify
-
-    def energy33(shape):
-        return verify.Case(
-            "contourlet_energy[nlevs=3,3]", "x".join(map(str, shape)),
-            lambda d, g, s=shape: [torch.randn(*s, generator=g, dtype=torch.float64).to(d)],
-            lambda xs, b: ops.contourlet_energy(xs[0], [3, 3], backend=b), (0,))
+    from sstkd.ops.specs import SPECS, get_spec
 
     if dry_run:
-        small = verify.cases(small=True)
-        firsts = {}
-        for c in small:
-            if c.op in ("lp_dec", "quantize_count[triangular,iters=0]"):
-                firsts.setdefault(c.op, c)
-        return list(firsts.values()) + [energy33((1, 1, 24, 24))]
-    return verify.cases(small=False) + [energy33((8, 256, 128, 128))]
+        lp = get_spec("lp_dec").cases("verify")[0]
+        q = next(c for c in get_spec("quantize_count").cases("verify")
+                 if c.params == {"kernel": "triangular", "iters": 0})
+        return [lp, q, training_case(True)]
+    return [c for spec in SPECS for c in spec.cases("verify_full")] + [training_case(False)]
 
 
 def run_matrix(spec: dict, rows: Rows) -> dict:
@@ -90,9 +103,8 @@ def run_matrix(spec: dict, rows: Rows) -> dict:
     for u in spec["units"]:
         for i in u["cases"]:
             case = cases[i]
-            base = case.op.split("[")[0]
             for backend in spec["backends"]:
-                if not dispatch._implements(backend, base):
+                if not dispatch.implements(backend, case.spec.name):
                     continue
                 for dname in u["dtypes"]:
                     for layout in u["layouts"]:
@@ -101,7 +113,7 @@ def run_matrix(spec: dict, rows: Rows) -> dict:
                             r = verify.check(case, backend, DTYPES[dname], layout, device)
                             row = {**r.__dict__, "ok": r.ok, "error": ""}
                         except Exception as e:  # a crash is a failure, recorded
-                            row = {"op": case.op, "backend": backend, "dtype": dname, "shape": case.shape,
+                            row = {"op": case.name, "backend": backend, "dtype": dname, "shape": case.label,
                                    "layout": layout, "ok": False, "error": _short(e)}
                         row["seconds"] = round(time.perf_counter() - t0, 3)
                         rows.add(row)
@@ -125,8 +137,12 @@ def timing_cases(dry_run: bool):
 
 
 def run_warm_timing(spec: dict, rows: Rows) -> dict:
-    """Run each fused backend of the spec's timing cases once (fwd and fwd+bwd): compiles their kernels."""
+    """Run each fused backend of the spec's timing cases once (fwd and fwd+bwd): compiles their kernels.
+
+    Warming needs the backend to run the op here, not to give meaningful timings (an interpreted
+    backend warms too), so availability is dispatch's, not the timing stage's."""
     from sstkd.benchmarks import op_suite
+    from sstkd.ops import dispatch
 
     device = device_for(spec["dry_run"])
     cases = timing_cases(spec["dry_run"])
@@ -134,21 +150,21 @@ def run_warm_timing(spec: dict, rows: Rows) -> dict:
     for i in spec["cases"]:
         case = cases[i]
         for backend in spec["backends"]:
-            ok, why = op_suite.backend_availability(backend, case.op, device, quick=False)
-            if not ok and not (spec["dry_run"] and backend == "triton"):
+            if not (dispatch.backend_status(backend, device)[0] and dispatch.implements(backend, case.spec.name)):
                 continue
             t0 = time.perf_counter()
             try:
-                xs = case.make(device, torch.float32, gen)
+                xs = op_suite.make_inputs(case, device, torch.float32)
                 fn = op_suite.callable_for(case, backend)
                 for mode in ("fwd", "fwd+bwd"):
                     call, prepared = op_suite.mode_fn(case, fn, mode, [xs], gen)
                     call(prepared[0])
                 if device.type == "cuda":
                     torch.cuda.synchronize()
-                rows.add({"op": case.op, "backend": backend, "ok": True, "seconds": round(time.perf_counter() - t0, 3)})
+                rows.add({"op": case.name, "backend": backend, "ok": True,
+                          "seconds": round(time.perf_counter() - t0, 3)})
             except Exception as e:
-                rows.add({"op": case.op, "backend": backend, "ok": False, "error": _short(e)})
+                rows.add({"op": case.name, "backend": backend, "ok": False, "error": _short(e)})
     return {}
 
 
@@ -157,7 +173,7 @@ def run_warm_timing(spec: dict, rows: Rows) -> dict:
 
 def run_env(spec: dict, rows: Rows) -> dict:
     """Versions, device, tools: what the results were measured on."""
-    from sstkd import _ext
+    from sstkd.ops.backends import cuda as cuda_ext
 
     info: dict = {"python": platform.python_version(), "torch": torch.__version__,
                   "torch_cuda": torch.version.cuda, "cpus": os.cpu_count()}
@@ -179,7 +195,7 @@ def run_env(spec: dict, rows: Rows) -> dict:
     info["compute_sanitizer"] = sanitizer_path()
     info["nvcc"] = shutil.which("nvcc") or (os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc")
                                             if os.environ.get("CUDA_HOME") else None)
-    info["ext_jit"] = list(_ext.jit_available())
+    info["ext_jit"] = list(cuda_ext.jit_available())
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem",
                               "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
@@ -208,11 +224,11 @@ def sanitizer_path() -> str | None:
 
 def run_ext_build(spec: dict, rows: Rows) -> dict:
     """JIT-build (or load the cached build of) the CUDA extension; how long it took."""
-    from sstkd import _ext
+    from sstkd.ops.backends import cuda as cuda_ext
 
     t0 = time.perf_counter()
-    _ext.get()
-    return {"seconds": round(time.perf_counter() - t0, 1), "info": {k: str(v) for k, v in _ext.info().items()}}
+    cuda_ext.get()
+    return {"seconds": round(time.perf_counter() - t0, 1), "info": {k: str(v) for k, v in cuda_ext.info().items()}}
 
 
 # ----------------------------------------------------------------------------- determinism
@@ -310,7 +326,9 @@ def run_determinism(spec: dict, rows: Rows) -> dict:
 
 def run_sanitize_target(spec: dict, rows: Rows) -> dict:
     """Every fused op on small shapes, fwd + bwd (the program compute-sanitizer watches)."""
-    from sstkd import _ext, ops
+    from sstkd import ops
+    from sstkd.ops import dispatch
+    from sstkd.ops.backends import cuda as cuda_ext
 
     device = device_for(spec["dry_run"])
     g = torch.Generator(device="cpu").manual_seed(4)
@@ -318,7 +336,7 @@ def run_sanitize_target(spec: dict, rows: Rows) -> dict:
     s = torch.rand(2, 12, 20, generator=g).to(device).requires_grad_(True)
     backends = ["triton"]
     if device.type == "cuda" and spec.get("cuda_ext"):
-        _ext.get()  # built by the ext stage: a cached load
+        cuda_ext.get()  # built by the ext stage: a cached load
         backends.append("cuda")
     for b in backends:
         for name, fn in (
@@ -333,9 +351,7 @@ def run_sanitize_target(spec: dict, rows: Rows) -> dict:
             ("cooccurrence", lambda: ops.cooccurrence(s, ops.quantize_count(s.detach(), 16, backend="torch")[0],
                                                       backend=b).square().sum()),
         ):
-            from sstkd.ops import dispatch
-
-            if not dispatch._implements(b, name):
+            if not dispatch.implements(b, name):
                 continue
             try:
                 fn().backward()
@@ -361,19 +377,18 @@ def run_timing(spec: dict, rows: Rows) -> dict:
     cfg = op_suite.TimingConfig(warmup=1 if dry else 3, repeat=3 if dry else 15,
                                 max_seconds=0.3 if dry else spec.get("cell_seconds", 0.6),
                                 measure_memory=False, count_launches=False, warmup_seconds=0.0 if dry else 0.02)
-    gen = torch.Generator(device="cpu").manual_seed(0)
     for case in timing_cases(dry):
-        if dry and case.op not in ("lp_dec", "contourlet_energy", "quantize_count", "reproject"):
+        if dry and case.spec.name not in ("lp_dec", "contourlet_energy", "quantize_count", "reproject"):
             continue  # the dry run exercises the path, not every op
         try:
-            first = case.make(device, torch.float32, gen)
-            size = sum(t.numel() * t.element_size() for t in first if isinstance(t, torch.Tensor))
-            copies = [first] + [case.make(device, torch.float32, gen) for _ in range(op_suite.n_copies(size, device) - 1)]
+            first = op_suite.make_inputs(case, device, torch.float32, seed=0)
+            copies = [first] + [op_suite.make_inputs(case, device, torch.float32, seed=k)
+                                for k in range(1, op_suite.n_copies(op_suite.input_bytes(first), device))]
         except Exception as e:
-            rows.add({"op": case.op, "status": "error", "reason": f"making inputs: {_short(e)}"})
+            rows.add(op_suite._row(case, "-", "fp32", "-", "error", f"making inputs: {_short(e)}"))
             continue
         for backend in spec["backends"]:
-            ok, why = op_suite.backend_availability(backend, case.op, device, quick=dry)
+            ok, why = op_suite.backend_availability(backend, case.spec.name, device, quick=dry)
             if not ok:
                 for mode in ("fwd", "fwd+bwd"):
                     rows.add(op_suite._row(case, backend, "fp32", mode, "skipped", why))
