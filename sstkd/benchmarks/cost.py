@@ -1,0 +1,409 @@
+"""The GPU cost of every op, read on the CPU: launches, bytes, host syncs, JIT variants, compile facts.
+
+:func:`cost_report` runs each op (forward, then backward) of the Triton
+backend with :func:`sstkd.benchmarks.recorder.record`: the kernels are *recorded*
+at their GPU launch geometry, not executed, and the tensors are ``"meta"``
+tensors by default (sizes without storage), so a training-shape report takes
+seconds and no memory. Per op × shape × dtype it reports
+
+* launches forward / backward, Triton and aten separately (aten: every
+  dispatched op that is not a view, an allocation or a metadata query);
+* modeled bytes: the sum over launches of the bytes of the distinct tensors
+  each launch reads or writes (every argument once, in full; halo re-reads
+  and cache hits are not modeled, so this is a lower bound of a kernel's DRAM
+  traffic when its working set exceeds the L2), against the op's compulsory
+  bytes (its spec's ``fwd_bytes`` / ``bwd_bytes``);
+* host syncs (``.item()``, ``bool(tensor)``, ``nonzero``, ...);
+* JIT variants: distinct ``(kernel, sm_90 cache key)`` pairs at this shape and
+  the ones other training shapes add;
+* per Triton kernel variant its sm_90 compile facts (registers, spills, SASS
+  per output element) when :mod:`sstkd.benchmarks.compile_facts` can compile it;
+* a predicted H200 time: Σ over launches of max(bytes / copy bandwidth,
+  warp-instructions / issue rate). Warp-instructions are static SASS × warps ×
+  programs (loops counted once: a lower bound for looping kernels).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+
+import torch
+
+from sstkd.benchmarks.recorder import record
+
+# H200 (sm_90): measured device copy bandwidth (bytes read + written) and the chip's warp-instruction
+# issue rate (132 SMs × 4 schedulers × 1.98 GHz); /work/shared/research/gpu-compile-facts.md.
+H200_COPY_BW = 4.3e12
+H200_WARP_ISSUE = 132 * 4 * 1.98e9
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
+
+# The training-shape report: (op, shape, make_inputs params). Images: a teacher's stride-4
+# features on a 512² crop, batch 8; intensities: 8 maps of 128², 128 levels.
+TRAINING_CASES = (
+    ("lp_dec", (8, 256, 128, 128), {}),
+    ("lp_rec", (8, 256, 128, 128), {}),
+    ("dfb_dec", (8, 256, 128, 128), {"levels": 3}),
+    ("dfb_rec", (8, 256, 128, 128), {"levels": 3}),
+    ("contourlet_dec", (8, 256, 128, 128), {"nlevs": [3, 3]}),
+    ("contourlet_rec", (8, 256, 128, 128), {"nlevs": [3, 3]}),
+    ("contourlet_energy", (8, 256, 128, 128), {"nlevs": [3, 3]}),
+    ("quantize_count", (8, 128 * 128), {"levels": 128, "iters": 3}),
+    ("reproject", (8, 128 * 128), {"levels": 128, "channels": 64}),
+    ("cooccurrence", (8, 128, 128), {"levels": 128}),
+)
+# Other training shapes (student features, a Cityscapes crop): what they add to the JIT cache.
+NEW_SHAPES = {
+    4: ((8, 64, 128, 256), (4, 128, 96, 160)),
+    2: ((8, 128 * 256), (4, 96 * 160)),
+    3: ((8, 128, 256), (4, 96, 160)),
+}
+
+
+# --------------------------------------------------------------------------- op descriptions
+def specs() -> list:
+    """The op descriptions (``sstkd.ops.specs.SPECS``)."""
+    try:
+        from sstkd.ops.specs import SPECS
+    except ImportError:  # until the ops layer lands: the thin adapter below
+        return _adapter_specs()
+    return list(SPECS)
+
+
+@dataclasses.dataclass(frozen=True)
+class _AdapterSpec:
+    """The part of ``sstkd.ops.specs.OpSpec`` the report uses (temporary)."""
+
+    name: str
+    op: object
+    make: object
+    grad_inputs: tuple
+
+    def make_inputs(self, shape, dtype, device, layout="contiguous", seed=0, **params):
+        g = torch.Generator().manual_seed(seed)
+        rnd = lambda *s: torch.randn(*s, generator=g).to(device=device, dtype=dtype)  # noqa: E731
+        return self.make(shape, rnd, dict(params))
+
+    def bytes(self, mode, args, kwargs):
+        from sstkd.benchmarks.roofline import op_bytes
+
+        t = _flat(args)[0]
+        shape, p = tuple(t.shape), {}
+        if self.name == "lp_rec":
+            shape = tuple(args[1].shape)
+        if self.name in ("contourlet_dec", "contourlet_energy"):
+            p["nlevs"] = args[1]
+        if self.name in ("quantize_count", "reproject", "cooccurrence"):
+            p["levels"] = args[1] if isinstance(args[1], int) else args[-1].shape[-1]
+        if self.name == "reproject":
+            shape, p["channels"] = tuple(args[1].shape), args[0].shape[1]
+        if self.name in ("dfb_rec", "contourlet_rec"):  # read the coefficients, write the image
+            return 2 * sum(b.numel() * b.element_size() for b in _flat(args))
+        return op_bytes(self.name, mode, shape, t.dtype, **p)
+
+
+def _adapter_specs():
+    from sstkd import ops
+    from sstkd.ops.contourlet import contourlet_band_shapes
+    from sstkd.ops.dfb import dfb_band_shapes
+
+    def centers(b, levels, like):
+        return torch.linspace(0.05, 0.95, levels).expand(b, levels).contiguous().to(like.device)
+
+    def ct_rec(shape, rnd, p):
+        b, c, h, w = shape
+        (hl, wl), levels = contourlet_band_shapes(h, w, p["nlevs"])
+        return (rnd(b, c, hl, wl), [[rnd(b, c, *hw) for hw in lev] for lev in levels]), {}
+
+    def q(shape, rnd, p):
+        s = rnd(*shape).sigmoid()
+        if "channels" in p:
+            return (rnd(shape[0], p["channels"], p["levels"]), s, centers(shape[0], p["levels"], s)), {}
+        if len(shape) == 3:
+            return (s, centers(shape[0], p["levels"], s)), {}
+        return (s, p["levels"]), {"iters": p.get("iters", 0)}
+
+    return [
+        _AdapterSpec("lp_dec", ops.lp_dec, lambda s, r, p: ((r(*s),), {}), (0,)),
+        _AdapterSpec("lp_rec", ops.lp_rec, lambda s, r, p: ((r(s[0], s[1], s[2] // 2, s[3] // 2), r(*s)), {}), (0, 1)),
+        _AdapterSpec("dfb_dec", ops.dfb_dec, lambda s, r, p: ((r(*s), p["levels"]), {}), (0,)),
+        _AdapterSpec("dfb_rec", ops.dfb_rec, lambda s, r, p: (([r(s[0], s[1], *hw) for hw in dfb_band_shapes(
+            s[2], s[3], p["levels"])],), {}), (0,)),
+        _AdapterSpec("contourlet_dec", ops.contourlet_dec, lambda s, r, p: ((r(*s), p["nlevs"]), {}), (0,)),
+        _AdapterSpec("contourlet_rec", ops.contourlet_rec, ct_rec, (0, 1)),
+        _AdapterSpec("contourlet_energy", ops.contourlet_energy, lambda s, r, p: ((r(*s), p["nlevs"]), {}), (0,)),
+        _AdapterSpec("quantize_count", ops.quantize_count, q, (0,)),
+        _AdapterSpec("reproject", ops.reproject, q, (0, 1)),
+        _AdapterSpec("cooccurrence", ops.cooccurrence, q, (0,)),
+    ]
+
+
+def get_spec(name: str):
+    for s in specs():
+        if s.name == name:
+            return s
+    raise ValueError(f"ops: unknown op {name!r}; choose from {[s.name for s in specs()]}")
+
+
+# --------------------------------------------------------------------------- one case
+def _flat(x):
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, (list, tuple)):
+        return [t for v in x for t in _flat(v)]
+    return []
+
+
+def _record_case(spec, shape, params, dtype, device, backend):
+    args, kwargs = spec.make_inputs(tuple(shape), dtype, device, **params)
+    inputs = [t for i in spec.grad_inputs for t in _flat(args[i])]
+    for t in inputs:
+        t.requires_grad_(True)
+    with record(protect=_flat(args)) as rec:
+        out = spec.op(*args, **kwargs, backend=backend)
+        rec.phase = None  # cotangents: not part of the op
+        outs = [o for o in _flat(out) if o.requires_grad]
+        cots = [torch.ones_like(o) for o in outs]
+        rec.phase = "bwd"
+        if outs:
+            torch.autograd.grad(outs, inputs, cots, allow_unused=True)
+    return rec, args, kwargs
+
+
+def measure(op: str, shape, params: dict | None = None, dtype=torch.float32, *, device="meta",
+            backend: str = "triton", warm: bool = True):
+    """:class:`~sstkd.benchmarks.recorder.Recording` of ``op`` forward + backward at ``shape``
+    (after one unrecorded call that fills the ops' caches), with the op's args and kwargs."""
+    spec = get_spec(op)
+    params = dict(params or {})
+    if warm:
+        _record_case(spec, shape, params, dtype, device, backend)
+    return _record_case(spec, shape, params, dtype, device, backend)
+
+
+def _input_bytes(spec, args) -> int:
+    """X: bytes of the op's largest input (the image, the intensity map, all sub-bands of a synthesis)."""
+    return max(sum(t.numel() * t.element_size() for t in _flat(args[i])) for i in spec.grad_inputs)
+
+
+def case_row(op: str, shape, params: dict | None = None, dtype=torch.float32, *, device="meta",
+             backend: str = "triton", new_shapes=(), facts: dict | None = None) -> dict:
+    """The report row of one op × shape × dtype (see the module docstring)."""
+    spec = get_spec(op)
+    params = dict(params or {})
+    rec, args, kwargs = measure(op, shape, params, dtype, device=device, backend=backend)
+    x_bytes = _input_bytes(spec, args)
+    row = {"op": op, "shape": list(shape), "params": params, "dtype": str(dtype).replace("torch.", ""),
+           "backend": backend, "input_bytes": x_bytes}
+    for ph in ("fwd", "bwd"):
+        tl_, at = rec.triton(ph), rec.aten_ops(ph)
+        row[ph] = {
+            "triton_launches": len(tl_), "aten_launches": len(at), "host_syncs": rec.host_syncs(ph),
+            "triton_bytes": sum(l.bytes for l in tl_), "aten_bytes": sum(a.bytes for a in at),
+            "compulsory_bytes": int(spec.bytes(ph, args, kwargs)),
+            "aten_ops": _counts(a.name for a in at),
+        }
+    mb = sum(row[p]["triton_bytes"] + row[p]["aten_bytes"] for p in ("fwd", "bwd"))
+    cb = row["fwd"]["compulsory_bytes"] + row["bwd"]["compulsory_bytes"]
+    row["launches"] = sum(row[p]["triton_launches"] + row[p]["aten_launches"] for p in ("fwd", "bwd"))
+    row["modeled_bytes"] = mb
+    row["compulsory_bytes"] = cb
+    row["modeled_x"] = mb / x_bytes
+    row["compulsory_x"] = cb / x_bytes
+    row["host_syncs"] = rec.host_syncs()
+    base = rec.variants()
+    row["jit_variants"] = len(base)
+    added = set()
+    for s in new_shapes:
+        r2, _, _ = measure(op, s, params, dtype, device=device, backend=backend, warm=False)
+        added |= r2.variants() - base
+    row["jit_new_shapes"] = [list(s) for s in new_shapes]
+    row["jit_variants_added"] = len(added)
+    row["kernels"] = _kernel_rows(rec, facts)
+    row["predicted"] = _predict(rec, facts)
+    return row
+
+
+def _counts(names) -> dict:
+    out: dict = {}
+    for n in names:
+        out[n] = out.get(n, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def _variant_id(l) -> tuple:
+    return (l.kernel, l.key)
+
+
+def _kernel_rows(rec, facts) -> list[dict]:
+    rows: dict = {}
+    for l in rec.launches:
+        r = rows.setdefault(_variant_id(l), {
+            "kernel": l.kernel, "num_warps": l.num_warps, "constexprs": {k: _plain(v) for k, v in l.constexprs.items()},
+            "signature": l.signature, "launches": 0, "programs": 0, "bytes": 0})
+        r["launches"] += 1
+        r["programs"] += l.programs
+        r["bytes"] += l.bytes
+        f = (facts or {}).get(_variant_id(l))
+        if f is not None:
+            r["facts"] = f
+    return list(rows.values())
+
+
+def _plain(v):
+    return v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
+
+
+def _predict(rec, facts) -> dict:
+    """Predicted H200 milliseconds: bandwidth-bound, issue-bound and their per-launch max."""
+    bw = issue = total = 0.0
+    issue_known = True
+    for l in rec.launches:
+        t_bw = l.bytes / H200_COPY_BW
+        f = (facts or {}).get(_variant_id(l))
+        sass = f.get("sass_total") if f else None
+        if sass is None:
+            issue_known = False
+            t_is = 0.0
+        else:
+            t_is = sass * l.num_warps * l.programs / H200_WARP_ISSUE
+        bw += t_bw
+        issue += t_is
+        total += max(t_bw, t_is)
+    for a in rec.aten:
+        bw += a.bytes / H200_COPY_BW
+        total += a.bytes / H200_COPY_BW
+    return {"bandwidth_ms": bw * 1e3, "issue_ms": issue * 1e3 if issue_known else None,
+            "predicted_ms": total * 1e3, "issue_known": issue_known}
+
+
+# --------------------------------------------------------------------------- compile facts
+def compile_facts_for(recordings) -> tuple[dict, str]:
+    """``({(kernel, key): facts dict}, note)`` of every Triton variant the recordings launched,
+    compiled for sm_90 by :mod:`sstkd.benchmarks.compile_facts`; an empty dict and the reason
+    when that module or its tools are missing."""
+    try:
+        from sstkd.benchmarks import compile_facts as cf
+    except ImportError as e:
+        return {}, f"compile facts unavailable: {e}"
+    jobs, ids = [], []
+    for rec in recordings:
+        for l in rec.launches:
+            vid = _variant_id(l)
+            if vid in ids:
+                continue
+            ids.append(vid)
+            jobs.append((l.fn, l.signature, l.constexprs, 90, l.num_warps, l.num_stages))
+    if not jobs:
+        return {}, ""
+    out, missing = {}, set()
+    for vid, f in zip(ids, cf.compile_facts_many(jobs)):
+        d = {"registers": f.registers, "spill_bytes": f.spills, "stack": f.stack, "shared": f.shared,
+             "blocks_per_sm": f.blocks_per_sm(), "sass_total": sum(f.sass.values()) if f.sass else None}
+        if f.sass:
+            s = f.summary()
+            d.update(sass_fma=s["fma"], sass_int=s["int"], sass_ldg=s["ldg"], sass_stg=s["stg"])
+        missing.update(f"{k}: {v}" for k, v in f.missing.items())
+        out[vid] = d
+    return out, "; ".join(sorted(missing))
+
+
+# --------------------------------------------------------------------------- the report
+def _check_names(ops, dtypes):
+    known = [c[0] for c in TRAINING_CASES]
+    bad = [o for o in ops if o not in known]
+    if bad:
+        raise ValueError(f"ops: unknown op(s) {bad}; choose from {known}")
+    bad = [d for d in dtypes if d not in DTYPES]
+    if bad:
+        raise ValueError(f"dtypes: unknown dtype(s) {bad}; choose from {list(DTYPES)}")
+
+
+def cost_report(ops=None, dtypes=("fp32", "bf16"), *, cases=TRAINING_CASES, device="meta",
+                backend: str = "triton", with_facts: bool = True, new_shapes: bool = True) -> dict:
+    """The cost report of ``ops`` (default: all in ``cases``) × ``dtypes`` at the ``cases`` shapes.
+
+    Returns ``{"rows": [case_row ...], "facts_note": str, "model": {...}}``.
+    """
+    if isinstance(dtypes, str):
+        dtypes = (dtypes,)
+    ops = list(ops) if ops is not None else [c[0] for c in cases]
+    _check_names(ops, dtypes)
+    if device != "meta" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        raise RuntimeError("device: recording Triton launches on real tensors needs TRITON_INTERPRET=1")
+    chosen = [c for c in cases if c[0] in ops]
+    facts, note = {}, "compile facts not requested"
+    if with_facts:
+        recs = [measure(op, shape, params, DTYPES[d], device=device, backend=backend)[0]
+                for op, shape, params in chosen for d in dtypes]
+        facts, note = compile_facts_for(recs)
+    rows = []
+    for op, shape, params in chosen:
+        extra = NEW_SHAPES.get(len(shape), ()) if new_shapes else ()
+        for d in dtypes:
+            rows.append(case_row(op, shape, params, DTYPES[d], device=device, backend=backend,
+                                 new_shapes=extra, facts=facts))
+    return {"rows": rows, "facts_note": note,
+            "model": {"copy_bandwidth": H200_COPY_BW, "warp_issue_per_s": H200_WARP_ISSUE, "device": device,
+                      "backend": backend}}
+
+
+def _fmt_bytes_x(row) -> str:
+    return f"{row['modeled_x']:.1f}X / {row['compulsory_x']:.1f}X"
+
+
+def format_markdown(report: dict) -> str:
+    """The report as Markdown: one table of ops, one of kernel variants."""
+    lines = ["| op | shape | dtype | launches fwd (Triton+aten) | launches bwd (Triton+aten) | bytes modeled / "
+             "compulsory (X = input) | host syncs | JIT variants (+ new shapes) | predicted H200 ms "
+             "(bytes; issue) | compulsory floor ms |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        p = r["predicted"]
+        issue = f"{p['issue_ms']:.3f}" if p["issue_ms"] is not None else "n/a"
+        lines.append(
+            f"| {r['op']} | {tuple(r['shape'])} | {r['dtype']} | {r['fwd']['triton_launches']}+"
+            f"{r['fwd']['aten_launches']} | {r['bwd']['triton_launches']}+{r['bwd']['aten_launches']} | "
+            f"{_fmt_bytes_x(r)} | {r['host_syncs']} | {r['jit_variants']} (+{r['jit_variants_added']}) | "
+            f"{p['predicted_ms']:.3f} ({p['bandwidth_ms']:.3f}; {issue}) | "
+            f"{r['compulsory_bytes'] / H200_COPY_BW * 1e3:.3f} |")
+    kernels: dict = {}
+    for r in report["rows"]:
+        for k in r["kernels"]:
+            f = k.get("facts")
+            if f is None:
+                continue
+            key = (k["kernel"], json.dumps(k["constexprs"], sort_keys=True), k["num_warps"])
+            kernels.setdefault(key, (k, f, r))
+    if kernels:
+        lines += ["", "| kernel (first op using it) | constexprs | warps | registers | spill bytes | blocks/SM | "
+                  "SASS (FFMA / int) per thread |", "|---|---|---|---|---|---|---|"]
+        for (name, ce, nw), (k, f, r) in sorted(kernels.items()):
+            lines.append(f"| {name} ({r['op']}, {r['dtype']}) | {_short(k['constexprs'])} | {nw} | "
+                         f"{f['registers']} | {f['spill_bytes']} | {f['blocks_per_sm']} | "
+                         f"{f['sass_total']} ({f.get('sass_fma')} / {f.get('sass_int')}) |")
+    if report.get("facts_note"):
+        lines += ["", f"Compile facts: {report['facts_note']}"]
+    return "\n".join(lines) + "\n"
+
+
+def _short(ce: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in ce.items() if k not in ("PREC",))
+
+
+def write_results(report: dict, out_dir: str = os.path.join("bench", "results"), date: str | None = None):
+    """``static-<date>.{md,json}`` in ``out_dir``; returns the two paths."""
+    date = date or datetime.date.today().strftime("%Y%m%d")
+    os.makedirs(out_dir, exist_ok=True)
+    base = os.path.join(out_dir, f"static-{date}")
+    with open(base + ".json", "w") as f:
+        json.dump(report, f, indent=1, default=str)
+    with open(base + ".md", "w") as f:
+        f.write(f"# Static GPU cost report ({date})\n\n"
+                "Counts from `sstkd cost` (kernels recorded at their GPU launch geometry, not executed); "
+                f"predicted times on an H200 at {H200_COPY_BW / 1e12:.1f} TB/s copy bandwidth and "
+                f"{H200_WARP_ISSUE:.2e} warp-instructions/s. See bench/README.md.\n\n")
+        f.write(format_markdown(report))
+    return base + ".md", base + ".json"
