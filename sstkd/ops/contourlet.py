@@ -38,6 +38,7 @@ __all__ = [
     "contourlet_dec_ref",
     "contourlet_rec_ref",
     "contourlet_energy",
+    "contourlet_energy_ref",
     "contourlet_required_multiple",
     "check_contourlet_size",
     "contourlet_band_shapes",
@@ -295,9 +296,19 @@ def contourlet_energy(x: torch.Tensor, nlevs, pfilt: str = "9-7", dfilt: str = "
         from sstkd.kernels.contourlet import contourlet_energy_triton
 
         return contourlet_energy_triton(x, nlevs, pfilt, dfilt)
+    return _energy_torch(x, nlevs, pfilt, dfilt)
+
+
+def _energy_torch(x, nlevs, pfilt, dfilt):
     low, bands = _contourlet_dec_torch(x, nlevs, pfilt, dfilt)
     coeffs = [low] + [t for level in bands for t in level]
     return torch.stack([t.square().sum(dim=(-2, -1)) for t in coeffs], dim=-1).to(x.dtype)
+
+
+def contourlet_energy_ref(x: torch.Tensor, nlevs, pfilt: str = "9-7", dfilt: str = "pkva") -> torch.Tensor:
+    """Plain-PyTorch reference of :func:`contourlet_energy` (same contract, no dispatch)."""
+    nlevs = _check_args(x, nlevs, pfilt, dfilt)
+    return _energy_torch(x, nlevs, pfilt, dfilt)
 
 
 class Contourlet(nn.Module):
