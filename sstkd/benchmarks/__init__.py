@@ -6,6 +6,7 @@
 * :mod:`~sstkd.benchmarks.peers`      kornia's Laplacian pyramid, a dense STLNet-style QCO
 * :mod:`~sstkd.benchmarks.train_step` distillation overhead of one training step
 * :mod:`~sstkd.benchmarks.report`     JSON + Markdown + PNG under ``bench/results/``
+* :mod:`~sstkd.benchmarks.compile_facts` sm_90 / sm_80 registers, spills, SASS mix of a Triton kernel, no GPU needed
 
 Nothing here imports Triton or the CUDA extension at import time; missing
 ops, models or backends are reported as skipped rows with the reason.
