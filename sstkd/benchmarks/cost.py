@@ -65,79 +65,9 @@ NEW_SHAPES = {
 # --------------------------------------------------------------------------- op descriptions
 def specs() -> list:
     """The op descriptions (``sstkd.ops.specs.SPECS``)."""
-    try:
-        from sstkd.ops.specs import SPECS
-    except ImportError:  # until the ops layer lands: the thin adapter below
-        return _adapter_specs()
+    from sstkd.ops.specs import SPECS
+
     return list(SPECS)
-
-
-@dataclasses.dataclass(frozen=True)
-class _AdapterSpec:
-    """The part of ``sstkd.ops.specs.OpSpec`` the report uses (temporary)."""
-
-    name: str
-    op: object
-    make: object
-    grad_inputs: tuple
-
-    def make_inputs(self, shape, dtype, device, layout="contiguous", seed=0, **params):
-        g = torch.Generator().manual_seed(seed)
-        rnd = lambda *s: torch.randn(*s, generator=g).to(device=device, dtype=dtype)  # noqa: E731
-        return self.make(shape, rnd, dict(params))
-
-    def bytes(self, mode, args, kwargs):
-        from sstkd.benchmarks.roofline import op_bytes
-
-        t = _flat(args)[0]
-        shape, p = tuple(t.shape), {}
-        if self.name == "lp_rec":
-            shape = tuple(args[1].shape)
-        if self.name in ("contourlet_dec", "contourlet_energy"):
-            p["nlevs"] = args[1]
-        if self.name in ("quantize_count", "reproject", "cooccurrence"):
-            p["levels"] = args[1] if isinstance(args[1], int) else args[-1].shape[-1]
-        if self.name == "reproject":
-            shape, p["channels"] = tuple(args[1].shape), args[0].shape[1]
-        if self.name in ("dfb_rec", "contourlet_rec"):  # read the coefficients, write the image
-            return 2 * sum(b.numel() * b.element_size() for b in _flat(args))
-        return op_bytes(self.name, mode, shape, t.dtype, **p)
-
-
-def _adapter_specs():
-    from sstkd import ops
-    from sstkd.ops.contourlet import contourlet_band_shapes
-    from sstkd.ops.dfb import dfb_band_shapes
-
-    def centers(b, levels, like):
-        return torch.linspace(0.05, 0.95, levels).expand(b, levels).contiguous().to(like.device)
-
-    def ct_rec(shape, rnd, p):
-        b, c, h, w = shape
-        (hl, wl), levels = contourlet_band_shapes(h, w, p["nlevs"])
-        return (rnd(b, c, hl, wl), [[rnd(b, c, *hw) for hw in lev] for lev in levels]), {}
-
-    def q(shape, rnd, p):
-        s = rnd(*shape).sigmoid()
-        if "channels" in p:
-            return (rnd(shape[0], p["channels"], p["levels"]), s, centers(shape[0], p["levels"], s)), {}
-        if len(shape) == 3:
-            return (s, centers(shape[0], p["levels"], s)), {}
-        return (s, p["levels"]), {"iters": p.get("iters", 0)}
-
-    return [
-        _AdapterSpec("lp_dec", ops.lp_dec, lambda s, r, p: ((r(*s),), {}), (0,)),
-        _AdapterSpec("lp_rec", ops.lp_rec, lambda s, r, p: ((r(s[0], s[1], s[2] // 2, s[3] // 2), r(*s)), {}), (0, 1)),
-        _AdapterSpec("dfb_dec", ops.dfb_dec, lambda s, r, p: ((r(*s), p["levels"]), {}), (0,)),
-        _AdapterSpec("dfb_rec", ops.dfb_rec, lambda s, r, p: (([r(s[0], s[1], *hw) for hw in dfb_band_shapes(
-            s[2], s[3], p["levels"])],), {}), (0,)),
-        _AdapterSpec("contourlet_dec", ops.contourlet_dec, lambda s, r, p: ((r(*s), p["nlevs"]), {}), (0,)),
-        _AdapterSpec("contourlet_rec", ops.contourlet_rec, ct_rec, (0, 1)),
-        _AdapterSpec("contourlet_energy", ops.contourlet_energy, lambda s, r, p: ((r(*s), p["nlevs"]), {}), (0,)),
-        _AdapterSpec("quantize_count", ops.quantize_count, q, (0,)),
-        _AdapterSpec("reproject", ops.reproject, q, (0, 1)),
-        _AdapterSpec("cooccurrence", ops.cooccurrence, q, (0,)),
-    ]
 
 
 def get_spec(name: str):
