@@ -1,4 +1,4 @@
-"""``sstkd`` command line: ``sstkd train|eval|demo|verify|bench|info``.
+"""``sstkd`` command line: ``sstkd train|eval|demo|verify|bench|cost|info``.
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)``
 and ``main(args) -> int``; modules are imported only when their command runs.
@@ -15,6 +15,7 @@ COMMANDS = {
     "demo": ("sstkd.engine.demo", "teacher -> student SSTKD distillation on synthetic textures, on the CPU"),
     "verify": ("sstkd.verify", "check every backend of every op against the reference"),
     "bench": ("sstkd.bench", "time every op x backend; training-step overhead"),
+    "cost": ("sstkd.cost_cli", "static GPU cost report on the CPU: launches, bytes, syncs, compiles, sm_90 facts"),
     "info": ("sstkd.info", "versions, devices, backends and why they are (un)available"),
 }
 
