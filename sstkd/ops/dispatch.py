@@ -5,8 +5,9 @@ Backends:
   ``"triton"`` fused Triton kernels (``sstkd.kernels``): CUDA tensors, or any
                tensor when ``TRITON_INTERPRET=1`` (Triton's CPU interpreter).
   ``"cuda"``   the C++/CUDA extension ``sstkd._C``: CUDA tensors.
-  ``"auto"``   the fastest available backend that implements the op for these
-               tensors; falls back to ``"torch"``.
+  ``"auto"``   on CUDA tensors the fastest available backend that implements the op
+               and passed its first-use self-check on the device
+               (:mod:`sstkd.ops.selfcheck`); ``"torch"`` otherwise.
 
 A backend that is requested explicitly but unavailable raises
 ``RuntimeError`` saying why; only ``"auto"`` falls back.
@@ -93,6 +94,30 @@ def _implements(backend: str, op: str) -> bool:
     return backend == "torch" or op in (TRITON_OPS if backend == "triton" else CUDA_OPS)
 
 
+def auto_order(op: str) -> tuple[tuple[str, ...], str]:
+    """``auto``'s preference for ``op`` (fastest first) and where it comes from."""
+    if op in AUTO_ORDER:
+        return AUTO_ORDER[op], "AUTO_ORDER"
+    from sstkd.ops import selfcheck
+
+    return selfcheck.auto_order(op, DEFAULT_AUTO_ORDER)
+
+
+def auto_backend(op: str, device: torch.device) -> str:
+    """The first backend of :func:`auto_order` that implements ``op``, runs on ``device`` and
+    has passed its first-use self-check there (:mod:`sstkd.ops.selfcheck`); else ``"torch"``."""
+    from sstkd.ops import selfcheck
+
+    for cand in auto_order(op)[0]:
+        if cand == "torch":
+            return "torch"
+        if cand == "cuda" and not _cuda_ready():
+            continue  # "auto" never triggers a first-use JIT build of the extension
+        if _implements(cand, op) and backend_status(cand, device)[0] and selfcheck.trusted(op, cand, device):
+            return cand
+    return "torch"
+
+
 def check_backend_name(backend) -> str:
     """``backend`` if it is one of :data:`CHOICES`; ValueError naming ``backend`` otherwise.
 
@@ -114,12 +139,7 @@ def resolve_backend(op: str, backend: str, *tensors: torch.Tensor) -> str:
     if backend == "auto":
         if device is None or device.type != "cuda":
             return "torch"
-        for cand in AUTO_ORDER.get(op, DEFAULT_AUTO_ORDER):
-            if cand == "cuda" and not _cuda_ready():
-                continue  # "auto" never triggers a first-use JIT build of the extension
-            if _implements(cand, op) and backend_status(cand, device)[0]:
-                return cand
-        return "torch"
+        return auto_backend(op, device)
     ok, why = backend_status(backend, device)
     if not ok:
         raise RuntimeError(f"backend={backend!r} is unavailable for {op}: {why}")
