@@ -210,34 +210,60 @@ def _predict(rec, facts) -> dict:
 
 
 # --------------------------------------------------------------------------- compile facts
+def _family(l) -> tuple:
+    """A kernel and its argument dtypes: the variants that share a compile-facts representative."""
+    return (l.kernel, tuple(sorted(l.signature.items())))
+
+
 def compile_facts_for(recordings) -> tuple[dict, str]:
-    """``({(kernel, key): facts dict}, note)`` of every Triton variant the recordings launched,
-    compiled for sm_90 by :mod:`sstkd.benchmarks.compile_facts`; an empty dict and the reason
-    when that module or its tools are missing."""
+    """``({(kernel, key): facts dict}, note)`` for every Triton variant the recordings launched.
+
+    Compiling every variant for sm_90 takes minutes each on a small CPU, so one representative
+    per kernel and argument dtypes -- the variant launching the most programs -- is compiled by
+    :mod:`sstkd.benchmarks.compile_facts` and its facts stand for its siblings (which differ only
+    in constexpr switches such as the polyphase split or the operand layout). Facts are cached
+    in memory per process. Empty dict and the reason when that module or its tools are missing.
+    """
     try:
         from sstkd.benchmarks import compile_facts as cf
     except ImportError as e:
         return {}, f"compile facts unavailable: {e}"
-    jobs, ids = [], []
+    reps: dict = {}
+    members: dict = {}
     for rec in recordings:
         for l in rec.launches:
-            vid = _variant_id(l)
-            if vid in ids:
-                continue
-            ids.append(vid)
-            jobs.append((l.fn, l.signature, l.constexprs, 90, l.num_warps, l.num_stages))
-    if not jobs:
-        return {}, ""
-    out, missing = {}, set()
-    for vid, f in zip(ids, cf.compile_facts_many(jobs)):
-        d = {"registers": f.registers, "spill_bytes": f.spills, "stack": f.stack, "shared": f.shared,
-             "blocks_per_sm": f.blocks_per_sm(), "sass_total": sum(f.sass.values()) if f.sass else None}
-        if f.sass:
-            s = f.summary()
-            d.update(sass_fma=s["fma"], sass_int=s["int"], sass_ldg=s["ldg"], sass_stg=s["stg"])
-        missing.update(f"{k}: {v}" for k, v in f.missing.items())
-        out[vid] = d
-    return out, "; ".join(sorted(missing))
+            fam = _family(l)
+            members.setdefault(fam, set()).add(_variant_id(l))
+            if fam not in reps or l.programs > reps[fam].programs:
+                reps[fam] = l
+    todo = [fam for fam in reps if _variant_id(reps[fam]) not in _FACTS_CACHE]
+    jobs = [(reps[f].fn, reps[f].signature, reps[f].constexprs, 90, reps[f].num_warps, reps[f].num_stages)
+            for f in todo]
+    missing = set()
+    if jobs:
+        for fam, f in zip(todo, cf.compile_facts_many(jobs)):
+            d = {"registers": f.registers, "spill_bytes": f.spills, "stack": f.stack, "shared": f.shared,
+                 "blocks_per_sm": f.blocks_per_sm(), "sass_total": sum(f.sass.values()) if f.sass else None,
+                 "representative": _plain_constexprs(reps[fam].constexprs), "missing": dict(f.missing)}
+            if f.sass:
+                s = f.summary()
+                d.update(sass_fma=s["fma"], sass_int=s["int"], sass_ldg=s["ldg"], sass_stg=s["stg"])
+            _FACTS_CACHE[_variant_id(reps[fam])] = d
+    out = {}
+    for fam, rep in reps.items():
+        d = _FACTS_CACHE[_variant_id(rep)]
+        missing.update(f"{k}: {v}" for k, v in d.get("missing", {}).items())
+        for vid in members[fam]:
+            out[vid] = d
+    return out, "; ".join(sorted(missing)) or (
+        f"sm_90, one representative variant per kernel and argument dtypes ({len(reps)} compiled)")
+
+
+_FACTS_CACHE: dict = {}
+
+
+def _plain_constexprs(ce: dict) -> dict:
+    return {k: _plain(v) for k, v in ce.items()}
 
 
 # --------------------------------------------------------------------------- the report
@@ -337,3 +363,47 @@ def write_results(report: dict, out_dir: str = os.path.join("bench", "results"),
                 f"{H200_WARP_ISSUE:.2e} warp-instructions/s. See bench/README.md.\n\n")
         f.write(format_markdown(report))
     return base + ".md", base + ".json"
+
+
+# --------------------------------------------------------------------------- compile counts
+def train_step_compiles(crops=((512, 512), (512, 1024)), batch: int = 8, device="meta") -> dict:
+    """JIT variants of one PSPNet-R101 -> R18 ``SSTKDLoss`` training step (``sstkd`` preset, Triton
+    ops) at the first crop, and what each further crop adds: ``{"first": n, "added": [m, ...]}``."""
+    import torch.nn.functional as F
+
+    from sstkd.benchmarks.train_step import TrainStepConfig, build_pair
+    from sstkd.distill import FeatureTap, SSTKDConfig, SSTKDLoss
+
+    seen, counts = set(), []
+    for crop in crops:
+        cfg = TrainStepConfig(batch=batch, crop=tuple(crop))
+        student, teacher, batches = build_pair(torch.device(device), cfg)
+        crit = SSTKDLoss(student.backbone.channels[0], teacher.backbone.channels[0], cfg.num_classes,
+                         SSTKDConfig.preset("sstkd", backend="triton")).to(device)
+        s_tap = FeatureTap(student, {"low": "backbone.layer1"})
+        t_tap = FeatureTap(teacher, {"low": "backbone.layer1"}, detach=True)
+        x, y = batches[0]
+        with record() as rec:
+            out = student(x)
+            with torch.no_grad():
+                t_out = teacher(x)
+            loss = F.cross_entropy(out["out"], y) + crit(out["out"], t_out["out"], s_tap["low"], t_tap["low"],
+                                                         target=y)["loss"]
+            loss.backward()
+        s_tap.remove()
+        t_tap.remove()
+        v = rec.variants()
+        counts.append(len(v - seen))
+        seen |= v
+    return {"crops": [list(c) for c in crops], "first": counts[0], "added": counts[1:]}
+
+
+def verify_compiles(full: bool = True, device="meta") -> int:
+    """JIT variants ``sstkd verify`` (Triton; fp32, fp16, bf16; every layout) compiles on a GPU
+    (``full``: its GPU shapes) -- counted by recording the matrix, values are not checked."""
+    from sstkd import verify
+
+    with record() as rec:
+        verify.run_matrix(["triton"], [torch.float32, torch.float16, torch.bfloat16], torch.device(device),
+                          small=not full, log=lambda *a: None)
+    return len(rec.variants())

@@ -208,4 +208,4 @@ def auto_order(op: str, default: tuple[str, ...]) -> tuple[tuple[str, ...], str]
     if len(per) >= 2:
         fast = tuple(sorted(per, key=per.get))
         return fast + tuple(b for b in default if b not in fast), f"GPU results {path}"
-    return default, "static cost report (no GPU timings committed): Triton first"
+    return default, "static cost report (no GPU timings committed; it sees Triton only): Triton first"
