@@ -92,3 +92,11 @@ def test_auto_on_cpu_tensors_never_runs_a_check(monkeypatch):
 def test_auto_order_says_where_it_comes_from():
     order, source = dispatch.auto_order("quantize_count")
     assert order[0] == "triton" and "static cost report" in source
+
+
+def test_info_says_where_autos_preference_comes_from():
+    from sstkd import info
+
+    text = info.format_info(info.collect())
+    assert "self-check" in text
+    assert "contourlet_energy" in text and "static cost report" in text
