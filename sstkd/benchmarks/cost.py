@@ -16,11 +16,15 @@ seconds and no memory. Per op × shape × dtype it reports
 * host syncs (``.item()``, ``bool(tensor)``, ``nonzero``, ...);
 * JIT variants: distinct ``(kernel, sm_90 cache key)`` pairs at this shape and
   the ones other training shapes add;
-* per Triton kernel variant its sm_90 compile facts (registers, spills, SASS
-  per output element) when :mod:`sstkd.benchmarks.compile_facts` can compile it;
+* per Triton kernel variant its sm_90 compile facts (registers, spills, static
+  SASS per thread) when :mod:`sstkd.benchmarks.compile_facts` can compile it, and
+  per op the SASS instructions executed per element of its input ((static SASS +
+  main-loop body × extra iterations) × threads × programs, summed over launches,
+  / input elements);
 * a predicted H200 time: Σ over launches of max(bytes / copy bandwidth,
-  warp-instructions / issue rate). Warp-instructions are static SASS × warps ×
-  programs (loops counted once: a lower bound for looping kernels).
+  warp-instructions / issue rate). Warp-instructions are (static SASS + the main
+  loop's body × its extra iterations, from the launch arguments) × warps ×
+  programs; inner loops of kernels not in ``_LOOP_TRIPS`` count once (a lower bound).
 """
 from __future__ import annotations
 
@@ -153,6 +157,9 @@ def case_row(op: str, shape, params: dict | None = None, dtype=torch.float32, *,
     row["jit_variants_added"] = len(added)
     row["kernels"] = _kernel_rows(rec, facts)
     row["predicted"] = _predict(rec, facts)
+    x_elems = x_bytes // max(1, max(t.element_size() for i in spec.grad_inputs for t in _flat(args[i])))
+    ti = row["predicted"]["thread_instructions"]
+    row["sass_per_element"] = ti / x_elems if ti is not None else None
     return row
 
 
@@ -186,19 +193,53 @@ def _plain(v):
     return v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-int(a) // int(b))
+
+
+# Iterations per program of each kernel's main (largest) loop, from its launch arguments; a
+# kernel not listed is counted as if its loops ran once (a lower bound of its issue time).
+_LOOP_TRIPS = {
+    "_lp_analysis_kernel": lambda s, c: s["ROWS"] + 7,
+    "_lp_synthesis_kernel": lambda s, c: s["ROWS"] + 7,
+    "_count_kernel": lambda s, c: _cdiv(s["CHUNK"], c["BLOCK_N"]) * _cdiv(s["L"], c["BLOCK_L"]),
+    "_reproject_grad_table_kernel": lambda s, c: _cdiv(s["CHUNK"], c["BLOCK_N"]) * _cdiv(s["L"], c["BLOCK_L"]),
+    "_minmax_kernel": lambda s, c: _cdiv(s["CHUNK"], c["BLOCK_N"]),
+    "_reproject_kernel": lambda s, c: _cdiv(s["D"], c["BLOCK_D"]),
+    "_reproject_grad_s_kernel": lambda s, c: _cdiv(s["D"], c["BLOCK_D"]),
+    "_cooc_atomic_kernel": lambda s, c: s["NUM_OFF"],
+    "_cooc_backward_kernel": lambda s, c: s["NUM_OFF"],
+}
+
+
+def loop_trips(launch) -> int:
+    """Main-loop iterations per program of a recorded launch (1 when unknown)."""
+    f = _LOOP_TRIPS.get(launch.kernel)
+    if f is None:
+        return 1
+    try:
+        return max(1, int(f(launch.scalars, launch.constexprs)))
+    except (KeyError, TypeError, ZeroDivisionError):
+        return 1
+
+
 def _predict(rec, facts) -> dict:
     """Predicted H200 milliseconds: bandwidth-bound, issue-bound and their per-launch max."""
     bw = issue = total = 0.0
+    thread_instr = 0
     issue_known = True
     for l in rec.launches:
         t_bw = l.bytes / H200_COPY_BW
         f = (facts or {}).get(_variant_id(l))
         sass = f.get("sass_total") if f else None
+        if sass is not None:
+            sass += (loop_trips(l) - 1) * f.get("loop_body", 0)
         if sass is None:
             issue_known = False
             t_is = 0.0
         else:
             t_is = sass * l.num_warps * l.programs / H200_WARP_ISSUE
+            thread_instr += sass * 32 * l.num_warps * l.programs
         bw += t_bw
         issue += t_is
         total += max(t_bw, t_is)
@@ -206,7 +247,8 @@ def _predict(rec, facts) -> dict:
         bw += a.bytes / H200_COPY_BW
         total += a.bytes / H200_COPY_BW
     return {"bandwidth_ms": bw * 1e3, "issue_ms": issue * 1e3 if issue_known else None,
-            "predicted_ms": total * 1e3, "issue_known": issue_known}
+            "predicted_ms": total * 1e3, "issue_known": issue_known,
+            "thread_instructions": thread_instr if issue_known else None}
 
 
 # --------------------------------------------------------------------------- compile facts
@@ -242,7 +284,9 @@ def compile_facts_for(recordings) -> tuple[dict, str]:
     missing = set()
     if jobs:
         for fam, f in zip(todo, cf.compile_facts_many(jobs)):
+            body = max((lp.instructions for lp in f.loops), default=0) if f.loops else 0
             d = {"registers": f.registers, "spill_bytes": f.spills, "stack": f.stack, "shared": f.shared,
+                 "loop_body": body,
                  "blocks_per_sm": f.blocks_per_sm(), "sass_total": sum(f.sass.values()) if f.sass else None,
                  "representative": _plain_constexprs(reps[fam].constexprs), "missing": dict(f.missing)}
             if f.sass:
@@ -313,9 +357,9 @@ def _fmt_bytes_x(row) -> str:
 def format_markdown(report: dict) -> str:
     """The report as Markdown: one table of ops, one of kernel variants."""
     lines = ["| op | shape | dtype | launches fwd (Triton+aten) | launches bwd (Triton+aten) | bytes modeled / "
-             "compulsory (X = input) | host syncs | JIT variants (+ new shapes) | predicted H200 ms "
-             "(bytes; issue) | compulsory floor ms |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "compulsory (X = input) | host syncs | JIT variants (+ new shapes) | SASS per input element | "
+             "predicted H200 ms (bytes; issue) | compulsory floor ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         p = r["predicted"]
         issue = f"{p['issue_ms']:.3f}" if p["issue_ms"] is not None else "n/a"
@@ -323,26 +367,38 @@ def format_markdown(report: dict) -> str:
             f"| {r['op']} | {tuple(r['shape'])} | {r['dtype']} | {r['fwd']['triton_launches']}+"
             f"{r['fwd']['aten_launches']} | {r['bwd']['triton_launches']}+{r['bwd']['aten_launches']} | "
             f"{_fmt_bytes_x(r)} | {r['host_syncs']} | {r['jit_variants']} (+{r['jit_variants_added']}) | "
+            f"{_fmt_opt(r.get('sass_per_element'))} | "
             f"{p['predicted_ms']:.3f} ({p['bandwidth_ms']:.3f}; {issue}) | "
             f"{r['compulsory_bytes'] / H200_COPY_BW * 1e3:.3f} |")
-    kernels: dict = {}
+    reps: dict = {}
     for r in report["rows"]:
         for k in r["kernels"]:
             f = k.get("facts")
             if f is None:
                 continue
-            key = (k["kernel"], json.dumps(k["constexprs"], sort_keys=True), k["num_warps"])
-            kernels.setdefault(key, (k, f, r))
-    if kernels:
-        lines += ["", "| kernel (first op using it) | constexprs | warps | registers | spill bytes | blocks/SM | "
-                  "SASS (FFMA / int) per thread |", "|---|---|---|---|---|---|---|"]
-        for (name, ce, nw), (k, f, r) in sorted(kernels.items()):
-            lines.append(f"| {name} ({r['op']}, {r['dtype']}) | {_short(k['constexprs'])} | {nw} | "
+            dts = "/".join(sorted({t[1:] for t in k["signature"].values() if t.startswith("*")}))
+            key = (k["kernel"], dts, json.dumps(f.get("representative"), sort_keys=True))
+            entry = reps.setdefault(key, {"f": f, "warps": k["num_warps"], "ops": set(), "variants": 0})
+            entry["ops"].add(r["op"])
+            entry["variants"] += 1
+    if reps:
+        lines += ["", "Compile facts on sm_90 (one representative variant per kernel and pointer dtypes; "
+                  "constexprs of the representative):", "",
+                  "| kernel | pointer dtypes | representative constexprs | warps | registers | spill bytes | "
+                  "blocks/SM | SASS per thread (FFMA / integer) | used by |", "|---|---|---|---|---|---|---|---|---|"]
+        for (name, dts, _), e in sorted(reps.items()):
+            f = e["f"]
+            lines.append(f"| {name} | {dts} | {_short(f.get('representative') or {})} | {e['warps']} | "
                          f"{f['registers']} | {f['spill_bytes']} | {f['blocks_per_sm']} | "
-                         f"{f['sass_total']} ({f.get('sass_fma')} / {f.get('sass_int')}) |")
+                         f"{f['sass_total']} ({f.get('sass_fma')} / {f.get('sass_int')}) | "
+                         f"{', '.join(sorted(e['ops']))} |")
     if report.get("facts_note"):
         lines += ["", f"Compile facts: {report['facts_note']}"]
     return "\n".join(lines) + "\n"
+
+
+def _fmt_opt(v) -> str:
+    return "n/a" if v is None else f"{v:.0f}"
 
 
 def _short(ce: dict) -> str:

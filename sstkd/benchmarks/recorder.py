@@ -57,6 +57,7 @@ class Launch:
     key: str  # sm_90 JIT cache key (specialization + options)
     bytes: int  # modeled traffic: distinct tensor arguments, each once
     phase: str
+    scalars: dict = dataclasses.field(default_factory=dict)  # runtime int arguments (sizes, strides)
     fn: object = dataclasses.field(default=None, repr=False, compare=False)  # the kernel object
 
     @property
@@ -233,7 +234,8 @@ def record(protect=()):
                 kernel=getattr(self.fn, "__name__", str(self.fn)), grid=_grid(grid, bound),
                 num_warps=int(kwargs.get("num_warps", 4)), num_stages=int(kwargs.get("num_stages", 3)),
                 constexprs=constexprs, signature=signature, key=key, bytes=_tensor_bytes(tensors),
-                phase=rec.phase, fn=self))
+                phase=rec.phase, fn=self,
+                scalars={k: v for k, v in bound.items() if k in signature and isinstance(v, int)}))
         with _disable_current_modes(), torch.no_grad():
             for t in tensors:
                 if t.device.type == "meta":
