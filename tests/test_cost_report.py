@@ -127,3 +127,12 @@ def test_report_rejects_unknown_names_and_formats(tmp_path):
     text = open(md).read()
     assert "| lp_dec | (8, 256, 128, 128) | float32 | 1+0 | 1+0 |" in text
     assert js.endswith("static-20000101.json")
+
+
+def test_loop_trips_follow_the_launch_arguments():
+    rec, _, _ = cost.measure("lp_dec", TRAIN, {})
+    lp = rec.triton("fwd")[0]
+    assert cost.loop_trips(lp) == lp.scalars["ROWS"] + 7 > 7
+    rec, _, _ = cost.measure("quantize_count", (8, 128 * 128), {"levels": 128, "iters": 3})
+    count = next(l for l in rec.triton() if l.kernel == "_count_kernel")
+    assert cost.loop_trips(count) == count.scalars["CHUNK"] // count.constexprs["BLOCK_N"]
