@@ -136,3 +136,13 @@ def test_loop_trips_follow_the_launch_arguments():
     rec, _, _ = cost.measure("quantize_count", (8, 128 * 128), {"levels": 128, "iters": 3})
     count = next(l for l in rec.triton() if l.kernel == "_count_kernel")
     assert cost.loop_trips(count) == count.scalars["CHUNK"] // count.constexprs["BLOCK_N"]
+
+
+def test_cli_writes_the_report_and_rejects_bad_names(tmp_path, capsys):
+    from sstkd import cli
+
+    assert cli.main(["cost", "--ops", "lp_dec", "--dtypes", "fp32", "--no-facts", "--out", str(tmp_path)]) == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert len(names) == 2 and names[0].startswith("static-") and names[0].endswith(".json")
+    assert cli.main(["cost", "--ops", "lp_dec", "--dtypes", "fp8", "--no-facts", "--print-only"]) == 2
+    assert "dtypes" in capsys.readouterr().out

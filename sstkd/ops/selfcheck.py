@@ -41,7 +41,12 @@ def cache_dir() -> str:
 
 
 def device_key(device) -> str:
-    """Device name + torch / triton / extension versions: a new driver stack re-checks."""
+    """Device name + torch / triton / sstkd versions: a new stack re-checks."""
+    return _device_key(str(torch.device(device)), os.environ.get("TRITON_INTERPRET", "0") == "1")
+
+
+@functools.lru_cache(maxsize=None)
+def _device_key(device: str, interpreted: bool) -> str:
     dev = torch.device(device)
     if dev.type == "cuda":
         name = torch.cuda.get_device_name(dev)
@@ -55,7 +60,7 @@ def device_key(device) -> str:
         tv = "none"
     from sstkd import __version__
 
-    interp = " interpreted" if os.environ.get("TRITON_INTERPRET", "0") == "1" else ""
+    interp = " interpreted" if interpreted else ""
     return f"{name}{interp} | torch {torch.__version__} | triton {tv} | sstkd {__version__}"
 
 
