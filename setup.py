@@ -16,6 +16,16 @@ from setuptools import find_packages, setup
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def _build_flags():
+    """``csrc/sstkd_build.py``, loaded by path as the JIT loader (sstkd.ops.backends.cuda) loads it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_sstkd_build", os.path.join(HERE, "csrc", "sstkd_build.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def _cuda_extension():
     mode = os.environ.get("SSTKD_BUILD_CUDA", "auto").lower()
     if mode == "0":
@@ -40,7 +50,7 @@ def _cuda_extension():
             raise RuntimeError(f"SSTKD_BUILD_CUDA=1 but the CUDA extension cannot be built: {why}")
         print(f"sstkd: skipping the CUDA extension sstkd._C: {why}", file=sys.stderr)
         return [], {}
-    from sstkd_build import extension_kwargs  # noqa: E402  (csrc/ build flags shared with the JIT path)
+    extension_kwargs = _build_flags().extension_kwargs  # csrc/ build flags shared with the JIT path
 
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         # torch derives the arch list from the visible GPUs; with none it would fail.
@@ -51,7 +61,6 @@ def _cuda_extension():
     return [ext], {"build_ext": cpp_extension.BuildExtension}
 
 
-sys.path.insert(0, os.path.join(HERE, "csrc"))
 ext_modules, cmdclass = _cuda_extension()
 
 setup(

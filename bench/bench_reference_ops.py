@@ -63,8 +63,7 @@ def run(repeats: int, log=print) -> dict:
                                  table_channels=[TABLE_D])
     rows = []
     for case in cases:
-        gen = torch.Generator(device="cpu").manual_seed(0)
-        copies = [case.make(device, torch.float32, gen) for _ in range(2)]
+        copies = [op_suite.make_inputs(case, device, torch.float32, seed=i) for i in range(2)]
         for mode in ("fwd", "fwd+bwd"):
             row = op_suite.run_cell(case, "torch", "fp32", mode, copies, device, cfg, bw["gbps"])
             rows.append(row)

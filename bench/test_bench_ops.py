@@ -20,17 +20,17 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 CASES = op_suite.build_cases(quick=DEVICE.type == "cpu")
 
 
-def _case_id(case: op_suite.OpCase) -> str:
+def _case_id(case) -> str:
     extra = "-".join(f"{k}{v}" for k, v in case.params.items() if k in ("iters", "channels"))
-    return f"{case.op}{'-' + extra if extra else ''}-{case.label}"
+    return f"{case.spec.name}{'-' + extra if extra else ''}-{case.label}"
 
 
 def _bench_cell(benchmark, case, backend, mode):
-    ok, why = op_suite.backend_availability(backend, case.op, DEVICE, quick=True)
+    ok, why = op_suite.backend_availability(backend, case.spec.name, DEVICE, quick=True)
     if not ok:
         pytest.skip(why)
     gen = torch.Generator(device="cpu").manual_seed(0)
-    copies = [case.make(DEVICE, torch.float32, gen) for _ in range(2)]
+    copies = [op_suite.make_inputs(case, DEVICE, torch.float32, seed=i) for i in range(2)]
     call, prepared = op_suite.mode_fn(case, op_suite.callable_for(case, backend), mode, copies, gen)
     state = {"i": 0}
 
@@ -41,8 +41,8 @@ def _bench_cell(benchmark, case, backend, mode):
             torch.cuda.synchronize()
         return out
 
-    benchmark.extra_info.update(op=case.op, params=case.params_str, backend=backend, mode=mode,
-                                min_bytes=case.min_bytes(mode, torch.float32))
+    benchmark.extra_info.update(op=case.spec.name, params=case.params_str, backend=backend, mode=mode,
+                                min_bytes=case.bytes(mode, torch.float32))
     out = benchmark(run)
     assert out is not None
 

@@ -1,4 +1,6 @@
-"""Build inputs of sstkd._C, shared by setup.py and the JIT loader (sstkd._ext).
+"""Build inputs of sstkd._C, shared by setup.py and the JIT loader (sstkd.ops.backends.cuda).
+
+Both load this file by path (importlib), not as a package module.
 
 Layout: kernel-only translation units ``csrc/*.cu`` (no torch headers, a few
 seconds each per arch) and one binding file ``csrc/bindings.cpp`` (torch

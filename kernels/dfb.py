@@ -56,7 +56,6 @@ contiguous ``(B, C, h, w)`` view of its level buffer.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from typing import NamedTuple
@@ -65,7 +64,11 @@ import torch
 import triton
 import triton.language as tl
 
+from sstkd._util import compute_dtype as _compute_dtype
+from sstkd._util import device_guard as _guard
+from sstkd._util import triton_interpreted as _interpreted
 from sstkd.filters import modulated_dfb_filter
+from sstkd.geometry import check_dfb_size, dfb_band_shapes
 
 __all__ = [
     "dfb_dec_triton",
@@ -290,12 +293,6 @@ KERNELS = {"ladder": _ladder_kernel}
 
 
 # --------------------------------------------------------------------------- launch geometry
-def _interpreted() -> bool:
-    import os
-
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 class TileConfig(NamedTuple):
     TR: int  # output tile rows (power of two >= 16)
     TC: int  # output tile columns (power of two >= 16)
@@ -388,8 +385,7 @@ def _launch(st: _Stage, filt: str, cd: torch.dtype, *, win, win_kind, bf, adjoin
         launch_log.append(dict(split=st.split, bf=bf, qper=st.qper, kinds=(win_kind, cen_kind, out_kind, out2_kind),
                                layout=st.layout, energy=energy_mode, grid=grid, tile=cfg[:3],
                                dtypes=tuple(t.dtype if t is not None else None for t in (win, cen, out, out2))))
-    guard = torch.cuda.device(win.device) if win.device.type == "cuda" else contextlib.nullcontext()
-    with guard:
+    with _guard(win):
         _ladder_kernel[grid](
             win, cen, out if out is not None else dummy, out2 if out2 is not None else dummy, taps,
             energy if energy is not None else dummy,
@@ -464,10 +460,6 @@ def _stage_rec_adjoint(st, filt, cd, g_parent, g_children):
 
 
 # --------------------------------------------------------------------------- tree drivers
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _children_buffers(plan, like, cd, out_dtype):
     """Band-major children buffers per level: ``[[buffer per stage] per level]``.
 
@@ -679,8 +671,6 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _check_x(x, levels, name="x"):
-    from sstkd.ops.dfb import check_dfb_size
-
     if not isinstance(x, torch.Tensor) or x.dtype not in _DTYPES:
         raise TypeError(f"{name}: the Triton DFB kernels take float16/bfloat16/float32/float64 tensors, "
                         f"got {getattr(x, 'dtype', type(x).__name__)}")
@@ -722,8 +712,6 @@ def dfb_rec_triton(bands, filt: str = "pkva", out_dtype: torch.dtype | None = No
     out_dtype = bands[0].dtype if out_dtype is None else out_dtype
     if levels == 0:
         return bands[0].to(out_dtype)
-    from sstkd.ops.dfb import dfb_band_shapes
-
     b, c = bands[0].shape[:2]
     H, W = _image_size(bands[0].shape[-2:], levels)
     for k, (t, hw) in enumerate(zip(bands, dfb_band_shapes(H, W, levels))):  # the kernels trust these shapes
@@ -736,7 +724,7 @@ def dfb_rec_triton(bands, filt: str = "pkva", out_dtype: torch.dtype | None = No
 def dfb_energy_triton(x: torch.Tensor, levels: int, filt: str = "pkva") -> torch.Tensor:
     """Sums of squares of the ``2**levels`` DFB sub-bands of ``x``: (B, C, 2**levels) in float32
     (float64 for float64 input), without storing the last tree level. No autograd
-    (:func:`sstkd.kernels.contourlet.contourlet_energy_triton` provides the backward)."""
+    (:func:`sstkd.ops.algorithms.contourlet_energy` provides the backward)."""
     _check_x(x, levels)
     if levels == 0:
         xc = x.to(_compute_dtype(x.dtype))

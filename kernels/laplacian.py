@@ -43,15 +43,16 @@ float64 inputs); loads and stores are in the tensors' own dtype.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
 from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
+from sstkd._util import compute_dtype as _compute_dtype
+from sstkd._util import device_guard as _guard
+from sstkd._util import triton_interpreted as _interpreted
 from sstkd.filters import pyramid_filters
 
 __all__ = ["lp_dec_triton", "lp_rec_triton", "KERNELS", "launch_config", "LaunchConfig"]
@@ -345,10 +346,6 @@ def _taps(filt: str, mode: str, device: torch.device, dtype: torch.dtype) -> tor
 
 
 # --------------------------------------------------------------------------- launchers
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 class LaunchConfig(NamedTuple):
     SW: int  # low-res columns per image strip (power of two)
     BLOCK: int  # lanes per program = (BLOCK // SW) images × SW columns
@@ -385,10 +382,6 @@ def launch_config(images: int, hl: int, wl: int, interpreted: bool | None = None
     return LaunchConfig(sw, block, rows, warps, (programs, triton.cdiv(hl, rows)))
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _check_dtype(t: torch.Tensor, name: str) -> None:
     if t.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise TypeError(f"{name}: the Triton LP kernels take float16/bfloat16/float32/float64, got {t.dtype}")
@@ -404,8 +397,7 @@ def _launch(kernel, tensors, shape, mode: str, filt: str) -> None:
         )
     taps = _taps(filt, mode, ref.device, _compute_dtype(ref.dtype))
     cfg = launch_config(b * c, h // 2, w // 2)
-    guard = torch.cuda.device(ref.device) if ref.device.type == "cuda" else contextlib.nullcontext()
-    with guard:
+    with _guard(ref):
         kernel[cfg.grid](
             *tensors, taps, b * c, h, w, h // 2, w // 2, cfg.ROWS,
             SW=cfg.SW, BLOCK=cfg.BLOCK, num_warps=cfg.num_warps,

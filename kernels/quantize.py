@@ -12,7 +12,8 @@ size pixels × levels ever touches memory:
   inside the program), optionally with the Lloyd moment ``Σ w·s`` beside the
   mass ``Σ w``; the private histograms are merged with one float atomic per
   level and program. Lloyd steps are such passes with the tiny ``(B, L)``
-  center update done by torch on the device in between (no host sync).
+  center update done by torch on the device in between (no host sync); the loop
+  itself is written once, in ``sstkd.ops.algorithms.quantize_count``.
 * ``_count_backward_kernel`` — one pass: ``grad_s = g[lo]·w'_lo + g[hi]·w'_hi``,
   with ``g`` the gradient w.r.t. the unnormalized counts (the normalization's
   Jacobian is applied to the ``(B, L)`` gradient first).
@@ -45,7 +46,6 @@ the shapes), so importing this module never needs a GPU.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 from typing import NamedTuple
 
@@ -53,14 +53,17 @@ import torch
 import triton
 import triton.language as tl
 
-from sstkd.ops.quantize import initial_centers, intensity_range, lloyd_update
+from sstkd._util import device_guard as _guard
+from sstkd._util import triton_interpreted as _interpreted
 
 __all__ = [
     "KERNEL_IDS",
     "SUPPORTED_DTYPES",
     "cooccurrence_triton",
-    "quantize_count_triton",
+    "level_sums_triton",
+    "minmax_triton",
     "reproject_triton",
+    "soft_hist_triton",
 ]
 
 KERNEL_IDS = {"triangular": 0, "stlnet": 1}
@@ -382,12 +385,6 @@ def _cooc_backward_kernel(S, CEN, OFF, GC, GS, H, W, L, NUM_OFF,
 
 
 # --------------------------------------------------------------------------- launch parameters
-def _interpreted() -> bool:
-    import os
-
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 class Config(NamedTuple):
     BLOCK_N: int  # pixels per tile
     BLOCK_L: int  # levels per tile (one-hot / product tiles)
@@ -454,10 +451,6 @@ def cooc_config(cfg: Config, n: int, levels: int, interpreted: bool | None = Non
     block_n = min(cfg.BLOCK_N, max(16, 65536 // block_m)) if interpreted else 32  # compile time grows fast
     chunk = triton.cdiv(cfg.CHUNK, block_n) * block_n
     return cfg._replace(BLOCK_N=block_n, CHUNK=chunk, P=triton.cdiv(n, chunk)), block_m
-
-
-def _guard(t: torch.Tensor):
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
 def _check_dtype(t: torch.Tensor, name: str) -> None:
@@ -556,26 +549,23 @@ class _QuantizeCountFn(torch.autograd.Function):
         return gs, None, None
 
 
-def quantize_count_triton(s2: torch.Tensor, levels: int, iters: int, kernel: str,
-                          centers: torch.Tensor | None, quantiles) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton ``quantize_count`` on validated ``s2`` (B, N); returns float32 (centers, hist).
-
-    ``centers`` (B, L) sorted, or None: the range comes from the min/max kernel
-    (or torch's per-image quantiles) and ``iters`` Lloyd passes refine it.
-    """
+def minmax_triton(s2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(smin, smax)`` float32 per row of ``s2`` (B, N): one pass, then a tiny per-program reduction."""
     _check_dtype(s2, "s")
-    s2 = s2.contiguous()
-    if centers is None:
-        if quantiles is None:
-            smin, smax = _minmax(s2)
-        else:
-            smin, smax = intensity_range(s2.float(), quantiles)
-        centers = initial_centers(smin, smax, levels)
-        for _ in range(iters):
-            mass, moment = _level_sums(s2, centers, kernel, with_moment=True)
-            centers = lloyd_update(centers, mass, moment)
-    centers = centers.float().contiguous()
-    return centers, _QuantizeCountFn.apply(s2, centers, kernel)
+    return _minmax(s2.contiguous())
+
+
+def level_sums_triton(s2: torch.Tensor, centers: torch.Tensor, kernel: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Σ_i E_in, Σ_i E_in·s_i)`` (B, L) float32 of ``s2`` (B, N) at ``centers``: one pass (a Lloyd step's sums)."""
+    _check_dtype(s2, "s")
+    return _level_sums(s2.contiguous(), centers.float().contiguous(), kernel, with_moment=True)
+
+
+def soft_hist_triton(s2: torch.Tensor, centers: torch.Tensor, kernel: str) -> torch.Tensor:
+    """Normalized soft counts (B, L) float32 of ``s2`` (B, N) at fixed ``centers``; differentiable in
+    ``s2`` (one pass each way)."""
+    _check_dtype(s2, "s")
+    return _QuantizeCountFn.apply(s2.contiguous(), centers.float().contiguous(), kernel)
 
 
 class _ReprojectFn(torch.autograd.Function):

@@ -39,19 +39,21 @@ def collect() -> dict:
             p = torch.cuda.get_device_properties(i)
             devices.append(f"cuda:{i} {p.name} (sm_{p.major}{p.minor}, {p.total_memory / 2**30:.1f} GiB)")
     info["devices"] = devices or ["cpu only"]
-    from sstkd import _ext
+    from sstkd.ops.backends import cuda
+    from sstkd.ops.specs import op_names
 
-    info["extension sstkd._C"] = _ext.status_line()
+    info["extension sstkd._C"] = cuda.status_line()
     backends = {}
     for b in dispatch.BACKENDS:
         ok, why = dispatch.backend_status(b)
-        ops = {"torch": "all ops", "triton": sorted(dispatch.TRITON_OPS), "cuda": sorted(dispatch.CUDA_OPS)}[b]
+        ops = "all ops" if b == "torch" else dispatch.implemented_ops(b, op_names())
         backends[b] = {"available": ok, "reason": why, "ops": ops}
     info["backends"] = backends
     from sstkd.ops import selfcheck
 
     prefs = {}
-    for op in sorted(dispatch.TRITON_OPS | dispatch.CUDA_OPS):
+    fast = set(dispatch.implemented_ops("triton", op_names())) | set(dispatch.implemented_ops("cuda", op_names()))
+    for op in sorted(fast):
         order, source = dispatch.auto_order(op)
         prefs[op] = {"order": list(order), "source": source}
     info["auto"] = {"preference": prefs, "self-check cache": selfcheck.cache_dir()}

@@ -10,6 +10,10 @@ with ``floor = rtol(dtype) * max|truth|`` (float32: 1e-5; float16/bfloat16:
 the dtype's machine epsilon). Non-contiguous and channels-last inputs are
 part of the matrix. Exit status is non-zero on any failure.
 
+The matrix is every :class:`~sstkd.ops.specs.OpSpec` of :data:`sstkd.ops.specs.SPECS`
+(``verify_shapes`` on the CPU, ``verify_full_shapes`` on a GPU, × its ``variants``) on every
+backend whose table implements it.
+
 On a machine without a GPU the Triton backend runs in Triton's interpreter
 (``TRITON_INTERPRET=1`` is set before the kernels load) on small shapes.
 """
@@ -18,27 +22,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from typing import Callable
 
 import torch
 
-RTOL = {torch.float32: 1e-5, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7, torch.float64: 1e-12}
+from sstkd.ops.specs import TOLERANCES, Case, OpSpec, apply_layout
+
 DTYPE_NAMES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
-
-
-@dataclasses.dataclass
-class Case:
-    """One op at one shape: ``make(device, gen)`` returns the float64 inputs, ``run(inputs, backend)`` the outputs.
-
-    ``diff`` are the indices of the inputs that get gradients (the others are
-    passed through unchanged, e.g. centers). ``layout`` is applied to 4-D inputs.
-    """
-
-    op: str
-    shape: str
-    make: Callable[[torch.device, torch.Generator], list]
-    run: Callable[[list, str], object]
-    diff: tuple[int, ...]
+RTOL = TOLERANCES["float64_reference"]
 
 
 def flatten_outputs(out) -> list[torch.Tensor]:
@@ -51,31 +41,38 @@ def flatten_outputs(out) -> list[torch.Tensor]:
     return res
 
 
-def _layout(t: torch.Tensor, layout: str) -> torch.Tensor:
-    if layout == "channels_last" and t.dim() == 4:
-        return t.contiguous(memory_format=torch.channels_last)
-    if layout == "noncontig" and t.dim() >= 2:
-        # same values, transposed storage
-        return t.transpose(-1, -2).contiguous().transpose(-1, -2)
-    return t
+def _leaves(obj) -> list[torch.Tensor]:
+    """The tensors of an argument (a tensor, or nested lists/tuples of them)."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for o in obj for t in _leaves(o)]
+    return []
 
 
-def _forward_backward(case: Case, inputs: list, backend: str, dtype: torch.dtype, layout: str, cot_seed: int):
-    xs = []
-    for i, t in enumerate(inputs):
-        if isinstance(t, torch.Tensor) and t.is_floating_point():
-            t = _layout(t.detach().to(dtype), layout)
-            if i in case.diff:
-                t.requires_grad_(True)
-        xs.append(t)
-    outs = flatten_outputs(case.run(xs, backend))
+def _map_float(obj, fn):
+    if isinstance(obj, torch.Tensor):
+        return fn(obj) if obj.is_floating_point() else obj
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map_float(o, fn) for o in obj)
+    return obj
+
+
+def _forward_backward(case: Case, args: tuple, kwargs: dict, backend: str, dtype: torch.dtype, layout: str,
+                      cot_seed: int):
+    spec = case.spec
+    xs = [apply_layout(_map_float(a, lambda t: t.detach().to(dtype)), layout) for a in args]
+    diff = [t for i in spec.grad_inputs for t in _leaves(xs[i])]
+    for t in diff:
+        t.requires_grad_(True)
+    outs = flatten_outputs(spec.run(tuple(xs), dict(kwargs), backend))
     g = torch.Generator(device="cpu").manual_seed(cot_seed)
     cots = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.device) for o in outs]
     loss = sum((o.to(torch.float64) * c).sum() for o, c in zip(outs, cots) if o.requires_grad)
     grads = []
     if isinstance(loss, torch.Tensor) and loss.requires_grad:
-        grads = torch.autograd.grad(loss, [xs[i] for i in case.diff], allow_unused=True)
-        grads = [torch.zeros_like(xs[i]) if gr is None else gr for i, gr in zip(case.diff, grads)]
+        grads = torch.autograd.grad(loss, diff, allow_unused=True)
+        grads = [torch.zeros_like(x) if gr is None else gr for x, gr in zip(diff, grads)]
     return [o.detach().to(torch.float64) for o in outs], [gr.detach().to(torch.float64) for gr in grads]
 
 
@@ -113,122 +110,48 @@ class Row:
 
 
 def check(case: Case, backend: str, dtype: torch.dtype, layout: str, device: torch.device, seed: int = 0) -> Row:
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    inputs = case.make(device, gen)
+    """One cell: ``case`` on ``backend`` in ``dtype`` / ``layout`` against the float64 reference."""
+    args, kwargs = case.inputs(torch.float64, device, seed=seed)
     # Low-precision runs are judged on the rounded inputs: the truth is the
     # float64 reference of the same rounded values.
-    rounded = [t.to(dtype).to(torch.float64) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in inputs]
-    truth_o, truth_g = _forward_backward(case, rounded, "torch", torch.float64, "contiguous", seed + 1)
-    ref_o, ref_g = _forward_backward(case, rounded, "torch", dtype, "contiguous", seed + 1)
-    out_o, out_g = _forward_backward(case, rounded, backend, dtype, layout, seed + 1)
-    rtol = RTOL[dtype]
+    rounded = [_map_float(a, lambda t: t.to(dtype).to(torch.float64)) for a in args]
+    truth_o, truth_g = _forward_backward(case, rounded, kwargs, "torch", torch.float64, "contiguous", seed + 1)
+    ref_o, ref_g = _forward_backward(case, rounded, kwargs, "torch", dtype, "contiguous", seed + 1)
+    out_o, out_g = _forward_backward(case, rounded, kwargs, backend, dtype, layout, seed + 1)
+    rtol = TOLERANCES[case.spec.tolerance][dtype]
     fwd_tol = 2 * _max_err(ref_o, truth_o) + rtol * _scale(truth_o)
     grad_tol = 2 * _max_err(ref_g, truth_g) + rtol * _scale(truth_g) if truth_g else 0.0
     return Row(
-        case.op, backend, str(dtype).replace("torch.", ""), case.shape, layout,
+        case.name, backend, str(dtype).replace("torch.", ""), case.label, layout,
         _max_err(out_o, truth_o), fwd_tol, _max_err(out_g, truth_g) if truth_g else 0.0, grad_tol,
     )
 
 
-# ----------------------------------------------------------------------------- cases
-
-
-def _randn(gen, *shape):
-    return torch.randn(*shape, generator=gen, dtype=torch.float64)
-
-
-def _rec_flipped(ops, x, backend):
-    low, bands = ops.contourlet_dec(x, [2, 2], backend="torch")
-    return ops.contourlet_rec(low.flip(-1), [[t.flip(-1) for t in lev] for lev in bands], backend=backend)
-
-
-def cases(small: bool) -> list[Case]:
-    """The check matrix. ``small``: interpreter-sized shapes (CPU)."""
-    from sstkd import ops
-
-    img_shapes = [(1, 1, 12, 8), (2, 3, 18, 34)] if small else [(2, 3, 66, 130), (8, 256, 128, 256)]
-    ct_shapes = [(1, 2, 24, 24), (2, 1, 24, 40)] if small else [(2, 3, 64, 96), (8, 64, 128, 256)]
-    q_shapes = [(1, 37), (3, 5, 7)] if small else [(8, 128 * 256), (4, 127, 131)]
-    L = 8 if small else 128
-    res: list[Case] = []
-
-    def dev(device, t):
-        return t.to(device)
-
-    for shp in img_shapes:
-        B, C, H, W = shp
-        name = "x".join(map(str, shp))
-        res.append(Case("lp_dec", name, lambda d, g, s=shp: [dev(d, _randn(g, *s))],
-                        lambda xs, b: ops.lp_dec(xs[0], backend=b), (0,)))
-        res.append(Case("lp_rec", name,
-                        lambda d, g, s=shp: [dev(d, _randn(g, s[0], s[1], s[2] // 2, s[3] // 2)), dev(d, _randn(g, *s))],
-                        lambda xs, b: ops.lp_rec(xs[0], xs[1], backend=b), (0, 1)))
-    for shp in ct_shapes:
-        name = "x".join(map(str, shp))
-        res.append(Case("dfb_dec", name, lambda d, g, s=shp: [dev(d, _randn(g, *s))],
-                        lambda xs, b: ops.dfb_dec(xs[0], 3, backend=b), (0,)))
-        res.append(Case("contourlet_dec", name, lambda d, g, s=shp: [dev(d, _randn(g, *s))],
-                        lambda xs, b: ops.contourlet_dec(xs[0], [2, 2], backend=b), (0,)))
-        # Synthesis ops on arbitrary coefficients (flipped sub-bands of a decomposition are not one).
-        res.append(Case("dfb_rec", name, lambda d, g, s=shp: [dev(d, _randn(g, *s))],
-                        lambda xs, b: ops.dfb_rec([t.flip(-1) for t in ops.dfb_dec(xs[0], 3, backend="torch")],
-                                                  backend=b), (0,)))
-        res.append(Case("contourlet_rec", name, lambda d, g, s=shp: [dev(d, _randn(g, *s))],
-                        lambda xs, b: _rec_flipped(ops, xs[0], b), (0,)))
-        res.append(Case("contourlet_energy", name, lambda d, g, s=shp: [dev(d, _randn(g, *s))],
-                        lambda xs, b: ops.contourlet_energy(xs[0], [2, 2], backend=b), (0,)))
-    for shp in q_shapes:
-        name = "x".join(map(str, shp))
-        for kernel in ("triangular", "stlnet"):
-            for iters in (0, 3):
-                res.append(Case(
-                    f"quantize_count[{kernel},iters={iters}]", name,
-                    lambda d, g, s=shp: [dev(d, torch.rand(*s, generator=g, dtype=torch.float64))],
-                    lambda xs, b, k=kernel, it=iters: ops.quantize_count(xs[0], L, iters=it, kernel=k, backend=b),
-                    (0,)))
-
-        def make_rep(d, g, s=shp):
-            sv = torch.rand(*s, generator=g, dtype=torch.float64)
-            centers, _ = ops.quantize_count(sv, L, backend="torch")
-            return [dev(d, _randn(g, s[0], 4, L)), dev(d, sv), dev(d, centers)]
-
-        res.append(Case("reproject", name, make_rep,
-                        lambda xs, b: ops.reproject(xs[0], xs[1], xs[2], backend=b), (0, 1)))
-        if len(shp) == 3:
-            def make_co(d, g, s=shp):
-                sv = torch.rand(*s, generator=g, dtype=torch.float64)
-                centers, _ = ops.quantize_count(sv, L, backend="torch")
-                return [dev(d, sv), dev(d, centers)]
-
-            res.append(Case("cooccurrence", name, make_co,
-                            lambda xs, b: ops.cooccurrence(xs[0], xs[1], backend=b), (0,)))
-    return res
-
-
-def _op_base(op: str) -> str:
-    return op.split("[")[0]
-
-
+# ----------------------------------------------------------------------------- the matrix
 def run_matrix(backends, dtypes, device, small, layouts=("contiguous", "channels_last", "noncontig"), ops_filter=None,
-               log=print) -> list[Row]:
+               log=print, specs: list[OpSpec] | None = None) -> list[Row]:
+    """Every case of ``specs`` (default :data:`sstkd.ops.specs.SPECS`) × backend that implements
+    it × dtype × layout. ``small``: interpreter-sized shapes (CPU)."""
     from sstkd.ops import dispatch
+    from sstkd.ops.specs import SPECS
 
     rows = []
-    for case in cases(small):
-        if ops_filter and _op_base(case.op) not in ops_filter:
+    for spec in SPECS if specs is None else specs:
+        if ops_filter and spec.name not in ops_filter:
             continue
-        for backend in backends:
-            if not dispatch._implements(backend, _op_base(case.op)):
-                continue
-            for dtype in dtypes:
-                for layout in layouts:
-                    try:
-                        row = check(case, backend, dtype, layout, device)
-                    except Exception as e:  # a crash is a failure, reported as such
-                        row = Row(case.op, backend, str(dtype).replace("torch.", ""), case.shape, layout,
-                                  float("inf"), 0.0, float("inf"), 0.0)
-                        log(f"ERROR {case.op} {backend} {dtype} {case.shape} {layout}: {type(e).__name__}: {e}")
-                    rows.append(row)
+        for case in spec.cases("verify" if small else "verify_full"):
+            for backend in backends:
+                if not dispatch.implements(backend, spec.name):
+                    continue
+                for dtype in dtypes:
+                    for layout in layouts:
+                        try:
+                            row = check(case, backend, dtype, layout, device)
+                        except Exception as e:  # a crash is a failure, reported as such
+                            row = Row(case.name, backend, str(dtype).replace("torch.", ""), case.label, layout,
+                                      float("inf"), 0.0, float("inf"), 0.0)
+                            log(f"ERROR {case.name} {backend} {dtype} {case.label} {layout}: {type(e).__name__}: {e}")
+                        rows.append(row)
     return rows
 
 
@@ -245,8 +168,14 @@ def format_rows(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def _fast_backends() -> list[str]:
+    from sstkd.ops.dispatch import BACKENDS
+
+    return [b for b in BACKENDS if b != "torch"]
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("--backend", action="append", choices=["triton", "cuda"],
+    parser.add_argument("--backend", action="append", choices=_fast_backends(),
                         help="backend(s) to check (default: every available one)")
     parser.add_argument("--device", default=None, help="device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", action="append", choices=sorted(DTYPE_NAMES), help="dtypes (default fp32, fp16, bf16)")
@@ -260,7 +189,7 @@ def main(args) -> int:
         os.environ["TRITON_INTERPRET"] = "1"  # before any kernel module is imported
     from sstkd.ops import dispatch
 
-    wanted = args.backend or ["triton", "cuda"]
+    wanted = args.backend or _fast_backends()
     backends = []
     for b in wanted:
         ok, why = dispatch.backend_status(b, device)

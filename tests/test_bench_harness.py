@@ -1,6 +1,7 @@
 """The benchmark harness (sstkd.benchmarks, `sstkd bench`): timing stats, roofline bytes, reports, the CLI."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -119,22 +120,24 @@ def test_copy_bandwidth_and_achieved():
 # ----------------------------------------------------------------------------- suite, peers
 
 
-def _tiny_case(run):
-    return op_suite.OpCase("lp_dec", "tiny", (1, 1, 8, 8), {},
-                           lambda d, t, g: [torch.randn(1, 1, 8, 8, generator=g).to(d, t)], run, (0,))
+def _tiny_case(op):
+    """lp_dec's spec with ``op(x, backend=...)`` in place of the public op."""
+    from sstkd.ops.specs import Case, get_spec
+
+    return Case(dataclasses.replace(get_spec("lp_dec"), op=op), "tiny", (1, 1, 8, 8), {})
 
 
 def test_failing_op_becomes_error_row_and_missing_backend_is_skipped():
-    def broken(xs, b):
+    def broken(x, backend):
         raise RuntimeError("kernel exploded")
 
     case = _tiny_case(broken)
-    copies = [case.make(torch.device("cpu"), torch.float32, torch.Generator().manual_seed(0))]
+    copies = [op_suite.make_inputs(case, torch.device("cpu"), torch.float32)]
     row = op_suite.run_cell(case, "torch", "fp32", "fwd", copies, torch.device("cpu"),
                             op_suite.TimingConfig(warmup=0, repeat=1), None)
     assert row["status"] == "error" and "kernel exploded" in row["reason"]
 
-    ok = _tiny_case(lambda xs, b: (xs[0] * 2, xs[0].sum()))
+    ok = _tiny_case(lambda x, backend: (x * 2, x.sum()))
     row = op_suite.run_cell(ok, "torch", "fp32", "fwd+bwd", copies, torch.device("cpu"),
                             op_suite.TimingConfig(warmup=1, repeat=3), copy_gbps=10.0)
     assert row["status"] == "ok" and row["median_ms"] > 0 and row["min_bytes"] == 2 * 144 * 4

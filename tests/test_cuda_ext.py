@@ -20,12 +20,11 @@ import glob
 import hashlib
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
 
-from sstkd import _ext
+from sstkd.ops.backends import cuda as _ext
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSRC = os.path.join(REPO, "csrc")
@@ -44,12 +43,7 @@ def _skip_reason() -> str | None:
 
 
 def _sstkd_build():
-    sys.path.insert(0, CSRC)
-    try:
-        import sstkd_build
-    finally:
-        sys.path.remove(CSRC)
-    return sstkd_build
+    return _ext.build_flags()  # csrc/sstkd_build.py, loaded by path as setup.py loads it
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +106,7 @@ def test_cpu_tensors_raise_a_clear_error(ext, op):
 
 
 def test_wrappers_raise_a_clear_error_on_cpu(ext):
-    from sstkd.ops import _cuda_ops
+    from sstkd.ops.backends import cuda as _cuda_ops
 
     with pytest.raises(RuntimeError, match="must be a CUDA tensor"):
         _cuda_ops.lp_dec_cuda(torch.randn(1, 2, 8, 8))
@@ -171,7 +165,7 @@ def test_symbolic_shapes_trace(ext):
 
 
 def test_autograd_wrappers_on_meta_tensors(ext):
-    from sstkd.ops import _cuda_ops
+    from sstkd.ops.backends import cuda as _cuda_ops
 
     x = torch.empty(2, 3, 12, 10, device="meta", requires_grad=True)
     low, band = _cuda_ops.lp_dec_cuda(x)
@@ -379,7 +373,7 @@ def test_emulated_quantize_counts_match_the_reference(emu, kernel, dtype):
 
 # ------------------------------------------------- the autograd wrappers on the emulated kernels
 class _TorchWithEmulatedOps:
-    """``torch`` for sstkd.ops._cuda_ops, with ``torch.ops.sstkd.*`` answered by the host emulation."""
+    """``torch`` for sstkd.ops.backends.cuda, with ``torch.ops.sstkd.*`` answered by the host emulation."""
 
     def __init__(self, emu):
         acc = lambda t: torch.float64 if t.dtype == torch.float64 else torch.float32  # noqa: E731
@@ -406,7 +400,7 @@ class _TorchWithEmulatedOps:
 
 @pytest.fixture()
 def emulated_cuda_ops(emu, monkeypatch):
-    from sstkd.ops import _cuda_ops
+    from sstkd.ops.backends import cuda as _cuda_ops
 
     shim = _TorchWithEmulatedOps(emu)
     monkeypatch.setattr(_cuda_ops, "torch", shim)

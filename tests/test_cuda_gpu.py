@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sstkd import _ext
+from sstkd.ops.backends import cuda as _ext
 from triton_utils import assert_close_to_reference
 
 pytestmark = pytest.mark.gpu
@@ -26,7 +26,7 @@ LP_SHAPES = [(1, 1, 2, 2), (2, 3, 4, 6), (1, 2, 10, 2), (2, 3, 38, 70), (1, 2, 6
 
 @pytest.fixture(scope="module")
 def cuda_ops():
-    from sstkd.ops import _cuda_ops
+    from sstkd.ops.backends import cuda as _cuda_ops
 
     _ext.get()
     return _cuda_ops

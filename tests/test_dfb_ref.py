@@ -81,7 +81,7 @@ def test_perfect_reconstruction_camera(levels):
 @pytest.mark.parametrize("shift", [0, 1])
 def test_small_subbands_wrap_periodically(shift):
     # a 3x4 image is smaller than the 12-tap support: filtering must equal filtering its periodic tiling
-    from sstkd.ops.dfb import _ladder_weights, _sefilter
+    from sstkd.ops.reference.dfb import _ladder_weights, _sefilter
 
     weights = _ladder_weights("pkva", torch.device("cpu"), torch.float64)
     x = torch.randn(2, 1, 3, 4, dtype=torch.float64)

@@ -34,7 +34,7 @@ def test_explicit_unavailable_backend_raises_with_reason(monkeypatch):
 
 def test_op_not_implemented_by_backend(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setattr(dispatch, "TRITON_OPS", frozenset())
+    monkeypatch.setattr(dispatch.BACKEND_MODULES["triton"], "TABLE", {})
     with pytest.raises(RuntimeError, match="does not implement"):
         dispatch.resolve_backend("lp_dec", "triton", torch.randn(1, 1, 8, 8))
 
@@ -82,3 +82,37 @@ def test_cli_help_everywhere():
         r = _run("-m", "sstkd", cmd, "--help")
         assert r.returncode == 0, (cmd, r.stderr)
         assert "usage" in r.stdout.lower()
+
+
+def test_composed_op_runs_the_backends_passes_and_the_best_available_for_the_rest(monkeypatch):
+    # A backend with only an LP pass (like "cuda"): contourlet_dec composes its LP with the torch DFB.
+    import types
+
+    from sstkd import ops
+    from sstkd.ops.backends import torch as torch_backend
+
+    calls = []
+
+    def lp_dec(x, filt):
+        calls.append(tuple(x.shape))
+        return torch_backend.TABLE["lp_dec"](x, filt)
+
+    fake = types.SimpleNamespace(TABLE={"lp_dec": lp_dec}, DTYPES={}, unavailable_reason=lambda device=None: None,
+                                 available_reason=lambda: "LP only", ready_for_auto=lambda: False)
+    monkeypatch.setitem(dispatch.BACKEND_MODULES, "lp_only", fake)
+    assert dispatch.implements("lp_only", "contourlet_dec") and not dispatch.implements("lp_only", "dfb_dec")
+    x = torch.randn(1, 2, 24, 24, dtype=torch.float64)
+    low, bands = ops.contourlet_dec(x, [2, 2], backend="lp_only")
+    assert calls == [(1, 2, 24, 24), (1, 2, 12, 12)]  # both pyramid levels ran on the backend's LP
+    ref_low, ref_bands = ops.contourlet_dec(x, [2, 2], backend="torch")
+    torch.testing.assert_close(low, ref_low, rtol=0, atol=0)
+    for a, b in zip([t for lv in bands for t in lv], [t for lv in ref_bands for t in lv]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="does not implement dfb_dec"):
+        ops.dfb_dec(x, 2, backend="lp_only")
+    # bad input: the same error whatever the backend
+    for b in ("torch", "lp_only", "triton"):
+        with pytest.raises(ValueError, match=r"^x: height 18 is not valid for nlevs=\[3\]"):
+            ops.contourlet_dec(torch.zeros(1, 1, 18, 16), [3], backend=b)
+        with pytest.raises(TypeError, match="^nlevs"):
+            ops.contourlet_energy(torch.zeros(1, 1, 24, 16), 2, backend=b)

@@ -1,5 +1,6 @@
-"""Triton contourlet (sstkd.kernels.contourlet: Triton LP + Triton DFB) and the fused
-sub-band energy vs the toolbox vectors and the PyTorch reference (sstkd.ops.contourlet).
+"""Triton contourlet (the composition of sstkd.ops.algorithms with the Triton LP + Triton DFB
+passes) and the fused sub-band energy vs the toolbox vectors and the PyTorch reference
+(sstkd.ops.contourlet).
 
 Runs in Triton's interpreter without a GPU (conftest sets TRITON_INTERPRET=1).
 Tolerances: DESIGN §6 (tests/triton_utils.py); gradients against autograd of the
@@ -7,6 +8,7 @@ reference, i.e. the exact adjoints.
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -20,9 +22,18 @@ from triton_utils import assert_close_to_reference  # noqa: E402
 
 triton = pytest.importorskip("triton")
 
-from sstkd.ops.contourlet import contourlet_dec_ref, contourlet_energy, contourlet_rec_ref  # noqa: E402
+from sstkd.ops.contourlet import (  # noqa: E402
+    contourlet_dec,
+    contourlet_dec_ref,
+    contourlet_energy,
+    contourlet_rec,
+    contourlet_rec_ref,
+)
 
-C = pytest.importorskip("sstkd.kernels.contourlet")
+pytest.importorskip("sstkd.kernels.dfb")
+dec_triton = functools.partial(contourlet_dec, backend="triton")
+rec_triton = functools.partial(contourlet_rec, backend="triton")
+energy_triton = functools.partial(contourlet_energy, backend="triton")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DATA = Path(__file__).parent / "data" / "contourlet"
@@ -64,14 +75,14 @@ def _verify(x, nlevs, rec=True):
     low, bands = contourlet_dec_ref(x.double(), nlevs)
     shapes = [t.shape for t in _flat(low, bands)]
     cots = [torch.randn(s, device=x.device).to(x.dtype) for s in shapes]
-    got = _dec_and_grad(C.contourlet_dec_triton, x, nlevs, cots)
+    got = _dec_and_grad(dec_triton, x, nlevs, cots)
     ref = _dec_and_grad(contourlet_dec_ref, x, nlevs, cots)
     exact = _dec_and_grad(contourlet_dec_ref, x.double(), nlevs, [c.double() for c in cots])
     _check(got, exact, ref, f"dec{nlevs}")
     if rec:
         coeffs = [torch.randn(s, device=x.device).to(x.dtype) for s in shapes]
         cot = torch.randn(x.shape, device=x.device).to(x.dtype)
-        got = _rec_and_grad(C.contourlet_rec_triton, coeffs, bands, cot)
+        got = _rec_and_grad(rec_triton, coeffs, bands, cot)
         ref = _rec_and_grad(contourlet_rec_ref, coeffs, bands, cot)
         exact = _rec_and_grad(contourlet_rec_ref, [t.double() for t in coeffs], bands, cot.double())
         _check(got, exact, ref, f"rec{nlevs}")
@@ -83,7 +94,7 @@ def test_matches_toolbox_vectors(name):
     z = np.load(DATA / f"{name}.npz")
     x = torch.from_numpy(z["x"]).to(DEVICE)[None, None]
     nlevs = [int(n) for n in z["nlevs"]]
-    low, bands = C.contourlet_dec_triton(x, nlevs)
+    low, bands = dec_triton(x, nlevs)
     np.testing.assert_allclose(low[0, 0].cpu().numpy(), z["low"], rtol=0, atol=1e-10)
     for l, level in enumerate(bands):
         assert len(level) == int(z["band_counts"][l])
@@ -92,9 +103,9 @@ def test_matches_toolbox_vectors(name):
     rnd_low = torch.from_numpy(z["rnd_low"]).to(DEVICE)[None, None]
     rnd = [[torch.from_numpy(z[f"rnd_band_{l + 1}_{k}"]).to(DEVICE)[None, None] for k in range(len(level))]
            for l, level in enumerate(bands)]
-    np.testing.assert_allclose(C.contourlet_rec_triton(rnd_low, rnd)[0, 0].cpu().numpy(), z["rnd_rec"],
+    np.testing.assert_allclose(rec_triton(rnd_low, rnd)[0, 0].cpu().numpy(), z["rnd_rec"],
                                rtol=0, atol=1e-10)
-    energy = C.contourlet_energy_triton(x, nlevs)[0, 0].cpu().numpy()
+    energy = energy_triton(x, nlevs)[0, 0].cpu().numpy()
     want = [np.square(z["low"]).sum()] + [np.square(z[f"band_{l + 1}_{k}"]).sum()
                                           for l, level in enumerate(bands) for k in range(len(level))]
     np.testing.assert_allclose(energy, want, rtol=1e-12)
@@ -115,7 +126,7 @@ def test_non_contiguous_and_channels_last_inputs():
     for x in (wide[..., 2:18], torch.randn(1, 3, 24, 16, device=DEVICE).to(memory_format=torch.channels_last)):
         assert not x.is_contiguous()
         _verify(x, [2], rec=False)
-        torch.testing.assert_close(C.contourlet_energy_triton(x, [2]), contourlet_energy(x, [2], backend="torch"),
+        torch.testing.assert_close(energy_triton(x, [2]), contourlet_energy(x, [2], backend="torch"),
                                    rtol=1e-5, atol=0)
 
 
@@ -132,7 +143,7 @@ def test_energy_and_gradient_match_reference(nlevs, shape):
     ref_fn = lambda t, n: contourlet_energy(t, n, backend="torch")  # noqa: E731
     x = torch.randn(*shape, device=DEVICE)
     cot = torch.randn(*shape[:2], 1 + sum(3 if n == 0 else 2**n for n in nlevs), device=DEVICE)
-    got = _energy_and_grad(C.contourlet_energy_triton, x, nlevs, cot)
+    got = _energy_and_grad(energy_triton, x, nlevs, cot)
     ref = _energy_and_grad(ref_fn, x, nlevs, cot)
     exact = _energy_and_grad(ref_fn, x.double(), nlevs, cot.double())
     _check(got, exact, ref, f"energy{nlevs}")
@@ -143,7 +154,7 @@ def test_energy_low_precision(dtype):
     x = torch.randn(1, 2, 24, 16, device=DEVICE).to(dtype)
     cot = torch.randn(1, 2, 5, device=DEVICE).to(dtype)
     ref_fn = lambda t, n: contourlet_energy(t, n, backend="torch")  # noqa: E731
-    got = _energy_and_grad(C.contourlet_energy_triton, x, [2], cot)
+    got = _energy_and_grad(energy_triton, x, [2], cot)
     ref = _energy_and_grad(ref_fn, x, [2], cot)
     exact = _energy_and_grad(ref_fn, x.double(), [2], cot.double())
     _check(got, exact, ref, "energy")
@@ -153,24 +164,24 @@ def test_energy_deterministic_mode_is_reproducible():
     x = torch.randn(2, 2, 24, 16, device=DEVICE)
     torch.use_deterministic_algorithms(True)
     try:
-        a = C.contourlet_energy_triton(x, [1, 2])
-        b = C.contourlet_energy_triton(x, [1, 2])
+        a = energy_triton(x, [1, 2])
+        b = energy_triton(x, [1, 2])
     finally:
         torch.use_deterministic_algorithms(False)
     assert torch.equal(a, b)
     torch.testing.assert_close(a, contourlet_energy(x, [1, 2], backend="torch"), rtol=1e-5, atol=0)
-    torch.testing.assert_close(C.contourlet_energy_triton(x, [1, 2]), a, rtol=1e-6, atol=0)
+    torch.testing.assert_close(energy_triton(x, [1, 2]), a, rtol=1e-6, atol=0)
 
 
 def test_entry_points_reject_bad_input():
     with pytest.raises(ValueError, match="^x.*height"):
-        C.contourlet_dec_triton(torch.zeros(1, 1, 18, 16), [3])
+        dec_triton(torch.zeros(1, 1, 18, 16), [3])
     with pytest.raises(TypeError, match="^nlevs"):
-        C.contourlet_energy_triton(torch.zeros(1, 1, 24, 16), 2)
+        energy_triton(torch.zeros(1, 1, 24, 16), 2)
     with pytest.raises(ValueError, match=r"^nlevs\[0\]"):
-        C.contourlet_dec_triton(torch.zeros(1, 1, 24, 16), [-1])
+        dec_triton(torch.zeros(1, 1, 24, 16), [-1])
     with pytest.raises(TypeError, match="^x"):
-        C.contourlet_energy_triton(torch.zeros(1, 1, 24, 16, dtype=torch.int32), [2])
+        energy_triton(torch.zeros(1, 1, 24, 16, dtype=torch.int32), [2])
 
 
 # --------------------------------------------------------------------------- GPU (compiled kernels)
@@ -181,7 +192,7 @@ def test_gpu_compiled_kernels(dtype):
     _verify(x, [2, 3])
     cot = torch.randn(2, 4, 13, device="cuda").to(dtype)
     ref_fn = lambda t, n: contourlet_energy(t, n, backend="torch")  # noqa: E731
-    got = _energy_and_grad(C.contourlet_energy_triton, x, [2, 3], cot)
+    got = _energy_and_grad(energy_triton, x, [2, 3], cot)
     ref = _energy_and_grad(ref_fn, x, [2, 3], cot)
     exact = _energy_and_grad(ref_fn, x.double(), [2, 3], cot.double())
     _check(got, exact, ref, "energy")

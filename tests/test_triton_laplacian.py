@@ -26,12 +26,6 @@ K = pytest.importorskip("sstkd.kernels.laplacian")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.fixture(autouse=True)
-def _triton_ops(monkeypatch):
-    # The lead registers the ops in dispatch.TRITON_OPS; until then, do it here.
-    monkeypatch.setattr(dispatch, "TRITON_OPS", frozenset(dispatch.TRITON_OPS) | {"lp_dec", "lp_rec"})
-
-
 def _dec_and_grad(fn, x, cot):
     x = x.detach().requires_grad_(True)
     low, band = fn(x)

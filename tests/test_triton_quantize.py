@@ -12,18 +12,13 @@ pytest.importorskip("triton")
 
 import sstkd.kernels.quantize as K  # noqa: E402
 import sstkd.ops.dispatch as dispatch  # noqa: E402
+from sstkd.ops import algorithms  # noqa: E402
 from sstkd.ops.quantize import cooccurrence, quantize_count, reproject  # noqa: E402
 from triton_utils import aot_compile_many, assert_close_to_reference  # noqa: E402
 
 OPS = ("quantize_count", "reproject", "cooccurrence")
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 KERNELS = ["triangular", "stlnet"]
-
-
-@pytest.fixture(autouse=True)
-def _triton_ops(monkeypatch):
-    # the op names are not in dispatch.TRITON_OPS until the lead registers them
-    monkeypatch.setattr(dispatch, "TRITON_OPS", frozenset(dispatch.TRITON_OPS | set(OPS)))
 
 
 def check(actual, exact, low_ref, name):
@@ -62,7 +57,8 @@ def test_quantize_count_forward_and_grad(dtype, kernel):
         # amplify center rounding
         w = torch.randn(B, L, dtype=torch.float64)
         (g,) = torch.autograd.grad((h.double() * w).sum(), sg)
-        c32 = K.quantize_count_triton(s, L, iters, kernel, None, None)[0]
+        c32 = algorithms.quantize_count(s, L, iters, kernel, None, None,
+                                        dispatch.passes("quantize_count", "triton", s))[0]
         (ge,) = torch.autograd.grad((hist_with(s64, c32.double(), kernel) * w).sum(), s64)
         (gr,) = torch.autograd.grad((hist_with(sr, c32, kernel).double() * w).sum(), sr)
         if N > 1:
@@ -261,7 +257,9 @@ def test_float64_is_refused_or_falls_back():
     c, h = quantize_count(s, 4, backend="auto")  # CPU tensors: the reference
     assert h.dtype == torch.float64
     with pytest.raises(TypeError, match="^s"):
-        K.quantize_count_triton(s, 4, 0, "triangular", None, None)
+        K.level_sums_triton(s, c.float(), "triangular")
+    with pytest.raises(TypeError, match="^s"):
+        K.minmax_triton(s)
     with pytest.raises(TypeError, match="^table"):
         K.reproject_triton(torch.rand(2, 1, 4, dtype=torch.float64), s.float(), c.float(), "triangular")
 

@@ -1,19 +1,21 @@
 """`sstkd verify`: the oracle passes correct kernels and fails wrong ones."""
+import dataclasses
+
 import torch
 
 from sstkd import verify
 from sstkd.ops import lp_dec
+from sstkd.ops.specs import Case, get_spec
 
 
 def _case(perturb: float):
-    def run(xs, backend):
-        low, band = lp_dec(xs[0], backend="torch")
+    def run(x, backend):
+        low, band = lp_dec(x, backend="torch")
         if backend != "torch":  # a "kernel" that is off by `perturb` in its forward
             low = low + perturb * low.detach().abs().max()
         return low, band
 
-    return verify.Case("lp_dec", "1x2x12x8", lambda d, g: [torch.randn(1, 2, 12, 8, generator=g, dtype=torch.float64)],
-                       run, (0,))
+    return Case(dataclasses.replace(get_spec("lp_dec"), op=run), "1x2x12x8", (1, 2, 12, 8), {})
 
 
 def test_oracle_passes_exact_and_fails_wrong():

@@ -20,7 +20,7 @@ DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def run_all(small: bool) -> None:
-    from sstkd.ops import _cuda_ops as ops
+    from sstkd.ops.backends import cuda as ops
 
     dev = torch.device("cuda")
     shapes = LP_SHAPES[:3] if small else LP_SHAPES
@@ -61,13 +61,17 @@ def _time(fn, reps: int = 50) -> float:
 
 
 def bench() -> None:
-    from sstkd.ops import _cuda_ops as ops
+    from sstkd.ops.backends import cuda as ops
     from sstkd.ops.laplacian import lp_dec_ref, lp_rec_ref
     from sstkd.ops.quantize import quantize_count_ref
 
     try:
         from sstkd.kernels.laplacian import lp_dec_triton, lp_rec_triton
-        from sstkd.kernels.quantize import quantize_count_triton
+        from sstkd.ops import algorithms, dispatch
+
+        def quantize_count_triton(s, levels, iters, kernel, centers, quantiles):
+            passes = dispatch.passes("quantize_count", "triton", s)
+            return algorithms.quantize_count(s, levels, iters, kernel, centers, quantiles, passes)
     except Exception as e:  # pragma: no cover - triton missing
         print(f"(no Triton kernels: {e})")
         lp_dec_triton = lp_rec_triton = quantize_count_triton = None

@@ -8,11 +8,13 @@ Backends:
 Modes: ``fwd`` (under ``no_grad``), ``bwd`` (``autograd.grad`` of a retained
 graph, so only the backward is timed), ``fwd+bwd``.
 
-Shapes are those of real training (issue 7): the stride-4 features of a
-ResNet-101 teacher (256 ch) and a ResNet-18 student (64 ch) on Cityscapes
-512×1024 and VOC/ADE20K 512×512 crops (batch 8), their intensity maps for the
-quantization ops (128 levels). ``quick=True`` uses small shapes for a CPU run
-of a few minutes.
+The cases are those of every :class:`~sstkd.ops.specs.OpSpec` in
+:data:`sstkd.ops.specs.SPECS` (``bench_shapes`` / ``bench_quick_shapes`` ×
+``bench_variants``): the shapes of real training (issue 7), the stride-4 features
+of a ResNet-101 teacher (256 ch) and a ResNet-18 student (64 ch) on Cityscapes
+512×1024 and VOC/ADE20K 512×512 crops (batch 8) and their intensity maps for the
+quantization ops (128 levels). ``quick=True`` uses small shapes for a CPU run of
+a few minutes.
 
 Every cell that cannot run (backend unavailable, op not implemented by it, op
 module missing, out of memory, an error) becomes a row with ``status`` other
@@ -25,19 +27,21 @@ import importlib
 import math
 import os
 import shutil
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from sstkd.benchmarks import roofline
 from sstkd.benchmarks.timing import measure_peak_memory, time_fn
-from sstkd.verify import flatten_outputs
+from sstkd.ops import specs as _specs
+from sstkd.ops.dispatch import BACKENDS as _DISPATCH_BACKENDS
+from sstkd.ops.specs import Case, OpSpec
+from sstkd.verify import _leaves, flatten_outputs
 
-BACKENDS = ("torch", "compile", "triton", "cuda")
+BACKENDS = ("torch", "compile") + tuple(b for b in _DISPATCH_BACKENDS if b != "torch")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 MODES = roofline.MODES
-OPS = roofline.OPS
-LEVELS = 128  # quantization levels of DTIEM
+OPS = _specs.op_names()
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -66,50 +70,15 @@ class TimingConfig:
 
 def image_shapes(quick: bool) -> list[tuple[str, tuple[int, int, int, int]]]:
     """``(label, (B, C, H, W))`` of the stride-4 features benchmarked."""
-    if quick:
-        return [("quick-student", (2, 16, 64, 128))]
-    return [
-        ("teacher-cityscapes", (8, 256, 128, 256)),
-        ("teacher-voc-ade", (8, 256, 128, 128)),
-        ("student-cityscapes", (8, 64, 128, 256)),
-        ("student-voc-ade", (8, 64, 128, 128)),
-    ]
+    return list(_specs.BENCH_IMAGES_QUICK if quick else _specs.BENCH_IMAGES)
 
 
 def intensity_shapes(quick: bool) -> list[tuple[str, tuple[int, int, int]]]:
     """``(label, (B, H, W))`` intensity maps (one per image, from the features above)."""
-    if quick:
-        return [("quick", (2, 64, 128))]
-    return [("cityscapes", (8, 128, 256)), ("voc-ade", (8, 128, 128))]
+    return list(_specs.BENCH_MAPS_QUICK if quick else _specs.BENCH_MAPS)
 
 
 # ----------------------------------------------------------------------------- cases
-
-
-@dataclasses.dataclass
-class OpCase:
-    """One op at one shape.
-
-    ``make(device, dtype, gen)`` returns the input list; ``run(inputs, backend)``
-    the op's output(s) for a dispatch backend (``"torch"``, ``"triton"``,
-    ``"cuda"``); ``diff`` the indices of the inputs that get gradients.
-    ``shape``/``params`` feed :func:`roofline.op_bytes`.
-    """
-
-    op: str
-    label: str
-    shape: tuple[int, ...]
-    params: dict
-    make: Callable[[torch.device, torch.dtype, torch.Generator], list]
-    run: Callable[[list, str], Any]
-    diff: tuple[int, ...]
-
-    @property
-    def params_str(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.params.items())
-
-    def min_bytes(self, mode: str, dtype: torch.dtype) -> int:
-        return roofline.op_bytes(self.op, mode, self.shape, dtype, **self.params)
 
 
 def load_ops():
@@ -120,75 +89,48 @@ def load_ops():
         return None, f"sstkd.ops does not import: {type(e).__name__}: {e}"
 
 
-def _randn(gen, shape, device, dtype):
-    return torch.randn(*shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
-
-
-def _intensity(gen, shape, device, dtype):
-    # cosine similarities of features to their mean: mostly in (0, 1), a smooth bump plus noise
-    s = 0.5 + 0.15 * torch.randn(*shape, generator=gen, dtype=torch.float32)
-    return s.clamp(-1, 1).to(device=device, dtype=dtype)
-
-
-def _centers_for(ops, s):
-    with torch.no_grad():
-        return ops.quantize_count(s.detach(), LEVELS, backend="torch")[0]
+def _override(spec: OpSpec, images, intensities) -> list[tuple[str, tuple[int, ...]]] | None:
+    """Replacement shapes for ``spec``, by the rank of its bench shapes: 4-D images, 2-D flattened
+    or 3-D intensity maps."""
+    rank = len(spec.bench_shapes[0][1]) if spec.bench_shapes else 0
+    if rank == 4 and images is not None:
+        return [(label, tuple(s)) for label, s in images]
+    if rank in (2, 3) and intensities is not None:
+        return [(label, (b, h * w) if rank == 2 else (b, h, w)) for label, (b, h, w) in intensities]
+    return None
 
 
 def build_cases(quick: bool, ops_filter: Sequence[str] | None = None, *,
                 images: Sequence[tuple[str, tuple[int, int, int, int]]] | None = None,
                 intensities: Sequence[tuple[str, tuple[int, int, int]]] | None = None,
-                table_channels: Sequence[int] | None = None) -> list[OpCase]:
-    """The benchmark cases (ops in :data:`OPS` order) for a quick or full run.
+                table_channels: Sequence[int] | None = None, specs: Sequence[OpSpec] | None = None) -> list[Case]:
+    """The benchmark cases (in ``specs`` order, default :data:`sstkd.ops.specs.SPECS`) for a quick or full run.
 
     ``images`` / ``intensities`` / ``table_channels`` replace the run's
-    default shapes (``(label, shape)`` pairs; ``D`` of the ``reproject`` table).
+    default shapes (``(label, shape)`` pairs; the ``channels`` of the ``reproject`` table).
     """
-    ops_mod, _ = load_ops()
-    want = set(ops_filter) if ops_filter else set(OPS)
-    res: list[OpCase] = []
-    nlevs = [3, 3]
-    for label, shp in (images if images is not None else image_shapes(quick)):
-        if "lp_dec" in want:
-            res.append(OpCase("lp_dec", label, shp, {}, lambda d, t, g, s=shp: [_randn(g, s, d, t)],
-                              lambda xs, b: ops_mod.lp_dec(xs[0], backend=b), (0,)))
-        if "lp_rec" in want:
-            res.append(OpCase(
-                "lp_rec", label, shp, {},
-                lambda d, t, g, s=shp: [_randn(g, (s[0], s[1], s[2] // 2, s[3] // 2), d, t), _randn(g, s, d, t)],
-                lambda xs, b: ops_mod.lp_rec(xs[0], xs[1], backend=b), (0, 1)))
-        if "dfb_dec" in want:
-            res.append(OpCase("dfb_dec", label, shp, {"levels": 3}, lambda d, t, g, s=shp: [_randn(g, s, d, t)],
-                              lambda xs, b: ops_mod.dfb_dec(xs[0], 3, backend=b), (0,)))
-        for op in ("contourlet_dec", "contourlet_energy"):
-            if op in want:
-                fn = getattr(ops_mod, op, None) if ops_mod is not None else None
-                res.append(OpCase(op, label, shp, {"nlevs": nlevs}, lambda d, t, g, s=shp: [_randn(g, s, d, t)],
-                                  lambda xs, b, f=fn: f(xs[0], nlevs, backend=b), (0,)))
-    for label, (B, H, W) in (intensities if intensities is not None else intensity_shapes(quick)):
-        flat = (B, H * W)
-        if "quantize_count" in want:
-            for iters in (0, 3):
-                res.append(OpCase(
-                    "quantize_count", label, flat, {"levels": LEVELS, "iters": iters},
-                    lambda d, t, g, s=flat: [_intensity(g, s, d, t)],
-                    lambda xs, b, it=iters: ops_mod.quantize_count(xs[0], LEVELS, iters=it, backend=b), (0,)))
-        if "reproject" in want:
-            for D in (table_channels or ((64,) if quick else (1, 64))):
-                def make_rep(d, t, g, s=flat, D=D):
-                    sv = _intensity(g, s, d, t)
-                    return [_randn(g, (s[0], D, LEVELS), d, t), sv, _centers_for(ops_mod, sv)]
-
-                res.append(OpCase("reproject", label, flat, {"levels": LEVELS, "channels": D}, make_rep,
-                                  lambda xs, b: ops_mod.reproject(xs[0], xs[1], xs[2], backend=b), (0, 1)))
-        if "cooccurrence" in want:
-            def make_co(d, t, g, s=(B, H, W)):
-                sv = _intensity(g, s, d, t)
-                return [sv, _centers_for(ops_mod, sv)]
-
-            res.append(OpCase("cooccurrence", label, (B, H, W), {"levels": LEVELS}, make_co,
-                              lambda xs, b: ops_mod.cooccurrence(xs[0], xs[1], backend=b), (0,)))
+    res: list[Case] = []
+    for spec in _specs.SPECS if specs is None else specs:
+        if ops_filter and spec.name not in ops_filter:
+            continue
+        shapes = _override(spec, images, intensities)
+        if shapes is None:
+            shapes = spec.bench_quick_shapes if quick else spec.bench_shapes
+        variants = [dict(p) for p in spec.bench_variants]
+        if table_channels is not None and any("channels" in p for p in variants):
+            base = {tuple((k, v) for k, v in p.items() if k != "channels") for p in variants}
+            variants = [dict(b, channels=d) for b in sorted(base) for d in table_channels]
+        res.extend(Case(spec, label, tuple(shp), p) for label, shp in shapes for p in variants)
     return res
+
+
+def make_inputs(case: Case, device: torch.device, dtype: torch.dtype, seed: int = 0) -> tuple[tuple, dict]:
+    """One copy of the case's inputs (``seed`` tells copies apart)."""
+    return case.inputs(dtype, device, seed=seed)
+
+
+def input_bytes(inputs: tuple[tuple, dict]) -> int:
+    return sum(t.numel() * t.element_size() for a in inputs[0] for t in _leaves(a))
 
 
 # ----------------------------------------------------------------------------- backends
@@ -213,23 +155,25 @@ def backend_availability(backend: str, op: str, device: torch.device, quick: boo
             return False, "torch.compile skipped in --quick on the CPU (compile time dominates a short run)"
         err = _compiler_error(device)
         return (False, err) if err else (True, "torch.compile of the reference")
-    if backend not in ("triton", "cuda"):
-        return False, f"unknown backend {backend!r}"
     from sstkd.ops import dispatch
 
+    if backend not in dispatch.BACKEND_MODULES:
+        return False, f"unknown backend {backend!r}"
     ok, why = dispatch.backend_status(backend, device)
     if not ok:
         return False, why
-    if backend == "triton" and dispatch.triton_interpreted():
-        return False, "Triton runs in its interpreter here (TRITON_INTERPRET=1): timings would be meaningless"
-    if not dispatch._implements(backend, op):
-        return False, f"no {backend} kernel for {op} yet (not in dispatch.{backend.upper()}_OPS)"
+    interpreted = getattr(dispatch.BACKEND_MODULES[backend], "interpreted", None)
+    if interpreted is not None and interpreted():
+        return False, f"{backend} runs in an interpreter here (TRITON_INTERPRET=1): timings would be meaningless"
+    if not dispatch.implements(backend, op):
+        return False, f"no {backend} kernel for {op} yet (not in the {backend} backend table)"
     return True, why
 
 
-def callable_for(case: OpCase, backend: str) -> Callable[[list], list[torch.Tensor]]:
+def callable_for(case: Case, backend: str) -> Callable[[tuple], list[torch.Tensor]]:
     """``inputs -> flat list of outputs`` running ``case`` on ``backend`` (``"compile"``: a fresh
-    ``torch.compile`` of the reference; compilation happens on the first call)."""
+    ``torch.compile`` of the reference; compilation happens on the first call). ``inputs`` is
+    ``(args, kwargs)`` as :func:`make_inputs` returns it."""
     if backend == "compile":
         import logging
         import warnings
@@ -242,20 +186,33 @@ def callable_for(case: OpCase, backend: str) -> Callable[[list], list[torch.Tens
         # the "bwd" mode replays one retained graph; donated buffers forbid retain_graph=True
         functorch_config.donated_buffer = False
         torch._dynamo.reset()  # a fresh cache per case: never hits the recompile limit
-        compiled = torch.compile(lambda *xs: case.run(list(xs), "torch"), dynamic=False)
-        return lambda xs: flatten_outputs(compiled(*xs))
-    return lambda xs: flatten_outputs(case.run(xs, backend))
+        compiled = torch.compile(lambda args, kwargs: case.spec.run(args, kwargs, "torch"), dynamic=False)
+        return lambda inputs: flatten_outputs(compiled(*inputs))
+    return lambda inputs: flatten_outputs(case.spec.run(inputs[0], inputs[1], backend))
 
 
 @dataclasses.dataclass
 class _Prepared:
-    xs: list
+    xs: tuple  # (args, kwargs)
     diff: list
     cots: list | None = None
     outs: list | None = None
 
 
-def mode_fn(case: OpCase, fn, mode: str, copies: list[list], gen: torch.Generator):
+def _with_grad(args: tuple, grad_inputs) -> tuple[tuple, list]:
+    """Detached copies of ``args``; the tensors of ``grad_inputs`` require grad (returned too)."""
+    def detach(a, req):
+        if isinstance(a, torch.Tensor):
+            return a.detach().requires_grad_(req and a.is_floating_point())
+        if isinstance(a, (list, tuple)):
+            return type(a)(detach(x, req) for x in a)
+        return a
+
+    out = tuple(detach(a, i in grad_inputs) for i, a in enumerate(args))
+    return out, [t for i in grad_inputs for t in _leaves(out[i])]
+
+
+def mode_fn(case: Case, fn, mode: str, copies: list[tuple], gen: torch.Generator):
     """``(call, prepared copies)`` timing one mode; builds grads/cotangents outside the timed region."""
     if mode == "fwd":
         def call_fwd(p: _Prepared):
@@ -265,13 +222,12 @@ def mode_fn(case: OpCase, fn, mode: str, copies: list[list], gen: torch.Generato
         return call_fwd, [_Prepared(xs, []) for xs in copies]
 
     prepared = []
-    for xs in copies:
-        xs = [x.detach().requires_grad_(i in case.diff) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
-              for i, x in enumerate(xs)]
-        diff = [xs[i] for i in case.diff]
+    for args, kwargs in copies:
+        args, diff = _with_grad(args, case.spec.grad_inputs)
+        xs = (args, kwargs)
         outs = [o for o in fn(xs) if o.requires_grad]
         if not outs:
-            raise RuntimeError(f"{case.op}: no output requires grad")
+            raise RuntimeError(f"{case.spec.name}: no output requires grad")
         cots = [torch.randn(o.shape, generator=gen, dtype=torch.float32).to(o) for o in outs]
         prepared.append(_Prepared(xs, diff, cots, outs if mode == "bwd" else None))
     if mode == "bwd":
@@ -309,8 +265,8 @@ def n_copies(input_bytes: int, device: torch.device) -> int:
 # ----------------------------------------------------------------------------- the run
 
 
-def _row(case: OpCase, backend: str, dtype: str, mode: str, status: str, reason: str = "", **extra) -> dict:
-    row = {"op": case.op, "params": case.params_str, "shape_name": case.label,
+def _row(case: Case, backend: str, dtype: str, mode: str, status: str, reason: str = "", **extra) -> dict:
+    row = {"op": case.spec.name, "params": case.params_str, "shape_name": case.label,
            "shape": "x".join(map(str, case.shape)), "backend": backend, "dtype": dtype, "mode": mode,
            "status": status, "reason": reason}
     row.update(extra)
@@ -322,7 +278,7 @@ def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg[:300]}"
 
 
-def run_cell(case: OpCase, backend: str, dtype_name: str, mode: str, copies: list[list], device: torch.device,
+def run_cell(case: Case, backend: str, dtype_name: str, mode: str, copies: list[tuple], device: torch.device,
              cfg: TimingConfig, copy_gbps: float | None, seed: int = 0, fn=None) -> dict:
     """Time one (case, backend, dtype, mode) cell; errors become rows, never exceptions.
 
@@ -347,7 +303,7 @@ def run_cell(case: OpCase, backend: str, dtype_name: str, mode: str, copies: lis
         return _row(case, backend, dtype_name, mode, "skipped", "out of memory")
     except Exception as e:  # reported, the suite goes on
         return _row(case, backend, dtype_name, mode, "error", _short(e))
-    nbytes = case.min_bytes(mode, dtype)
+    nbytes = case.spec.bytes(mode, *copies[0])
     gbps = roofline.achieved_gbps(nbytes, stats.median_ms) if stats.median_ms > 0 else None
     return _row(case, backend, dtype_name, mode, "ok", "", **stats.to_dict(),
                 peak_mem_bytes=peak, launches=launches, min_bytes=nbytes, gbps=gbps,
@@ -365,6 +321,7 @@ def run_suite(
     cfg: TimingConfig | None = None,
     copy_gbps: float | None = None,
     log: Callable[[str], None] = print,
+    specs: Sequence[OpSpec] | None = None,
 ) -> list[dict]:
     """Run the matrix; returns one row per cell (``status`` ``ok``/``skipped``/``error``).
 
@@ -374,8 +331,13 @@ def run_suite(
 
     Raises:
         ValueError: an unknown op, backend, dtype or mode name (the message names it).
+
+    ``specs`` replaces :data:`sstkd.ops.specs.SPECS` (e.g. an op under development).
     """
-    for name, given, allowed in (("ops", ops or (), OPS), ("backends", backends, BACKENDS),
+    from sstkd.ops import dispatch
+
+    all_backends = ("torch", "compile") + tuple(b for b in dispatch.BACKEND_MODULES if b != "torch")
+    for name, given, allowed in (("ops", ops or (), _specs.op_names(specs)), ("backends", backends, all_backends),
                                  ("dtypes", dtypes, tuple(DTYPES)), ("modes", modes, MODES)):
         bad = [g for g in given if g not in allowed]
         if bad:
@@ -383,7 +345,7 @@ def run_suite(
     cfg = cfg or TimingConfig.for_run(device, quick)
     ops_mod, import_error = load_ops()
     rows: list[dict] = []
-    for case in build_cases(quick, ops):
+    for case in build_cases(quick, ops, specs=specs):
         if import_error is not None:
             for b in backends:
                 rows.append(_row(case, b, "-", "-", "skipped", import_error))
@@ -391,16 +353,15 @@ def run_suite(
         for dtype_name in dtypes:
             dtype = DTYPES[dtype_name]
             try:
-                gen = torch.Generator(device="cpu").manual_seed(0)
-                first = case.make(device, dtype, gen)
-                size = sum(x.numel() * x.element_size() for x in first if isinstance(x, torch.Tensor))
-                copies = [first] + [case.make(device, dtype, gen) for _ in range(n_copies(size, device) - 1)]
+                first = make_inputs(case, device, dtype, seed=0)
+                copies = [first] + [make_inputs(case, device, dtype, seed=i)
+                                    for i in range(1, n_copies(input_bytes(first), device))]
             except Exception as e:
                 for b in backends:
                     rows.append(_row(case, b, dtype_name, "-", "error", f"making inputs: {_short(e)}"))
                 continue
             for backend in backends:
-                ok, why = backend_availability(backend, case.op, device, quick)
+                ok, why = backend_availability(backend, case.spec.name, device, quick)
                 if not ok:
                     rows.extend(_row(case, backend, dtype_name, m, "skipped", why) for m in modes)
                     continue

@@ -4,124 +4,43 @@ Every texture op does O(1) arithmetic per byte, so on a GPU it is bound by
 memory traffic; its ceiling is the device's copy bandwidth, measured in the
 same run by timing a large ``dst.copy_(src)`` (bytes moved = read + write).
 
-``op_bytes`` is the *compulsory* traffic of an op: every input it needs read
-once and every output written once, nothing else (intermediates, re-reads,
-padding are what a kernel may lose against this bound). Conventions:
-
-* ``fwd``: inputs + outputs.
-* ``bwd``: incoming output gradients + the inputs the gradient formula needs
-  (none for the linear decompositions, whose backward is their adjoint; ``x``
-  for the squared energies; ``s``/``table`` for the quantization ops) +
-  the input gradients written.
-* ``fwd+bwd``: the sum (autograd runs them as two passes).
-* Every tensor is counted at the benchmark dtype's element size.
+The *compulsory* traffic of each op (every input it needs read once, every
+output written once, nothing else) is part of its :class:`~sstkd.ops.specs.OpSpec`
+(``fwd_bytes`` / ``bwd_bytes``; conventions in :mod:`sstkd.ops.specs`);
+``fwd+bwd`` is the sum (autograd runs them as two passes).
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 
 from sstkd.benchmarks.timing import TimingStats, time_fn
+from sstkd.ops import specs as _specs
 
-MODES = ("fwd", "bwd", "fwd+bwd")
-OPS = ("lp_dec", "lp_rec", "dfb_dec", "contourlet_dec", "contourlet_energy",
-       "quantize_count", "reproject", "cooccurrence")
-
-
-def _prod(xs: Sequence[int]) -> int:
-    return int(math.prod(int(v) for v in xs))
-
-
-def _contourlet_out_elems(n: int, nlevs: Sequence[int]) -> tuple[int, int]:
-    """``(elements of all outputs, number of sub-bands)`` of a contourlet of ``n`` pixels per image.
-
-    Per pyramid level (fine to coarse) of ``m`` pixels: LP + DFB writes the
-    critically sampled bandpass (``m``) as ``2**l`` sub-bands; a 0 in ``nlevs``
-    writes 3 wavelet sub-bands of ``m/4``. The final lowpass has ``n / 4**J``.
-    """
-    total, bands, m = 0, 0, n
-    for lev in reversed(list(nlevs)):  # nlevs is coarse -> fine
-        if lev > 0:
-            total += m
-            bands += 2**lev
-        else:
-            total += 3 * m // 4
-            bands += 3
-        m //= 4
-    return total + m, bands + 1
+MODES = _specs.MODES
+OPS = _specs.op_names()
 
 
 def op_bytes(op: str, mode: str, shape: Sequence[int], dtype: torch.dtype = torch.float32, **params) -> int:
-    """Minimal bytes ``op`` moves in ``mode`` (see the module docstring).
+    """Minimal bytes ``op`` moves in ``mode`` at ``shape`` (:func:`sstkd.ops.specs.shape_bytes`).
 
     Args:
         op: one of :data:`OPS`.
         mode: ``"fwd"``, ``"bwd"`` or ``"fwd+bwd"``.
-        shape: ``(B, C, H, W)`` for the image ops (``lp_rec``: the full-size
-            ``band``), ``(B, N)`` or ``(B, H, W)`` intensities for the
-            quantization ops.
+        shape: the spec's shape: ``(B, C, H, W)`` for the image ops (``lp_rec``:
+            the full-size ``band``), ``(B, N)`` or ``(B, H, W)`` intensities for
+            the quantization ops.
         dtype: element type of every tensor.
-        params: ``nlevs`` (contourlet ops), ``levels`` (``L``, quantization
-            ops), ``channels`` (``D`` of the ``reproject`` table).
+        params: the spec's ``size_params``: ``nlevs`` (contourlet ops),
+            ``levels`` (``L``, quantization ops), ``channels`` (``D`` of the
+            ``reproject`` table).
 
     Raises:
         ValueError: unknown ``op``/``mode``, a shape of the wrong rank or a
             missing parameter (the message names it).
     """
-    if op not in OPS:
-        raise ValueError(f"op: unknown op {op!r}; choose from {OPS}")
-    if mode not in MODES:
-        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
-    if mode == "fwd+bwd":
-        return op_bytes(op, "fwd", shape, dtype, **params) + op_bytes(op, "bwd", shape, dtype, **params)
-    shape = tuple(int(s) for s in shape)
-    if any(s <= 0 for s in shape):
-        raise ValueError(f"shape: sizes must be positive, got {shape}")
-    esize = torch.empty((), dtype=dtype).element_size()
-    fwd = mode == "fwd"
-
-    def need(name):
-        if name not in params:
-            raise ValueError(f"{name}: required for op {op!r}")
-        return params[name]
-
-    if op in ("lp_dec", "lp_rec", "dfb_dec", "contourlet_dec", "contourlet_energy"):
-        if len(shape) != 4:
-            raise ValueError(f"shape: {op} takes (B, C, H, W), got {shape}")
-        n = _prod(shape)
-        bc = shape[0] * shape[1]
-        if op in ("lp_dec", "lp_rec"):
-            elems = n + n // 4 + n  # x <-> (low, band), both directions
-        elif op == "dfb_dec":
-            elems = 2 * n  # critically sampled: n in, n out
-        else:
-            out, k = _contourlet_out_elems(shape[2] * shape[3], need("nlevs"))
-            if op == "contourlet_dec":
-                elems = n + bc * out
-            else:  # energies: read x, write B·C·K; backward re-reads x
-                elems = n + bc * k if fwd else bc * k + 2 * n
-        return elems * esize
-
-    if len(shape) not in (2, 3):
-        raise ValueError(f"shape: {op} takes (B, N) or (B, H, W) intensities, got {shape}")
-    b = shape[0]
-    bn = _prod(shape)
-    L = int(need("levels"))
-    if op == "quantize_count":
-        # fwd: s -> (centers, hist); bwd: grad hist + s -> grad s (centers are constants)
-        elems = bn + 2 * b * L if fwd else b * L + 2 * bn
-    elif op == "reproject":
-        d = int(need("channels"))
-        table, out = b * d * L, d * bn
-        # fwd: table, s, centers -> out; bwd: grad out, s, centers, table -> grad table, grad s
-        elems = table + bn + b * L + out if fwd else out + bn + b * L + 2 * table + bn
-    else:  # cooccurrence
-        if len(shape) != 3:
-            raise ValueError(f"shape: cooccurrence takes (B, H, W) intensities, got {shape}")
-        elems = bn + b * L + b * L * L if fwd else b * L * L + bn + b * L + bn
-    return elems * esize
+    return _specs.shape_bytes(op, mode, shape, dtype, **params)
 
 
 def achieved_gbps(nbytes: int, ms: float) -> float:

@@ -41,7 +41,8 @@ def collect_meta(device: torch.device, quick: bool, command: str | None = None) 
         "torch": torch.__version__, "triton": _version("triton"), "cuda": torch.version.cuda,
         "command": command if command is not None else " ".join(["sstkd"] + sys.argv[1:]),
         "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", "0"),
-        "triton_ops": sorted(dispatch.TRITON_OPS), "cuda_ops": sorted(dispatch.CUDA_OPS), "backends": backends,
+        **{f"{b}_ops": dispatch.implemented_ops(b, op_suite.OPS) for b in dispatch.BACKENDS if b != "torch"},
+        "backends": backends,
         "cpu_count": os.cpu_count(), "load_average_at_start": load_average(),
     }
 
@@ -136,14 +137,16 @@ def _activities(device: torch.device):
 def _op_workload(target: str, device: torch.device, quick: bool):
     """``(callable, description)`` running fwd+bwd of ``target`` on its first benchmark shape, fp32,
     with the fastest backend that implements it here."""
+    from sstkd.ops import dispatch
+
     cases = op_suite.build_cases(quick, [target])
     if not cases:
         raise ValueError(f"--profile: no benchmark case for {target!r}")
     case = cases[0]
-    backend = next((b for b in ("triton", "cuda") if op_suite.backend_availability(b, target, device, quick)[0]),
-                   "torch")
+    fast = [b for b in dispatch.BACKENDS if b != "torch"]
+    backend = next((b for b in fast if op_suite.backend_availability(b, target, device, quick)[0]), "torch")
     gen = torch.Generator(device="cpu").manual_seed(0)
-    copies = [case.make(device, torch.float32, gen)]
+    copies = [op_suite.make_inputs(case, device, torch.float32)]
     call, prepared = op_suite.mode_fn(case, op_suite.callable_for(case, backend), "fwd+bwd", copies, gen)
     return (lambda: call(prepared[0])), f"{target} {case.params_str} {'x'.join(map(str, case.shape))} fp32 " \
                                         f"fwd+bwd backend={backend}"

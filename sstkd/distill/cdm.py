@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from sstkd._util import pad_index as _pad_index
 from sstkd.ops._checks import check_image, check_int, compute_dtype
 from sstkd.ops.dispatch import resolve_backend
 from sstkd.ops.contourlet import (
@@ -31,22 +32,6 @@ PAD_MODES = ("symmetric", "reflect", "replicate", "circular", "zeros")
 # With recompute on the reference backend, the decomposition runs on channel chunks
 # of about this many elements (32 MiB in float32).
 RECOMPUTE_CHUNK_ELEMENTS = 1 << 23
-
-
-def _pad_index(n: int, total: int, mode: str, device: torch.device) -> torch.Tensor:
-    """Source index for each of ``total`` output positions along an axis of length ``n`` (padding after)."""
-    i = torch.arange(total, device=device)
-    if mode == "symmetric":  # mirror including the edge sample: ... x[n-1] | x[n-1] x[n-2] ...
-        j = i % (2 * n)
-        return torch.where(j < n, j, 2 * n - 1 - j)
-    if mode == "reflect":  # mirror excluding the edge sample: ... x[n-1] | x[n-2] ...
-        if n == 1:
-            return torch.zeros_like(i)
-        j = i % (2 * n - 2)
-        return torch.where(j < n, j, 2 * n - 2 - j)
-    if mode == "replicate":
-        return i.clamp_max(n - 1)
-    return i % n  # circular
 
 
 def pad_to_size(x: torch.Tensor, size: tuple[int, int], mode: str = "symmetric") -> torch.Tensor:

@@ -1,6 +1,8 @@
 """Texture operators: functional API with backend dispatch, plus nn.Module wrappers.
 
-See ``docs/api.md`` for signatures; every op takes ``backend="auto"``.
+See ``docs/api.md`` for signatures; every op takes ``backend="auto"``. Each op is described
+once in :mod:`sstkd.ops.specs`; the layers (reference, algorithms, backend tables, dispatch)
+and how to add an op or a backend: ``docs/architecture.md``.
 """
 from sstkd.ops.dispatch import backend_status, resolve_backend  # noqa: F401
 from sstkd.ops.laplacian import LaplacianPyramid, lp_dec, lp_rec  # noqa: F401

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+from sstkd._util import FLOAT_DTYPES, check_int, compute_dtype  # noqa: F401  (re-exported)
 
 
 def check_tensor(x, name: str, ndim: int | tuple[int, ...] | None = None, finite: bool = False) -> torch.Tensor:
@@ -45,18 +45,3 @@ def check_same_device(**tensors: torch.Tensor) -> None:
     for k, v in items[1:]:
         if v.device != dev0:
             raise ValueError(f"{k}: on device {v.device}, but {items[0][0]} is on {dev0}")
-
-
-def check_int(v, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
-    if minimum is not None and v < minimum:
-        raise ValueError(f"{name}: must be >= {minimum}, got {v}")
-    if maximum is not None and v > maximum:
-        raise ValueError(f"{name}: must be <= {maximum}, got {v}")
-    return v
-
-
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """float64 stays float64; everything else computes in float32."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32

@@ -16,21 +16,29 @@ sides divisible by ``2**(n-1)``, and ``n >= 1`` needs a height of at least 12
 (the first DFB stage takes 6 rows of its half-height component).
 :func:`contourlet_required_multiple` and :func:`check_contourlet_size` state
 what an input needs; the CDM module pads feature maps to that.
+
+The composition is written once (:mod:`sstkd.ops.algorithms`) and takes a backend's passes:
+``backend=b`` runs ``b``'s LP and DFB, and the best available backend's for a pass ``b``
+lacks (``"cuda"``: the CUDA LP with the Triton or torch DFB). The reference is the same
+composition of the torch passes.
 """
 from __future__ import annotations
-
-import numbers
 
 import torch
 from torch import nn
 
 from sstkd.filters import check_pyramid_filter
-from sstkd.ops._checks import check_image, check_same_device, compute_dtype
-from sstkd.ops.dfb import _dfb_dec_torch, _dfb_rec_torch, dfb_band_shapes
+from sstkd.geometry import (  # noqa: F401  (re-exported)
+    check_contourlet_size,
+    contourlet_band_shapes,
+    contourlet_required_multiple,
+)
+from sstkd.geometry import check_nlevs as _check_nlevs
+from sstkd.ops import algorithms, dispatch
+from sstkd.ops._checks import check_image, check_same_device
+from sstkd.ops.backends import torch as _torch_backend
+from sstkd.ops.dispatch import check_backend_name
 from sstkd.ops.dfb import _check_filt as _check_dfilt
-from sstkd.ops.dispatch import check_backend_name, resolve_backend
-from sstkd.ops.laplacian import lp_dec_ref, lp_rec_ref
-from sstkd.ops.wavelet import _wfb_dec_torch, _wfb_rec_torch
 
 __all__ = [
     "contourlet_dec",
@@ -45,72 +53,6 @@ __all__ = [
     "Contourlet",
 ]
 
-_MIN_DFB_HEIGHT = 12  # the first DFB stage needs H/2 >= 6 at its level
-
-
-# --------------------------------------------------------------------------- sizes
-def _check_nlevs(nlevs, name: str = "nlevs") -> list[int]:
-    if isinstance(nlevs, (str, bytes, torch.Tensor)) or not isinstance(nlevs, (list, tuple)):
-        raise TypeError(f"{name}: expected a non-empty list of ints (DFB levels per pyramid level), "
-                        f"got {type(nlevs).__name__}")
-    if len(nlevs) == 0:
-        raise ValueError(f"{name}: expected a non-empty list of DFB levels per pyramid level, got {list(nlevs)}")
-    out = []
-    for i, n in enumerate(nlevs):
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-            raise TypeError(f"{name}[{i}]: expected an int, got {type(n).__name__}")
-        if n < 0:
-            raise ValueError(f"{name}[{i}]: must be >= 0, got {n}")
-        out.append(int(n))
-    return out
-
-
-def contourlet_required_multiple(nlevs) -> tuple[int, int]:
-    """``(mh, mw)``: ``contourlet_dec(x, nlevs)`` needs ``H % mh == 0`` and ``W % mw == 0``.
-
-    Level ``L`` (coarse -> fine) sees the input scaled down by ``2**(J-1-L)``
-    and needs its sides divisible by ``max(2, 2**(n_L - 1))``.
-    """
-    nlevs = _check_nlevs(nlevs)
-    j = len(nlevs)
-    m = max(2 ** (j - 1 - l) * 2 ** max(1, n - 1) for l, n in enumerate(nlevs))
-    return m, m
-
-
-def _min_height(nlevs: list[int], mh: int) -> int:
-    j = len(nlevs)
-    raw = max([mh] + [_MIN_DFB_HEIGHT * 2 ** (j - 1 - l) for l, n in enumerate(nlevs) if n >= 1])
-    return -(-raw // mh) * mh  # the smallest valid height: a multiple of mh
-
-
-def check_contourlet_size(h: int, w: int, nlevs, name: str = "x") -> None:
-    """Raise ``ValueError`` (naming ``name`` and the size needed) if an ``h × w`` image cannot take ``nlevs``.
-
-    Example message: ``"x: height 30 is not valid for nlevs=[3, 3]: need a
-    multiple of 8 (and >= 24)"``.
-    """
-    nlevs = _check_nlevs(nlevs)
-    for v, what in ((h, "height"), (w, "width")):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise TypeError(f"{name}: {what} must be an int, got {type(v).__name__}")
-    mh, mw = contourlet_required_multiple(nlevs)
-    min_h = _min_height(nlevs, mh)
-    if h % mh or h < min_h:
-        raise ValueError(f"{name}: height {h} is not valid for nlevs={nlevs}: need a multiple of {mh} (and >= {min_h})")
-    if w % mw or w < mw:
-        raise ValueError(f"{name}: width {w} is not valid for nlevs={nlevs}: need a multiple of {mw} (and >= {mw})")
-
-
-def contourlet_band_shapes(h: int, w: int, nlevs):
-    """``(low_shape, [[(h, w), ...] per level])`` of ``contourlet_dec`` of an ``h × w`` image (coarse -> fine)."""
-    nlevs = _check_nlevs(nlevs)
-    check_contourlet_size(h, w, nlevs)
-    j = len(nlevs)
-    shapes = []
-    for l, n in enumerate(nlevs):
-        hl, wl = h >> (j - 1 - l), w >> (j - 1 - l)
-        shapes.append([(hl // 2, wl // 2)] * 3 if n == 0 else dfb_band_shapes(hl, wl, n))
-    return (h >> j, w >> j), shapes
 
 
 def _level_count(count: int, name: str) -> int:
@@ -166,41 +108,14 @@ def _check_args(x, nlevs, pfilt, dfilt) -> list[int]:
 
 
 # --------------------------------------------------------------------------- reference
-def _contourlet_dec_torch(x: torch.Tensor, nlevs: list[int], pfilt: str, dfilt: str):
-    """Reference analysis, no validation; coefficients in the compute dtype of ``x``."""
-    cur = x.to(compute_dtype(x))
-    bands = []
-    for n in reversed(nlevs):  # finest level first, from x itself
-        if n == 0:
-            cur, level = _wfb_dec_torch(cur, pfilt)
-        else:
-            cur, band = lp_dec_ref(cur, pfilt)
-            level = _dfb_dec_torch(band, n, dfilt)
-        bands.append(level)
-    bands.reverse()
-    return cur, bands
-
-
-def _contourlet_rec_torch(low: torch.Tensor, bands, pfilt: str, dfilt: str) -> torch.Tensor:
-    """Reference synthesis, no validation; returns the compute dtype."""
-    cur = low.to(compute_dtype(low))
-    for level in bands:  # coarse -> fine
-        if len(level) == 3:
-            cur = _wfb_rec_torch(cur, level, pfilt)
-        else:
-            band = _dfb_rec_torch(list(level), dfilt)
-            cur = lp_rec_ref(cur, band.to(cur.dtype), pfilt)
-    return cur
-
-
-def _cast(low, bands, dtype):
-    return low.to(dtype), [[t.to(dtype) for t in level] for level in bands]
+# The reference is the composition of the torch backend's passes (sstkd.ops.algorithms).
+_REF = _torch_backend.TABLE
 
 
 def contourlet_dec_ref(x: torch.Tensor, nlevs, pfilt: str = "9-7", dfilt: str = "pkva"):
     """Plain-PyTorch reference of :func:`contourlet_dec` (same contract, no dispatch)."""
     nlevs = _check_args(x, nlevs, pfilt, dfilt)
-    return _cast(*_contourlet_dec_torch(x, nlevs, pfilt, dfilt), x.dtype)
+    return algorithms.contourlet_dec(x, nlevs, pfilt, dfilt, _REF)
 
 
 def contourlet_rec_ref(low: torch.Tensor, bands, pfilt: str = "9-7", dfilt: str = "pkva") -> torch.Tensor:
@@ -208,7 +123,13 @@ def contourlet_rec_ref(low: torch.Tensor, bands, pfilt: str = "9-7", dfilt: str 
     _check_coefficients(low, bands)
     check_pyramid_filter(pfilt, "pfilt")
     _check_dfilt(dfilt, "dfilt")
-    return _contourlet_rec_torch(low, bands, pfilt, dfilt).to(low.dtype)
+    return algorithms.contourlet_rec(low, bands, pfilt, dfilt, _REF)
+
+
+def contourlet_energy_ref(x: torch.Tensor, nlevs, pfilt: str = "9-7", dfilt: str = "pkva") -> torch.Tensor:
+    """Plain-PyTorch reference of :func:`contourlet_energy` (same contract, no dispatch)."""
+    nlevs = _check_args(x, nlevs, pfilt, dfilt)
+    return _REF["contourlet_energy"](x, nlevs, pfilt, dfilt)
 
 
 # --------------------------------------------------------------------------- public ops
@@ -241,12 +162,7 @@ def contourlet_dec(x: torch.Tensor, nlevs, pfilt: str = "9-7", dfilt: str = "pkv
     The backward is the adjoint of the decomposition (not :func:`contourlet_rec`).
     """
     nlevs = _check_args(x, nlevs, pfilt, dfilt)
-    b = resolve_backend("contourlet_dec", backend, x)
-    if b == "triton":
-        from sstkd.kernels.contourlet import contourlet_dec_triton
-
-        return contourlet_dec_triton(x, nlevs, pfilt, dfilt)
-    return _cast(*_contourlet_dec_torch(x, nlevs, pfilt, dfilt), x.dtype)
+    return algorithms.contourlet_dec(x, nlevs, pfilt, dfilt, dispatch.passes("contourlet_dec", backend, x))
 
 
 def contourlet_rec(low: torch.Tensor, bands, pfilt: str = "9-7", dfilt: str = "pkva", backend: str = "auto"):
@@ -268,12 +184,7 @@ def contourlet_rec(low: torch.Tensor, bands, pfilt: str = "9-7", dfilt: str = "p
     _check_coefficients(low, bands)
     check_pyramid_filter(pfilt, "pfilt")
     _check_dfilt(dfilt, "dfilt")
-    b = resolve_backend("contourlet_rec", backend, low)
-    if b == "triton":
-        from sstkd.kernels.contourlet import contourlet_rec_triton
-
-        return contourlet_rec_triton(low, bands, pfilt, dfilt)
-    return _contourlet_rec_torch(low, bands, pfilt, dfilt).to(low.dtype)
+    return algorithms.contourlet_rec(low, bands, pfilt, dfilt, dispatch.passes("contourlet_rec", backend, low))
 
 
 def contourlet_energy(x: torch.Tensor, nlevs, pfilt: str = "9-7", dfilt: str = "pkva", backend: str = "auto"):
@@ -291,24 +202,10 @@ def contourlet_energy(x: torch.Tensor, nlevs, pfilt: str = "9-7", dfilt: str = "
         As :func:`contourlet_dec`.
     """
     nlevs = _check_args(x, nlevs, pfilt, dfilt)
-    b = resolve_backend("contourlet_energy", backend, x)
-    if b == "triton":
-        from sstkd.kernels.contourlet import contourlet_energy_triton
-
-        return contourlet_energy_triton(x, nlevs, pfilt, dfilt)
-    return _energy_torch(x, nlevs, pfilt, dfilt)
-
-
-def _energy_torch(x, nlevs, pfilt, dfilt):
-    low, bands = _contourlet_dec_torch(x, nlevs, pfilt, dfilt)
-    coeffs = [low] + [t for level in bands for t in level]
-    return torch.stack([t.square().sum(dim=(-2, -1)) for t in coeffs], dim=-1).to(x.dtype)
-
-
-def contourlet_energy_ref(x: torch.Tensor, nlevs, pfilt: str = "9-7", dfilt: str = "pkva") -> torch.Tensor:
-    """Plain-PyTorch reference of :func:`contourlet_energy` (same contract, no dispatch)."""
-    nlevs = _check_args(x, nlevs, pfilt, dfilt)
-    return _energy_torch(x, nlevs, pfilt, dfilt)
+    own = dispatch.own_entry("contourlet_energy", backend, x)  # the reference keeps plain autograd
+    if own is not None:
+        return own(x, nlevs, pfilt, dfilt)
+    return algorithms.contourlet_energy(x, nlevs, pfilt, dfilt, dispatch.passes("contourlet_energy", backend, x))
 
 
 class Contourlet(nn.Module):

@@ -1,6 +1,6 @@
-"""Backend selection for the texture ops.
+"""Backend selection for the texture ops: ``(op, backend, tensors) -> callable`` from the backend tables.
 
-Backends:
+Backends (one module each in :mod:`sstkd.ops.backends`, each a plain ``TABLE``):
   ``"torch"``  plain PyTorch reference (any device, every dtype); the oracle.
   ``"triton"`` fused Triton kernels (``sstkd.kernels``): CUDA tensors, or any
                tensor when ``TRITON_INTERPRET=1`` (Triton's CPU interpreter).
@@ -9,89 +9,83 @@ Backends:
                and passed its first-use self-check on the device
                (:mod:`sstkd.ops.selfcheck`); ``"torch"`` otherwise.
 
-A backend that is requested explicitly but unavailable raises
-``RuntimeError`` saying why; only ``"auto"`` falls back.
+A backend that is requested explicitly but unavailable raises ``RuntimeError``
+saying why; only ``"auto"`` falls back.
+
+Composed ops (:data:`PASSES`: the contourlet ops, ``quantize_count``) are written once in
+:mod:`sstkd.ops.algorithms` and take passes: a backend implements such an op when its table
+has any of them, and a pass it lacks comes from the best available backend (so
+``contourlet_dec(backend="cuda")`` runs the CUDA LP with the best DFB there is).
 """
 from __future__ import annotations
 
-import functools
-import importlib.util
-import os
+from typing import Callable
 
 import torch
 
+from sstkd._util import FLOAT_DTYPES, triton_interpreted  # noqa: F401  (re-exported)
+from sstkd.ops.backends import cuda as _cuda
+from sstkd.ops.backends import torch as _torch
+from sstkd.ops.backends import triton as _triton
+
+# name -> backend module (TABLE, DTYPES, unavailable_reason, available_reason, ready_for_auto)
+BACKEND_MODULES: dict = {"torch": _torch, "triton": _triton, "cuda": _cuda}
 BACKENDS = ("torch", "triton", "cuda")
 CHOICES = BACKENDS + ("auto",)
 
-# Which ops each fast backend implements; filled in as kernels land.
-TRITON_OPS: frozenset[str] = frozenset(
-    {"lp_dec", "lp_rec", "dfb_dec", "dfb_rec", "contourlet_dec", "contourlet_rec", "contourlet_energy",
-     "quantize_count", "reproject", "cooccurrence"}
-)
-CUDA_OPS: frozenset[str] = frozenset({"lp_dec", "lp_rec", "quantize_count"})
+# The passes each composed op is built from (sstkd.ops.algorithms).
+PASSES: dict[str, tuple[str, ...]] = {
+    "contourlet_dec": ("lp_dec", "dfb_dec", "wfb_dec"),
+    "contourlet_rec": ("lp_rec", "dfb_rec", "wfb_rec"),
+    "contourlet_energy": ("lp_dec", "dfb_energy", "dfb_dec", "wfb_dec"),
+    "quantize_count": ("minmax", "level_sums", "soft_hist"),
+}
 # Per-op preference of "auto" on CUDA tensors, fastest first (from bench/results/).
 AUTO_ORDER: dict[str, tuple[str, ...]] = {}
 DEFAULT_AUTO_ORDER = ("triton", "cuda", "torch")
 
 
-def triton_interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+def _choices() -> tuple[str, ...]:
+    return tuple(BACKEND_MODULES) + ("auto",)
 
 
-@functools.lru_cache(maxsize=None)
-def _triton_import_error() -> str | None:
-    if importlib.util.find_spec("triton") is None:
-        return "triton is not installed"
-    try:
-        import triton  # noqa: F401
-    except Exception as e:  # pragma: no cover - broken installs
-        return f"importing triton failed: {e}"
-    return None
+def check_backend_name(backend) -> str:
+    """``backend`` if it is a backend name or ``"auto"``; ValueError naming ``backend`` otherwise.
+
+    Availability is checked per call by :func:`resolve_backend`.
+    """
+    if not isinstance(backend, str) or backend not in _choices():
+        raise ValueError(f"backend: unknown backend {backend!r}; choose from {_choices()}")
+    return backend
 
 
-def _cuda_ext_error() -> str | None:
-    from sstkd import _ext
+def _module(backend: str):
+    if not isinstance(backend, str) or backend not in BACKEND_MODULES:
+        raise ValueError(f"backend: unknown backend {backend!r}; choose from {_choices()}")
+    return BACKEND_MODULES[backend]
 
-    return _ext.load_error()
 
-
-def _cuda_ready() -> bool:
-    from sstkd import _ext
-
-    return _ext.is_loaded() or _ext._import_built()[0] is not None
+def table(backend: str) -> dict[str, Callable]:
+    """The table ``{op or pass: callable}`` of ``backend``."""
+    return _module(backend).TABLE
 
 
 def backend_status(backend: str, device: torch.device | str | None = None) -> tuple[bool, str]:
     """``(available, reason)`` of ``backend`` for tensors on ``device`` (None: this machine)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: unknown backend {backend!r}; choose from {CHOICES}")
-    if backend == "torch":
-        return True, "PyTorch reference ops"
-    dev = torch.device(device) if device is not None else None
-    if backend == "triton":
-        err = _triton_import_error()
-        if err:
-            return False, err
-        if triton_interpreted():
-            return True, "Triton interpreter (TRITON_INTERPRET=1), CPU or GPU tensors"
-        if dev is not None and dev.type != "cuda":
-            return False, f"Triton kernels need CUDA tensors (got {dev.type}); set TRITON_INTERPRET=1 to interpret on the CPU"
-        if not torch.cuda.is_available():
-            return False, "no CUDA device (set TRITON_INTERPRET=1 to run the kernels in the interpreter)"
-        return True, "compiled Triton kernels"
-    # cuda
-    if dev is not None and dev.type != "cuda":
-        return False, f"the CUDA extension needs CUDA tensors (got {dev.type})"
-    if not torch.cuda.is_available():
-        return False, "no CUDA device"
-    err = _cuda_ext_error()
-    if err:
-        return False, err
-    return True, "sstkd._C CUDA extension"
+    mod = _module(backend)
+    why = mod.unavailable_reason(device)
+    return (False, why) if why else (True, mod.available_reason())
 
 
-def _implements(backend: str, op: str) -> bool:
-    return backend == "torch" or op in (TRITON_OPS if backend == "triton" else CUDA_OPS)
+def implements(backend: str, op: str) -> bool:
+    """Whether ``backend``'s table has ``op``, or (a composed op) any of its passes."""
+    t = table(backend)
+    return op in t or any(p in t for p in PASSES.get(op, ()))
+
+
+def implemented_ops(backend: str, ops) -> list[str]:
+    """The names of ``ops`` that ``backend`` implements."""
+    return [op for op in ops if implements(backend, op)]
 
 
 def auto_order(op: str) -> tuple[tuple[str, ...], str]:
@@ -103,46 +97,87 @@ def auto_order(op: str) -> tuple[tuple[str, ...], str]:
     return selfcheck.auto_order(op, DEFAULT_AUTO_ORDER)
 
 
-def auto_backend(op: str, device: torch.device) -> str:
-    """The first backend of :func:`auto_order` that implements ``op``, runs on ``device`` and
-    has passed its first-use self-check there (:mod:`sstkd.ops.selfcheck`); else ``"torch"``."""
+def _dtype_refusal(backend: str, op: str, tensors) -> str | None:
+    """Why ``backend``'s kernels of ``op`` cannot take these tensors' dtypes (None: they can)."""
+    mod = BACKEND_MODULES[backend]
+    names = [op] if op in mod.TABLE else [p for p in PASSES.get(op, ()) if p in mod.TABLE]
+    for name in names:
+        allowed = mod.DTYPES.get(name, FLOAT_DTYPES)
+        for t in tensors:
+            if t.dtype not in allowed:
+                names_ = "/".join(str(d).replace("torch.", "") for d in allowed)
+                return f"the kernels take {names_}, got {str(t.dtype).replace('torch.', '')} (use backend='torch')"
+    return None
+
+
+def _auto(op: str, tensors) -> str:
+    """What ``backend="auto"`` runs ``op`` on for ``tensors``: the first backend of the op's
+    preference order that is ready, available on their device, implements the op and takes
+    their dtypes; ``"torch"`` for non-CUDA tensors and when none is."""
+    device = tensors[0].device if tensors else None
+    if device is None or device.type != "cuda":
+        return "torch"
+    return auto_backend(op, device, tensors)
+
+
+def auto_backend(op: str, device: torch.device, tensors=()) -> str:
+    """The first backend of :func:`auto_order` that is ready, available on ``device``, implements
+    ``op``, takes the ``tensors``' dtypes and has passed its first-use self-check on ``device``
+    (:mod:`sstkd.ops.selfcheck`); ``"torch"`` when none is."""
     from sstkd.ops import selfcheck
 
     for cand in auto_order(op)[0]:
         if cand == "torch":
             return "torch"
-        if cand == "cuda" and not _cuda_ready():
-            continue  # "auto" never triggers a first-use JIT build of the extension
-        if _implements(cand, op) and backend_status(cand, device)[0] and selfcheck.trusted(op, cand, device):
+        mod = BACKEND_MODULES.get(cand)
+        if mod is None or not mod.ready_for_auto():  # "auto" never triggers a first-use JIT build
+            continue
+        if (implements(cand, op) and mod.unavailable_reason(device) is None
+                and _dtype_refusal(cand, op, tensors) is None and selfcheck.trusted(op, cand, device)):
             return cand
     return "torch"
-
-
-def check_backend_name(backend) -> str:
-    """``backend`` if it is one of :data:`CHOICES`; ValueError naming ``backend`` otherwise.
-
-    Availability is checked per call by :func:`resolve_backend`.
-    """
-    if not isinstance(backend, str) or backend not in CHOICES:
-        raise ValueError(f"backend: unknown backend {backend!r}; choose from {CHOICES}")
-    return backend
 
 
 def resolve_backend(op: str, backend: str, *tensors: torch.Tensor) -> str:
     """The concrete backend that runs ``op`` on ``tensors``.
 
     Raises ``ValueError`` for an unknown name and ``RuntimeError`` when an
-    explicitly requested backend cannot run (not built, no GPU, op missing).
+    explicitly requested backend cannot run (not built, no GPU, op missing,
+    a dtype its kernels do not take).
     """
     check_backend_name(backend)
-    device = tensors[0].device if tensors else None
     if backend == "auto":
-        if device is None or device.type != "cuda":
-            return "torch"
-        return auto_backend(op, device)
-    ok, why = backend_status(backend, device)
+        return _auto(op, tensors)
+    ok, why = backend_status(backend, tensors[0].device if tensors else None)
     if not ok:
         raise RuntimeError(f"backend={backend!r} is unavailable for {op}: {why}")
-    if not _implements(backend, op):
+    if not implements(backend, op):
         raise RuntimeError(f"backend={backend!r} does not implement {op}")
+    why = _dtype_refusal(backend, op, tensors)
+    if why:
+        raise RuntimeError(f"backend={backend!r} is unavailable for {op}: {why}")
     return backend
+
+
+def resolve(op: str, backend: str, *tensors: torch.Tensor) -> Callable:
+    """The callable of ``op`` that ``backend`` (or ``"auto"``) runs on ``tensors`` (errors: :func:`resolve_backend`)."""
+    return table(resolve_backend(op, backend, *tensors))[op]
+
+
+def own_entry(op: str, backend: str, *tensors: torch.Tensor) -> Callable | None:
+    """The resolved backend's own entry for composed ``op`` (a fused whole), or None to compose it."""
+    return table(resolve_backend(op, backend, *tensors)).get(op)
+
+
+def passes(op: str, backend: str, *tensors: torch.Tensor) -> dict[str, Callable]:
+    """The passes of composed ``op`` (:data:`PASSES`): the resolved backend's own, each one it lacks
+    (or whose kernels do not take these dtypes) from the best available backend."""
+    b = resolve_backend(op, backend, *tensors)
+    own = table(b)
+    out = {}
+    for name in PASSES[op]:
+        if name in own and _dtype_refusal(b, name, tensors) is None:
+            out[name] = own[name]
+        else:
+            out[name] = table(_auto(name, tensors))[name]
+    return out

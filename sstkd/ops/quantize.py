@@ -1,49 +1,31 @@
-"""Quantization and counting of per-pixel texture intensities (DESIGN.md §3.2).
+"""Quantization and counting of per-pixel texture intensities (DESIGN.md §3.2): the public ops.
 
-``quantize_count`` quantizes an intensity map into ``L`` levels and returns a
-soft histogram; ``reproject`` maps a per-level table back to the pixels with
-the same encoding; ``cooccurrence`` counts level pairs of neighbouring pixels.
-
-The encoding ``E`` of pixel ``i`` at level ``n`` is never materialized as an
-``N×L`` tensor: every pixel has at most two *taps*, ``lo`` and ``hi = lo + 1``,
-where ``lo`` is the number of centers strictly below ``s_i`` minus one,
-clamped to ``[0, L − 2]`` (the adjacent pair of centers bracketing ``s_i``,
-or the outermost pair). The weights of the two taps are
-
-* ``"triangular"`` (default): linear interpolation between the two centers,
-  ``w_hi = t = clamp((s − c_lo) / (c_hi − c_lo), 0, 1)``, ``w_lo = 1 − t`` —
-  exactly ``E_in = max(0, 1 − |s_i − c_n| / w_n)`` with the local spacing
-  ``w_n``: each pixel splits a unit weight over its two nearest centers, and a
-  pixel outside the outermost centers gives its whole weight to the nearest
-  one. Where two centers coincide the lower one takes the weight.
-* ``"stlnet"``: STLNet's QCO encoding ``E_in = (1 − |c_n − s_i|)·[|c_n − s_i| < Δ]``
-  evaluated at the two taps, with ``Δ`` the mean spacing of the centers,
-  ``(c_{L−1} − c_0) / (L − 1)`` per image. For the uniform initial centers
-  this is ``(smax − smin) / L`` and no third center lies within ``Δ``, so the
-  result is STLNet's exactly; for refined or given (non-uniform) centers only
-  the two taps count. The weights are non-negative when ``Δ ≤ 1`` (e.g.
-  cosine similarities in ``[−1, 1]`` with ``L ≥ 2``), which STLNet assumes;
-  pixels farther than ``Δ`` from every center contribute nothing. A pixel on
-  a center always counts for it (so a constant image, Δ = 0, is defined), and
-  of two coincident centers only the lower one counts.
-
-Centers are constants for autograd: they are computed under ``no_grad`` (and
-given centers are detached), so gradients flow to ``s`` (and ``table``) only
-through the weights ``E``.
+The encoding, its taps and the PyTorch reference are described in
+:mod:`sstkd.ops.reference.quantize`; the range and the Lloyd refinement are written once in
+:mod:`sstkd.ops.algorithms`; the backends' passes are found through :mod:`sstkd.ops.dispatch`.
 """
 from __future__ import annotations
 
-import math
 from numbers import Real
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from sstkd.ops._checks import check_int, check_same_device, check_tensor, compute_dtype
-from sstkd.ops.dispatch import resolve_backend
-
-KERNELS = ("triangular", "stlnet")
+from sstkd._util import compute_dtype, flat_rows
+from sstkd.ops import algorithms, dispatch
+from sstkd.ops._checks import check_int, check_same_device, check_tensor
+from sstkd.ops.reference.quantize import (  # noqa: F401  (re-exported)
+    KERNELS,
+    _chunks,
+    cooccurrence_ref,
+    initial_centers,
+    intensity_range,
+    lloyd_update,
+    normalize_rows,
+    quantize_count_ref,
+    reproject_ref,
+)
 
 __all__ = [
     "KERNELS",
@@ -120,265 +102,6 @@ def _check_offsets(offsets, H: int, W: int) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
-def _flat(s: torch.Tensor) -> torch.Tensor:
-    return s.reshape(s.shape[0], -1)
-
-
-# ----------------------------------------------------------------------------
-# shared building blocks (also used by the Triton launchers for the tiny
-# (B, L) steps between passes)
-# ----------------------------------------------------------------------------
-def _quantile_rows(x: torch.Tensor, q: float) -> torch.Tensor:
-    """Per-row quantile of a sorted ``(B, N)`` tensor, linear interpolation (torch.quantile's rule)."""
-    n = x.shape[1]
-    pos = q * (n - 1)
-    i0 = min(int(math.floor(pos)), n - 1)
-    i1 = min(i0 + 1, n - 1)
-    frac = pos - i0
-    return x[:, i0] + (x[:, i1] - x[:, i0]) * frac
-
-
-def intensity_range(s2: torch.Tensor, quantiles: tuple[float, float] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(smin, smax)`` per row of ``s2`` (B, N): extremes, or robust quantiles."""
-    with torch.no_grad():
-        if quantiles is None:
-            return torch.aminmax(s2, dim=1)
-        xs = s2.sort(dim=1).values
-        return _quantile_rows(xs, quantiles[0]), _quantile_rows(xs, quantiles[1])
-
-
-def initial_centers(smin: torch.Tensor, smax: torch.Tensor, levels: int) -> torch.Tensor:
-    """STLNet's QCO centers ``c_n = smin + (n + ½)·(smax − smin)/L``, shape (B, L).
-
-    A constant image (``smax == smin``) gives ``L`` centers all equal to ``smin``.
-    """
-    n = torch.arange(levels, device=smin.device, dtype=smin.dtype)
-    delta = (smax - smin) / levels
-    return smin[:, None] + (n[None, :] + 0.5) * delta[:, None]
-
-
-def lloyd_update(centers: torch.Tensor, mass: torch.Tensor, moment: torch.Tensor) -> torch.Tensor:
-    """One Lloyd step from the per-level sums ``mass = Σ E`` and ``moment = Σ E·s``.
-
-    Empty levels (mass <= 0) keep their center; the result is sorted so the
-    taps stay well defined.
-    """
-    safe = torch.where(mass > 0, mass, torch.ones_like(mass))
-    new = torch.where(mass > 0, moment / safe, centers)
-    return new.sort(dim=1).values
-
-
-def _stl_delta(centers: torch.Tensor) -> torch.Tensor:
-    """Per-image Δ of the stlnet encoding: mean spacing of the centers, (B, 1)."""
-    L = centers.shape[1]
-    return ((centers[:, -1] - centers[:, 0]) / (L - 1))[:, None]
-
-
-def normalize_rows(counts: torch.Tensor) -> torch.Tensor:
-    """Divide each row by its sum; an all-zero row (stlnet, no pixel near a center) stays zero."""
-    total = counts.sum(dim=1, keepdim=True)
-    return counts / torch.where(total != 0, total, torch.ones_like(total))
-
-
-# ----------------------------------------------------------------------------
-# taps of the encoding (reference)
-# ----------------------------------------------------------------------------
-def _taps(s2: torch.Tensor, centers: torch.Tensor, kernel: str, slopes: bool = False):
-    """Indices, weights (and slopes ``d w / d s``) of the ≤2 active levels per pixel.
-
-    ``s2`` (B, N) and ``centers`` (B, L, sorted) in the compute dtype; nothing
-    is recorded for autograd (the Functions below use the slopes). Returns
-    ``idx`` (B, 2, N) int64 (``lo``, ``hi = lo + 1``), ``w`` (B, 2, N) and
-    ``dw`` (B, 2, N) or None. Both taps are handled by each op at once: on
-    the CPU, the number of ops matters as much as their size.
-    """
-    s2 = s2.detach()
-    B, N = s2.shape
-    L = centers.shape[1]
-    lo = torch.searchsorted(centers, s2, right=False).sub_(1).clamp_(0, L - 2)
-    idx = torch.stack((lo, lo + 1), dim=1)
-    ct = centers.gather(1, idx.view(B, 2 * N)).view(B, 2, N)
-    if kernel == "triangular":
-        gap = ct[:, 1] - ct[:, 0]
-        # gap == 0 (coincident centers) gives NaN / ±inf here: the lower center takes
-        # the weight unless s lies above both (t = 0, 0, 1 for s =, <, > c)
-        raw = (s2 - ct[:, 0]).div_(gap)
-        t = raw.clamp(0.0, 1.0).nan_to_num_(0.0)
-        w = torch.stack((1.0 - t, t), dim=1)
-        if not slopes:
-            return idx, w, None
-        # the slope on the closed interval [c_lo, c_hi], as autograd's clamp has it
-        dt = torch.where((raw >= 0) & (raw <= 1), gap.reciprocal(), 0.0)
-        return idx, w, torch.stack((-dt, dt), dim=1)
-    # stlnet: |c − s| < Δ, or s on the center (keeps a constant image, Δ = 0,
-    # defined); of two coincident centers only the lower one counts
-    e = s2[:, None] - ct
-    d = e.abs()
-    m = (d < _stl_delta(centers)[:, :, None]) | (d == 0)
-    m[:, 1] &= ct[:, 1] > ct[:, 0]
-    w = torch.where(m, 1.0 - d, 0.0)
-    return idx, w, (torch.where(m, e.sign().neg_(), 0.0) if slopes else None)
-
-
-def _level_sums(idx: torch.Tensor, w: torch.Tensor, L: int) -> torch.Tensor:
-    """``Σ_i w`` per level, (B, L), from taps ``idx``/``w`` (B, 2, N)."""
-    B = idx.shape[0]
-    out = torch.zeros(B, L, dtype=w.dtype, device=w.device)
-    return out.scatter_add_(1, idx.view(B, -1), w.reshape(B, -1))
-
-
-class _SoftCountRef(torch.autograd.Function):
-    """``counts[b, n] = Σ_i E_in`` (B, L); backward gathers the two taps' slopes."""
-
-    @staticmethod
-    def forward(ctx, s2, centers, kernel):
-        idx, w, dw = _taps(s2, centers, kernel, slopes=True)
-        ctx.save_for_backward(idx, dw)
-        return _level_sums(idx, w, centers.shape[1])
-
-    @staticmethod
-    def backward(ctx, grad):
-        idx, dw = ctx.saved_tensors
-        B = idx.shape[0]
-        return grad.gather(1, idx.view(B, -1)).view(dw.shape).mul_(dw).sum(1), None, None
-
-
-# ----------------------------------------------------------------------------
-# reference ops
-# ----------------------------------------------------------------------------
-def quantize_count_ref(s2: torch.Tensor, levels: int, iters: int, kernel: str,
-                       centers: torch.Tensor | None, quantiles) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference of :func:`quantize_count` on validated (B, N) input in the compute dtype."""
-    if centers is None:
-        smin, smax = intensity_range(s2.detach(), quantiles)
-        centers = initial_centers(smin, smax, levels)
-        with torch.no_grad():
-            sd = s2.detach()
-            for _ in range(iters):
-                idx, w, _ = _taps(sd, centers, kernel)
-                mass = _level_sums(idx, w, levels)
-                moment = _level_sums(idx, w.mul_(sd[:, None]), levels)
-                centers = lloyd_update(centers, mass, moment)
-    hist = normalize_rows(_SoftCountRef.apply(s2, centers, kernel))
-    return centers, hist
-
-
-class _ReprojectRef(torch.autograd.Function):
-    """``out[b, :, i] = w_lo·table[b, :, lo] + w_hi·table[b, :, hi]``.
-
-    A custom Function so that neither pass keeps more than the output plus a
-    chunk (over ``D``) of temporaries; plain autograd would save several
-    (B, D, N) intermediates.
-    """
-
-    @staticmethod
-    def forward(ctx, table, s2, centers, kernel):
-        idx, w, dw = _taps(s2, centers, kernel, slopes=True)
-        B, D, _ = table.shape
-        N = s2.shape[1]
-        out = table.gather(2, idx[:, None, 0].expand(B, D, N)).mul_(w[:, None, 0])
-        for d0, d1 in _chunks(D, N):
-            tap = table[:, d0:d1].gather(2, idx[:, None, 1].expand(B, d1 - d0, N))
-            out[:, d0:d1].addcmul_(tap, w[:, None, 1])
-        ctx.save_for_backward(table, idx, w, dw)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        table, idx, w, dw = ctx.saved_tensors
-        B, D, L = table.shape
-        N = idx.shape[2]
-        grad_table = torch.zeros_like(table) if ctx.needs_input_grad[0] else None
-        # Σ_d g·table[lo] and Σ_d g·table[hi] per pixel; times the slopes at the end
-        tap_sums = torch.zeros_like(w) if ctx.needs_input_grad[1] else None
-        for d0, d1 in _chunks(D, N):
-            g = grad_out[:, d0:d1]
-            for k in (0, 1):
-                ik = idx[:, None, k].expand(B, d1 - d0, N)
-                if grad_table is not None:
-                    grad_table[:, d0:d1].scatter_add_(2, ik, g * w[:, None, k])
-                if tap_sums is not None:
-                    tap_sums[:, k] += table[:, d0:d1].gather(2, ik).mul_(g).sum(1)
-        grad_s = None if tap_sums is None else tap_sums.mul_(dw).sum(1)
-        return grad_table, grad_s, None, None
-
-
-def _chunks(D: int, N: int, budget: int = 1 << 16):
-    """Channel chunks: temporaries of at most half the output and about ``budget`` elements per image
-    (small: the peak memory of reproject is then its output plus a few percent)."""
-    step = max(1, min((D + 1) // 2, budget // max(N, 1)))
-    return [(d0, min(D, d0 + step)) for d0 in range(0, D, step)]
-
-
-def reproject_ref(table: torch.Tensor, s2: torch.Tensor, centers: torch.Tensor, kernel: str) -> torch.Tensor:
-    """Reference of :func:`reproject` on validated input in the compute dtype, (B, D, N)."""
-    return _ReprojectRef.apply(table, s2, centers, kernel)
-
-
-def _pair_index(H: int, W: int, dy: int, dx: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat indices ``i`` and ``j = i + (dy, dx)`` of all pairs inside an ``H×W`` image."""
-    ys = torch.arange(max(0, -dy), H - max(0, dy), device=device)
-    xs = torch.arange(max(0, -dx), W - max(0, dx), device=device)
-    i = (ys[:, None] * W + xs[None, :]).reshape(-1)
-    return i, i + (dy * W + dx)
-
-
-class _CooccurrenceRef(torch.autograd.Function):
-    """Unnormalized level co-occurrence counts (B, L·L) of pixel pairs (i, i + offset)."""
-
-    @staticmethod
-    def forward(ctx, s2, centers, H, W, offsets, kernel):
-        B = s2.shape[0]
-        L = centers.shape[1]
-        idx, w, dw = _taps(s2, centers, kernel, slopes=True)
-        counts = torch.zeros(B, L * L, dtype=s2.dtype, device=s2.device)
-        for dy, dx in offsets:
-            i, j = _pair_index(H, W, dy, dx, s2.device)
-            # the 2 × 2 tap pairs of every pixel pair, (B, 2, 2, P)
-            pair = idx[:, :, None, i] * L + idx[:, None, :, j]
-            counts.scatter_add_(1, pair.reshape(B, -1), (w[:, :, None, i] * w[:, None, :, j]).reshape(B, -1))
-        ctx.save_for_backward(idx, w, dw)
-        ctx.geometry = (H, W, offsets, L)
-        return counts
-
-    @staticmethod
-    def backward(ctx, grad):
-        idx, w, dw = ctx.saved_tensors
-        H, W, offsets, L = ctx.geometry
-        B = idx.shape[0]
-        grad_s = torch.zeros_like(w[:, 0])
-        for dy, dx in offsets:
-            i, j = _pair_index(H, W, dy, dx, idx.device)
-            pair = idx[:, :, None, i] * L + idx[:, None, :, j]
-            g = grad.gather(1, pair.reshape(B, -1)).view(pair.shape)  # (B, 2, 2, P)
-            grad_s.index_add_(1, i, (g * w[:, None, :, j]).sum(2).mul_(dw[:, :, i]).sum(1))
-            grad_s.index_add_(1, j, (g * w[:, :, None, i]).sum(1).mul_(dw[:, :, j]).sum(1))
-        return grad_s, None, None, None, None, None
-
-
-def cooccurrence_ref(s3: torch.Tensor, centers: torch.Tensor, offsets, kernel: str) -> torch.Tensor:
-    """Reference of :func:`cooccurrence` on validated (B, H, W) input, (B, L, L)."""
-    B, H, W = s3.shape
-    L = centers.shape[1]
-    counts = _CooccurrenceRef.apply(s3.reshape(B, -1), centers, H, W, tuple(offsets), kernel)
-    return normalize_rows(counts).reshape(B, L, L)
-
-
-# ----------------------------------------------------------------------------
-# public API
-# ----------------------------------------------------------------------------
-def _backend(op: str, backend: str, *tensors: torch.Tensor) -> str:
-    """resolve_backend, plus the Triton kernels' dtype limit: float64 runs on the
-    reference ("auto") or is refused (an explicit "triton")."""
-    b = resolve_backend(op, backend, *tensors)
-    if b == "triton" and any(t.dtype == torch.float64 for t in tensors):
-        if backend == "auto":
-            return "torch"
-        raise RuntimeError(f"backend='triton' is unavailable for {op}: the kernels take "
-                           "float32/float16/bfloat16, got float64 (use backend='torch')")
-    return b
-
-
 def quantize_count(s: torch.Tensor, levels: int, iters: int = 0, kernel: str = "triangular",
                    centers: torch.Tensor | None = None, quantiles=None,
                    backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
@@ -430,20 +153,9 @@ def quantize_count(s: torch.Tensor, levels: int, iters: int = 0, kernel: str = "
             raise ValueError(f"iters: must be 0 when centers are given (they are used as is), got {iters}")
         if quantiles is not None:
             raise ValueError("quantiles: must be None when centers are given (they are used as is)")
-    b = _backend("quantize_count", backend, s)
-    cdt = compute_dtype(s)
-    s2 = _flat(s)
-    cen = None if centers is None else centers.detach().to(cdt)
-    if b == "triton":
-        from sstkd.kernels.quantize import quantize_count_triton
-
-        c, h = quantize_count_triton(s2, levels, iters, kernel, cen, quantiles)
-    elif b == "cuda":
-        from sstkd.ops._cuda_ops import quantize_count_cuda
-
-        c, h = quantize_count_cuda(s2, levels, iters, kernel, cen, quantiles)
-    else:
-        c, h = quantize_count_ref(s2.to(cdt), levels, iters, kernel, cen, quantiles)
+    passes = dispatch.passes("quantize_count", backend, s)
+    cen = None if centers is None else centers.detach().to(compute_dtype(s))
+    c, h = algorithms.quantize_count(flat_rows(s), levels, iters, kernel, cen, quantiles, passes)
     return c.to(s.dtype), h.to(s.dtype)
 
 
@@ -473,17 +185,9 @@ def reproject(table: torch.Tensor, s: torch.Tensor, centers: torch.Tensor, kerne
     if table.shape[0] != B:
         raise ValueError(f"table: batch size {table.shape[0]} does not match s ({B})")
     _check_centers(centers, B, table.shape[2], s)
-    b = _backend("reproject", backend, table, s)
+    run = dispatch.resolve("reproject", backend, table, s)
     cdt = torch.float64 if torch.float64 in (table.dtype, s.dtype) else torch.float32
-    s2 = _flat(s)
-    cen = centers.detach().to(cdt)
-    if b == "triton":
-        from sstkd.kernels.quantize import reproject_triton
-
-        out = reproject_triton(table, s2, cen, kernel)
-    else:
-        out = reproject_ref(table.to(cdt), s2.to(cdt), cen, kernel)
-    out = out.to(table.dtype)
+    out = run(table, flat_rows(s), centers.detach().to(cdt), kernel).to(table.dtype)
     return out.reshape(B, table.shape[1], *s.shape[1:])
 
 
@@ -512,16 +216,8 @@ def cooccurrence(s: torch.Tensor, centers: torch.Tensor, offsets=((0, 1), (1, 0)
     B, H, W = s.shape
     _check_centers(centers, B, None, s)
     offsets = _check_offsets(offsets, H, W)
-    b = _backend("cooccurrence", backend, s)
-    cdt = compute_dtype(s)
-    cen = centers.detach().to(cdt)
-    if b == "triton":
-        from sstkd.kernels.quantize import cooccurrence_triton
-
-        out = cooccurrence_triton(s, cen, offsets, kernel)
-    else:
-        out = cooccurrence_ref(s.to(cdt), cen, offsets, kernel)
-    return out.to(s.dtype)
+    run = dispatch.resolve("cooccurrence", backend, s)
+    return run(s, centers.detach().to(compute_dtype(s)), offsets, kernel).to(s.dtype)
 
 
 class QuantizeCount(nn.Module):

@@ -30,6 +30,7 @@ CACHE_ENV = "SSTKD_CACHE_DIR"
 _FILE = "selfcheck.json"
 _warned: set[tuple[str, str, str]] = set()
 _memo: dict[tuple[str, str, str], bool] = {}
+_running: set[tuple[str, str, str]] = set()
 
 
 def cache_dir() -> str:
@@ -123,6 +124,20 @@ def _run(spec, args, kwargs, backend):
     return _flat(out), [torch.zeros_like(t) if gr is None else gr for t, gr in zip(inputs, grads)]
 
 
+def checked_op(name: str) -> str:
+    """The op whose self-check vouches for ``name``: itself, or for a pass of a composed op
+    (``dfb_energy``, ``level_sums``, ...) the first composed op built from it."""
+    from sstkd.ops.dispatch import PASSES
+    from sstkd.ops.specs import op_names
+
+    if name in op_names():
+        return name
+    for op, names in PASSES.items():
+        if name in names:
+            return op
+    raise ValueError(f"op: unknown op or pass {name!r}")
+
+
 def check(op: str, backend: str, device) -> str:
     """Run ``op`` on ``backend`` at its spec's test shapes on ``device`` against the reference,
     forward and every gradient, in float32. ``"pass"`` or ``"fail: <why>"`` (never raises)."""
@@ -151,13 +166,20 @@ def trusted(op: str, backend: str, device) -> bool:
     verdict of :func:`check` run now (logged on a pass, warned once on a failure)."""
     if backend == "torch":
         return True
+    op = checked_op(op)
     key = device_key(device)
     memo = (key, op, backend)
     if memo in _memo:
         return _memo[memo]
+    if memo in _running:  # a pass resolved while its op is being checked: the reference meanwhile
+        return False
     verdict = _load().get(key, {}).get(f"{op}/{backend}")
     if verdict is None:
-        verdict = check(op, backend, device)
+        _running.add(memo)
+        try:
+            verdict = check(op, backend, device)
+        finally:
+            _running.discard(memo)
         _store(key, op, backend, verdict)
         if verdict == "pass":
             log.info("sstkd: %s on %s passed its self-check on %s; backend='auto' uses it", op, backend, key)

@@ -57,7 +57,7 @@ TOLERANCES: dict[str, dict[torch.dtype, float]] = {
 Shape = tuple[int, ...]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # compared and hashed by identity: one spec per op
 class OpSpec:
     """One texture op.
 
@@ -121,7 +121,7 @@ class OpSpec:
         return [Case(self, "x".join(map(str, s)), tuple(s), dict(p)) for s in table[purpose] for p in self.variants]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Case:
     """One op at one shape with one set of ``make_inputs`` params."""
 
@@ -420,11 +420,11 @@ def _torch_reference(op):
 # Shapes of real training (stride-4 features of a ResNet-101 teacher (256 ch) and a ResNet-18
 # student (64 ch) on Cityscapes 512x1024 and VOC/ADE20K 512x512 crops, batch 8) and their
 # intensity maps; "quick": small shapes for a CPU run of a few minutes.
-_BENCH_IMAGES = (("teacher-cityscapes", (8, 256, 128, 256)), ("teacher-voc-ade", (8, 256, 128, 128)),
+BENCH_IMAGES = (("teacher-cityscapes", (8, 256, 128, 256)), ("teacher-voc-ade", (8, 256, 128, 128)),
                  ("student-cityscapes", (8, 64, 128, 256)), ("student-voc-ade", (8, 64, 128, 128)))
-_BENCH_IMAGES_QUICK = (("quick-student", (2, 16, 64, 128)),)
-_BENCH_MAPS = (("cityscapes", (8, 128, 256)), ("voc-ade", (8, 128, 128)))
-_BENCH_MAPS_QUICK = (("quick", (2, 64, 128)),)
+BENCH_IMAGES_QUICK = (("quick-student", (2, 16, 64, 128)),)
+BENCH_MAPS = (("cityscapes", (8, 128, 256)), ("voc-ade", (8, 128, 128)))
+BENCH_MAPS_QUICK = (("quick", (2, 64, 128)),)
 
 
 def _flat_maps(maps):
@@ -439,11 +439,11 @@ _Q_VERIFY = ((1, 37), (3, 5, 7))
 _Q_VERIFY_FULL = ((8, 128 * 256), (4, 127, 131))
 
 _IMAGE_COMMON = dict(verify_shapes=_IMG_VERIFY, verify_full_shapes=_IMG_VERIFY_FULL,
-                     bench_shapes=_BENCH_IMAGES, bench_quick_shapes=_BENCH_IMAGES_QUICK)
+                     bench_shapes=BENCH_IMAGES, bench_quick_shapes=BENCH_IMAGES_QUICK)
 _CT_COMMON = dict(verify_shapes=_CT_VERIFY, verify_full_shapes=_CT_VERIFY_FULL, test_shapes=((1, 1, 24, 24),),
-                  bench_shapes=_BENCH_IMAGES, bench_quick_shapes=_BENCH_IMAGES_QUICK)
+                  bench_shapes=BENCH_IMAGES, bench_quick_shapes=BENCH_IMAGES_QUICK)
 _Q_COMMON = dict(verify_shapes=_Q_VERIFY, verify_full_shapes=_Q_VERIFY_FULL, test_shapes=((2, 37), (2, 5, 7)),
-                 bench_shapes=_flat_maps(_BENCH_MAPS), bench_quick_shapes=_flat_maps(_BENCH_MAPS_QUICK))
+                 bench_shapes=_flat_maps(BENCH_MAPS), bench_quick_shapes=_flat_maps(BENCH_MAPS_QUICK))
 
 SPECS: list[OpSpec] = [
     OpSpec("lp_dec", lp_dec_ref, lp_dec, _lp_dec_inputs, (0,), _lp_bytes, _lp_bytes,
@@ -475,7 +475,7 @@ SPECS: list[OpSpec] = [
     OpSpec("cooccurrence", _torch_reference(cooccurrence), cooccurrence, _cooccurrence_inputs, (0,),
            _cooccurrence_fwd_bytes, _cooccurrence_bwd_bytes, size_params=("levels",),
            **dict(_Q_COMMON, verify_shapes=((3, 5, 7),), verify_full_shapes=((4, 127, 131),),
-                  test_shapes=((2, 5, 7),), bench_shapes=_BENCH_MAPS, bench_quick_shapes=_BENCH_MAPS_QUICK)),
+                  test_shapes=((2, 5, 7),), bench_shapes=BENCH_MAPS, bench_quick_shapes=BENCH_MAPS_QUICK)),
 ]
 
 

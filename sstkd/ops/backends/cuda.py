@@ -1,6 +1,6 @@
-"""Lazy access to the CUDA extension ``sstkd._C`` (never imported at package import).
+"""The CUDA backend, the whole Python side of the C++/CUDA extension ``sstkd._C`` (sources: ``csrc/``).
 
-Two ways to get it:
+Loading: the extension is never imported at package import. Two ways to get it:
 
 * built at install time (``SSTKD_BUILD_CUDA=1 pip install -e .``): ``sstkd._C``;
 * otherwise JIT-built on first use with ``torch.utils.cpp_extension.load``
@@ -15,7 +15,18 @@ when set, else the visible GPUs, else (no GPU: a compile-only build) sm_80 and
 sm_90.
 
 ``load_error()`` and ``jit_available()`` are cheap and never build; ``get()``
-may build (minutes, once).
+may build (minutes, once). ``csrc/sstkd_build.py`` (build flags shared with ``setup.py``) is
+loaded by path by both (:func:`build_flags`).
+
+Autograd wrappers of its custom ops (``torch.ops.sstkd.*``): same semantics as the reference
+  ops on validated inputs; ``(B, C, H, W)`` tensors with ``B·C`` folded into one image axis,
+  float16/bfloat16/float32 computed in float32 and returned in the input dtype, float64 in
+  float64; the backward of a decomposition is its adjoint. Every op also has a Meta
+  implementation, so these trace under ``torch.compile`` and ``FakeTensor``; CPU tensors raise
+  a ``RuntimeError`` saying they must be CUDA tensors.
+
+The backend table (:mod:`sstkd.ops.backends`): ``lp_dec``, ``lp_rec`` and the
+  ``quantize_count`` passes ``level_sums`` / ``soft_hist``.
 """
 from __future__ import annotations
 
@@ -28,6 +39,11 @@ import sys
 import threading
 import time
 
+import torch
+
+from sstkd._util import normalize_rows
+from sstkd.ops import algorithms
+
 _JIT_NAME = "sstkd_C"
 _NO_GPU_ARCHS = ("8.0", "9.0")  # compile-only default when no GPU is visible and TORCH_CUDA_ARCH_LIST is unset
 _lock = threading.Lock()
@@ -36,9 +52,7 @@ _state: dict = {"module": None, "error": None, "build_dir": None}
 
 @functools.lru_cache(maxsize=None)
 def _import_built():
-    import torch  # noqa: F401  (loads libc10/libtorch, which _C links against)
-
-    try:
+    try:  # torch is imported: it loads libc10/libtorch, which _C links against
         from sstkd import _C
     except ImportError as e:
         return None, f"sstkd._C is not built ({e})"
@@ -48,18 +62,25 @@ def _import_built():
 def csrc_dir() -> str | None:
     """The ``csrc/`` source directory next to the package (``$SSTKD_CSRC`` overrides), or None."""
     env = os.environ.get("SSTKD_CSRC")
-    here = os.path.dirname(os.path.abspath(__file__))
-    d = env or os.path.join(os.path.dirname(here), "csrc")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    d = env or os.path.join(root, "csrc")
     return d if os.path.isfile(os.path.join(d, "sstkd_build.py")) else None
 
 
 @functools.lru_cache(maxsize=None)
 def _build_module(d: str):
-    """``csrc/sstkd_build.py`` (build flags shared with setup.py), imported by path."""
+    """``<d>/sstkd_build.py`` (build flags shared with setup.py), imported by path."""
     spec = importlib.util.spec_from_file_location("_sstkd_build", os.path.join(d, "sstkd_build.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def build_flags():
+    """The build-flags module ``csrc/sstkd_build.py`` (sources, include dirs, compiler flags), or None
+    when the sources are not next to the package."""
+    d = csrc_dir()
+    return None if d is None else _build_module(d)
 
 
 def _cpp_extension():
@@ -90,8 +111,6 @@ def jit_available() -> tuple[bool, str]:
     if d is None:
         return False, ("the CUDA sources (csrc/) are not next to the installed package; "
                        "the JIT build needs a source checkout or an editable install (pip install -e .)")
-    import torch
-
     if torch.version.cuda is None:
         return False, f"torch {torch.__version__} is not a CUDA build (torch.version.cuda is None)"
     ce = _cpp_extension()
@@ -123,8 +142,6 @@ def _arch_flags_and_key(torch) -> tuple[list[str], str]:
 
 
 def _build_dir(sb, home: str, arch_key: str) -> str:
-    import torch
-
     h = hashlib.sha256()
     for part in (sb.source_hash(), torch.__version__, str(torch.version.cuda), os.path.realpath(home),
                  sys.version.split()[0], arch_key):
@@ -138,16 +155,12 @@ def build_dir() -> str | None:
     ok, _ = jit_available()
     if not ok:
         return None
-    import torch
-
     sb = _build_module(csrc_dir())
     home = sb.cuda_home(_cpp_extension().CUDA_HOME)
     return _build_dir(sb, home, _arch_flags_and_key(torch)[1])
 
 
 def _jit_build():
-    import torch
-
     ce = _cpp_extension()
     sb = _build_module(csrc_dir())
     home = sb.cuda_home(ce.CUDA_HOME)
@@ -265,3 +278,157 @@ def info() -> dict:
         "jit_reason": why,
         "jit_error": _state["error"],
     }
+
+
+# ============================================================================ autograd wrappers
+def _ops():
+    """``torch.ops.sstkd``, loading (or JIT-building) the extension first.
+
+    Skipped while torch.compile traces: the ops are loaded by then (the
+    tracer needs their Meta impls), and the loader is plain Python state.
+    """
+    if not torch.compiler.is_compiling():
+        get()
+    return torch.ops.sstkd
+
+
+def _check_filt(filt: str) -> None:
+    if filt != "9-7":
+        raise ValueError(f"filt: the CUDA backend implements the '9-7' pyramid filters only, got {filt!r}")
+
+
+# --------------------------------------------------------------------------------- Laplacian pyramid
+class _LpDec(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x3):
+        return tuple(torch.ops.sstkd.lp_dec(x3))
+
+    @staticmethod
+    def backward(ctx, g_low, g_band):
+        return torch.ops.sstkd.lp_dec_backward(g_low, g_band)
+
+
+class _LpRec(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, low3, band3):
+        return torch.ops.sstkd.lp_rec(low3, band3)
+
+    @staticmethod
+    def backward(ctx, g_x):
+        g_low, g_band = torch.ops.sstkd.lp_rec_backward(g_x)
+        return g_low, g_band
+
+
+def lp_dec_cuda(x: torch.Tensor, filt: str = "9-7") -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sstkd.ops.lp_dec` on the CUDA extension: ``x`` (B, C, H, W), even H, W -> (low, band)."""
+    _check_filt(filt)
+    _ops()
+    b, c, h, w = x.shape
+    low, band = _LpDec.apply(x.reshape(b * c, h, w))
+    return low.reshape(b, c, h // 2, w // 2), band.reshape(b, c, h, w)
+
+
+def lp_rec_cuda(low: torch.Tensor, band: torch.Tensor, filt: str = "9-7") -> torch.Tensor:
+    """:func:`sstkd.ops.lp_rec` (dual-frame synthesis) on the CUDA extension."""
+    _check_filt(filt)
+    _ops()
+    b, c, h, w = band.shape
+    x = _LpRec.apply(low.reshape(b * c, h // 2, w // 2), band.reshape(b * c, h, w))
+    return x.reshape(b, c, h, w)
+
+
+# ------------------------------------------------------------------------------------- quantization
+class _SoftCount(torch.autograd.Function):
+    """``counts[b, n] = Σ_i E_in`` (B, L) in the accumulation dtype; gradient to ``s`` only."""
+
+    @staticmethod
+    def forward(ctx, s2, centers, kernel):
+        counts, _ = torch.ops.sstkd.quantize_count(s2, centers, kernel)
+        ctx.save_for_backward(s2, centers)
+        ctx.kernel = kernel
+        return counts
+
+    @staticmethod
+    def backward(ctx, grad):
+        s2, centers = ctx.saved_tensors
+        grad_s = torch.ops.sstkd.quantize_count_backward(s2, centers, ctx.kernel, grad, None)
+        return grad_s, None, None
+
+
+def soft_count_cuda(s2: torch.Tensor, centers: torch.Tensor, kernel: str) -> torch.Tensor:
+    """Unnormalized soft counts ``Σ_i E_in`` (B, L) of ``s2`` (B, N) at fixed ``centers``; differentiable in ``s2``."""
+    _ops()
+    return _SoftCount.apply(s2, centers.detach(), kernel)
+
+
+def level_sums_cuda(s2: torch.Tensor, centers: torch.Tensor, kernel: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Σ_i E_in, Σ_i E_in·s_i)`` (B, L) in the accumulation dtype: one pass over the pixels."""
+    return tuple(_ops().quantize_count(s2.detach(), centers, kernel))
+
+
+def soft_hist_cuda(s2: torch.Tensor, centers: torch.Tensor, kernel: str) -> torch.Tensor:
+    """Normalized soft counts (B, L) at fixed ``centers``; differentiable in ``s2`` (one kernel each way)."""
+    _ops()
+    return normalize_rows(_SoftCount.apply(s2, centers.detach(), kernel))
+
+
+def quantize_count_cuda(s2: torch.Tensor, levels: int, iters: int, kernel: str, centers: torch.Tensor | None,
+                        quantiles) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sstkd.ops.quantize_count` on validated ``(B, N)`` input with this backend's passes only
+    (the range by ``torch.aminmax``); ``(centers, hist)`` in the compute dtype."""
+    passes = {"level_sums": level_sums_cuda, "soft_hist": soft_hist_cuda}
+    return algorithms.quantize_count(s2, levels, iters, kernel, centers, quantiles, passes)
+
+
+# --------------------------------------------------------------------------------------- reductions
+class _SumSquares(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.ops.sstkd.sum_squares(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        return (2.0 * grad.reshape(shape) * x).to(x.dtype)
+
+
+def sum_squares_cuda(x: torch.Tensor) -> torch.Tensor:
+    """Per-row sum of squares ``out[r] = Σ x[r, ...]²`` of ``x`` (R, ...), deterministic.
+
+    Returns ``(R,)`` in the accumulation dtype (float32, or float64 for float64
+    input); differentiable.
+    """
+    _ops()
+    return _SumSquares.apply(x)
+
+
+# ============================================================================ the backend table
+DTYPES: dict[str, tuple[torch.dtype, ...]] = {}  # every float dtype
+
+
+def unavailable_reason(device=None) -> str | None:
+    dev = torch.device(device) if device is not None else None
+    if dev is not None and dev.type != "cuda":
+        return f"the CUDA extension needs CUDA tensors (got {dev.type})"
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    return load_error()
+
+
+def available_reason() -> str:
+    return "sstkd._C CUDA extension"
+
+
+def ready_for_auto() -> bool:
+    """Loaded or built: "auto" never triggers a first-use JIT build."""
+    return is_loaded() or _import_built()[0] is not None
+
+
+TABLE = {
+    "lp_dec": lp_dec_cuda,
+    "lp_rec": lp_rec_cuda,
+    "level_sums": level_sums_cuda,
+    "soft_hist": soft_hist_cuda,
+}
