@@ -52,15 +52,13 @@ def test_cached_verdict_is_reused(_cache, monkeypatch):
 
 
 def test_wrong_kernel_warns_once_names_the_op_and_falls_back(_cache, monkeypatch):
-    import sstkd.kernels.laplacian as K
+    real = dispatch.table("triton")["lp_dec"]
 
-    real = K.lp_dec_triton
-
-    def wrong(x, filt="9-7"):
-        low, band = real(x, filt)
+    def wrong(*args, **kwargs):
+        low, band = real(*args, **kwargs)
         return low * 1.5, band
 
-    monkeypatch.setattr(K, "lp_dec_triton", wrong)
+    monkeypatch.setitem(dispatch.table("triton"), "lp_dec", wrong)
     with pytest.warns(RuntimeWarning, match="lp_dec.*failed its self-check"):
         assert dispatch.auto_backend("lp_dec", CPU) == "torch"
     with warnings.catch_warnings():
@@ -87,6 +85,14 @@ def test_wrong_gradient_fails_the_check(monkeypatch):
 def test_auto_on_cpu_tensors_never_runs_a_check(monkeypatch):
     monkeypatch.setattr(selfcheck, "check", lambda *a: pytest.fail("no self-check for CPU tensors"))
     assert dispatch.resolve_backend("lp_dec", "auto", torch.zeros(1, 1, 8, 8)) == "torch"
+
+
+def test_a_pass_is_vouched_for_by_its_composed_op(_cache):
+    assert selfcheck.checked_op("dfb_energy") == "contourlet_energy"
+    assert selfcheck.checked_op("level_sums") == "quantize_count"
+    assert selfcheck.checked_op("lp_dec") == "lp_dec"
+    with pytest.raises(ValueError, match="nope"):
+        selfcheck.checked_op("nope")
 
 
 def test_auto_order_says_where_it_comes_from():
