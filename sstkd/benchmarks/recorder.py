@@ -6,8 +6,10 @@
   Triton interpreter, and ``JITFunction.run``) by a recording: kernel name,
   grid, arguments, constexprs, ``num_warps`` and the sm_90 JIT cache key the
   compiled launch would look up. The kernel body is **not executed**; the
-  tensors it would write are zero-filled once so that nothing downstream sees
-  uninitialized memory (values are meaningless, counts are not);
+  uninitialized buffers it would write (allocated by an ``empty``-like op while
+  recording) are zero-filled once, so nothing downstream reads uninitialized
+  memory, and no other tensor (inputs, cached constants) is touched; values are
+  meaningless, counts are not;
 * makes the launchers choose their **GPU launch geometry** (tile sizes,
   programs) instead of the interpreter's, so grids and constexprs are the ones
   a GPU would see;
@@ -34,6 +36,8 @@ _NO_LAUNCH = {
     "detach", "alias", "set_", "resize_", "_reshape_alias", "sym_size", "sym_stride", "sym_numel",
     "is_same_size", "_has_compatible_shallow_copy_type", "unbind", "split", "split_with_sizes", "chunk",
 }
+# aten ops whose result is uninitialized memory (what a recorded kernel would have written).
+_UNINITIALIZED = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"}
 # aten ops that make the host wait for the device.
 _SYNCS = {"_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_dim", "unique_consecutive",
           "equal", "allclose"}
@@ -78,6 +82,7 @@ class Recording:
     aten: list[AtenOp] = dataclasses.field(default_factory=list)
     syncs: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (op, phase)
     phase: str | None = "fwd"  # label of what runs next; None: not recorded (setup)
+    uninitialized: set = dataclasses.field(default_factory=set)  # storages from empty-like ops
 
     def triton(self, phase: str | None = None) -> list[Launch]:
         return [l for l in self.launches if phase is None or l.phase == phase]
@@ -136,6 +141,11 @@ class _AtenCounter(TorchDispatchMode):
             # a meta tensor has no value: checks (finite, sorted, positive) pass with a truthy one
             return True if args[0].dtype == torch.bool else args[0].dtype.is_floating_point and 1.0 or 1
         out = func(*args, **kwargs)
+        if name in _UNINITIALIZED and isinstance(out, torch.Tensor) and out.device.type != "meta":
+            self.rec.uninitialized.add(_storage_id(out))
+        else:  # defined data now (also guards against a freed storage's id being reused)
+            for t in _flat_tensors(out):
+                self.rec.uninitialized.discard(_storage_id(t))
         schema = func._schema
         is_view = bool(schema.returns) and all(
             r.alias_info is not None and not r.alias_info.is_write for r in schema.returns)
@@ -222,7 +232,6 @@ def record(protect=()):
 
     rec = Recording()
     protected = {_storage_id(t) for t in _flat_tensors(list(protect))}
-    filled: set[tuple[int, int]] = set()
 
     def fake_run(self, *args, grid, warmup, **kwargs):
         if warmup:
@@ -238,13 +247,10 @@ def record(protect=()):
                 scalars={k: v for k, v in bound.items() if k in signature and isinstance(v, int)}))
         with _disable_current_modes(), torch.no_grad():
             for t in tensors:
-                if t.device.type == "meta":
-                    continue
-                ident = (_storage_id(t), t.untyped_storage().nbytes())
-                if ident[0] in protected or ident in filled:
-                    continue
-                filled.add(ident)
-                t.untyped_storage().fill_(0)
+                sid = _storage_id(t)
+                if sid in rec.uninitialized and sid not in protected:
+                    rec.uninitialized.discard(sid)
+                    t.untyped_storage().fill_(0)
         return None
 
     saved = [(cls, cls.run) for cls in (InterpretedFunction, JITFunction)]
