@@ -346,7 +346,7 @@ def _gpu_target(arch: int):
     return GPUTarget("cuda", int(arch), 32)
 
 
-def _check_job(kernel, signature, constexprs, arch, num_warps, num_stages) -> None:
+def _check_job(kernel, signature, constexprs, arch, num_warps, num_stages, maxnreg=None) -> None:
     if not isinstance(signature, dict) or not all(isinstance(v, str) for v in signature.values()):
         raise TypeError(f"signature: expected a dict of argument name -> type string, got {signature!r}")
     if constexprs is not None and not isinstance(constexprs, dict):
@@ -357,9 +357,11 @@ def _check_job(kernel, signature, constexprs, arch, num_warps, num_stages) -> No
         raise ValueError(f"num_warps: expected a power of two in 1..32, got {num_warps!r}")
     if isinstance(num_stages, bool) or not isinstance(num_stages, int) or num_stages < 1:
         raise ValueError(f"num_stages: expected an int >= 1, got {num_stages!r}")
+    if maxnreg is not None and (isinstance(maxnreg, bool) or not isinstance(maxnreg, int) or not 16 <= maxnreg <= 255):
+        raise ValueError(f"maxnreg: expected None or an int in 16..255, got {maxnreg!r}")
 
 
-def _compile_here(kernel, signature, constexprs, arch, num_warps, num_stages) -> CompileFacts:
+def _compile_here(kernel, signature, constexprs, arch, num_warps, num_stages, maxnreg=None) -> CompileFacts:
     import triton
     from triton.compiler import ASTSource
     from triton.runtime.jit import JITFunction
@@ -378,7 +380,10 @@ def _compile_here(kernel, signature, constexprs, arch, num_warps, num_stages) ->
         raise ValueError(f"signature: no type or constexpr value given for {missing} of {kernel.__name__}")
     sig = {k: ("constexpr" if k in constexprs else signature[k]) for k in names}
     src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
-    ck = triton.compile(src, target=_gpu_target(arch), options={"num_warps": num_warps, "num_stages": num_stages})
+    options = {"num_warps": num_warps, "num_stages": num_stages}
+    if maxnreg is not None:
+        options["maxnreg"] = maxnreg
+    ck = triton.compile(src, target=_gpu_target(arch), options=options)
     md = ck.metadata
     shared = md.get("shared", 0) if isinstance(md, dict) else getattr(md, "shared", 0)
     name = md.get("name") if isinstance(md, dict) else getattr(md, "name", None)
@@ -415,18 +420,18 @@ def _kernel_ref(kernel) -> tuple[str, str]:
 
 
 def compile_facts_many(jobs) -> list[CompileFacts]:
-    """:func:`compile_facts` of several ``(kernel, signature, constexprs[, arch[, num_warps[, num_stages]]])``
-    jobs; under ``TRITON_INTERPRET=1`` all of them run in one child process."""
+    """:func:`compile_facts` of several ``(kernel, signature, constexprs[, arch[, num_warps[, num_stages[,
+    maxnreg]]]])`` jobs; under ``TRITON_INTERPRET=1`` all of them run in one child process."""
     full = []
     for j in jobs:
         j = tuple(j)
-        if not 3 <= len(j) <= 6:
-            raise ValueError(f"jobs: expected (kernel, signature, constexprs[, arch, num_warps, num_stages]), "
+        if not 3 <= len(j) <= 7:
+            raise ValueError(f"jobs: expected (kernel, signature, constexprs[, arch, num_warps, num_stages, maxnreg]), "
                              f"got a tuple of {len(j)}")
-        k, sig, ce, arch, nw, ns = j + (90, 4, 3)[len(j) - 3:]
+        k, sig, ce, arch, nw, ns, mr = j + (90, 4, 3, None)[len(j) - 3:]
         ce = dict(ce or {})
-        _check_job(k, sig, ce, arch, nw, ns)
-        full.append((k, dict(sig), ce, int(arch), nw, ns))
+        _check_job(k, sig, ce, arch, nw, ns, mr)
+        full.append((k, dict(sig), ce, int(arch), nw, ns, mr))
     if not any(_interpreted(j[0]) for j in full):
         return [_compile_here(*j) for j in full]
     specs = [(_kernel_ref(j[0]),) + j[1:] for j in full]
@@ -451,7 +456,7 @@ def compile_facts_many(jobs) -> list[CompileFacts]:
 
 
 def compile_facts(kernel, signature: dict, constexprs: dict | None = None, *, arch: int = 90,
-                  num_warps: int = 4, num_stages: int = 3) -> CompileFacts:
+                  num_warps: int = 4, num_stages: int = 3, maxnreg: int | None = None) -> CompileFacts:
     """Compile ``kernel`` for ``sm_<arch>`` without a GPU and read its compile facts.
 
     Args:
@@ -461,12 +466,12 @@ def compile_facts(kernel, signature: dict, constexprs: dict | None = None, *, ar
         constexprs: argument name -> value of every ``tl.constexpr`` argument
             (arguments with defaults may be left out).
         arch: compute capability (80, 86, 89, 90).
-        num_warps, num_stages: as at launch.
+        num_warps, num_stages, maxnreg: as at launch (``maxnreg``: the register cap, None = ptxas's choice).
 
     Returns a :class:`CompileFacts`; fields a missing tool would provide are
     ``None`` and ``missing`` says why.
     """
-    return compile_facts_many([(kernel, signature, constexprs, arch, num_warps, num_stages)])[0]
+    return compile_facts_many([(kernel, signature, constexprs, arch, num_warps, num_stages, maxnreg)])[0]
 
 
 def _child_main(job_file: str, out_file: str) -> None:
@@ -475,11 +480,11 @@ def _child_main(job_file: str, out_file: str) -> None:
     with open(job_file, "rb") as f:
         specs = pickle.load(f)
     rows = []
-    for (module, qualname), sig, ce, arch, nw, ns in specs:
+    for (module, qualname), sig, ce, arch, nw, ns, mr in specs:
         obj = importlib.import_module(module)
         for part in qualname.split("."):
             obj = getattr(obj, part)
-        rows.append(dataclasses.asdict(_compile_here(obj, sig, ce, arch, nw, ns)))
+        rows.append(dataclasses.asdict(_compile_here(obj, sig, ce, arch, nw, ns, mr)))
     with open(out_file, "wb") as f:  # plain dicts: this module is __main__ here
         pickle.dump(rows, f)
 
