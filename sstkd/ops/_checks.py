@@ -1,6 +1,7 @@
 """Input validation shared by every public op: clear errors that name the argument."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -24,6 +25,22 @@ def set_debug_checks(enabled: bool | None) -> None:
     if enabled is not None and not isinstance(enabled, bool):
         raise TypeError(f"enabled: expected a bool or None, got {type(enabled).__name__}")
     _debug_checks = enabled
+
+
+# Meta tensors (sizes, no values) are refused from users: most results would be
+# meaningless. The static cost report records launches on them, inside this switch.
+_meta_inputs_allowed = False
+
+
+@contextlib.contextmanager
+def meta_inputs_allowed():
+    """Let the ops take meta tensors within this block (for recording launches; value checks stay off)."""
+    global _meta_inputs_allowed
+    saved, _meta_inputs_allowed = _meta_inputs_allowed, True
+    try:
+        yield
+    finally:
+        _meta_inputs_allowed = saved
 
 
 def debug_checks_enabled() -> bool:
@@ -59,7 +76,7 @@ def check_tensor(x, name: str, ndim: int | tuple[int, ...] | None = None, finite
             raise ValueError(f"{name}: expected a {want}-D tensor, got shape {tuple(x.shape)}")
     if x.numel() == 0:
         raise ValueError(f"{name}: empty tensor of shape {tuple(x.shape)}")
-    if x.device.type == "meta":  # (before any check that reads values)
+    if x.device.type == "meta" and not _meta_inputs_allowed:  # (before any check that reads values)
         raise ValueError(f"{name}: a meta tensor has no values; pass a tensor on the CPU or a GPU")
     if finite and debug_checks_enabled() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name}: contains NaN or Inf")

@@ -203,11 +203,13 @@ def quantize_count(s2: torch.Tensor, levels: int, iters: int, kernel: str, cente
             for _ in range(iters):
                 mass, moment = passes["level_sums"](sd, centers, kernel)
                 moved = lloyd_update(centers, mass.to(cdt), moment.to(cdt))
-                step = (moved - centers).abs().max()
+                # Long runs only stop once the centers stop moving (a few ulps): the check
+                # reads a value back from the device, which short runs must not wait for.
+                converged = iters > 8 and bool((moved - centers).abs().max()
+                                               <= 4 * torch.finfo(cdt).eps * moved.abs().max())
                 centers = moved
-                # (long runs only: the check reads a value back from the device)
-                if iters > 8 and step <= 4 * torch.finfo(cdt).eps * centers.abs().max():
-                    break  # the centers stopped moving (a few ulps): more steps change nothing
+                if converged:
+                    break
     else:
         centers = centers.detach().to(cdt)
     return centers, passes["soft_hist"](s2, centers, kernel)
