@@ -20,12 +20,13 @@ loads with nothing but ``build_model(**ckpt["model_args"])`` and
 from __future__ import annotations
 
 import os
-import pickle
 import random
 from typing import Any, Mapping
 
 import numpy as np
 import torch
+
+from sstkd.models.state_dict import load_file
 
 __all__ = [
     "CheckpointError",
@@ -119,16 +120,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
             corrupt, or holding objects that are not plain data).
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises several types for corrupt files
-        if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
-            raise CheckpointError(f"cannot load checkpoint {path}: not a file of tensors and plain values "
-                                  "(corrupt, or holding objects whose loading could run code: refused)") from None
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {first}") from None
+        obj = load_file(path, map_location)
+    except (FileNotFoundError, ValueError) as e:
+        raise CheckpointError(str(e)) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path}: expected a dict, got {type(obj).__name__}")
     return obj

@@ -14,7 +14,7 @@ from typing import Mapping
 import torch
 
 from sstkd.models.flavors import FLAVORS, scaled_width
-from sstkd.models.state_dict import read_state_dict
+from sstkd.models.state_dict import load_file, read_state_dict
 
 __all__ = ["FORMATS", "ABN_EPS", "Conversion", "detect_format", "convert_state_dict", "format_keys"]
 
@@ -257,15 +257,9 @@ def _read(source) -> tuple[dict, Mapping | None]:
     """(state dict with ``module.`` stripped, the sstkd export's ``model_args`` or None)."""
     obj = source
     if isinstance(source, (str, os.PathLike)) and os.path.isfile(os.fspath(source)):
-        try:
-            obj = torch.load(os.fspath(source), map_location="cpu", weights_only=True)
-        except Exception as exc:  # pickle / zip / weights-only errors all mean "not a usable checkpoint"
-            raise ValueError(f"checkpoint: cannot read {os.fspath(source)!r} with torch.load(weights_only=True): "
-                             f"{exc}") from None
+        obj = load_file(source)
     model_args = obj.get("model_args") if isinstance(obj, Mapping) else None
-    sd = read_state_dict(obj if isinstance(obj, Mapping) else source)
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+    sd = read_state_dict(obj if isinstance(obj, Mapping) else source)  # (strips ``module.``)
     return sd, model_args if isinstance(model_args, Mapping) else None
 
 

@@ -2,11 +2,33 @@
 from __future__ import annotations
 
 import os
+import pickle
 from typing import Mapping
 
 import torch
 
-__all__ = ["read_state_dict"]
+__all__ = ["load_file", "read_state_dict"]
+
+
+def load_file(path, map_location="cpu"):
+    """The one reader of checkpoint files: ``torch.load(path, weights_only=True)`` with clear errors.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        ValueError: the file is truncated, corrupt, or holds objects whose loading could run code
+            (refused); the message names the file.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for corrupt files
+        if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
+            raise ValueError(f"cannot load checkpoint {path}: not a file of tensors and plain values "
+                             "(corrupt, or holding objects whose loading could run code: refused)") from None
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"cannot load checkpoint {path}: {type(e).__name__}: {first}") from None
 
 
 def _is_state_dict(obj) -> bool:
@@ -35,12 +57,7 @@ def read_state_dict(source, *, keys: tuple[str, ...] = ("model", "student", "sta
         if path.startswith(("http://", "https://")):
             obj = torch.hub.load_state_dict_from_url(path, map_location=map_location, weights_only=True)
         else:
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"checkpoint: no such file {path!r}")
-            try:
-                obj = torch.load(path, map_location=map_location, weights_only=True)
-            except Exception as exc:  # pickle / zip / weights-only errors all mean "not a usable checkpoint"
-                raise ValueError(f"checkpoint: cannot read {path!r} with torch.load(weights_only=True): {exc}") from exc
+            obj = load_file(path, map_location)
     elif isinstance(source, Mapping):
         obj = source
     else:
