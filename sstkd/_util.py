@@ -97,3 +97,14 @@ def normalize_rows(counts: torch.Tensor) -> torch.Tensor:
 def flat_rows(s: torch.Tensor) -> torch.Tensor:
     """``(B, ...)`` as ``(B, N)`` rows."""
     return s.reshape(s.shape[0], -1)
+
+
+def tensor_leaves(x) -> list[torch.Tensor]:
+    """The tensors of ``x``: a tensor, or lists / tuples / dict values of them, nested; in order."""
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, (list, tuple)):
+        return [t for v in x for t in tensor_leaves(v)]
+    if isinstance(x, dict):
+        return [t for v in x.values() for t in tensor_leaves(v)]
+    return []

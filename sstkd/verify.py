@@ -25,29 +25,14 @@ import sys
 
 import torch
 
+from sstkd._util import tensor_leaves
 from sstkd.ops.specs import TOLERANCES, Case, OpSpec, apply_layout
 
 DTYPE_NAMES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
 RTOL = TOLERANCES["float64_reference"]
 
 
-def flatten_outputs(out) -> list[torch.Tensor]:
-    """An op's outputs (a tensor, or nested lists/tuples of them) as one flat list."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    res: list[torch.Tensor] = []
-    for o in out:
-        res.extend(flatten_outputs(o))
-    return res
-
-
-def _leaves(obj) -> list[torch.Tensor]:
-    """The tensors of an argument (a tensor, or nested lists/tuples of them)."""
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, (list, tuple)):
-        return [t for o in obj for t in _leaves(o)]
-    return []
+flatten_outputs = tensor_leaves  # an op's outputs (a tensor, or nested lists/tuples of them) as one flat list
 
 
 def _map_float(obj, fn):
@@ -62,7 +47,7 @@ def _forward_backward(case: Case, args: tuple, kwargs: dict, backend: str, dtype
                       cot_seed: int):
     spec = case.spec
     xs = [apply_layout(_map_float(a, lambda t: t.detach().to(dtype)), layout) for a in args]
-    diff = [t for i in spec.grad_inputs for t in _leaves(xs[i])]
+    diff = [t for i in spec.grad_inputs for t in tensor_leaves(xs[i])]
     for t in diff:
         t.requires_grad_(True)
     outs = flatten_outputs(spec.run(tuple(xs), dict(kwargs), backend))

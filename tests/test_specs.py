@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sstkd import verify
+from sstkd._util import tensor_leaves
 from sstkd.benchmarks import op_suite
 from sstkd.ops import dispatch, specs
 from sstkd.ops._checks import check_tensor
@@ -19,7 +20,7 @@ CPU = torch.device("cpu")
 
 
 def _leaves(obj):
-    return verify._leaves(obj)
+    return tensor_leaves(obj)
 
 
 def check_spec(spec: OpSpec, backend: str = "torch", tol: float = 1e-10) -> int:

@@ -36,6 +36,7 @@ import os
 
 import torch
 
+from sstkd._util import tensor_leaves
 from sstkd.benchmarks.recorder import record
 
 # H200 (sm_90): measured device copy bandwidth (bytes read + written) and the chip's warp-instruction
@@ -82,23 +83,15 @@ def get_spec(name: str):
 
 
 # --------------------------------------------------------------------------- one case
-def _flat(x):
-    if isinstance(x, torch.Tensor):
-        return [x]
-    if isinstance(x, (list, tuple)):
-        return [t for v in x for t in _flat(v)]
-    return []
-
-
 def _record_case(spec, shape, params, dtype, device, backend):
     args, kwargs = spec.make_inputs(tuple(shape), dtype, device, **params)
-    inputs = [t for i in spec.grad_inputs for t in _flat(args[i])]
+    inputs = [t for i in spec.grad_inputs for t in tensor_leaves(args[i])]
     for t in inputs:
         t.requires_grad_(True)
-    with record(protect=_flat(args)) as rec:
+    with record(protect=tensor_leaves(args)) as rec:
         out = spec.op(*args, **kwargs, backend=backend)
         rec.phase = None  # cotangents: not part of the op
-        outs = [o for o in _flat(out) if o.requires_grad]
+        outs = [o for o in tensor_leaves(out) if o.requires_grad]
         cots = [torch.ones_like(o) for o in outs]
         rec.phase = "bwd"
         if outs:
@@ -119,7 +112,7 @@ def measure(op: str, shape, params: dict | None = None, dtype=torch.float32, *, 
 
 def _input_bytes(spec, args) -> int:
     """X: bytes of the op's largest input (the image, the intensity map, all sub-bands of a synthesis)."""
-    return max(sum(t.numel() * t.element_size() for t in _flat(args[i])) for i in spec.grad_inputs)
+    return max(sum(t.numel() * t.element_size() for t in tensor_leaves(args[i])) for i in spec.grad_inputs)
 
 
 def case_row(op: str, shape, params: dict | None = None, dtype=torch.float32, *, device="meta",
@@ -157,7 +150,7 @@ def case_row(op: str, shape, params: dict | None = None, dtype=torch.float32, *,
     row["jit_variants_added"] = len(added)
     row["kernels"] = _kernel_rows(rec, facts)
     row["predicted"] = _predict(rec, facts)
-    x_elems = x_bytes // max(1, max(t.element_size() for i in spec.grad_inputs for t in _flat(args[i])))
+    x_elems = x_bytes // max(1, max(t.element_size() for i in spec.grad_inputs for t in tensor_leaves(args[i])))
     ti = row["predicted"]["thread_instructions"]
     row["sass_per_element"] = ti / x_elems if ti is not None else None
     return row

@@ -36,7 +36,8 @@ from sstkd.benchmarks.timing import measure_peak_memory, time_fn
 from sstkd.ops import specs as _specs
 from sstkd.ops.dispatch import BACKENDS as _DISPATCH_BACKENDS
 from sstkd.ops.specs import Case, OpSpec
-from sstkd.verify import _leaves, flatten_outputs
+from sstkd._util import tensor_leaves
+from sstkd.verify import flatten_outputs
 
 BACKENDS = ("torch", "compile") + tuple(b for b in _DISPATCH_BACKENDS if b != "torch")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
@@ -130,7 +131,7 @@ def make_inputs(case: Case, device: torch.device, dtype: torch.dtype, seed: int 
 
 
 def input_bytes(inputs: tuple[tuple, dict]) -> int:
-    return sum(t.numel() * t.element_size() for a in inputs[0] for t in _leaves(a))
+    return sum(t.numel() * t.element_size() for a in inputs[0] for t in tensor_leaves(a))
 
 
 # ----------------------------------------------------------------------------- backends
@@ -209,7 +210,7 @@ def _with_grad(args: tuple, grad_inputs) -> tuple[tuple, list]:
         return a
 
     out = tuple(detach(a, i in grad_inputs) for i, a in enumerate(args))
-    return out, [t for i in grad_inputs for t in _leaves(out[i])]
+    return out, [t for i in grad_inputs for t in tensor_leaves(out[i])]
 
 
 def mode_fn(case: Case, fn, mode: str, copies: list[tuple], gen: torch.Generator):

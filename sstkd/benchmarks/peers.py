@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from sstkd._util import tensor_leaves
 from sstkd.benchmarks.timing import measure_peak_memory, time_interleaved
 
 LP_MAX_TIME_RATIO = 1.5  # ours / kornia
@@ -140,12 +141,6 @@ def peer_cases(image_shape: Sequence[int], qco_shape: Sequence[int], levels: int
     return cases, skipped
 
 
-def _flat(out) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    return [t for o in out for t in _flat(o)]
-
-
 def _mode_call(fn, mode: str, diff: tuple[int, ...], gen: torch.Generator):
     if mode == "fwd":
         def call(xs):
@@ -160,7 +155,7 @@ def _mode_call(fn, mode: str, diff: tuple[int, ...], gen: torch.Generator):
     cots: dict[int, list] = {}
 
     def call_fb(xs):
-        outs = [o for o in _flat(fn(xs)) if o.requires_grad]
+        outs = [o for o in tensor_leaves(fn(xs)) if o.requires_grad]
         key = id(xs)
         if key not in cots:  # one fixed cotangent per input copy (made on the warm-up call)
             cots[key] = [torch.randn(o.shape, generator=gen).to(o) for o in outs]

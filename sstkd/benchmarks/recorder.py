@@ -30,6 +30,7 @@ import inspect
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
+from sstkd._util import tensor_leaves
 from sstkd.ops._checks import meta_inputs_allowed
 
 # aten ops that launch no kernel: allocation, views, metadata.
@@ -119,17 +120,6 @@ def _storage_id(t: torch.Tensor) -> int:
     return t.untyped_storage()._cdata
 
 
-def _flat_tensors(x):
-    if isinstance(x, torch.Tensor):
-        yield x
-    elif isinstance(x, (list, tuple)):
-        for v in x:
-            yield from _flat_tensors(v)
-    elif isinstance(x, dict):
-        for v in x.values():
-            yield from _flat_tensors(v)
-
-
 class _AtenCounter(TorchDispatchMode):
     def __init__(self, rec: Recording):
         super().__init__()
@@ -147,13 +137,13 @@ class _AtenCounter(TorchDispatchMode):
         if name in _UNINITIALIZED and isinstance(out, torch.Tensor) and out.device.type != "meta":
             self.rec.uninitialized.add(_storage_id(out))
         else:  # defined data now (also guards against a freed storage's id being reused)
-            for t in _flat_tensors(out):
+            for t in tensor_leaves(out):
                 self.rec.uninitialized.discard(_storage_id(t))
         schema = func._schema
         is_view = bool(schema.returns) and all(
             r.alias_info is not None and not r.alias_info.is_write for r in schema.returns)
         if self.rec.phase is not None and name not in _NO_LAUNCH and name not in _SYNCS and not is_view:
-            tensors = list(_flat_tensors(args)) + list(_flat_tensors(kwargs)) + list(_flat_tensors(out))
+            tensors = list(tensor_leaves(args)) + list(tensor_leaves(kwargs)) + list(tensor_leaves(out))
             self.rec.aten.append(AtenOp(name, _tensor_bytes(tensors), self.rec.phase))
         return out
 
@@ -234,7 +224,7 @@ def record(protect=()):
     from triton.runtime.jit import JITFunction
 
     rec = Recording()
-    protected = {_storage_id(t) for t in _flat_tensors(list(protect))}
+    protected = {_storage_id(t) for t in tensor_leaves(list(protect))}
 
     def fake_run(self, *args, grid, warmup, **kwargs):
         if warmup:

@@ -22,6 +22,8 @@ if os.environ.get("SSTKD_GPUCHECK_DRY_RUN") == "1":
 
 import torch  # noqa: E402
 
+from sstkd._util import tensor_leaves  # noqa: E402
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # The texture ops that SSTKDLoss and verify exercise, with the fused backends to time.
 TIMED_OPS = ("lp_dec", "lp_rec", "dfb_dec", "contourlet_dec", "contourlet_energy", "quantize_count", "reproject",
@@ -250,7 +252,7 @@ def _op_runs(dry: bool):
     def grads(out_fn, *inputs):
         xs = [t.detach().clone().requires_grad_(True) for t in inputs]
         outs = out_fn(*xs)
-        outs = [outs] if isinstance(outs, torch.Tensor) else [o for o in _flat(outs)]
+        outs = [outs] if isinstance(outs, torch.Tensor) else [o for o in tensor_leaves(outs)]
         gen = torch.Generator(device="cpu").manual_seed(2)
         loss = sum((o.float() * torch.randn(o.shape, generator=gen).to(o.device)).sum() for o in outs
                    if o.requires_grad)
@@ -267,15 +269,6 @@ def _op_runs(dry: bool):
                  ("cooccurrence", lambda: grads(lambda a: ops.cooccurrence(a.reshape(8, 128, 128), centers,
                                                                              backend=backend), s))]
     return runs
-
-
-def _flat(out):
-    if isinstance(out, torch.Tensor):
-        return [out]
-    res = []
-    for o in out:
-        res.extend(_flat(o))
-    return res
 
 
 def _loss_run(dry: bool):

@@ -23,6 +23,7 @@ import warnings
 
 import torch
 
+from sstkd._util import tensor_leaves
 from sstkd.ops import dispatch
 from sstkd.ops.dispatch import PASSES
 
@@ -90,14 +91,6 @@ def _store(key: str, op: str, backend: str, verdict: str) -> None:
         log.debug("sstkd: could not write the self-check cache in %s: %s", d, e)
 
 
-def _flat(x):
-    if isinstance(x, torch.Tensor):
-        return [x]
-    if isinstance(x, (list, tuple)):
-        return [t for v in x for t in _flat(v)]
-    return []
-
-
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     a, b = a.double(), b.double()
     if a.shape != b.shape or not torch.isfinite(a).all():
@@ -117,12 +110,12 @@ def _fresh(a, grad: bool):
 def _run(spec, args, kwargs, backend):
     args = [_fresh(a, i in spec.grad_inputs) for i, a in enumerate(args)]
     out = spec.op(*args, **kwargs, backend=backend)
-    outs = [o for o in _flat(out) if o.requires_grad]
-    inputs = [t for i in spec.grad_inputs for t in _flat(args[i])]
+    outs = [o for o in tensor_leaves(out) if o.requires_grad]
+    inputs = [t for i in spec.grad_inputs for t in tensor_leaves(args[i])]
     g = torch.Generator().manual_seed(1)
     cots = [torch.randn(o.shape, generator=g).to(o) for o in outs]
     grads = torch.autograd.grad(outs, inputs, cots, allow_unused=True) if outs else ()
-    return _flat(out), [torch.zeros_like(t) if gr is None else gr for t, gr in zip(inputs, grads)]
+    return tensor_leaves(out), [torch.zeros_like(t) if gr is None else gr for t, gr in zip(inputs, grads)]
 
 
 def checked_op(name: str) -> str:
