@@ -59,6 +59,7 @@ from sstkd._util import triton_interpreted as _interpreted
 __all__ = [
     "KERNEL_IDS",
     "SUPPORTED_DTYPES",
+    "centers_triton",
     "cooccurrence_triton",
     "level_sums_triton",
     "minmax_triton",
@@ -384,6 +385,118 @@ def _cooc_backward_kernel(S, CEN, OFF, GC, GS, H, W, L, NUM_OFF,
     tl.store(GS + b * HW + i, acc.to(GS.dtype.element_ty), mask=ok)
 
 
+# --------------------------------------------------------------------------- (B, L) bookkeeping
+# One program per image: the range, the initial centers, a Lloyd update and the row normalization
+# each take one small launch instead of a dozen aten ops. They read the per-program partials of a
+# counting pass directly (summed in a fixed order), so the counting passes need no zeroed buffer.
+@triton.jit(do_not_specialize=("P", "L", "I0", "I1", "J0", "J1"))
+def _init_centers_kernel(A, A2, CEN, ZM, ZS, P, L, I0, I1, F0, J0, J1, F1,
+                         FROM_SORTED: tl.constexpr, ZERO: tl.constexpr, BLOCK: tl.constexpr):
+    """CEN[b, n] = smin + (n + ½)·(smax − smin)/L; with ZERO, rows b of the (B, L) Lloyd
+    accumulators ZM/ZS are zeroed too (the first step's atomics need no zeroing launch).
+
+    FROM_SORTED: A holds sorted rows (B, P); smin/smax are the quantiles
+    ``A[i0] + (A[i1] − A[i0])·f`` at (I0, I1, F0) and (J0, J1, F1). Else A/A2 are the
+    per-program minima/maxima (B, P) of ``_minmax_kernel``.
+    """
+    b = tl.program_id(0).to(tl.int64)
+    if FROM_SORTED:
+        x0 = tl.load(A + b * P + I0).to(tl.float32)
+        x1 = tl.load(A + b * P + I1).to(tl.float32)
+        y0 = tl.load(A + b * P + J0).to(tl.float32)
+        y1 = tl.load(A + b * P + J1).to(tl.float32)
+        smin = x0 + (x1 - x0) * F0
+        smax = y0 + (y1 - y0) * F1
+    else:
+        lo = tl.full((BLOCK,), float("inf"), tl.float32)
+        hi = tl.full((BLOCK,), float("-inf"), tl.float32)
+        for p0 in range(0, P, BLOCK):
+            offs = p0 + tl.arange(0, BLOCK)
+            ok = offs < P
+            lo = tl.minimum(lo, tl.load(A + b * P + offs, mask=ok, other=float("inf")))
+            hi = tl.maximum(hi, tl.load(A2 + b * P + offs, mask=ok, other=float("-inf")))
+        smin = tl.min(lo, axis=0)
+        smax = tl.max(hi, axis=0)
+    delta = (smax - smin) / L
+    for l0 in range(0, L, BLOCK):
+        n = l0 + tl.arange(0, BLOCK)
+        tl.store(CEN + b * L + n, smin + (n.to(tl.float32) + 0.5) * delta, mask=n < L)
+        if ZERO:
+            tl.store(ZM + b * L + n, tl.zeros((BLOCK,), dtype=tl.float32), mask=n < L)
+            tl.store(ZS + b * L + n, tl.zeros((BLOCK,), dtype=tl.float32), mask=n < L)
+
+
+@triton.jit(do_not_specialize=("P", "L"))
+def _lloyd_kernel(MASS, MOMENT, CEN, OUT, P, L, ZERO: tl.constexpr, BLOCK_L: tl.constexpr):
+    """OUT[b] = sorted(where(mass > 0, moment / mass, CEN[b])), mass/moment summed over the
+    (B, P, L) partials of ``_count_kernel`` in increasing p (the update of one Lloyd step).
+    ZERO (atomic sums, P = 1): the row is zeroed after reading, ready for the next step."""
+    b = tl.program_id(0).to(tl.int64)
+    bins = tl.arange(0, BLOCK_L)
+    keep = bins < L
+    m = tl.zeros((BLOCK_L,), dtype=tl.float32)
+    s = tl.zeros((BLOCK_L,), dtype=tl.float32)
+    for p in range(0, P):
+        m += tl.load(MASS + (b * P + p) * L + bins, mask=keep, other=0.0)
+        s += tl.load(MOMENT + (b * P + p) * L + bins, mask=keep, other=0.0)
+    if ZERO:
+        tl.store(MASS + b * L + bins, tl.zeros((BLOCK_L,), dtype=tl.float32), mask=keep)
+        tl.store(MOMENT + b * L + bins, tl.zeros((BLOCK_L,), dtype=tl.float32), mask=keep)
+    c = tl.load(CEN + b * L + bins, mask=keep, other=0.0)
+    new = tl.where(m > 0, s / tl.where(m > 0, m, 1.0), c)
+    new = tl.sort(tl.where(keep, new, float("inf")))
+    tl.store(OUT + b * L + bins, new, mask=keep)
+
+
+@triton.jit(do_not_specialize=("P", "M"))
+def _normalize_kernel(PART, HIST, TOTAL, P, M, BLOCK: tl.constexpr):
+    """HIST[b] = counts / Σ counts (an all-zero row stays zero, TOTAL[b] = 1 then), counts[m] =
+    Σ_p PART[b, p, m] in increasing p; TOTAL[b] keeps the divisor for the backward."""
+    b = tl.program_id(0).to(tl.int64)
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for m0 in range(0, M, BLOCK):
+        m = m0 + tl.arange(0, BLOCK)
+        keep = m < M
+        v = tl.zeros((BLOCK,), dtype=tl.float32)
+        for p in range(0, P):
+            v += tl.load(PART + (b * P + p) * M + m, mask=keep, other=0.0)
+        acc += v
+    total = tl.sum(acc, axis=0)
+    total = tl.where(total != 0, total, 1.0)
+    for m0 in range(0, M, BLOCK):
+        m = m0 + tl.arange(0, BLOCK)
+        keep = m < M
+        v = tl.zeros((BLOCK,), dtype=tl.float32)
+        for p in range(0, P):
+            v += tl.load(PART + (b * P + p) * M + m, mask=keep, other=0.0)
+        tl.store(HIST + b * M + m, v / total, mask=keep)
+    tl.store(TOTAL + b, total)
+
+
+@triton.jit(do_not_specialize=("M", "G_SB", "G_SM"))
+def _normalize_backward_kernel(G, HIST, TOTAL, GC, M, G_SB, G_SM, BLOCK: tl.constexpr):
+    """GC[b] = (g − Σ g·h) / total: the gradient of the raw counts of ``h = counts / Σ counts``
+    (rows of zeros: GC = g). G is read through its strides (an expanded gradient needs no copy)."""
+    b = tl.program_id(0).to(tl.int64)
+    gh = tl.zeros((BLOCK,), dtype=tl.float32)
+    hs = tl.zeros((BLOCK,), dtype=tl.float32)
+    for m0 in range(0, M, BLOCK):
+        m = m0 + tl.arange(0, BLOCK)
+        keep = m < M
+        g = tl.load(G + b * G_SB + m * G_SM, mask=keep, other=0.0).to(tl.float32)
+        h = tl.load(HIST + b * M + m, mask=keep, other=0.0)
+        gh += g * h
+        hs += h
+    dot = tl.sum(gh, axis=0)
+    live = tl.sum(hs, axis=0) != 0
+    total = tl.load(TOTAL + b)
+    for m0 in range(0, M, BLOCK):
+        m = m0 + tl.arange(0, BLOCK)
+        keep = m < M
+        g = tl.load(G + b * G_SB + m * G_SM, mask=keep, other=0.0).to(tl.float32)
+        tl.store(GC + b * M + m, tl.where(live, (g - dot) / total, g), mask=keep)
+
+
 # --------------------------------------------------------------------------- launch parameters
 class Config(NamedTuple):
     BLOCK_N: int  # pixels per tile
@@ -481,17 +594,25 @@ def _finish(buf: torch.Tensor, deterministic: bool) -> torch.Tensor:
     return out
 
 
-def _normalize(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows divided by their sums (an all-zero row stays zero); returns (normalized, safe totals)."""
-    total = counts.sum(dim=1, keepdim=True)
-    total = torch.where(total != 0, total, torch.ones_like(total))
-    return counts / total, total
+def _row_block(m: int) -> int:
+    return min(1024, max(16, triton.next_power_of_2(m)))
+
+
+def _normalize(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hist (B, M), totals (B,)) of per-program partial counts (B, P, M): one small launch."""
+    B, P, M = part.shape
+    hist = torch.empty(B, M, device=part.device, dtype=torch.float32)
+    total = torch.empty(B, device=part.device, dtype=torch.float32)
+    _normalize_kernel[(B,)](part, hist, total, P, M, BLOCK=_row_block(M))
+    return hist, total
 
 
 def _normalize_backward(g: torch.Tensor, h: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
-    """Gradient w.r.t. the raw counts of ``h = counts / Σ counts`` (rows of zeros: identity)."""
-    g = g.float()
-    return ((g - (g * h).sum(dim=1, keepdim=True)) / total).where(h.sum(dim=1, keepdim=True) != 0, g)
+    """Gradient (B, M) float32 w.r.t. the raw counts of ``h = counts / Σ counts``: one small launch."""
+    B, M = h.shape
+    gc = torch.empty(B, M, device=h.device, dtype=torch.float32)
+    _normalize_backward_kernel[(B,)](g, h, total, gc, M, g.stride(0), g.stride(1), BLOCK=_row_block(M))
+    return gc
 
 
 # --------------------------------------------------------------------------- launchers
@@ -522,13 +643,78 @@ def _level_sums(s2: torch.Tensor, centers: torch.Tensor, kernel: str, with_momen
     return _finish(mass, det), (_finish(moment, det) if with_moment else None)
 
 
+MAX_FUSED_LEVELS = 1024  # the Lloyd kernel sorts a row of centers in registers
+
+
+def centers_triton(s2: torch.Tensor, levels: int, iters: int, kernel: str, quantiles, passes=None) -> torch.Tensor:
+    """Centers (B, L) float32 of ``s2`` (B, N) (the ``centers`` pass, no autograd): the range and
+    initial centers in one small launch after a min/max pass (or one sort for ``quantiles``), then
+    per Lloyd step one counting pass into per-program partials and one small update launch.
+    ``passes`` is unused (the generic pass composes the others)."""
+    from sstkd.ops.algorithms import lloyd_converged, lloyd_update, quantile_ranks
+
+    _check_dtype(s2, "s")
+    s2 = s2.detach().contiguous()
+    B, N = s2.shape
+    L = levels
+    cen = torch.empty(B, L, device=s2.device, dtype=torch.float32)
+    cfg = launch_config(B, N, L)
+    # the Lloyd sums: (B, P, L) partials in the deterministic mode, else (B, L) atomic sums
+    # zeroed by the init kernel and again by each update after reading them
+    det = _deterministic()
+    acc = torch.empty(2, B, cfg.P if det else 1, L, device=s2.device, dtype=torch.float32)
+    zero = bool(iters) and not det
+    with _guard(s2):
+        if quantiles is None:
+            cfg2 = launch_config(B, N, 2)
+            block = cfg2.BLOCK_N if _interpreted() else min(1024, cfg2.CHUNK)
+            pmin = torch.empty(B, cfg2.P, device=s2.device, dtype=torch.float32)
+            pmax = torch.empty_like(pmin)
+            _minmax_kernel[(cfg2.P, B)](s2, pmin, pmax, N, cfg2.P, CHUNK=cfg2.CHUNK, BLOCK_N=block)
+            _init_centers_kernel[(B,)](pmin, pmax, cen, acc[0], acc[1], cfg2.P, L, 0, 0, 0.0, 0, 0, 0.0,
+                                       FROM_SORTED=False, ZERO=zero, BLOCK=_row_block(max(L, cfg2.P)))
+        else:
+            xs = s2.sort(dim=1).values  # rows of any float dtype sort exactly as in float32
+            (i0, i1, f0), (j0, j1, f1) = (quantile_ranks(N, q) for q in quantiles)
+            _init_centers_kernel[(B,)](xs, xs, cen, acc[0], acc[1], N, L, i0, i1, f0, j0, j1, f1,
+                                       FROM_SORTED=True, ZERO=zero, BLOCK=_row_block(L))
+        kid = KERNEL_IDS[kernel]
+        for _ in range(iters):
+            _count_kernel[(cfg.P, B)](
+                s2, cen, acc[0], acc[1], N, L, cfg.P,
+                LOG_L=cfg.LOG_L, KERNEL=kid, WITH_MOMENT=True, DETERMINISTIC=det,
+                CHUNK=cfg.CHUNK, BLOCK_N=cfg.BLOCK_N, BLOCK_L=cfg.BLOCK_L, num_warps=cfg.num_warps,
+            )
+            if L <= MAX_FUSED_LEVELS:
+                moved = torch.empty_like(cen)
+                _lloyd_kernel[(B,)](acc[0], acc[1], cen, moved, acc.shape[2], L, ZERO=zero,
+                                    BLOCK_L=max(16, triton.next_power_of_2(L)))
+            else:
+                moved = lloyd_update(cen, acc[0].sum(1), acc[1].sum(1))
+                acc.zero_()
+            stop = lloyd_converged(cen, moved, iters)
+            cen = moved
+            if stop:
+                break  # the centers stopped moving (a few ulps): more steps change nothing
+    return cen
+
+
 class _QuantizeCountFn(torch.autograd.Function):
     """hist = counts / Σ counts from one counting pass; backward: one pass over the pixels."""
 
     @staticmethod
     def forward(ctx, s2, centers, kernel):
-        counts, _ = _level_sums(s2, centers, kernel, with_moment=False)
-        hist, total = _normalize(counts)
+        B, N = s2.shape
+        L = centers.shape[1]
+        cfg = launch_config(B, N, L)
+        part = torch.empty(B, cfg.P, L, device=s2.device, dtype=torch.float32)
+        with _guard(s2):
+            _count_kernel[(cfg.P, B)](
+                s2, centers, part, part, N, L, cfg.P,
+                LOG_L=cfg.LOG_L, KERNEL=KERNEL_IDS[kernel], WITH_MOMENT=False, DETERMINISTIC=True,
+                CHUNK=cfg.CHUNK, BLOCK_N=cfg.BLOCK_N, BLOCK_L=cfg.BLOCK_L, num_warps=cfg.num_warps,
+            )
+            hist, total = _normalize(part)
         ctx.save_for_backward(s2, centers, hist, total)
         ctx.kernel = kernel
         return hist
@@ -536,12 +722,12 @@ class _QuantizeCountFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         s2, centers, hist, total = ctx.saved_tensors
-        gc = _normalize_backward(g, hist, total).contiguous()
         B, N = s2.shape
         L = centers.shape[1]
         gs = torch.empty_like(s2)
         block = _pixel_block(N)
         with _guard(s2):
+            gc = _normalize_backward(g, hist, total)
             _count_backward_kernel[(triton.cdiv(N, block), B)](
                 s2, centers, gc, gs, N, L,
                 LOG_L=launch_config(B, N, L).LOG_L, KERNEL=KERNEL_IDS[ctx.kernel], BLOCK_N=block,
@@ -655,16 +841,14 @@ class _CooccurrenceFn(torch.autograd.Function):
                     LOG_L=cfg.LOG_L, KERNEL=kid, CHUNK=cfg.CHUNK, BLOCK_N=cfg.BLOCK_N, BLOCK_M=block_m,
                     num_warps=cfg.num_warps,
                 )
-                det = True
             else:
                 buf = torch.zeros(B, L * L, device=s2.device, dtype=torch.float32)
                 block = _pixel_block(N)
                 _cooc_atomic_kernel[(triton.cdiv(N, block), B)](
                     s2, centers, off, buf, H, W, L, len(offsets), LOG_L=cfg.LOG_L, KERNEL=kid, BLOCK_N=block,
                 )
-                det = False
-        counts = _finish(buf, det)
-        hist, total = _normalize(counts)
+                buf = buf[:, None]
+            hist, total = _normalize(buf)
         ctx.save_for_backward(s2, centers, off, hist, total)
         ctx.geometry = (H, W, len(offsets), kernel)
         return hist
@@ -675,10 +859,10 @@ class _CooccurrenceFn(torch.autograd.Function):
         H, W, num_off, kernel = ctx.geometry
         B, N = s2.shape
         L = centers.shape[1]
-        gc = _normalize_backward(g, hist, total).contiguous()
         gs = torch.empty_like(s2)
         block = _pixel_block(N)
         with _guard(s2):
+            gc = _normalize_backward(g, hist, total)
             _cooc_backward_kernel[(triton.cdiv(N, block), B)](
                 s2, centers, off, gc, gs, H, W, L, num_off,
                 LOG_L=launch_config(B, N, L).LOG_L, KERNEL=KERNEL_IDS[kernel], BLOCK_N=block,

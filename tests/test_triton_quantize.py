@@ -183,11 +183,17 @@ def test_cooccurrence_many_levels(det, request):
 # ----------------------------------------------------------------------------
 class _Spy:
     def __init__(self, kernel):
-        self.kernel, self.launches = kernel, 0
+        self.kernel, self.launches, self.calls = kernel, 0, []
 
     def __getitem__(self, grid):
         self.launches += 1
-        return self.kernel[grid]
+        launch = self.kernel[grid]
+
+        def call(*args, **kwargs):
+            self.calls.append(kwargs)
+            return launch(*args, **kwargs)
+
+        return call
 
 
 @pytest.fixture
@@ -223,20 +229,30 @@ def _small_chunks(monkeypatch):
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_deterministic_mode_uses_partials_and_matches(monkeypatch, deterministic, kernel):
-    spy = _Spy(K._sum_partials_kernel)
-    monkeypatch.setattr(K, "_sum_partials_kernel", spy)
+    spies = {name: _Spy(getattr(K, name)) for name in
+             ("_sum_partials_kernel", "_count_kernel", "_cooc_partial_kernel", "_cooc_atomic_kernel")}
+    for name, spy in spies.items():
+        monkeypatch.setattr(K, name, spy)
     _small_chunks(monkeypatch)
     s = rand_s(2, 42)
     table = torch.randn(2, 3, 8)
     first = _all_ops(s, table, kernel)
-    # 2 Lloyd passes x (mass, moment) + final count + grad table + co-occurrence
-    assert spy.launches == 7
+    # partials, summed in a fixed order: 2 Lloyd passes + the final count (by the Lloyd and
+    # normalization kernels), the grad table (_sum_partials_kernel), the co-occurrence
+    assert [c["DETERMINISTIC"] for c in spies["_count_kernel"].calls] == [True] * 3
+    assert spies["_sum_partials_kernel"].launches == 1
+    assert (spies["_cooc_partial_kernel"].launches, spies["_cooc_atomic_kernel"].launches) == (1, 0)
     second = _all_ops(s, table, kernel)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
     torch.use_deterministic_algorithms(False)
+    for spy in spies.values():
+        spy.launches, spy.calls = 0, []
     atomic = _all_ops(s, table, kernel)
-    assert spy.launches == 14
+    # atomics: the Lloyd passes, grad table and co-occurrence (the final count keeps its partials)
+    assert [c["DETERMINISTIC"] for c in spies["_count_kernel"].calls] == [False, False, True]
+    assert spies["_sum_partials_kernel"].launches == 0
+    assert (spies["_cooc_partial_kernel"].launches, spies["_cooc_atomic_kernel"].launches) == (0, 1)
     monkeypatch.undo()  # default launch parameters, reference ops
     sg = s.clone().requires_grad_()
     tg = table.clone().requires_grad_()

@@ -36,7 +36,10 @@ __all__ = [
     "initial_centers",
     "intensity_range",
     "lloyd_update",
+    "lloyd_converged",
+    "quantile_ranks",
     "quantize_count",
+    "refine_centers",
 ]
 
 
@@ -137,6 +140,15 @@ def contourlet_energy(x: torch.Tensor, nlevs, pfilt: str, dfilt: str, passes) ->
 
 
 # --------------------------------------------------------------------------- quantization
+def quantile_ranks(n: int, q: float) -> tuple[int, int, float]:
+    """``(i0, i1, frac)``: the quantile ``q`` of ``n`` sorted values is ``x[i0] + (x[i1] − x[i0])·frac``
+    (``pos = q·(n − 1)``, ``i0 = ⌊pos⌋``; ``i1 = i0`` where ``pos`` is whole, as torch.quantile's ceil)."""
+    pos = q * (n - 1)
+    i0 = min(int(math.floor(pos)), n - 1)
+    frac = pos - i0
+    return i0, (min(i0 + 1, n - 1) if frac != 0 else i0), frac
+
+
 def _quantile_rows(x: torch.Tensor, qs, budget: int = 1 << 19) -> list[torch.Tensor]:
     """Per-row quantiles ``qs`` of ``x`` (B, N), linear interpolation (torch.quantile's rule:
     ``x[i0] + (x[i1] − x[i0])·frac`` of the sorted row, ``pos = q·(N − 1)``), one (B,) tensor per q.
@@ -146,13 +158,8 @@ def _quantile_rows(x: torch.Tensor, qs, budget: int = 1 << 19) -> list[torch.Ten
     temporaries are ≈ 1.5× one group).
     """
     B, n = x.shape
-    ranks = []
-    for q in qs:
-        pos = q * (n - 1)
-        i0 = min(int(math.floor(pos)), n - 1)
-        i1 = min(i0 + 1, n - 1)
-        ranks.append((i0, i1, pos - i0))
-    needed = sorted({i for i0, i1, frac in ranks for i in ((i0, i1) if frac != 0 else (i0,))})
+    ranks = [quantile_ranks(n, q) for q in qs]
+    needed = sorted({i for i0, i1, _ in ranks for i in (i0, i1)})
     rows = max(1, budget // max(n, 1))
     stats = {i: torch.empty(B, dtype=x.dtype, device=x.device) for i in needed}
     for b0 in range(0, B, rows):
@@ -161,8 +168,7 @@ def _quantile_rows(x: torch.Tensor, qs, budget: int = 1 << 19) -> list[torch.Ten
             stats[i][b0:b0 + rows] = group.kthvalue(i + 1, dim=1).values
     out = []
     for i0, i1, frac in ranks:
-        v0 = stats[i0]
-        v1 = stats[i1] if frac != 0 else v0
+        v0, v1 = stats[i0], stats[i1]
         out.append(v0 + (v1 - v0) * frac)
     return out
 
@@ -205,29 +211,50 @@ def lloyd_update(centers: torch.Tensor, mass: torch.Tensor, moment: torch.Tensor
     return new.sort(dim=1).values
 
 
+def lloyd_converged(old: torch.Tensor, new: torch.Tensor, iters: int) -> bool:
+    """Whether Lloyd steps can stop after ``old -> new``: the centers moved a few ulps at most.
+    Long runs only (``iters > 8``): the check reads a value back from the device."""
+    if iters <= 8:
+        return False
+    step = (new - old).abs().max()
+    return bool(step <= 4 * torch.finfo(new.dtype).eps * new.abs().max())
+
+
+def refine_centers(s2: torch.Tensor, levels: int, iters: int, kernel: str, quantiles, passes) -> torch.Tensor:
+    """Centers (B, L) of validated ``s2`` (B, N) in its compute dtype, under no_grad: the range
+    (``minmax`` pass or quantiles), the initial centers and ``iters`` Lloyd steps, each one
+    ``level_sums`` pass over the pixels plus a tiny (B, L) update on the device (no host sync
+    unless ``iters > 8``). The generic ``centers`` pass; a backend may fuse it."""
+    cdt = compute_dtype(s2)
+    with torch.no_grad():
+        sd = s2.detach()
+        smin, smax = intensity_range(sd, quantiles, passes.get("minmax", _aminmax))
+        centers = initial_centers(smin, smax, levels)
+        for _ in range(iters):
+            mass, moment = passes["level_sums"](sd, centers, kernel)
+            moved = lloyd_update(centers, mass.to(cdt), moment.to(cdt))
+            stop = lloyd_converged(centers, moved, iters)
+            centers = moved
+            if stop:
+                break  # the centers stopped moving (a few ulps): more steps change nothing
+    return centers
+
+
 def quantize_count(s2: torch.Tensor, levels: int, iters: int, kernel: str, centers: torch.Tensor | None,
                    quantiles, passes) -> tuple[torch.Tensor, torch.Tensor]:
     """``(centers, hist)`` of validated ``s2`` (B, N), both (B, L) in the compute dtype of ``s2``.
 
-    Without ``centers``: the range (``minmax`` pass or quantiles), the initial centers and
-    ``iters`` Lloyd steps, each one ``level_sums`` pass over the pixels plus a tiny (B, L)
-    update on the device (no host sync). Centers are constants for autograd; ``hist`` is
-    differentiable in ``s2`` (the ``soft_hist`` pass).
+    Without ``centers``: the ``centers`` pass (:func:`refine_centers` unless a backend fuses it).
+    Centers are constants for autograd; ``hist`` is differentiable in ``s2`` (the ``soft_hist`` pass).
     """
     cdt = compute_dtype(s2)
     if centers is None:
-        with torch.no_grad():
-            sd = s2.detach()
-            smin, smax = intensity_range(sd, quantiles, passes.get("minmax", _aminmax))
-            centers = initial_centers(smin, smax, levels)
-            for _ in range(iters):
-                mass, moment = passes["level_sums"](sd, centers, kernel)
-                moved = lloyd_update(centers, mass.to(cdt), moment.to(cdt))
-                step = (moved - centers).abs().max()
-                centers = moved
-                # (long runs only: the check reads a value back from the device)
-                if iters > 8 and step <= 4 * torch.finfo(cdt).eps * centers.abs().max():
-                    break  # the centers stopped moving (a few ulps): more steps change nothing
+        refine = passes.get("centers")
+        if refine is None:
+            centers = refine_centers(s2, levels, iters, kernel, quantiles, passes)
+        else:
+            with torch.no_grad():
+                centers = refine(s2.detach(), levels, iters, kernel, quantiles, passes).to(cdt)
     else:
         centers = centers.detach().to(cdt)
     return centers, passes["soft_hist"](s2, centers, kernel)

@@ -76,6 +76,7 @@ TABLE = {
     "minmax": minmax,
     "level_sums": _q.level_sums_ref,
     "soft_hist": _q.soft_hist_ref,
+    "centers": algorithms.refine_centers,
     "reproject": reproject,
     "cooccurrence": cooccurrence,
 }
