@@ -325,6 +325,15 @@ def _aot_jobs(arch, kernel, det, dt):
                                       CHUNK=i32), dict(pix, BLOCK_N=co.BLOCK_N, BLOCK_M=bm)),
         (K._cooc_backward_kernel, dict(S=dt, CEN=f32, OFF="*i32", GC=f32, GS=dt, H=i32, W=i32, L=i32, NUM_OFF=i32),
          dict(pix, BLOCK_N=nb)),
+        # the (B, L) bookkeeping: one program per image
+        (K._init_centers_kernel, dict(A=dt if det else f32, A2=dt if det else f32, CEN=f32, ZM=f32, ZS=f32, P=i32,
+                                      L=i32, I0=i32, I1=i32, F0="fp32", J0=i32, J1=i32, F1="fp32"),
+         dict(FROM_SORTED=det, ZERO=not det, BLOCK=K._row_block(max(L, cfg.P)))),
+        (K._lloyd_kernel, dict(MASS=f32, MOMENT=f32, CEN=f32, OUT=f32, P=i32, L=i32),
+         dict(ZERO=not det, BLOCK_L=L)),
+        (K._normalize_kernel, dict(PART=f32, HIST=f32, TOTAL=f32, P=i32, M=i32), dict(BLOCK=K._row_block(L * L))),
+        (K._normalize_backward_kernel, dict(G=dt, HIST=f32, TOTAL=f32, GC=f32, M=i32, G_SB=i32, G_SM=i32),
+         dict(BLOCK=K._row_block(L * L))),
     ]
 
 
