@@ -11,18 +11,23 @@ size pixels × levels ever touches memory:
   one-hot tile ``BLOCK_N × BLOCK_L`` reduced over the pixels, no atomics
   inside the program), optionally with the Lloyd moment ``Σ w·s`` beside the
   mass ``Σ w``; the private histograms are merged with one float atomic per
-  level and program. Lloyd steps are such passes with the tiny ``(B, L)``
-  center update done by torch on the device in between (no host sync); the loop
-  itself is written once, in ``sstkd.ops.algorithms.quantize_count``.
+  level and program, or stored as per-program partials.
+* the ``(B, L)`` bookkeeping, one program per image and one launch each:
+  ``_init_centers_kernel`` (range from the min/max partials or the sorted
+  rows' quantiles, initial centers, zeroed Lloyd sums), ``_lloyd_kernel``
+  (one Lloyd update, sorted in registers), ``_normalize_kernel`` /
+  ``_normalize_backward_kernel`` (the histogram's row normalization and its
+  Jacobian, reading the partials directly). ``centers_triton`` is the fused
+  ``centers`` pass: ``quantize_count(iters=3)`` is 10 launches forward, 2 backward.
 * ``_count_backward_kernel`` — one pass: ``grad_s = g[lo]·w'_lo + g[hi]·w'_hi``,
   with ``g`` the gradient w.r.t. the unnormalized counts (the normalization's
   Jacobian is applied to the ``(B, L)`` gradient first).
 * ``_reproject_kernel`` (two-tap gather), ``_reproject_grad_s_kernel`` (gather)
   and ``_reproject_grad_table_kernel`` (per program, the ``(D × pixels) ·
   (pixels × L)`` tile product ``G · E`` — the scatter of ``g·w`` into
-  ``(D, L)`` for a chunk of pixels, as an fp32 ``tl.dot`` with IEEE precision
-  (TF32 would cost ~1e-3 relative) — merged with one atomic per entry and
-  program).
+  ``(D, L)`` for a chunk of pixels, as an exact fp32 broadcast product reduced
+  over the pixels (an IEEE fp32 ``tl.dot`` spilled; TF32 would cost ~1e-3
+  relative) — merged with one atomic per entry and program).
 * ``_cooc_atomic_kernel`` (≤ 4 float atomics per pixel pair into the ``L²``
   counts: the targets are spread, so contention is low) and
   ``_cooc_backward_kernel`` (gathers only).
@@ -273,7 +278,9 @@ def _reproject_grad_table_kernel(S, CEN, G, GT, N, D, L, P, sgb, sgd, sgn,
                    + tl.where(hi[:, None] == bins[None, :], w_hi[:, None], 0.0))
             m = (d[:, None] < D) & ok[None, :]
             g = tl.load(G + b * sgb + d[:, None] * sgd + offs[None, :] * sgn, mask=m, other=0.0).to(tl.float32)
-            acc = tl.dot(g, enc, acc, input_precision="ieee")
+            # a broadcast product reduced over the pixels: exact fp32 like an IEEE dot, but small
+            # tiles stay in registers (the FMA-unrolled fp32 tl.dot spilled kilobytes per thread)
+            acc += tl.sum(g[:, :, None] * enc[None, :, :], axis=1)
         keep = (d[:, None] < D) & (bins[None, :] < L)
         if DETERMINISTIC:
             tl.store(GT + ((b * P + p) * D + d[:, None]) * L + bins[None, :], acc, mask=keep)
@@ -511,7 +518,7 @@ def launch_config(batch: int, n: int, levels: int, interpreted: bool | None = No
     """Fixed launch parameters (no autotuning).
 
     Level tiles hold up to 128 levels (at least 16, the tensor-core minimum);
-    a one-hot tile has about 8K elements on the GPU. A reducing program owns
+    a one-hot tile has about 2K elements on the GPU (no spills on sm_90). A reducing program owns
     ``CHUNK`` pixels: enough chunks for about a thousand programs over the
     batch, but at most 8192 pixels each. The interpreter runs programs one
     after another, so there a program takes a whole image in large tiles.
@@ -524,7 +531,7 @@ def launch_config(batch: int, n: int, levels: int, interpreted: bool | None = No
         block_n = min(n_pow, max(16, 65536 // block_l))
         chunk = triton.cdiv(n, block_n) * block_n
     else:
-        block_n = max(16, 8192 // block_l)
+        block_n = max(16, 2048 // block_l)  # 2K-element one-hot tiles: no spills on sm_90
         want = triton.next_power_of_2(max(1, triton.cdiv(batch * n, 1024)))
         chunk = min(8192, max(block_n, want))
     log_l = max(1, int(levels).bit_length())  # 2**log_l > levels
@@ -548,9 +555,10 @@ def grad_table_config(cfg: Config, d: int, n: int, interpreted: bool | None = No
     a ``BLOCK_D × BLOCK_N`` gradient tile times a ``BLOCK_N × BLOCK_L`` encoding tile."""
     interpreted = _interpreted() if interpreted is None else interpreted
     if interpreted:
-        block_d, block_n, block_l = min(64, max(16, triton.next_power_of_2(d))), cfg.BLOCK_N, cfg.BLOCK_L
-    else:  # the fp32 (FMA) dot is unrolled per thread: keep BLOCK_D·BLOCK_N·BLOCK_L moderate
-        block_d, block_n, block_l = min(32, max(16, triton.next_power_of_2(d))), 16, min(64, cfg.BLOCK_L)
+        block_d, block_l = min(64, max(16, triton.next_power_of_2(d))), cfg.BLOCK_L
+        block_n = min(cfg.BLOCK_N, max(16, (1 << 19) // (block_d * block_l)))
+    else:  # the BLOCK_D × BLOCK_N × BLOCK_L product tile lives in registers: sm_90, no spills
+        block_d, block_n, block_l = 16, 4, min(32, cfg.BLOCK_L)
     chunk = triton.cdiv(cfg.CHUNK, block_n) * block_n
     return cfg._replace(BLOCK_N=block_n, BLOCK_L=block_l, CHUNK=chunk, P=triton.cdiv(n, chunk)), block_d
 
@@ -561,7 +569,8 @@ def cooc_config(cfg: Config, n: int, levels: int, interpreted: bool | None = Non
     interpreted = _interpreted() if interpreted is None else interpreted
     m_pow = triton.next_power_of_2(levels * levels)
     block_m = min(m_pow, 1024) if interpreted else min(m_pow, 128)
-    block_n = min(cfg.BLOCK_N, max(16, 65536 // block_m)) if interpreted else 32  # compile time grows fast
+    # GPU: 16 pairs × 128 level pairs per one-hot tile keeps it in registers (sm_90, no spills)
+    block_n = min(cfg.BLOCK_N, max(16, 65536 // block_m)) if interpreted else 16
     chunk = triton.cdiv(cfg.CHUNK, block_n) * block_n
     return cfg._replace(BLOCK_N=block_n, CHUNK=chunk, P=triton.cdiv(n, chunk)), block_m
 
