@@ -17,8 +17,8 @@ size pixels × levels ever touches memory:
   rows' quantiles, initial centers, zeroed Lloyd sums), ``_lloyd_kernel``
   (one Lloyd update, sorted in registers), ``_normalize_kernel`` /
   ``_normalize_backward_kernel`` (the histogram's row normalization and its
-  Jacobian, reading the partials directly). ``centers_triton`` is the fused
-  ``centers`` pass: ``quantize_count(iters=3)`` is 10 launches forward, 2 backward.
+  Jacobian, reading the partials directly). ``start_centers_triton`` is the fused
+  ``start_centers`` pass (the Lloyd loop itself stays in ``sstkd.ops.algorithms``): ``quantize_count(iters=3)`` is 10 launches forward, 2 backward.
 * ``_count_backward_kernel`` — one pass: ``grad_s = g[lo]·w'_lo + g[hi]·w'_hi``,
   with ``g`` the gradient w.r.t. the unnormalized counts (the normalization's
   Jacobian is applied to the ``(B, L)`` gradient first).
@@ -64,12 +64,12 @@ from sstkd._util import triton_interpreted as _interpreted
 __all__ = [
     "KERNEL_IDS",
     "SUPPORTED_DTYPES",
-    "centers_triton",
     "cooccurrence_triton",
     "level_sums_triton",
     "minmax_triton",
     "reproject_triton",
     "soft_hist_triton",
+    "start_centers_triton",
 ]
 
 KERNEL_IDS = {"triangular": 0, "stlnet": 1}
@@ -655,13 +655,14 @@ def _level_sums(s2: torch.Tensor, centers: torch.Tensor, kernel: str, with_momen
 MAX_FUSED_LEVELS = 1024  # the Lloyd kernel sorts a row of centers in registers
 
 
-def centers_triton(s2: torch.Tensor, levels: int, iters: int, kernel: str, quantiles, passes=None) -> torch.Tensor:
-    """Centers (B, L) float32 of ``s2`` (B, N) (the ``centers`` pass, no autograd): the range and
-    initial centers in one small launch after a min/max pass (or one sort for ``quantiles``), then
-    per Lloyd step one counting pass into per-program partials and one small update launch.
-    ``passes`` is unused (the generic pass composes the others)."""
-    from sstkd.ops.algorithms import lloyd_converged, lloyd_update, quantile_ranks
-
+def start_centers_triton(s2: torch.Tensor, levels: int, ranks, kernel: str, iters: int):
+    """The fused ``start_centers`` pass: ``(centers (B, L) float32, step)`` of ``s2`` (B, N), or None
+    beyond ``MAX_FUSED_LEVELS`` levels. The range and the initial centers take one small launch
+    after a min/max pass (or one sort, for quantile ``ranks`` ``((i0, i1, frac), (j0, j1, frac))``);
+    ``step(centers)`` is one Lloyd step: a counting pass and one small update launch, which
+    also zeroes the atomic sums for the next step (no zeroing launches). No autograd."""
+    if levels > MAX_FUSED_LEVELS:
+        return None
     _check_dtype(s2, "s")
     s2 = s2.detach().contiguous()
     B, N = s2.shape
@@ -674,7 +675,7 @@ def centers_triton(s2: torch.Tensor, levels: int, iters: int, kernel: str, quant
     acc = torch.empty(2, B, cfg.P if det else 1, L, device=s2.device, dtype=torch.float32)
     zero = bool(iters) and not det
     with _guard(s2):
-        if quantiles is None:
+        if ranks is None:
             cfg2 = launch_config(B, N, 2)
             block = cfg2.BLOCK_N if _interpreted() else min(1024, cfg2.CHUNK)
             pmin = torch.empty(B, cfg2.P, device=s2.device, dtype=torch.float32)
@@ -684,28 +685,24 @@ def centers_triton(s2: torch.Tensor, levels: int, iters: int, kernel: str, quant
                                        FROM_SORTED=False, ZERO=zero, BLOCK=_row_block(max(L, cfg2.P)))
         else:
             xs = s2.sort(dim=1).values  # rows of any float dtype sort exactly as in float32
-            (i0, i1, f0), (j0, j1, f1) = (quantile_ranks(N, q) for q in quantiles)
+            (i0, i1, f0), (j0, j1, f1) = ranks
             _init_centers_kernel[(B,)](xs, xs, cen, acc[0], acc[1], N, L, i0, i1, f0, j0, j1, f1,
                                        FROM_SORTED=True, ZERO=zero, BLOCK=_row_block(L))
-        kid = KERNEL_IDS[kernel]
-        for _ in range(iters):
+    kid = KERNEL_IDS[kernel]
+
+    def step(c: torch.Tensor) -> torch.Tensor:
+        moved = torch.empty_like(c)
+        with _guard(s2):
             _count_kernel[(cfg.P, B)](
-                s2, cen, acc[0], acc[1], N, L, cfg.P,
+                s2, c, acc[0], acc[1], N, L, cfg.P,
                 LOG_L=cfg.LOG_L, KERNEL=kid, WITH_MOMENT=True, DETERMINISTIC=det,
                 CHUNK=cfg.CHUNK, BLOCK_N=cfg.BLOCK_N, BLOCK_L=cfg.BLOCK_L, num_warps=cfg.num_warps,
             )
-            if L <= MAX_FUSED_LEVELS:
-                moved = torch.empty_like(cen)
-                _lloyd_kernel[(B,)](acc[0], acc[1], cen, moved, acc.shape[2], L, ZERO=zero,
-                                    BLOCK_L=max(16, triton.next_power_of_2(L)))
-            else:
-                moved = lloyd_update(cen, acc[0].sum(1), acc[1].sum(1))
-                acc.zero_()
-            stop = lloyd_converged(cen, moved, iters)
-            cen = moved
-            if stop:
-                break  # the centers stopped moving (a few ulps): more steps change nothing
-    return cen
+            _lloyd_kernel[(B,)](acc[0], acc[1], c, moved, acc.shape[2], L, ZERO=zero,
+                                BLOCK_L=max(16, triton.next_power_of_2(L)))
+        return moved
+
+    return cen, step
 
 
 class _QuantizeCountFn(torch.autograd.Function):

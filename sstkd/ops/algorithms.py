@@ -37,6 +37,7 @@ __all__ = [
     "intensity_range",
     "lloyd_update",
     "lloyd_converged",
+    "no_fused_start",
     "quantile_ranks",
     "quantize_count",
     "refine_centers",
@@ -220,41 +221,56 @@ def lloyd_converged(old: torch.Tensor, new: torch.Tensor, iters: int) -> bool:
     return bool(step <= 4 * torch.finfo(new.dtype).eps * new.abs().max())
 
 
+def no_fused_start(s2, levels, ranks, kernel, iters):
+    """The ``start_centers`` pass of a backend without fused center kernels: None, so
+    :func:`refine_centers` composes ``minmax`` / ``level_sums`` and the (B, L) updates."""
+    return None
+
+
 def refine_centers(s2: torch.Tensor, levels: int, iters: int, kernel: str, quantiles, passes) -> torch.Tensor:
     """Centers (B, L) of validated ``s2`` (B, N) in its compute dtype, under no_grad: the range
-    (``minmax`` pass or quantiles), the initial centers and ``iters`` Lloyd steps, each one
-    ``level_sums`` pass over the pixels plus a tiny (B, L) update on the device (no host sync
-    unless ``iters > 8``). The generic ``centers`` pass; a backend may fuse it."""
+    (extremes or quantiles), the initial centers and ``iters`` Lloyd steps (no host sync unless
+    ``iters > 8``).
+
+    A backend's ``start_centers(s2, levels, ranks, kernel, iters)`` pass may fuse them: it
+    returns ``(centers, step)`` with ``step(centers) -> moved`` one Lloyd step, or None; else
+    each step is one ``level_sums`` pass over the pixels plus a tiny (B, L) update on the device.
+    """
     cdt = compute_dtype(s2)
     with torch.no_grad():
         sd = s2.detach()
-        smin, smax = intensity_range(sd, quantiles, passes.get("minmax", _aminmax))
-        centers = initial_centers(smin, smax, levels)
+        n = sd.shape[1]
+        ranks = None if quantiles is None else tuple(quantile_ranks(n, q) for q in quantiles)
+        fused = passes.get("start_centers", no_fused_start)(sd, levels, ranks, kernel, iters)
+        if fused is not None:
+            centers, step = fused
+        else:
+            smin, smax = intensity_range(sd, quantiles, passes.get("minmax", _aminmax))
+            centers = initial_centers(smin, smax, levels)
+
+            def step(c):
+                mass, moment = passes["level_sums"](sd, c, kernel)
+                return lloyd_update(c, mass.to(cdt), moment.to(cdt))
+
         for _ in range(iters):
-            mass, moment = passes["level_sums"](sd, centers, kernel)
-            moved = lloyd_update(centers, mass.to(cdt), moment.to(cdt))
+            moved = step(centers)
             stop = lloyd_converged(centers, moved, iters)
             centers = moved
             if stop:
                 break  # the centers stopped moving (a few ulps): more steps change nothing
-    return centers
+    return centers.to(cdt)
 
 
 def quantize_count(s2: torch.Tensor, levels: int, iters: int, kernel: str, centers: torch.Tensor | None,
                    quantiles, passes) -> tuple[torch.Tensor, torch.Tensor]:
     """``(centers, hist)`` of validated ``s2`` (B, N), both (B, L) in the compute dtype of ``s2``.
 
-    Without ``centers``: the ``centers`` pass (:func:`refine_centers` unless a backend fuses it).
+    Without ``centers``: :func:`refine_centers` (range, initial centers, Lloyd steps).
     Centers are constants for autograd; ``hist`` is differentiable in ``s2`` (the ``soft_hist`` pass).
     """
     cdt = compute_dtype(s2)
     if centers is None:
-        refine = passes.get("centers")
-        if refine is None:
-            centers = refine_centers(s2, levels, iters, kernel, quantiles, passes)
-        else:
-            with torch.no_grad():
-                centers = refine(s2.detach(), levels, iters, kernel, quantiles, passes).to(cdt)
+        centers = refine_centers(s2, levels, iters, kernel, quantiles, passes)
     else:
         centers = centers.detach().to(cdt)
     return centers, passes["soft_hist"](s2, centers, kernel)

@@ -16,7 +16,7 @@ from sstkd._util import triton_interpreted
 
 _LOW_AND_SINGLE = (torch.float32, torch.float16, torch.bfloat16)
 DTYPES: dict[str, tuple[torch.dtype, ...]] = {
-    name: _LOW_AND_SINGLE for name in ("minmax", "level_sums", "soft_hist", "centers", "reproject", "cooccurrence")
+    name: _LOW_AND_SINGLE for name in ("minmax", "level_sums", "soft_hist", "start_centers", "reproject", "cooccurrence")
 }
 
 
@@ -109,10 +109,10 @@ def soft_hist(s2, centers, kernel):
     return soft_hist_triton(s2, centers, kernel)
 
 
-def centers(s2, levels, iters, kernel, quantiles, passes=None):
-    from sstkd.kernels.quantize import centers_triton
+def start_centers(s2, levels, ranks, kernel, iters):
+    from sstkd.kernels.quantize import start_centers_triton
 
-    return centers_triton(s2, levels, iters, kernel, quantiles)
+    return start_centers_triton(s2, levels, ranks, kernel, iters)
 
 
 def reproject(table, s2, centers, kernel):
@@ -136,7 +136,7 @@ TABLE = {
     "minmax": minmax,
     "level_sums": level_sums,
     "soft_hist": soft_hist,
-    "centers": centers,
+    "start_centers": start_centers,
     "reproject": reproject,
     "cooccurrence": cooccurrence,
 }
