@@ -88,6 +88,19 @@ def test_quantize_count_given_centers_quantiles_many_levels(kernel):
               torch.autograd.grad((he * w).sum(), s64)[0], None, f"grad {kw.keys()} L={L}")
 
 
+@pytest.mark.parametrize("quantiles", [None, (0.05, 0.95)])
+def test_fused_centers_match_the_composed_lloyd_loop(monkeypatch, quantiles):
+    """The fused ``start_centers`` pass (init + update kernels) against the composed loop it
+    replaces (min/max or sort, ``level_sums`` passes, torch updates), which runs beyond
+    ``MAX_FUSED_LEVELS``."""
+    s = rand_s(3, 200)
+    fused = quantize_count(s, 9, iters=3, quantiles=quantiles, backend="triton")
+    monkeypatch.setattr(K, "MAX_FUSED_LEVELS", 8)
+    composed = quantize_count(s, 9, iters=3, quantiles=quantiles, backend="triton")
+    for a, b in zip(fused, composed):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------
 # reproject
 # ----------------------------------------------------------------------------
