@@ -18,10 +18,10 @@ size pixels × levels ever touches memory:
   (one Lloyd update, sorted in registers), ``_normalize_kernel`` /
   ``_normalize_backward_kernel`` (the histogram's row normalization and its
   Jacobian, reading the partials directly). ``start_centers_triton`` is the fused
-  ``start_centers`` pass (the Lloyd loop itself stays in ``sstkd.ops.algorithms``): ``quantize_count(iters=3)`` is 10 launches forward, 2 backward.
+  ``start_centers`` pass (the Lloyd loop itself stays in ``sstkd.ops.algorithms``): ``quantize_count(iters=3)`` is 10 launches forward, 1 backward.
 * ``_count_backward_kernel`` — one pass: ``grad_s = g[lo]·w'_lo + g[hi]·w'_hi``,
-  with ``g`` the gradient w.r.t. the unnormalized counts (the normalization's
-  Jacobian is applied to the ``(B, L)`` gradient first).
+  with ``g`` the gradient w.r.t. the unnormalized counts (each program applies
+  the normalization's Jacobian to the ``(B, L)`` gradient itself).
 * ``_reproject_kernel`` (two-tap gather), ``_reproject_grad_s_kernel`` (gather)
   and ``_reproject_grad_table_kernel`` (per program, the ``(D × pixels) ·
   (pixels × L)`` tile product ``G · E`` — the scatter of ``g·w`` into
@@ -195,16 +195,34 @@ def _sum_partials_kernel(PART, OUT, P, M, BLOCK: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=("N", "L"))
-def _count_backward_kernel(S, CEN, GC, GS, N, L,
-                           LOG_L: tl.constexpr, KERNEL: tl.constexpr, BLOCK_N: tl.constexpr):
-    """grad_s[b, i] = GC[b, lo]·w'_lo + GC[b, hi]·w'_hi (GC: gradient of the raw counts)."""
+def _count_backward_kernel(S, CEN, G, HIST, TOTAL, GS, N, L, G_SB, G_SM,
+                           LOG_L: tl.constexpr, KERNEL: tl.constexpr, BLOCK_N: tl.constexpr,
+                           BLOCK_L: tl.constexpr):
+    """grad_s[b, i] = gc[lo]·w'_lo + gc[hi]·w'_hi, with gc = (g − Σ g·h) / total the gradient of
+    the raw counts of ``h = counts / total`` (rows of zeros: gc = g). Each program forms the
+    (B, L) Jacobian's dot product itself (L values), so the normalization needs no launch;
+    G (the histogram's gradient, any float dtype) is read through its strides."""
     b = tl.program_id(1).to(tl.int64)
+    gh = tl.zeros((BLOCK_L,), dtype=tl.float32)
+    hs = tl.zeros((BLOCK_L,), dtype=tl.float32)
+    for l0 in range(0, L, BLOCK_L):
+        m = l0 + tl.arange(0, BLOCK_L)
+        keep = m < L
+        h = tl.load(HIST + b * L + m, mask=keep, other=0.0)
+        gh += tl.load(G + b * G_SB + m * G_SM, mask=keep, other=0.0).to(tl.float32) * h
+        hs += h
+    dot = tl.sum(gh, axis=0)
+    live = tl.sum(hs, axis=0) != 0
+    total = tl.load(TOTAL + b)
     offs = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     ok = offs < N
     s = tl.load(S + b * N + offs, mask=ok, other=0.0).to(tl.float32)
     lo, hi, w_lo, w_hi, dw_lo, dw_hi = _taps(s, ok, CEN + b * L, L, LOG_L, KERNEL)
-    g = tl.load(GC + b * L + lo) * dw_lo + tl.load(GC + b * L + hi) * dw_hi
-    tl.store(GS + b * N + offs, g.to(GS.dtype.element_ty), mask=ok)
+    g_lo = tl.load(G + b * G_SB + lo * G_SM).to(tl.float32)
+    g_hi = tl.load(G + b * G_SB + hi * G_SM).to(tl.float32)
+    gc_lo = tl.where(live, (g_lo - dot) / total, g_lo)
+    gc_hi = tl.where(live, (g_hi - dot) / total, g_hi)
+    tl.store(GS + b * N + offs, (gc_lo * dw_lo + gc_hi * dw_hi).to(GS.dtype.element_ty), mask=ok)
 
 
 @triton.jit(do_not_specialize=("N", "D", "L"))
@@ -456,9 +474,10 @@ def _lloyd_kernel(MASS, MOMENT, CEN, OUT, P, L, ZERO: tl.constexpr, BLOCK_L: tl.
 
 
 @triton.jit(do_not_specialize=("P", "M"))
-def _normalize_kernel(PART, HIST, TOTAL, P, M, BLOCK: tl.constexpr):
+def _normalize_kernel(PART, HIST, OUT, TOTAL, P, M, WITH_OUT: tl.constexpr, BLOCK: tl.constexpr):
     """HIST[b] = counts / Σ counts (an all-zero row stays zero, TOTAL[b] = 1 then), counts[m] =
-    Σ_p PART[b, p, m] in increasing p; TOTAL[b] keeps the divisor for the backward."""
+    Σ_p PART[b, p, m] in increasing p; TOTAL[b] keeps the divisor for the backward. WITH_OUT:
+    the same rounded to OUT's dtype (the op's output, no cast launch)."""
     b = tl.program_id(0).to(tl.int64)
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
     for m0 in range(0, M, BLOCK):
@@ -477,6 +496,8 @@ def _normalize_kernel(PART, HIST, TOTAL, P, M, BLOCK: tl.constexpr):
         for p in range(0, P):
             v += tl.load(PART + (b * P + p) * M + m, mask=keep, other=0.0)
         tl.store(HIST + b * M + m, v / total, mask=keep)
+        if WITH_OUT:
+            tl.store(OUT + b * M + m, (v / total).to(OUT.dtype.element_ty), mask=keep)
     tl.store(TOTAL + b, total)
 
 
@@ -607,13 +628,15 @@ def _row_block(m: int) -> int:
     return min(1024, max(16, triton.next_power_of_2(m)))
 
 
-def _normalize(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hist (B, M), totals (B,)) of per-program partial counts (B, P, M): one small launch."""
+def _normalize(part: torch.Tensor, out_dtype: torch.dtype = torch.float32):
+    """(hist (B, M) float32, totals (B,), hist in ``out_dtype``) of per-program partial counts
+    (B, P, M): one small launch."""
     B, P, M = part.shape
     hist = torch.empty(B, M, device=part.device, dtype=torch.float32)
     total = torch.empty(B, device=part.device, dtype=torch.float32)
-    _normalize_kernel[(B,)](part, hist, total, P, M, BLOCK=_row_block(M))
-    return hist, total
+    out = hist if out_dtype == torch.float32 else torch.empty(B, M, device=part.device, dtype=out_dtype)
+    _normalize_kernel[(B,)](part, hist, out, total, P, M, WITH_OUT=out is not hist, BLOCK=_row_block(M))
+    return hist, total, out
 
 
 def _normalize_backward(g: torch.Tensor, h: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
@@ -720,10 +743,10 @@ class _QuantizeCountFn(torch.autograd.Function):
                 LOG_L=cfg.LOG_L, KERNEL=KERNEL_IDS[kernel], WITH_MOMENT=False, DETERMINISTIC=True,
                 CHUNK=cfg.CHUNK, BLOCK_N=cfg.BLOCK_N, BLOCK_L=cfg.BLOCK_L, num_warps=cfg.num_warps,
             )
-            hist, total = _normalize(part)
+            hist, total, out = _normalize(part, s2.dtype)
         ctx.save_for_backward(s2, centers, hist, total)
         ctx.kernel = kernel
-        return hist
+        return out
 
     @staticmethod
     def backward(ctx, g):
@@ -733,10 +756,10 @@ class _QuantizeCountFn(torch.autograd.Function):
         gs = torch.empty_like(s2)
         block = _pixel_block(N)
         with _guard(s2):
-            gc = _normalize_backward(g, hist, total)
             _count_backward_kernel[(triton.cdiv(N, block), B)](
-                s2, centers, gc, gs, N, L,
+                s2, centers, g, hist, total, gs, N, L, g.stride(0), g.stride(1),
                 LOG_L=launch_config(B, N, L).LOG_L, KERNEL=KERNEL_IDS[ctx.kernel], BLOCK_N=block,
+                BLOCK_L=_row_block(min(L, 128)),
             )
         return gs, None, None
 
@@ -754,8 +777,9 @@ def level_sums_triton(s2: torch.Tensor, centers: torch.Tensor, kernel: str) -> t
 
 
 def soft_hist_triton(s2: torch.Tensor, centers: torch.Tensor, kernel: str) -> torch.Tensor:
-    """Normalized soft counts (B, L) float32 of ``s2`` (B, N) at fixed ``centers``; differentiable in
-    ``s2`` (one pass each way)."""
+    """Normalized soft counts (B, L) of ``s2`` (B, N) at fixed ``centers``, computed in float32 and
+    stored in ``s2``'s dtype; differentiable in ``s2`` (one pass and one small launch forward, one
+    pass backward)."""
     _check_dtype(s2, "s")
     return _QuantizeCountFn.apply(s2.contiguous(), centers.float().contiguous(), kernel)
 
@@ -854,7 +878,7 @@ class _CooccurrenceFn(torch.autograd.Function):
                     s2, centers, off, buf, H, W, L, len(offsets), LOG_L=cfg.LOG_L, KERNEL=kid, BLOCK_N=block,
                 )
                 buf = buf[:, None]
-            hist, total = _normalize(buf)
+            hist, total, _ = _normalize(buf)
         ctx.save_for_backward(s2, centers, off, hist, total)
         ctx.geometry = (H, W, len(offsets), kernel)
         return hist
