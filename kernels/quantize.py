@@ -11,18 +11,23 @@ size pixels × levels ever touches memory:
   one-hot tile ``BLOCK_N × BLOCK_L`` reduced over the pixels, no atomics
   inside the program), optionally with the Lloyd moment ``Σ w·s`` beside the
   mass ``Σ w``; the private histograms are merged with one float atomic per
-  level and program. Lloyd steps are such passes with the tiny ``(B, L)``
-  center update done by torch on the device in between (no host sync); the loop
-  itself is written once, in ``sstkd.ops.algorithms.quantize_count``.
+  level and program, or stored as per-program partials.
+* the ``(B, L)`` bookkeeping, one program per image and one launch each:
+  ``_init_centers_kernel`` (range from the min/max partials or the sorted
+  rows' quantiles, initial centers, zeroed Lloyd sums), ``_lloyd_kernel``
+  (one Lloyd update, sorted in registers), ``_normalize_kernel`` /
+  ``_normalize_backward_kernel`` (the histogram's row normalization and its
+  Jacobian, reading the partials directly). ``start_centers_triton`` is the fused
+  ``start_centers`` pass (the Lloyd loop itself stays in ``sstkd.ops.algorithms``): ``quantize_count(iters=3)`` is 10 launches forward, 1 backward.
 * ``_count_backward_kernel`` — one pass: ``grad_s = g[lo]·w'_lo + g[hi]·w'_hi``,
-  with ``g`` the gradient w.r.t. the unnormalized counts (the normalization's
-  Jacobian is applied to the ``(B, L)`` gradient first).
+  with ``g`` the gradient w.r.t. the unnormalized counts (each program applies
+  the normalization's Jacobian to the ``(B, L)`` gradient itself).
 * ``_reproject_kernel`` (two-tap gather), ``_reproject_grad_s_kernel`` (gather)
   and ``_reproject_grad_table_kernel`` (per program, the ``(D × pixels) ·
   (pixels × L)`` tile product ``G · E`` — the scatter of ``g·w`` into
-  ``(D, L)`` for a chunk of pixels, as an fp32 ``tl.dot`` with IEEE precision
-  (TF32 would cost ~1e-3 relative) — merged with one atomic per entry and
-  program).
+  ``(D, L)`` for a chunk of pixels, as an exact fp32 broadcast product reduced
+  over the pixels (an IEEE fp32 ``tl.dot`` spilled; TF32 would cost ~1e-3
+  relative) — merged with one atomic per entry and program).
 * ``_cooc_atomic_kernel`` (≤ 4 float atomics per pixel pair into the ``L²``
   counts: the targets are spread, so contention is low) and
   ``_cooc_backward_kernel`` (gathers only).
@@ -64,6 +69,7 @@ __all__ = [
     "minmax_triton",
     "reproject_triton",
     "soft_hist_triton",
+    "start_centers_triton",
 ]
 
 KERNEL_IDS = {"triangular": 0, "stlnet": 1}
@@ -189,16 +195,34 @@ def _sum_partials_kernel(PART, OUT, P, M, BLOCK: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=("N", "L"))
-def _count_backward_kernel(S, CEN, GC, GS, N, L,
-                           LOG_L: tl.constexpr, KERNEL: tl.constexpr, BLOCK_N: tl.constexpr):
-    """grad_s[b, i] = GC[b, lo]·w'_lo + GC[b, hi]·w'_hi (GC: gradient of the raw counts)."""
+def _count_backward_kernel(S, CEN, G, HIST, TOTAL, GS, N, L, G_SB, G_SM,
+                           LOG_L: tl.constexpr, KERNEL: tl.constexpr, BLOCK_N: tl.constexpr,
+                           BLOCK_L: tl.constexpr):
+    """grad_s[b, i] = gc[lo]·w'_lo + gc[hi]·w'_hi, with gc = (g − Σ g·h) / total the gradient of
+    the raw counts of ``h = counts / total`` (rows of zeros: gc = g). Each program forms the
+    (B, L) Jacobian's dot product itself (L values), so the normalization needs no launch;
+    G (the histogram's gradient, any float dtype) is read through its strides."""
     b = tl.program_id(1).to(tl.int64)
+    gh = tl.zeros((BLOCK_L,), dtype=tl.float32)
+    hs = tl.zeros((BLOCK_L,), dtype=tl.float32)
+    for l0 in range(0, L, BLOCK_L):
+        m = l0 + tl.arange(0, BLOCK_L)
+        keep = m < L
+        h = tl.load(HIST + b * L + m, mask=keep, other=0.0)
+        gh += tl.load(G + b * G_SB + m * G_SM, mask=keep, other=0.0).to(tl.float32) * h
+        hs += h
+    dot = tl.sum(gh, axis=0)
+    live = tl.sum(hs, axis=0) != 0
+    total = tl.load(TOTAL + b)
     offs = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     ok = offs < N
     s = tl.load(S + b * N + offs, mask=ok, other=0.0).to(tl.float32)
     lo, hi, w_lo, w_hi, dw_lo, dw_hi = _taps(s, ok, CEN + b * L, L, LOG_L, KERNEL)
-    g = tl.load(GC + b * L + lo) * dw_lo + tl.load(GC + b * L + hi) * dw_hi
-    tl.store(GS + b * N + offs, g.to(GS.dtype.element_ty), mask=ok)
+    g_lo = tl.load(G + b * G_SB + lo * G_SM).to(tl.float32)
+    g_hi = tl.load(G + b * G_SB + hi * G_SM).to(tl.float32)
+    gc_lo = tl.where(live, (g_lo - dot) / total, g_lo)
+    gc_hi = tl.where(live, (g_hi - dot) / total, g_hi)
+    tl.store(GS + b * N + offs, (gc_lo * dw_lo + gc_hi * dw_hi).to(GS.dtype.element_ty), mask=ok)
 
 
 @triton.jit(do_not_specialize=("N", "D", "L"))
@@ -272,7 +296,9 @@ def _reproject_grad_table_kernel(S, CEN, G, GT, N, D, L, P, sgb, sgd, sgn,
                    + tl.where(hi[:, None] == bins[None, :], w_hi[:, None], 0.0))
             m = (d[:, None] < D) & ok[None, :]
             g = tl.load(G + b * sgb + d[:, None] * sgd + offs[None, :] * sgn, mask=m, other=0.0).to(tl.float32)
-            acc = tl.dot(g, enc, acc, input_precision="ieee")
+            # a broadcast product reduced over the pixels: exact fp32 like an IEEE dot, but small
+            # tiles stay in registers (the FMA-unrolled fp32 tl.dot spilled kilobytes per thread)
+            acc += tl.sum(g[:, :, None] * enc[None, :, :], axis=1)
         keep = (d[:, None] < D) & (bins[None, :] < L)
         if DETERMINISTIC:
             tl.store(GT + ((b * P + p) * D + d[:, None]) * L + bins[None, :], acc, mask=keep)
@@ -384,6 +410,121 @@ def _cooc_backward_kernel(S, CEN, OFF, GC, GS, H, W, L, NUM_OFF,
     tl.store(GS + b * HW + i, acc.to(GS.dtype.element_ty), mask=ok)
 
 
+# --------------------------------------------------------------------------- (B, L) bookkeeping
+# One program per image: the range, the initial centers, a Lloyd update and the row normalization
+# each take one small launch instead of a dozen aten ops. They read the per-program partials of a
+# counting pass directly (summed in a fixed order), so the counting passes need no zeroed buffer.
+@triton.jit(do_not_specialize=("P", "L", "I0", "I1", "J0", "J1"))
+def _init_centers_kernel(A, A2, CEN, ZM, ZS, P, L, I0, I1, F0, J0, J1, F1,
+                         FROM_SORTED: tl.constexpr, ZERO: tl.constexpr, BLOCK: tl.constexpr):
+    """CEN[b, n] = smin + (n + ½)·(smax − smin)/L; with ZERO, rows b of the (B, L) Lloyd
+    accumulators ZM/ZS are zeroed too (the first step's atomics need no zeroing launch).
+
+    FROM_SORTED: A holds sorted rows (B, P); smin/smax are the quantiles
+    ``A[i0] + (A[i1] − A[i0])·f`` at (I0, I1, F0) and (J0, J1, F1). Else A/A2 are the
+    per-program minima/maxima (B, P) of ``_minmax_kernel``.
+    """
+    b = tl.program_id(0).to(tl.int64)
+    if FROM_SORTED:
+        x0 = tl.load(A + b * P + I0).to(tl.float32)
+        x1 = tl.load(A + b * P + I1).to(tl.float32)
+        y0 = tl.load(A + b * P + J0).to(tl.float32)
+        y1 = tl.load(A + b * P + J1).to(tl.float32)
+        smin = x0 + (x1 - x0) * F0
+        smax = y0 + (y1 - y0) * F1
+    else:
+        lo = tl.full((BLOCK,), float("inf"), tl.float32)
+        hi = tl.full((BLOCK,), float("-inf"), tl.float32)
+        for p0 in range(0, P, BLOCK):
+            offs = p0 + tl.arange(0, BLOCK)
+            ok = offs < P
+            lo = tl.minimum(lo, tl.load(A + b * P + offs, mask=ok, other=float("inf")))
+            hi = tl.maximum(hi, tl.load(A2 + b * P + offs, mask=ok, other=float("-inf")))
+        smin = tl.min(lo, axis=0)
+        smax = tl.max(hi, axis=0)
+    delta = (smax - smin) / L
+    for l0 in range(0, L, BLOCK):
+        n = l0 + tl.arange(0, BLOCK)
+        tl.store(CEN + b * L + n, smin + (n.to(tl.float32) + 0.5) * delta, mask=n < L)
+        if ZERO:
+            tl.store(ZM + b * L + n, tl.zeros((BLOCK,), dtype=tl.float32), mask=n < L)
+            tl.store(ZS + b * L + n, tl.zeros((BLOCK,), dtype=tl.float32), mask=n < L)
+
+
+@triton.jit(do_not_specialize=("P", "L"))
+def _lloyd_kernel(MASS, MOMENT, CEN, OUT, P, L, ZERO: tl.constexpr, BLOCK_L: tl.constexpr):
+    """OUT[b] = sorted(where(mass > 0, moment / mass, CEN[b])), mass/moment summed over the
+    (B, P, L) partials of ``_count_kernel`` in increasing p (the update of one Lloyd step).
+    ZERO (atomic sums, P = 1): the row is zeroed after reading, ready for the next step."""
+    b = tl.program_id(0).to(tl.int64)
+    bins = tl.arange(0, BLOCK_L)
+    keep = bins < L
+    m = tl.zeros((BLOCK_L,), dtype=tl.float32)
+    s = tl.zeros((BLOCK_L,), dtype=tl.float32)
+    for p in range(0, P):
+        m += tl.load(MASS + (b * P + p) * L + bins, mask=keep, other=0.0)
+        s += tl.load(MOMENT + (b * P + p) * L + bins, mask=keep, other=0.0)
+    if ZERO:
+        tl.store(MASS + b * L + bins, tl.zeros((BLOCK_L,), dtype=tl.float32), mask=keep)
+        tl.store(MOMENT + b * L + bins, tl.zeros((BLOCK_L,), dtype=tl.float32), mask=keep)
+    c = tl.load(CEN + b * L + bins, mask=keep, other=0.0)
+    new = tl.where(m > 0, s / tl.where(m > 0, m, 1.0), c)
+    new = tl.sort(tl.where(keep, new, float("inf")))
+    tl.store(OUT + b * L + bins, new, mask=keep)
+
+
+@triton.jit(do_not_specialize=("P", "M"))
+def _normalize_kernel(PART, HIST, OUT, TOTAL, P, M, WITH_OUT: tl.constexpr, BLOCK: tl.constexpr):
+    """HIST[b] = counts / Σ counts (an all-zero row stays zero, TOTAL[b] = 1 then), counts[m] =
+    Σ_p PART[b, p, m] in increasing p; TOTAL[b] keeps the divisor for the backward. WITH_OUT:
+    the same rounded to OUT's dtype (the op's output, no cast launch)."""
+    b = tl.program_id(0).to(tl.int64)
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for m0 in range(0, M, BLOCK):
+        m = m0 + tl.arange(0, BLOCK)
+        keep = m < M
+        v = tl.zeros((BLOCK,), dtype=tl.float32)
+        for p in range(0, P):
+            v += tl.load(PART + (b * P + p) * M + m, mask=keep, other=0.0)
+        acc += v
+    total = tl.sum(acc, axis=0)
+    total = tl.where(total != 0, total, 1.0)
+    for m0 in range(0, M, BLOCK):
+        m = m0 + tl.arange(0, BLOCK)
+        keep = m < M
+        v = tl.zeros((BLOCK,), dtype=tl.float32)
+        for p in range(0, P):
+            v += tl.load(PART + (b * P + p) * M + m, mask=keep, other=0.0)
+        tl.store(HIST + b * M + m, v / total, mask=keep)
+        if WITH_OUT:
+            tl.store(OUT + b * M + m, (v / total).to(OUT.dtype.element_ty), mask=keep)
+    tl.store(TOTAL + b, total)
+
+
+@triton.jit(do_not_specialize=("M", "G_SB", "G_SM"))
+def _normalize_backward_kernel(G, HIST, TOTAL, GC, M, G_SB, G_SM, BLOCK: tl.constexpr):
+    """GC[b] = (g − Σ g·h) / total: the gradient of the raw counts of ``h = counts / Σ counts``
+    (rows of zeros: GC = g). G is read through its strides (an expanded gradient needs no copy)."""
+    b = tl.program_id(0).to(tl.int64)
+    gh = tl.zeros((BLOCK,), dtype=tl.float32)
+    hs = tl.zeros((BLOCK,), dtype=tl.float32)
+    for m0 in range(0, M, BLOCK):
+        m = m0 + tl.arange(0, BLOCK)
+        keep = m < M
+        g = tl.load(G + b * G_SB + m * G_SM, mask=keep, other=0.0).to(tl.float32)
+        h = tl.load(HIST + b * M + m, mask=keep, other=0.0)
+        gh += g * h
+        hs += h
+    dot = tl.sum(gh, axis=0)
+    live = tl.sum(hs, axis=0) != 0
+    total = tl.load(TOTAL + b)
+    for m0 in range(0, M, BLOCK):
+        m = m0 + tl.arange(0, BLOCK)
+        keep = m < M
+        g = tl.load(G + b * G_SB + m * G_SM, mask=keep, other=0.0).to(tl.float32)
+        tl.store(GC + b * M + m, tl.where(live, (g - dot) / total, g), mask=keep)
+
+
 # --------------------------------------------------------------------------- launch parameters
 class Config(NamedTuple):
     BLOCK_N: int  # pixels per tile
@@ -398,7 +539,7 @@ def launch_config(batch: int, n: int, levels: int, interpreted: bool | None = No
     """Fixed launch parameters (no autotuning).
 
     Level tiles hold up to 128 levels (at least 16, the tensor-core minimum);
-    a one-hot tile has about 8K elements on the GPU. A reducing program owns
+    a one-hot tile has about 2K elements on the GPU (no spills on sm_90). A reducing program owns
     ``CHUNK`` pixels: enough chunks for about a thousand programs over the
     batch, but at most 8192 pixels each. The interpreter runs programs one
     after another, so there a program takes a whole image in large tiles.
@@ -411,7 +552,7 @@ def launch_config(batch: int, n: int, levels: int, interpreted: bool | None = No
         block_n = min(n_pow, max(16, 65536 // block_l))
         chunk = triton.cdiv(n, block_n) * block_n
     else:
-        block_n = max(16, 8192 // block_l)
+        block_n = max(16, 2048 // block_l)  # 2K-element one-hot tiles: no spills on sm_90
         want = triton.next_power_of_2(max(1, triton.cdiv(batch * n, 1024)))
         chunk = min(8192, max(block_n, want))
     log_l = max(1, int(levels).bit_length())  # 2**log_l > levels
@@ -435,9 +576,10 @@ def grad_table_config(cfg: Config, d: int, n: int, interpreted: bool | None = No
     a ``BLOCK_D × BLOCK_N`` gradient tile times a ``BLOCK_N × BLOCK_L`` encoding tile."""
     interpreted = _interpreted() if interpreted is None else interpreted
     if interpreted:
-        block_d, block_n, block_l = min(64, max(16, triton.next_power_of_2(d))), cfg.BLOCK_N, cfg.BLOCK_L
-    else:  # the fp32 (FMA) dot is unrolled per thread: keep BLOCK_D·BLOCK_N·BLOCK_L moderate
-        block_d, block_n, block_l = min(32, max(16, triton.next_power_of_2(d))), 16, min(64, cfg.BLOCK_L)
+        block_d, block_l = min(64, max(16, triton.next_power_of_2(d))), cfg.BLOCK_L
+        block_n = min(cfg.BLOCK_N, max(16, (1 << 19) // (block_d * block_l)))
+    else:  # the BLOCK_D × BLOCK_N × BLOCK_L product tile lives in registers: sm_90, no spills
+        block_d, block_n, block_l = 16, 4, min(32, cfg.BLOCK_L)
     chunk = triton.cdiv(cfg.CHUNK, block_n) * block_n
     return cfg._replace(BLOCK_N=block_n, BLOCK_L=block_l, CHUNK=chunk, P=triton.cdiv(n, chunk)), block_d
 
@@ -448,7 +590,8 @@ def cooc_config(cfg: Config, n: int, levels: int, interpreted: bool | None = Non
     interpreted = _interpreted() if interpreted is None else interpreted
     m_pow = triton.next_power_of_2(levels * levels)
     block_m = min(m_pow, 1024) if interpreted else min(m_pow, 128)
-    block_n = min(cfg.BLOCK_N, max(16, 65536 // block_m)) if interpreted else 32  # compile time grows fast
+    # GPU: 16 pairs × 128 level pairs per one-hot tile keeps it in registers (sm_90, no spills)
+    block_n = min(cfg.BLOCK_N, max(16, 65536 // block_m)) if interpreted else 16
     chunk = triton.cdiv(cfg.CHUNK, block_n) * block_n
     return cfg._replace(BLOCK_N=block_n, CHUNK=chunk, P=triton.cdiv(n, chunk)), block_m
 
@@ -481,17 +624,27 @@ def _finish(buf: torch.Tensor, deterministic: bool) -> torch.Tensor:
     return out
 
 
-def _normalize(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows divided by their sums (an all-zero row stays zero); returns (normalized, safe totals)."""
-    total = counts.sum(dim=1, keepdim=True)
-    total = torch.where(total != 0, total, torch.ones_like(total))
-    return counts / total, total
+def _row_block(m: int) -> int:
+    return min(1024, max(16, triton.next_power_of_2(m)))
+
+
+def _normalize(part: torch.Tensor, out_dtype: torch.dtype = torch.float32):
+    """(hist (B, M) float32, totals (B,), hist in ``out_dtype``) of per-program partial counts
+    (B, P, M): one small launch."""
+    B, P, M = part.shape
+    hist = torch.empty(B, M, device=part.device, dtype=torch.float32)
+    total = torch.empty(B, device=part.device, dtype=torch.float32)
+    out = hist if out_dtype == torch.float32 else torch.empty(B, M, device=part.device, dtype=out_dtype)
+    _normalize_kernel[(B,)](part, hist, out, total, P, M, WITH_OUT=out is not hist, BLOCK=_row_block(M))
+    return hist, total, out
 
 
 def _normalize_backward(g: torch.Tensor, h: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
-    """Gradient w.r.t. the raw counts of ``h = counts / Σ counts`` (rows of zeros: identity)."""
-    g = g.float()
-    return ((g - (g * h).sum(dim=1, keepdim=True)) / total).where(h.sum(dim=1, keepdim=True) != 0, g)
+    """Gradient (B, M) float32 w.r.t. the raw counts of ``h = counts / Σ counts``: one small launch."""
+    B, M = h.shape
+    gc = torch.empty(B, M, device=h.device, dtype=torch.float32)
+    _normalize_backward_kernel[(B,)](g, h, total, gc, M, g.stride(0), g.stride(1), BLOCK=_row_block(M))
+    return gc
 
 
 # --------------------------------------------------------------------------- launchers
@@ -522,29 +675,91 @@ def _level_sums(s2: torch.Tensor, centers: torch.Tensor, kernel: str, with_momen
     return _finish(mass, det), (_finish(moment, det) if with_moment else None)
 
 
+MAX_FUSED_LEVELS = 1024  # the Lloyd kernel sorts a row of centers in registers
+
+
+def start_centers_triton(s2: torch.Tensor, levels: int, ranks, kernel: str, iters: int):
+    """The fused ``start_centers`` pass: ``(centers (B, L) float32, step)`` of ``s2`` (B, N), or None
+    beyond ``MAX_FUSED_LEVELS`` levels. The range and the initial centers take one small launch
+    after a min/max pass (or one sort, for quantile ``ranks`` ``((i0, i1, frac), (j0, j1, frac))``);
+    ``step(centers)`` is one Lloyd step: a counting pass and one small update launch, which
+    also zeroes the atomic sums for the next step (no zeroing launches). No autograd."""
+    if levels > MAX_FUSED_LEVELS:
+        return None
+    _check_dtype(s2, "s")
+    s2 = s2.detach().contiguous()
+    B, N = s2.shape
+    L = levels
+    cen = torch.empty(B, L, device=s2.device, dtype=torch.float32)
+    cfg = launch_config(B, N, L)
+    # the Lloyd sums: (B, P, L) partials in the deterministic mode, else (B, L) atomic sums
+    # zeroed by the init kernel and again by each update after reading them
+    det = _deterministic()
+    acc = torch.empty(2, B, cfg.P if det else 1, L, device=s2.device, dtype=torch.float32)
+    zero = bool(iters) and not det
+    with _guard(s2):
+        if ranks is None:
+            cfg2 = launch_config(B, N, 2)
+            block = cfg2.BLOCK_N if _interpreted() else min(1024, cfg2.CHUNK)
+            pmin = torch.empty(B, cfg2.P, device=s2.device, dtype=torch.float32)
+            pmax = torch.empty_like(pmin)
+            _minmax_kernel[(cfg2.P, B)](s2, pmin, pmax, N, cfg2.P, CHUNK=cfg2.CHUNK, BLOCK_N=block)
+            _init_centers_kernel[(B,)](pmin, pmax, cen, acc[0], acc[1], cfg2.P, L, 0, 0, 0.0, 0, 0, 0.0,
+                                       FROM_SORTED=False, ZERO=zero, BLOCK=_row_block(max(L, cfg2.P)))
+        else:
+            xs = s2.sort(dim=1).values  # rows of any float dtype sort exactly as in float32
+            (i0, i1, f0), (j0, j1, f1) = ranks
+            _init_centers_kernel[(B,)](xs, xs, cen, acc[0], acc[1], N, L, i0, i1, f0, j0, j1, f1,
+                                       FROM_SORTED=True, ZERO=zero, BLOCK=_row_block(L))
+    kid = KERNEL_IDS[kernel]
+
+    def step(c: torch.Tensor) -> torch.Tensor:
+        moved = torch.empty_like(c)
+        with _guard(s2):
+            _count_kernel[(cfg.P, B)](
+                s2, c, acc[0], acc[1], N, L, cfg.P,
+                LOG_L=cfg.LOG_L, KERNEL=kid, WITH_MOMENT=True, DETERMINISTIC=det,
+                CHUNK=cfg.CHUNK, BLOCK_N=cfg.BLOCK_N, BLOCK_L=cfg.BLOCK_L, num_warps=cfg.num_warps,
+            )
+            _lloyd_kernel[(B,)](acc[0], acc[1], c, moved, acc.shape[2], L, ZERO=zero,
+                                BLOCK_L=max(16, triton.next_power_of_2(L)))
+        return moved
+
+    return cen, step
+
+
 class _QuantizeCountFn(torch.autograd.Function):
     """hist = counts / Σ counts from one counting pass; backward: one pass over the pixels."""
 
     @staticmethod
     def forward(ctx, s2, centers, kernel):
-        counts, _ = _level_sums(s2, centers, kernel, with_moment=False)
-        hist, total = _normalize(counts)
+        B, N = s2.shape
+        L = centers.shape[1]
+        cfg = launch_config(B, N, L)
+        part = torch.empty(B, cfg.P, L, device=s2.device, dtype=torch.float32)
+        with _guard(s2):
+            _count_kernel[(cfg.P, B)](
+                s2, centers, part, part, N, L, cfg.P,
+                LOG_L=cfg.LOG_L, KERNEL=KERNEL_IDS[kernel], WITH_MOMENT=False, DETERMINISTIC=True,
+                CHUNK=cfg.CHUNK, BLOCK_N=cfg.BLOCK_N, BLOCK_L=cfg.BLOCK_L, num_warps=cfg.num_warps,
+            )
+            hist, total, out = _normalize(part, s2.dtype)
         ctx.save_for_backward(s2, centers, hist, total)
         ctx.kernel = kernel
-        return hist
+        return out
 
     @staticmethod
     def backward(ctx, g):
         s2, centers, hist, total = ctx.saved_tensors
-        gc = _normalize_backward(g, hist, total).contiguous()
         B, N = s2.shape
         L = centers.shape[1]
         gs = torch.empty_like(s2)
         block = _pixel_block(N)
         with _guard(s2):
             _count_backward_kernel[(triton.cdiv(N, block), B)](
-                s2, centers, gc, gs, N, L,
+                s2, centers, g, hist, total, gs, N, L, g.stride(0), g.stride(1),
                 LOG_L=launch_config(B, N, L).LOG_L, KERNEL=KERNEL_IDS[ctx.kernel], BLOCK_N=block,
+                BLOCK_L=_row_block(min(L, 128)),
             )
         return gs, None, None
 
@@ -562,8 +777,9 @@ def level_sums_triton(s2: torch.Tensor, centers: torch.Tensor, kernel: str) -> t
 
 
 def soft_hist_triton(s2: torch.Tensor, centers: torch.Tensor, kernel: str) -> torch.Tensor:
-    """Normalized soft counts (B, L) float32 of ``s2`` (B, N) at fixed ``centers``; differentiable in
-    ``s2`` (one pass each way)."""
+    """Normalized soft counts (B, L) of ``s2`` (B, N) at fixed ``centers``, computed in float32 and
+    stored in ``s2``'s dtype; differentiable in ``s2`` (one pass and one small launch forward, one
+    pass backward)."""
     _check_dtype(s2, "s")
     return _QuantizeCountFn.apply(s2.contiguous(), centers.float().contiguous(), kernel)
 
@@ -655,16 +871,14 @@ class _CooccurrenceFn(torch.autograd.Function):
                     LOG_L=cfg.LOG_L, KERNEL=kid, CHUNK=cfg.CHUNK, BLOCK_N=cfg.BLOCK_N, BLOCK_M=block_m,
                     num_warps=cfg.num_warps,
                 )
-                det = True
             else:
                 buf = torch.zeros(B, L * L, device=s2.device, dtype=torch.float32)
                 block = _pixel_block(N)
                 _cooc_atomic_kernel[(triton.cdiv(N, block), B)](
                     s2, centers, off, buf, H, W, L, len(offsets), LOG_L=cfg.LOG_L, KERNEL=kid, BLOCK_N=block,
                 )
-                det = False
-        counts = _finish(buf, det)
-        hist, total = _normalize(counts)
+                buf = buf[:, None]
+            hist, total, _ = _normalize(buf)
         ctx.save_for_backward(s2, centers, off, hist, total)
         ctx.geometry = (H, W, len(offsets), kernel)
         return hist
@@ -675,10 +889,10 @@ class _CooccurrenceFn(torch.autograd.Function):
         H, W, num_off, kernel = ctx.geometry
         B, N = s2.shape
         L = centers.shape[1]
-        gc = _normalize_backward(g, hist, total).contiguous()
         gs = torch.empty_like(s2)
         block = _pixel_block(N)
         with _guard(s2):
+            gc = _normalize_backward(g, hist, total)
             _cooc_backward_kernel[(triton.cdiv(N, block), B)](
                 s2, centers, off, gc, gs, H, W, L, num_off,
                 LOG_L=launch_config(B, N, L).LOG_L, KERNEL=KERNEL_IDS[kernel], BLOCK_N=block,

@@ -88,6 +88,19 @@ def test_quantize_count_given_centers_quantiles_many_levels(kernel):
               torch.autograd.grad((he * w).sum(), s64)[0], None, f"grad {kw.keys()} L={L}")
 
 
+@pytest.mark.parametrize("quantiles", [None, (0.05, 0.95)])
+def test_fused_centers_match_the_composed_lloyd_loop(monkeypatch, quantiles):
+    """The fused ``start_centers`` pass (init + update kernels) against the composed loop it
+    replaces (min/max or sort, ``level_sums`` passes, torch updates), which runs beyond
+    ``MAX_FUSED_LEVELS``."""
+    s = rand_s(3, 200)
+    fused = quantize_count(s, 9, iters=3, quantiles=quantiles, backend="triton")
+    monkeypatch.setattr(K, "MAX_FUSED_LEVELS", 8)
+    composed = quantize_count(s, 9, iters=3, quantiles=quantiles, backend="triton")
+    for a, b in zip(fused, composed):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------
 # reproject
 # ----------------------------------------------------------------------------
@@ -183,11 +196,17 @@ def test_cooccurrence_many_levels(det, request):
 # ----------------------------------------------------------------------------
 class _Spy:
     def __init__(self, kernel):
-        self.kernel, self.launches = kernel, 0
+        self.kernel, self.launches, self.calls = kernel, 0, []
 
     def __getitem__(self, grid):
         self.launches += 1
-        return self.kernel[grid]
+        launch = self.kernel[grid]
+
+        def call(*args, **kwargs):
+            self.calls.append(kwargs)
+            return launch(*args, **kwargs)
+
+        return call
 
 
 @pytest.fixture
@@ -223,20 +242,30 @@ def _small_chunks(monkeypatch):
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_deterministic_mode_uses_partials_and_matches(monkeypatch, deterministic, kernel):
-    spy = _Spy(K._sum_partials_kernel)
-    monkeypatch.setattr(K, "_sum_partials_kernel", spy)
+    spies = {name: _Spy(getattr(K, name)) for name in
+             ("_sum_partials_kernel", "_count_kernel", "_cooc_partial_kernel", "_cooc_atomic_kernel")}
+    for name, spy in spies.items():
+        monkeypatch.setattr(K, name, spy)
     _small_chunks(monkeypatch)
     s = rand_s(2, 42)
     table = torch.randn(2, 3, 8)
     first = _all_ops(s, table, kernel)
-    # 2 Lloyd passes x (mass, moment) + final count + grad table + co-occurrence
-    assert spy.launches == 7
+    # partials, summed in a fixed order: 2 Lloyd passes + the final count (by the Lloyd and
+    # normalization kernels), the grad table (_sum_partials_kernel), the co-occurrence
+    assert [c["DETERMINISTIC"] for c in spies["_count_kernel"].calls] == [True] * 3
+    assert spies["_sum_partials_kernel"].launches == 1
+    assert (spies["_cooc_partial_kernel"].launches, spies["_cooc_atomic_kernel"].launches) == (1, 0)
     second = _all_ops(s, table, kernel)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
     torch.use_deterministic_algorithms(False)
+    for spy in spies.values():
+        spy.launches, spy.calls = 0, []
     atomic = _all_ops(s, table, kernel)
-    assert spy.launches == 14
+    # atomics: the Lloyd passes, grad table and co-occurrence (the final count keeps its partials)
+    assert [c["DETERMINISTIC"] for c in spies["_count_kernel"].calls] == [False, False, True]
+    assert spies["_sum_partials_kernel"].launches == 0
+    assert (spies["_cooc_partial_kernel"].launches, spies["_cooc_atomic_kernel"].launches) == (0, 1)
     monkeypatch.undo()  # default launch parameters, reference ops
     sg = s.clone().requires_grad_()
     tg = table.clone().requires_grad_()
@@ -276,8 +305,8 @@ def test_gpu_launch_config_shapes():
         co, block_m = K.cooc_config(cfg, N, L, interpreted=False)
         for c2 in (gt, co):
             assert c2.CHUNK % c2.BLOCK_N == 0 and c2.P * c2.CHUNK >= N > (c2.P - 1) * c2.CHUNK
-        # tl.dot needs every tile dimension >= 16
-        assert min(block_d, gt.BLOCK_N, gt.BLOCK_L) >= 16 and block_m * co.BLOCK_N <= 8192
+        # register tiles: the grad-table product and the co-occurrence one-hot tile
+        assert block_d * gt.BLOCK_N * gt.BLOCK_L <= 2048 and block_m * co.BLOCK_N <= 2048
 
 
 def _aot_jobs(arch, kernel, det, dt):
@@ -295,7 +324,8 @@ def _aot_jobs(arch, kernel, det, dt):
         (K._count_kernel, dict(S=dt, CEN=f32, MASS=f32, MOMENT=f32, N=i32, L=i32, P=i32, CHUNK=i32),
          dict(pix, WITH_MOMENT=True, DETERMINISTIC=det, BLOCK_N=cfg.BLOCK_N, BLOCK_L=cfg.BLOCK_L)),
         (K._sum_partials_kernel, dict(PART=f32, OUT=f32, P=i32, M=i32), dict(BLOCK=128)),
-        (K._count_backward_kernel, dict(S=dt, CEN=f32, GC=f32, GS=dt, N=i32, L=i32), dict(pix, BLOCK_N=nb)),
+        (K._count_backward_kernel, dict(S=dt, CEN=f32, G=dt, HIST=f32, TOTAL=f32, GS=dt, N=i32, L=i32, G_SB=i32,
+                                        G_SM=i32), dict(pix, BLOCK_N=nb, BLOCK_L=K._row_block(L))),
         (K._reproject_kernel, dict(T=dt, S=dt, CEN=f32, OUT=dt, N=i32, D=i32, L=i32),
          dict(pix, BLOCK_N=nb, BLOCK_D=K._channel_block(D))),
         (K._reproject_grad_s_kernel, dict(T=dt, S=dt, CEN=f32, G=dt, GS=dt, N=i32, D=i32, L=i32, sgb=i32, sgd=i32,
@@ -309,6 +339,16 @@ def _aot_jobs(arch, kernel, det, dt):
                                       CHUNK=i32), dict(pix, BLOCK_N=co.BLOCK_N, BLOCK_M=bm)),
         (K._cooc_backward_kernel, dict(S=dt, CEN=f32, OFF="*i32", GC=f32, GS=dt, H=i32, W=i32, L=i32, NUM_OFF=i32),
          dict(pix, BLOCK_N=nb)),
+        # the (B, L) bookkeeping: one program per image
+        (K._init_centers_kernel, dict(A=dt if det else f32, A2=dt if det else f32, CEN=f32, ZM=f32, ZS=f32, P=i32,
+                                      L=i32, I0=i32, I1=i32, F0="fp32", J0=i32, J1=i32, F1="fp32"),
+         dict(FROM_SORTED=det, ZERO=not det, BLOCK=K._row_block(max(L, cfg.P)))),
+        (K._lloyd_kernel, dict(MASS=f32, MOMENT=f32, CEN=f32, OUT=f32, P=i32, L=i32),
+         dict(ZERO=not det, BLOCK_L=L)),
+        (K._normalize_kernel, dict(PART=f32, HIST=f32, OUT=dt, TOTAL=f32, P=i32, M=i32),
+         dict(WITH_OUT=dt != f32, BLOCK=K._row_block(L * L))),
+        (K._normalize_backward_kernel, dict(G=dt, HIST=f32, TOTAL=f32, GC=f32, M=i32, G_SB=i32, G_SM=i32),
+         dict(BLOCK=K._row_block(L * L))),
     ]
 
 

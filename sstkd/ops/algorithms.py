@@ -36,7 +36,11 @@ __all__ = [
     "initial_centers",
     "intensity_range",
     "lloyd_update",
+    "lloyd_converged",
+    "no_fused_start",
+    "quantile_ranks",
     "quantize_count",
+    "refine_centers",
 ]
 
 
@@ -137,14 +141,37 @@ def contourlet_energy(x: torch.Tensor, nlevs, pfilt: str, dfilt: str, passes) ->
 
 
 # --------------------------------------------------------------------------- quantization
-def _quantile_rows(x: torch.Tensor, q: float) -> torch.Tensor:
-    """Per-row quantile of a sorted ``(B, N)`` tensor, linear interpolation (torch.quantile's rule)."""
-    n = x.shape[1]
+def quantile_ranks(n: int, q: float) -> tuple[int, int, float]:
+    """``(i0, i1, frac)``: the quantile ``q`` of ``n`` sorted values is ``x[i0] + (x[i1] − x[i0])·frac``
+    (``pos = q·(n − 1)``, ``i0 = ⌊pos⌋``; ``i1 = i0`` where ``pos`` is whole, as torch.quantile's ceil)."""
     pos = q * (n - 1)
     i0 = min(int(math.floor(pos)), n - 1)
-    i1 = min(i0 + 1, n - 1)
     frac = pos - i0
-    return x[:, i0] + (x[:, i1] - x[:, i0]) * frac
+    return i0, (min(i0 + 1, n - 1) if frac != 0 else i0), frac
+
+
+def _quantile_rows(x: torch.Tensor, qs, budget: int = 1 << 19) -> list[torch.Tensor]:
+    """Per-row quantiles ``qs`` of ``x`` (B, N), linear interpolation (torch.quantile's rule:
+    ``x[i0] + (x[i1] − x[i0])·frac`` of the sorted row, ``pos = q·(N − 1)``), one (B,) tensor per q.
+
+    Order statistics by ``kthvalue`` on groups of rows of about ``budget`` elements instead of a
+    full sort: no sorted copy and no int64 permutation of the whole map (a selection's
+    temporaries are ≈ 1.5× one group).
+    """
+    B, n = x.shape
+    ranks = [quantile_ranks(n, q) for q in qs]
+    needed = sorted({i for i0, i1, _ in ranks for i in (i0, i1)})
+    rows = max(1, budget // max(n, 1))
+    stats = {i: torch.empty(B, dtype=x.dtype, device=x.device) for i in needed}
+    for b0 in range(0, B, rows):
+        group = x[b0:b0 + rows]
+        for i in needed:
+            stats[i][b0:b0 + rows] = group.kthvalue(i + 1, dim=1).values
+    out = []
+    for i0, i1, frac in ranks:
+        v0, v1 = stats[i0], stats[i1]
+        out.append(v0 + (v1 - v0) * frac)
+    return out
 
 
 def _aminmax(s2: torch.Tensor):
@@ -154,14 +181,14 @@ def _aminmax(s2: torch.Tensor):
 def intensity_range(s2: torch.Tensor, quantiles: tuple[float, float] | None,
                     minmax=_aminmax) -> tuple[torch.Tensor, torch.Tensor]:
     """``(smin, smax)`` per row of ``s2`` (B, N) in its compute dtype: the extremes (the
-    ``minmax`` pass), or robust quantiles (a sort, any backend)."""
+    ``minmax`` pass), or robust quantiles (row selections, any backend)."""
     cdt = compute_dtype(s2)
     with torch.no_grad():
         if quantiles is None:
             smin, smax = minmax(s2.detach())
             return smin.to(cdt), smax.to(cdt)
-        xs = s2.detach().to(cdt).sort(dim=1).values
-        return _quantile_rows(xs, quantiles[0]), _quantile_rows(xs, quantiles[1])
+        lo, hi = _quantile_rows(s2.detach().to(cdt), quantiles)
+        return lo, hi
 
 
 def initial_centers(smin: torch.Tensor, smax: torch.Tensor, levels: int) -> torch.Tensor:
@@ -185,31 +212,65 @@ def lloyd_update(centers: torch.Tensor, mass: torch.Tensor, moment: torch.Tensor
     return new.sort(dim=1).values
 
 
+def lloyd_converged(old: torch.Tensor, new: torch.Tensor, iters: int) -> bool:
+    """Whether Lloyd steps can stop after ``old -> new``: the centers moved a few ulps at most.
+    Long runs only (``iters > 8``): the check reads a value back from the device."""
+    if iters <= 8:
+        return False
+    step = (new - old).abs().max()
+    return bool(step <= 4 * torch.finfo(new.dtype).eps * new.abs().max())
+
+
+def no_fused_start(s2, levels, ranks, kernel, iters):
+    """The ``start_centers`` pass of a backend without fused center kernels: None, so
+    :func:`refine_centers` composes ``minmax`` / ``level_sums`` and the (B, L) updates."""
+    return None
+
+
+def refine_centers(s2: torch.Tensor, levels: int, iters: int, kernel: str, quantiles, passes) -> torch.Tensor:
+    """Centers (B, L) of validated ``s2`` (B, N) in its compute dtype, under no_grad: the range
+    (extremes or quantiles), the initial centers and ``iters`` Lloyd steps (no host sync unless
+    ``iters > 8``).
+
+    A backend's ``start_centers(s2, levels, ranks, kernel, iters)`` pass may fuse them: it
+    returns ``(centers, step)`` with ``step(centers) -> moved`` one Lloyd step, or None; else
+    each step is one ``level_sums`` pass over the pixels plus a tiny (B, L) update on the device.
+    """
+    cdt = compute_dtype(s2)
+    with torch.no_grad():
+        sd = s2.detach()
+        n = sd.shape[1]
+        ranks = None if quantiles is None else tuple(quantile_ranks(n, q) for q in quantiles)
+        fused = passes.get("start_centers", no_fused_start)(sd, levels, ranks, kernel, iters)
+        if fused is not None:
+            centers, step = fused
+        else:
+            smin, smax = intensity_range(sd, quantiles, passes.get("minmax", _aminmax))
+            centers = initial_centers(smin, smax, levels)
+
+            def step(c):
+                mass, moment = passes["level_sums"](sd, c, kernel)
+                return lloyd_update(c, mass.to(cdt), moment.to(cdt))
+
+        for _ in range(iters):
+            moved = step(centers)
+            stop = lloyd_converged(centers, moved, iters)
+            centers = moved
+            if stop:
+                break  # the centers stopped moving (a few ulps): more steps change nothing
+    return centers.to(cdt)
+
+
 def quantize_count(s2: torch.Tensor, levels: int, iters: int, kernel: str, centers: torch.Tensor | None,
                    quantiles, passes) -> tuple[torch.Tensor, torch.Tensor]:
     """``(centers, hist)`` of validated ``s2`` (B, N), both (B, L) in the compute dtype of ``s2``.
 
-    Without ``centers``: the range (``minmax`` pass or quantiles), the initial centers and
-    ``iters`` Lloyd steps, each one ``level_sums`` pass over the pixels plus a tiny (B, L)
-    update on the device (no host sync). Centers are constants for autograd; ``hist`` is
-    differentiable in ``s2`` (the ``soft_hist`` pass).
+    Without ``centers``: :func:`refine_centers` (range, initial centers, Lloyd steps).
+    Centers are constants for autograd; ``hist`` is differentiable in ``s2`` (the ``soft_hist`` pass).
     """
     cdt = compute_dtype(s2)
     if centers is None:
-        with torch.no_grad():
-            sd = s2.detach()
-            smin, smax = intensity_range(sd, quantiles, passes.get("minmax", _aminmax))
-            centers = initial_centers(smin, smax, levels)
-            for _ in range(iters):
-                mass, moment = passes["level_sums"](sd, centers, kernel)
-                moved = lloyd_update(centers, mass.to(cdt), moment.to(cdt))
-                # Long runs only stop once the centers stop moving (a few ulps): the check
-                # reads a value back from the device, which short runs must not wait for.
-                converged = iters > 8 and bool((moved - centers).abs().max()
-                                               <= 4 * torch.finfo(cdt).eps * moved.abs().max())
-                centers = moved
-                if converged:
-                    break
+        centers = refine_centers(s2, levels, iters, kernel, quantiles, passes)
     else:
         centers = centers.detach().to(cdt)
     return centers, passes["soft_hist"](s2, centers, kernel)

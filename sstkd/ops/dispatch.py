@@ -42,7 +42,7 @@ PASSES: dict[str, tuple[str, ...]] = {
     "contourlet_dec": ("lp_dec", "dfb_dec", "wfb_dec"),
     "contourlet_rec": ("lp_rec", "dfb_rec", "wfb_rec"),
     "contourlet_energy": ("lp_dec", "dfb_energy", "dfb_dec", "wfb_dec"),
-    "quantize_count": ("minmax", "level_sums", "soft_hist"),
+    "quantize_count": ("minmax", "level_sums", "soft_hist", "start_centers"),
 }
 # Per-op preference of "auto" on CUDA tensors, fastest first (from bench/results/).
 AUTO_ORDER: dict[str, tuple[str, ...]] = {}

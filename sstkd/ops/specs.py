@@ -281,11 +281,14 @@ def _contourlet_rec_inputs(shape, dtype, device, layout="contiguous", seed=0, nl
 
 
 def _quantize_count_inputs(shape, dtype, device, layout="contiguous", seed=0, levels=None, iters=0,
-                           kernel="triangular"):
+                           kernel="triangular", quantiles=None):
     shape = _intensity("quantize_count", shape)
     m = _Maker(dtype, device, seed)
     levels = default_levels(shape) if levels is None else levels
-    return (apply_layout(m.rand(*shape), layout),), {"levels": levels, "iters": iters, "kernel": kernel}
+    kwargs = {"levels": levels, "iters": iters, "kernel": kernel}
+    if quantiles is not None:  # the robust range (a selection per row) instead of the extremes
+        kwargs["quantiles"] = tuple(quantiles)
+    return (apply_layout(m.rand(*shape), layout),), kwargs
 
 
 def _reproject_inputs(shape, dtype, device, layout="contiguous", seed=0, levels=None, channels=4,

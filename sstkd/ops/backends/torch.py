@@ -76,6 +76,7 @@ TABLE = {
     "minmax": minmax,
     "level_sums": _q.level_sums_ref,
     "soft_hist": _q.soft_hist_ref,
+    "start_centers": algorithms.no_fused_start,
     "reproject": reproject,
     "cooccurrence": cooccurrence,
 }

@@ -16,7 +16,7 @@ from sstkd._util import triton_interpreted
 
 _LOW_AND_SINGLE = (torch.float32, torch.float16, torch.bfloat16)
 DTYPES: dict[str, tuple[torch.dtype, ...]] = {
-    name: _LOW_AND_SINGLE for name in ("minmax", "level_sums", "soft_hist", "reproject", "cooccurrence")
+    name: _LOW_AND_SINGLE for name in ("minmax", "level_sums", "soft_hist", "start_centers", "reproject", "cooccurrence")
 }
 
 
@@ -109,6 +109,12 @@ def soft_hist(s2, centers, kernel):
     return soft_hist_triton(s2, centers, kernel)
 
 
+def start_centers(s2, levels, ranks, kernel, iters):
+    from sstkd.kernels.quantize import start_centers_triton
+
+    return start_centers_triton(s2, levels, ranks, kernel, iters)
+
+
 def reproject(table, s2, centers, kernel):
     from sstkd.kernels.quantize import reproject_triton
 
@@ -130,6 +136,7 @@ TABLE = {
     "minmax": minmax,
     "level_sums": level_sums,
     "soft_hist": soft_hist,
+    "start_centers": start_centers,
     "reproject": reproject,
     "cooccurrence": cooccurrence,
 }

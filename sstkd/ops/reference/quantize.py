@@ -104,27 +104,54 @@ def _taps(s2: torch.Tensor, centers: torch.Tensor, kernel: str, slopes: bool = F
     return idx, w, (torch.where(m, e.sign().neg_(), 0.0) if slopes else None)
 
 
-def _level_sums(idx: torch.Tensor, w: torch.Tensor, L: int) -> torch.Tensor:
-    """``Σ_i w`` per level, (B, L), from taps ``idx``/``w`` (B, 2, N)."""
+def _pixel_chunks(B: int, N: int, parts: int = 16, least: int = 1 << 14):
+    """Column slices of a (B, N) pixel map: about ``1/parts`` of the pixels each (at least
+    ``least``), so the taps of one chunk (indices, weights, slopes: ≈ 60 bytes per pixel) stay
+    about one input's size at any size, in at most ``parts`` rounds of small ops."""
+    step = max(1, max(least, (B * N) // parts) // max(B, 1))
+    return [slice(n0, min(N, n0 + step)) for n0 in range(0, N, step)]
+
+
+def _scatter_taps(out: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``out[b, n] += Σ_i w`` over taps ``idx``/``w`` (B, 2, n) of one chunk, in place."""
     B = idx.shape[0]
-    out = torch.zeros(B, L, dtype=w.dtype, device=w.device)
-    return out.scatter_add_(1, idx.view(B, -1), w.reshape(B, -1))
+    return out.scatter_add_(1, idx.reshape(B, -1), w.reshape(B, -1))
+
+
+def _count(s2: torch.Tensor, centers: torch.Tensor, kernel: str, moment: bool = False):
+    """``Σ_i E_in`` (and ``Σ_i E_in·s_i``) per level, (B, L), chunk by chunk over the pixels (the
+    order of the sums is the pixel order, as in one pass)."""
+    B, N = s2.shape
+    mass = torch.zeros(B, centers.shape[1], dtype=centers.dtype, device=centers.device)
+    mom = torch.zeros_like(mass) if moment else None
+    for sl in _pixel_chunks(B, N):
+        sc = s2[:, sl].contiguous()
+        idx, w, _ = _taps(sc, centers, kernel)
+        _scatter_taps(mass, idx, w)
+        if moment:
+            _scatter_taps(mom, idx, w.mul_(sc[:, None]))
+    return mass, mom
 
 
 class _SoftCountRef(torch.autograd.Function):
-    """``counts[b, n] = Σ_i E_in`` (B, L); backward gathers the two taps' slopes."""
+    """``counts[b, n] = Σ_i E_in`` (B, L); backward recomputes the taps chunk by chunk and
+    gathers their slopes (only ``s2`` and the centers are saved)."""
 
     @staticmethod
     def forward(ctx, s2, centers, kernel):
-        idx, w, dw = _taps(s2, centers, kernel, slopes=True)
-        ctx.save_for_backward(idx, dw)
-        return _level_sums(idx, w, centers.shape[1])
+        ctx.save_for_backward(s2, centers)
+        ctx.kernel = kernel
+        return _count(s2.detach(), centers, kernel)[0]
 
     @staticmethod
     def backward(ctx, grad):
-        idx, dw = ctx.saved_tensors
-        B = idx.shape[0]
-        return grad.gather(1, idx.view(B, -1)).view(dw.shape).mul_(dw).sum(1), None, None
+        s2, centers = ctx.saved_tensors
+        B, N = s2.shape
+        grad_s = torch.empty_like(s2)
+        for sl in _pixel_chunks(B, N):
+            idx, _, dw = _taps(s2[:, sl].contiguous(), centers, ctx.kernel, slopes=True)
+            torch.sum(grad.gather(1, idx.view(B, -1)).view(dw.shape).mul_(dw), 1, out=grad_s[:, sl])
+        return grad_s, None, None
 
 
 # ----------------------------------------------------------------------------
@@ -132,11 +159,7 @@ class _SoftCountRef(torch.autograd.Function):
 # ----------------------------------------------------------------------------
 def level_sums_ref(s2: torch.Tensor, centers: torch.Tensor, kernel: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(Σ_i E_in, Σ_i E_in·s_i)`` per level, (B, L) in the centers' dtype (the ``level_sums`` pass)."""
-    sd = s2.detach().to(centers.dtype)
-    idx, w, _ = _taps(sd, centers, kernel)
-    L = centers.shape[1]
-    mass = _level_sums(idx, w, L)
-    return mass, _level_sums(idx, w.mul_(sd[:, None]), L)
+    return _count(s2.detach().to(centers.dtype), centers, kernel, moment=True)
 
 
 def soft_hist_ref(s2: torch.Tensor, centers: torch.Tensor, kernel: str) -> torch.Tensor:

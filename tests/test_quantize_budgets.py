@@ -1,0 +1,82 @@
+"""Issue 13's launch budgets of the quantization ops on the Triton backend, counted by the GPU
+cost report (``sstkd.benchmarks.cost``: kernels recorded at their GPU launch geometry, aten ops
+counted by a dispatch mode) at the training shape: 8 intensity maps of 128², 128 levels."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from sstkd.benchmarks import cost  # noqa: E402
+
+MAX_LAUNCHES = 12  # forward + backward, Triton + aten
+S2 = (8, 128 * 128)
+
+
+def _row(op, shape, params, dtype=torch.float32):
+    # real CPU tensors (the kernels are recorded, not run; what they would write is zero-filled)
+    return cost.case_row(op, shape, params, dtype, device="cpu")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("op,shape,params", [
+    ("quantize_count", S2, {"levels": 128, "iters": 3}),
+    ("quantize_count", S2, {"levels": 128, "iters": 3, "quantiles": (0.01, 0.99)}),
+    ("quantize_count", S2, {"levels": 128, "iters": 3, "kernel": "stlnet"}),
+    ("reproject", S2, {"levels": 128, "channels": 64}),
+    ("cooccurrence", (8, 128, 128), {"levels": 128}),
+])
+def test_quantization_launches_fwd_bwd(op, shape, params, dtype):
+    r = _row(op, shape, params, dtype)
+    launches = {ph: (r[ph]["triton_launches"], r[ph]["aten_ops"]) for ph in ("fwd", "bwd")}
+    assert r["launches"] <= MAX_LAUNCHES, launches
+    assert r["host_syncs"] == 0
+    assert r["fwd"]["triton_launches"] > 0
+
+
+def test_lloyd_bookkeeping_is_one_small_launch_per_step():
+    # range + initial centers: min/max pass + one launch; per step: one count pass + one update;
+    # the final count + its normalization; backward: one pass; no aten op at all
+    r = _row("quantize_count", S2, {"levels": 128, "iters": 3})
+    assert (r["fwd"]["triton_launches"], r["fwd"]["aten_launches"]) == (2 + 2 * 3 + 2, 0)
+    assert (r["bwd"]["triton_launches"], r["bwd"]["aten_launches"]) == (1, 0)
+
+
+# --------------------------------------------------------------------------- spills (sm_90)
+def _spill_jobs():
+    """The kernels that spilled before issue 13, at their GPU launch configuration for
+    (B, N, L, D) = (8, 128², 128, 64), float32 input, both merge modes."""
+    import sstkd.kernels.quantize as K
+
+    B, N, L, D = 8, 128 * 128, 128, 64
+    cfg = K.launch_config(B, N, L, interpreted=False)
+    gt, bd = K.grad_table_config(cfg, D, N, interpreted=False)
+    co, bm = K.cooc_config(cfg, N, L, interpreted=False)
+    f32, i32 = "*fp32", "i32"
+    pix = dict(LOG_L=cfg.LOG_L, KERNEL=0)
+    jobs = []
+    for det in (False, True):
+        jobs.append((K._count_kernel, dict(S=f32, CEN=f32, MASS=f32, MOMENT=f32, N=i32, L=i32, P=i32, CHUNK=i32),
+                     dict(pix, WITH_MOMENT=True, DETERMINISTIC=det, BLOCK_N=cfg.BLOCK_N, BLOCK_L=cfg.BLOCK_L),
+                     90, cfg.num_warps))
+        jobs.append((K._reproject_grad_table_kernel,
+                     dict(S=f32, CEN=f32, G=f32, GT=f32, N=i32, D=i32, L=i32, P=i32, sgb=i32, sgd=i32, sgn=i32,
+                          CHUNK=i32),
+                     dict(pix, DETERMINISTIC=det, BLOCK_N=gt.BLOCK_N, BLOCK_D=bd, BLOCK_L=gt.BLOCK_L),
+                     90, cfg.num_warps))
+    jobs.append((K._cooc_partial_kernel, dict(S=f32, CEN=f32, OFF="*i32", PART=f32, H=i32, W=i32, L=i32, P=i32,
+                                              NUM_OFF=i32, CHUNK=i32),
+                 dict(pix, BLOCK_N=co.BLOCK_N, BLOCK_M=bm), 90, cfg.num_warps))
+    return jobs
+
+
+def test_quantize_kernels_do_not_spill_on_sm90():
+    from sstkd.benchmarks.compile_facts import compile_facts_many
+
+    jobs = _spill_jobs()
+    for job, f in zip(jobs, compile_facts_many(jobs)):
+        name = f"{job[0].fn.__name__} {job[2].get('DETERMINISTIC', '')}"
+        assert f.complete, f"{name}: {f.missing}"
+        assert f.spill_stores == 0 and f.spill_loads == 0, f"{name}: spills {f.spill_stores}/{f.spill_loads} B"
+        assert f.stack == 0 and f.local == 0, f"{name}: {f.stack} B stack, {f.local} B local memory"
