@@ -204,7 +204,7 @@ def _col_matrix(TAPS, K: tl.constexpr, M: tl.constexpr, shift):
     return tl.load(TAPS + t, mask=(t >= 0) & (t < 12), other=0.0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("PLANES", "N", "H", "W", "h", "w", "QS", "NBC", "HALF4", "TILES_W", "NPART"))
 def _ladder_kernel(
     WIN, CEN, OUT, OUT2, TAPS, EN,
     PLANES, N, H, W, h, w, QS, NBC, HALF4, TILES_W, NPART,

@@ -157,7 +157,7 @@ def _filter_low_row(img_ptr, r, HL, WL, lcols, u0, u1, DT: tl.constexpr):
     return b0, b1
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("N", "H", "W", "HL", "WL", "ROWS"))
 def _lp_analysis_kernel(
     X, LOW, OUT, TAPS,
     N, H, W, HL, WL, ROWS,
@@ -217,7 +217,7 @@ def _lp_analysis_kernel(
         wl = wl[2:]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("N", "H", "W", "HL", "WL", "ROWS"))
 def _lp_synthesis_kernel(
     LOW, BAND, OUT, TAPS,
     N, H, W, HL, WL, ROWS,

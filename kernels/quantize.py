@@ -120,8 +120,8 @@ def _taps(s, valid, cen_row, L, LOG_L: tl.constexpr, KERNEL: tl.constexpr):
 
 
 # --------------------------------------------------------------------------- kernels
-@triton.jit
-def _minmax_kernel(S, PMIN, PMAX, N, P, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr):
+@triton.jit(do_not_specialize=("N", "P", "CHUNK"))
+def _minmax_kernel(S, PMIN, PMAX, N, P, CHUNK, BLOCK_N: tl.constexpr):
     """Per-program min / max of a chunk of one image -> PMIN/PMAX[b, p]."""
     p = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -137,10 +137,10 @@ def _minmax_kernel(S, PMIN, PMAX, N, P, CHUNK: tl.constexpr, BLOCK_N: tl.constex
     tl.store(PMAX + b * P + p, tl.max(hi, axis=0))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("N", "L", "P", "CHUNK"))
 def _count_kernel(S, CEN, MASS, MOMENT, N, L, P,
                   LOG_L: tl.constexpr, KERNEL: tl.constexpr, WITH_MOMENT: tl.constexpr,
-                  DETERMINISTIC: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr,
+                  DETERMINISTIC: tl.constexpr, CHUNK, BLOCK_N: tl.constexpr,
                   BLOCK_L: tl.constexpr):
     """Σ_i w (and Σ_i w·s) per level over one chunk of one image's pixels.
 
@@ -176,7 +176,7 @@ def _count_kernel(S, CEN, MASS, MOMENT, N, L, P,
                 tl.atomic_add(MOMENT + b * L + bins, acc_s, mask=keep)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("P", "M"))
 def _sum_partials_kernel(PART, OUT, P, M, BLOCK: tl.constexpr):
     """OUT[b, m] = Σ_p PART[b, p, m], p in increasing order (deterministic merge)."""
     b = tl.program_id(1).to(tl.int64)
@@ -188,7 +188,7 @@ def _sum_partials_kernel(PART, OUT, P, M, BLOCK: tl.constexpr):
     tl.store(OUT + b * M + m, acc, mask=keep)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("N", "L"))
 def _count_backward_kernel(S, CEN, GC, GS, N, L,
                            LOG_L: tl.constexpr, KERNEL: tl.constexpr, BLOCK_N: tl.constexpr):
     """grad_s[b, i] = GC[b, lo]·w'_lo + GC[b, hi]·w'_hi (GC: gradient of the raw counts)."""
@@ -201,7 +201,7 @@ def _count_backward_kernel(S, CEN, GC, GS, N, L,
     tl.store(GS + b * N + offs, g.to(GS.dtype.element_ty), mask=ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("N", "D", "L"))
 def _reproject_kernel(T, S, CEN, OUT, N, D, L,
                       LOG_L: tl.constexpr, KERNEL: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -222,7 +222,7 @@ def _reproject_kernel(T, S, CEN, OUT, N, D, L,
         tl.store(o_row + d[:, None] * N + offs[None, :], out.to(OUT.dtype.element_ty), mask=m)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("N", "D", "L", "sgb", "sgd", "sgn"))
 def _reproject_grad_s_kernel(T, S, CEN, G, GS, N, D, L, sgb, sgd, sgn,
                              LOG_L: tl.constexpr, KERNEL: tl.constexpr,
                              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -246,10 +246,10 @@ def _reproject_grad_s_kernel(T, S, CEN, G, GS, N, D, L, sgb, sgd, sgn,
     tl.store(GS + b * N + offs, (acc_lo * dw_lo + acc_hi * dw_hi).to(GS.dtype.element_ty), mask=ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("N", "D", "L", "P", "sgb", "sgd", "sgn", "CHUNK"))
 def _reproject_grad_table_kernel(S, CEN, G, GT, N, D, L, P, sgb, sgd, sgn,
                                  LOG_L: tl.constexpr, KERNEL: tl.constexpr,
-                                 DETERMINISTIC: tl.constexpr, CHUNK: tl.constexpr,
+                                 DETERMINISTIC: tl.constexpr, CHUNK,
                                  BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                                  BLOCK_L: tl.constexpr):
     """grad_table[b, d, n] += Σ_{i in chunk} G[b, d, i]·E_in as a (D × pixels)·(pixels × L) tile product.
@@ -293,7 +293,7 @@ def _pair_taps(s_img, cen_row, i, W, H, HW, dy, dx, L, LOG_L: tl.constexpr, KERN
     return lo_i, hi_i, wl_i, wh_i, lo_j, hi_j, wl_j, wh_j
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("H", "W", "L", "NUM_OFF"))
 def _cooc_atomic_kernel(S, CEN, OFF, CNT, H, W, L, NUM_OFF,
                         LOG_L: tl.constexpr, KERNEL: tl.constexpr, BLOCK_N: tl.constexpr):
     """CNT[b, a, c] += E_ia·E_jc for the ≤ 4 level pairs of every pixel pair (float atomics;
@@ -315,9 +315,9 @@ def _cooc_atomic_kernel(S, CEN, OFF, CNT, H, W, L, NUM_OFF,
         tl.atomic_add(cnt + hi_i * L + hi_j, wh_i * wh_j, mask=(wh_i * wh_j) != 0.0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("H", "W", "L", "P", "NUM_OFF", "CHUNK"))
 def _cooc_partial_kernel(S, CEN, OFF, PART, H, W, L, P, NUM_OFF,
-                         LOG_L: tl.constexpr, KERNEL: tl.constexpr, CHUNK: tl.constexpr,
+                         LOG_L: tl.constexpr, KERNEL: tl.constexpr, CHUNK,
                          BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
     """Deterministic mode: PART[b, p, m] = this chunk's counts of the flat level pairs
     ``m = a·L + c`` in one ``BLOCK_M`` tile, reduced in registers (one-hot tiles, no atomics)."""
@@ -344,7 +344,7 @@ def _cooc_partial_kernel(S, CEN, OFF, PART, H, W, L, P, NUM_OFF,
     tl.store(PART + (b * P + p) * L * L + m, acc, mask=m < L * L)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("H", "W", "L", "NUM_OFF"))
 def _cooc_backward_kernel(S, CEN, OFF, GC, GS, H, W, L, NUM_OFF,
                           LOG_L: tl.constexpr, KERNEL: tl.constexpr, BLOCK_N: tl.constexpr):
     """grad_s of the raw co-occurrence counts: each pixel as the first and as the second of a pair."""

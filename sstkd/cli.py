@@ -1,4 +1,4 @@
-"""``sstkd`` command line: ``sstkd train|eval|demo|convert|verify|bench|info|gpu-check``.
+"""``sstkd`` command line: ``sstkd train|eval|demo|convert|verify|bench|cost|info|gpu-check``.
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)``
 and ``main(args) -> int``; modules are imported only when their command runs.
@@ -16,6 +16,7 @@ COMMANDS = {
     "convert": ("sstkd.convert_cli", "convert a torchvision / CIRKD / SKD-IFVD / mmseg checkpoint to sstkd's layout"),
     "verify": ("sstkd.verify", "check every backend of every op against the reference"),
     "bench": ("sstkd.bench", "time every op x backend; training-step overhead"),
+    "cost": ("sstkd.cost_cli", "static GPU cost report on the CPU: launches, bytes, syncs, compiles, sm_90 facts"),
     "info": ("sstkd.info", "versions, devices, backends and why they are (un)available"),
     "gpu-check": ("sstkd.gpucheck.run", "the whole GPU acceptance in one run (make gpu-check; --dry-run on a CPU)"),
 }

@@ -49,13 +49,21 @@ def collect() -> dict:
         ops = "all ops" if b == "torch" else dispatch.implemented_ops(b, op_names())
         backends[b] = {"available": ok, "reason": why, "ops": ops}
     info["backends"] = backends
+    from sstkd.ops import selfcheck
+
+    prefs = {}
+    fast = set(dispatch.implemented_ops("triton", op_names())) | set(dispatch.implemented_ops("cuda", op_names()))
+    for op in sorted(fast):
+        order, source = dispatch.auto_order(op)
+        prefs[op] = {"order": list(order), "source": source}
+    info["auto"] = {"preference": prefs, "self-check cache": selfcheck.cache_dir()}
     return info
 
 
 def format_info(info: dict) -> str:
     lines = []
     for k, v in info.items():
-        if k == "backends":
+        if k in ("backends", "auto"):
             continue
         if isinstance(v, list):
             v = "; ".join(v)
@@ -66,6 +74,13 @@ def format_info(info: dict) -> str:
         lines.append(f"{name:<10} {'yes' if b['available'] else 'no':<10} {b['reason']}")
         ops = b["ops"] if isinstance(b["ops"], str) else (", ".join(b["ops"]) or "(none yet)")
         lines.append(f"{'':<21} ops: {ops}")
+    auto = info.get("auto")
+    if auto:
+        lines.append("")
+        lines.append("backend='auto' on CUDA tensors: first backend of the order that passed its first-use")
+        lines.append(f"self-check on the device (verdicts cached in {auto['self-check cache']})")
+        for op, p in auto["preference"].items():
+            lines.append(f"  {op:<20} {' > '.join(p['order']):<24} from {p['source']}")
     return "\n".join(lines)
 
 

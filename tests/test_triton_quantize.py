@@ -290,10 +290,10 @@ def _aot_jobs(arch, kernel, det, dt):
     pix = dict(LOG_L=cfg.LOG_L, KERNEL=kernel)
     nb = K._pixel_block(N, interpreted=False)
     return [
-        (K._minmax_kernel, dict(S=dt, PMIN=f32, PMAX=f32, N=i32, P=i32),
-         dict(CHUNK=cfg.CHUNK, BLOCK_N=min(1024, cfg.CHUNK))),
-        (K._count_kernel, dict(S=dt, CEN=f32, MASS=f32, MOMENT=f32, N=i32, L=i32, P=i32),
-         dict(pix, WITH_MOMENT=True, DETERMINISTIC=det, CHUNK=cfg.CHUNK, BLOCK_N=cfg.BLOCK_N, BLOCK_L=cfg.BLOCK_L)),
+        (K._minmax_kernel, dict(S=dt, PMIN=f32, PMAX=f32, N=i32, P=i32, CHUNK=i32),
+         dict(BLOCK_N=min(1024, cfg.CHUNK))),
+        (K._count_kernel, dict(S=dt, CEN=f32, MASS=f32, MOMENT=f32, N=i32, L=i32, P=i32, CHUNK=i32),
+         dict(pix, WITH_MOMENT=True, DETERMINISTIC=det, BLOCK_N=cfg.BLOCK_N, BLOCK_L=cfg.BLOCK_L)),
         (K._sum_partials_kernel, dict(PART=f32, OUT=f32, P=i32, M=i32), dict(BLOCK=128)),
         (K._count_backward_kernel, dict(S=dt, CEN=f32, GC=f32, GS=dt, N=i32, L=i32), dict(pix, BLOCK_N=nb)),
         (K._reproject_kernel, dict(T=dt, S=dt, CEN=f32, OUT=dt, N=i32, D=i32, L=i32),
@@ -301,12 +301,12 @@ def _aot_jobs(arch, kernel, det, dt):
         (K._reproject_grad_s_kernel, dict(T=dt, S=dt, CEN=f32, G=dt, GS=dt, N=i32, D=i32, L=i32, sgb=i32, sgd=i32,
                                           sgn=i32), dict(pix, BLOCK_N=nb, BLOCK_D=K._channel_block(D))),
         (K._reproject_grad_table_kernel, dict(S=dt, CEN=f32, G=dt, GT=f32, N=i32, D=i32, L=i32, P=i32, sgb=i32,
-                                              sgd=i32, sgn=i32),
-         dict(pix, DETERMINISTIC=det, CHUNK=gt.CHUNK, BLOCK_N=gt.BLOCK_N, BLOCK_D=bd, BLOCK_L=gt.BLOCK_L)),
+                                              sgd=i32, sgn=i32, CHUNK=i32),
+         dict(pix, DETERMINISTIC=det, BLOCK_N=gt.BLOCK_N, BLOCK_D=bd, BLOCK_L=gt.BLOCK_L)),
         (K._cooc_atomic_kernel, dict(S=dt, CEN=f32, OFF="*i32", CNT=f32, H=i32, W=i32, L=i32, NUM_OFF=i32),
          dict(pix, BLOCK_N=nb)),
-        (K._cooc_partial_kernel, dict(S=dt, CEN=f32, OFF="*i32", PART=f32, H=i32, W=i32, L=i32, P=i32, NUM_OFF=i32),
-         dict(pix, CHUNK=co.CHUNK, BLOCK_N=co.BLOCK_N, BLOCK_M=bm)),
+        (K._cooc_partial_kernel, dict(S=dt, CEN=f32, OFF="*i32", PART=f32, H=i32, W=i32, L=i32, P=i32, NUM_OFF=i32,
+                                      CHUNK=i32), dict(pix, BLOCK_N=co.BLOCK_N, BLOCK_M=bm)),
         (K._cooc_backward_kernel, dict(S=dt, CEN=f32, OFF="*i32", GC=f32, GS=dt, H=i32, W=i32, L=i32, NUM_OFF=i32),
          dict(pix, BLOCK_N=nb)),
     ]

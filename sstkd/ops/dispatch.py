@@ -5,8 +5,9 @@ Backends (one module each in :mod:`sstkd.ops.backends`, each a plain ``TABLE``):
   ``"triton"`` fused Triton kernels (``sstkd.kernels``): CUDA tensors, or any
                tensor when ``TRITON_INTERPRET=1`` (Triton's CPU interpreter).
   ``"cuda"``   the C++/CUDA extension ``sstkd._C``: CUDA tensors.
-  ``"auto"``   the fastest available backend that implements the op for these
-               tensors; falls back to ``"torch"``.
+  ``"auto"``   on CUDA tensors the fastest available backend that implements the op
+               and passed its first-use self-check on the device
+               (:mod:`sstkd.ops.selfcheck`); ``"torch"`` otherwise.
 
 A backend that is requested explicitly but unavailable raises ``RuntimeError``
 saying why; only ``"auto"`` falls back.
@@ -87,6 +88,15 @@ def implemented_ops(backend: str, ops) -> list[str]:
     return [op for op in ops if implements(backend, op)]
 
 
+def auto_order(op: str) -> tuple[tuple[str, ...], str]:
+    """``auto``'s preference for ``op`` (fastest first) and where it comes from."""
+    if op in AUTO_ORDER:
+        return AUTO_ORDER[op], "AUTO_ORDER"
+    from sstkd.ops import selfcheck
+
+    return selfcheck.auto_order(op, DEFAULT_AUTO_ORDER)
+
+
 def _dtype_refusal(backend: str, op: str, tensors) -> str | None:
     """Why ``backend``'s kernels of ``op`` cannot take these tensors' dtypes (None: they can)."""
     mod = BACKEND_MODULES[backend]
@@ -107,12 +117,23 @@ def _auto(op: str, tensors) -> str:
     device = tensors[0].device if tensors else None
     if device is None or device.type != "cuda":
         return "torch"
-    for cand in AUTO_ORDER.get(op, DEFAULT_AUTO_ORDER):
+    return auto_backend(op, device, tensors)
+
+
+def auto_backend(op: str, device: torch.device, tensors=()) -> str:
+    """The first backend of :func:`auto_order` that is ready, available on ``device``, implements
+    ``op``, takes the ``tensors``' dtypes and has passed its first-use self-check on ``device``
+    (:mod:`sstkd.ops.selfcheck`); ``"torch"`` when none is."""
+    from sstkd.ops import selfcheck
+
+    for cand in auto_order(op)[0]:
+        if cand == "torch":
+            return "torch"
         mod = BACKEND_MODULES.get(cand)
         if mod is None or not mod.ready_for_auto():  # "auto" never triggers a first-use JIT build
             continue
         if (implements(cand, op) and mod.unavailable_reason(device) is None
-                and _dtype_refusal(cand, op, tensors) is None):
+                and _dtype_refusal(cand, op, tensors) is None and selfcheck.trusted(op, cand, device)):
             return cand
     return "torch"
 
