@@ -13,7 +13,10 @@
 * ``lp_dec(x, filt) -> (low, band)`` and ``lp_rec(low, band, filt) -> x`` in the input dtype;
 * ``dfb_dec(x, levels, filt, out_dtype) -> [sub-bands]`` and ``dfb_rec(bands, filt, out_dtype) -> x``,
   computing in the compute dtype of their input, stored in ``out_dtype``;
-* ``dfb_energy(x, levels, filt) -> (B, C, 2**levels)`` sums of squares in the compute dtype;
+* ``dfb_energy(x, levels, filt) -> (B, C, 2**levels)`` sums of squares in the compute dtype; a
+  pass with the attribute ``keeps_for_backward = True`` is differentiable itself at the cost of
+  keeping its last tree level (the composition then runs autograd through the passes instead
+  of recomputing the decomposition in the backward);
 * ``wfb_dec(x, filt) -> (ll, [lh, hl, hh])`` and ``wfb_rec(ll, bands, filt) -> x`` in the compute dtype;
 * ``minmax(s2) -> (smin, smax)`` per row; ``level_sums(s2, centers, kernel) -> (mass, moment)``
   (``Σ_i E_in`` and ``Σ_i E_in·s_i``, (B, L)); ``soft_hist(s2, centers, kernel) -> hist``
@@ -132,7 +135,13 @@ class _ContourletEnergy(torch.autograd.Function):
 def contourlet_energy(x: torch.Tensor, nlevs, pfilt: str, dfilt: str, passes) -> torch.Tensor:
     """``(B, C, K)`` sums of squares per sub-band (``low`` first, then coarse -> fine) of validated
     ``x``, computed in the compute dtype and returned in ``x.dtype``, without storing the last DFB
-    tree level of any pyramid level (the ``dfb_energy`` pass)."""
+    tree level of any pyramid level (the ``dfb_energy`` pass).
+
+    Backward: with a ``dfb_energy`` pass that ``keeps_for_backward``, autograd through the passes
+    (the DFB keeps its last level, the LP adjoints need no saved values: nothing is recomputed);
+    otherwise the decomposition is recomputed in the backward (:class:`_ContourletEnergy`)."""
+    if getattr(passes["dfb_energy"], "keeps_for_backward", False):
+        return _energies(x, tuple(nlevs), pfilt, dfilt, passes).to(x.dtype)
     return _ContourletEnergy.apply(x, tuple(nlevs), pfilt, dfilt, passes)
 
 

@@ -91,6 +91,9 @@ def dfb_energy(x, levels, filt):
     return dfb_energy_triton(x, levels, filt)
 
 
+dfb_energy.keeps_for_backward = True  # differentiable: contourlet_energy's backward recomputes nothing
+
+
 def minmax(s2):
     from sstkd.kernels.quantize import minmax_triton
 
