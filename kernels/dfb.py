@@ -737,14 +737,12 @@ class _DFBDec(torch.autograd.Function):
 
 
 class _DFBEnergy(torch.autograd.Function):
-    """Sums of squares of the sub-bands; forward keeps the last tree level when x needs a gradient,
-    backward = the adjoint applied to ``2·g·y`` (nothing recomputed)."""
+    """Sums of squares of the sub-bands; forward keeps the last tree level (used where x needs a
+    gradient), backward = the adjoint applied to ``2·g·y`` (nothing recomputed)."""
 
     @staticmethod
     def forward(ctx, x, levels, filt):
         ctx.levels, ctx.filt, ctx.shape = levels, filt, tuple(x.shape)
-        if not ctx.needs_input_grad[0]:
-            return _dec_energy(x, levels, filt)
         en, ctx.kept = _dec_energy(x, levels, filt, keep=True)
         return en
 
@@ -836,4 +834,6 @@ def dfb_energy_triton(x: torch.Tensor, levels: int, filt: str = "pkva") -> torch
     if levels == 0:
         xc = x.to(_compute_dtype(x.dtype))
         return (xc * xc).sum(dim=(-2, -1)).unsqueeze(-1)
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return _dec_energy(x, levels, filt)
     return _DFBEnergy.apply(x, levels, filt)
