@@ -106,3 +106,9 @@ def test_info_says_where_autos_preference_comes_from():
     text = info.format_info(info.collect())
     assert "self-check" in text
     assert "contourlet_energy" in text and "static cost report" in text
+
+
+def test_dispatch_hook_is_installed_and_checked():
+    assert dispatch._auto_check is selfcheck.trusted
+    with pytest.raises(TypeError, match="fn"):
+        dispatch.set_auto_check("not callable")

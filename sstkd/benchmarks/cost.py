@@ -253,8 +253,9 @@ def _predict(rec, facts) -> dict:
 
 # --------------------------------------------------------------------------- compile facts
 def _family(l) -> tuple:
-    """A kernel and its argument dtypes: the variants that share a compile-facts representative."""
-    return (l.kernel, tuple(sorted(l.signature.items())))
+    """A kernel, its argument dtypes and register cap: the variants that share a compile-facts
+    representative."""
+    return (l.kernel, tuple(sorted(l.signature.items())), l.maxnreg)
 
 
 def compile_facts_for(recordings) -> tuple[dict, str]:
@@ -280,7 +281,7 @@ def compile_facts_for(recordings) -> tuple[dict, str]:
                 reps[fam] = l
     todo = [fam for fam in reps if _variant_id(reps[fam]) not in _FACTS_CACHE]
     jobs = [(reps[f].fn, reps[f].signature, reps[f].constexprs, 90, reps[f].num_warps, reps[f].num_stages)
-            for f in todo]
+            + ((reps[f].maxnreg,) if reps[f].maxnreg is not None else ()) for f in todo]
     missing = set()
     if jobs:
         for fam, f in zip(todo, cf.compile_facts_many(jobs)):

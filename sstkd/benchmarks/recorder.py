@@ -56,6 +56,7 @@ class Launch:
     grid: tuple[int, int, int]
     num_warps: int
     num_stages: int
+    maxnreg: int | None  # register cap launch option (None: ptxas's choice)
     constexprs: dict  # name -> value (sizes specialized to 1 included)
     signature: dict  # runtime argument name -> Triton type ("*fp32", "i32")
     key: str  # sm_90 JIT cache key (specialization + options)
@@ -241,7 +242,7 @@ def record(protect=()):
         if rec.phase is not None:
             rec.launches.append(Launch(
                 kernel=getattr(self.fn, "__name__", str(self.fn)), grid=_grid(grid, bound),
-                num_warps=int(kwargs.get("num_warps", 4)), num_stages=int(kwargs.get("num_stages", 3)),
+                num_warps=int(kwargs.get("num_warps", 4)), num_stages=int(kwargs.get("num_stages", 3)), maxnreg=kwargs.get("maxnreg"),
                 constexprs=constexprs, signature=signature, key=key, bytes=_tensor_bytes(tensors),
                 phase=rec.phase, fn=self,
                 scalars={k: v for k, v in bound.items() if k in signature and isinstance(v, int)}))

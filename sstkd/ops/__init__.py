@@ -17,3 +17,4 @@ from sstkd.ops.contourlet import (  # noqa: F401
     contourlet_required_multiple,
 )
 from sstkd.ops.quantize import QuantizeCount, cooccurrence, quantize_count, reproject  # noqa: F401
+from sstkd.ops import selfcheck  # noqa: F401,E402  (installs auto's first-use self-check in dispatch)

@@ -19,6 +19,10 @@ has any of them, and a pass it lacks comes from the best available backend (so
 """
 from __future__ import annotations
 
+import functools
+import glob
+import json
+import os
 from typing import Callable
 
 import torch
@@ -43,6 +47,7 @@ PASSES: dict[str, tuple[str, ...]] = {
 # Per-op preference of "auto" on CUDA tensors, fastest first (from bench/results/).
 AUTO_ORDER: dict[str, tuple[str, ...]] = {}
 DEFAULT_AUTO_ORDER = ("triton", "cuda", "torch")
+FAST_BACKENDS = ("triton", "cuda")
 
 
 def _choices() -> tuple[str, ...]:
@@ -88,13 +93,63 @@ def implemented_ops(backend: str, ops) -> list[str]:
     return [op for op in ops if implements(backend, op)]
 
 
+# --------------------------------------------------------------------------- auto
+def _results_dir() -> str:
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                        "bench", "results")
+
+
+@functools.lru_cache(maxsize=None)
+def _gpu_timings(results_dir: str) -> tuple[dict, str]:
+    """``({op: {backend: summed median ms}}, file)`` of the newest committed ``sstkd bench`` run
+    on a CUDA device that timed more than one fast backend of an op."""
+    for path in sorted(glob.glob(os.path.join(results_dir, "*.json")), reverse=True):
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            continue
+        meta = data.get("meta", {}) if isinstance(data, dict) else {}
+        if "cuda" not in str(meta.get("device", "")).lower():
+            continue
+        sums: dict = {}
+        for r in data.get("ops", []) if isinstance(data.get("ops"), list) else []:
+            if r.get("status") == "ok" and r.get("backend") in FAST_BACKENDS and r.get("median_ms"):
+                per = sums.setdefault(r["op"], {})
+                per[r["backend"]] = per.get(r["backend"], 0.0) + float(r["median_ms"])
+        if any(len(v) > 1 for v in sums.values()):
+            return sums, os.path.basename(path)
+    return {}, ""
+
+
 def auto_order(op: str) -> tuple[tuple[str, ...], str]:
-    """``auto``'s preference for ``op`` (fastest first) and where it comes from."""
+    """``auto``'s preference for ``op`` on CUDA tensors (fastest first) and where it comes from:
+    :data:`AUTO_ORDER`, else the fastest in committed GPU timings (``bench/results``), else the
+    static cost report (``sstkd cost``), which sees Triton only: Triton first."""
     if op in AUTO_ORDER:
         return AUTO_ORDER[op], "AUTO_ORDER"
-    from sstkd.ops import selfcheck
+    timings, path = _gpu_timings(_results_dir())
+    per = timings.get(op, {})
+    if len(per) >= 2:
+        fast = tuple(sorted(per, key=per.get))
+        return fast + tuple(b for b in DEFAULT_AUTO_ORDER if b not in fast), f"GPU results {path}"
+    return DEFAULT_AUTO_ORDER, "static cost report (no GPU timings committed; it sees Triton only): Triton first"
 
-    return selfcheck.auto_order(op, DEFAULT_AUTO_ORDER)
+
+def _trust_all(op: str, backend: str, device) -> bool:
+    return True
+
+
+_auto_check: Callable = _trust_all
+
+
+def set_auto_check(fn: Callable) -> None:
+    """Install ``fn(op, backend, device) -> bool``, asked before ``auto`` uses a fast backend
+    (``sstkd.ops.selfcheck`` installs its first-use self-check on import)."""
+    global _auto_check
+    if not callable(fn):
+        raise TypeError(f"fn: expected a callable, got {type(fn).__name__}")
+    _auto_check = fn
 
 
 def _dtype_refusal(backend: str, op: str, tensors) -> str | None:
@@ -124,8 +179,6 @@ def auto_backend(op: str, device: torch.device, tensors=()) -> str:
     """The first backend of :func:`auto_order` that is ready, available on ``device``, implements
     ``op``, takes the ``tensors``' dtypes and has passed its first-use self-check on ``device``
     (:mod:`sstkd.ops.selfcheck`); ``"torch"`` when none is."""
-    from sstkd.ops import selfcheck
-
     for cand in auto_order(op)[0]:
         if cand == "torch":
             return "torch"
@@ -133,7 +186,7 @@ def auto_backend(op: str, device: torch.device, tensors=()) -> str:
         if mod is None or not mod.ready_for_auto():  # "auto" never triggers a first-use JIT build
             continue
         if (implements(cand, op) and mod.unavailable_reason(device) is None
-                and _dtype_refusal(cand, op, tensors) is None and selfcheck.trusted(op, cand, device)):
+                and _dtype_refusal(cand, op, tensors) is None and _auto_check(op, cand, device)):
             return cand
     return "torch"
 

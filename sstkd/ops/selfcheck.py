@@ -9,21 +9,22 @@ extension versions in ``selfcheck.json`` under ``$SSTKD_CACHE_DIR``, else
 (logger ``sstkd``); a failure warns once, naming the op, and ``auto`` falls
 back to the reference.
 
-:func:`auto_order` is ``auto``'s per-op preference between the fast
-backends: the fastest in committed GPU results (``bench/results/*.json`` of a
-CUDA device) when they exist, else the static cost report's choice (Triton,
-the only fast backend the report can see).
+Importing this module registers :func:`trusted` with
+:func:`sstkd.ops.dispatch.set_auto_check` (``sstkd.ops`` imports it), so
+dispatch, which must not import it, consults it for ``auto``.
 """
 from __future__ import annotations
 
 import functools
-import glob
 import json
 import logging
 import os
 import warnings
 
 import torch
+
+from sstkd.ops import dispatch
+from sstkd.ops.dispatch import PASSES
 
 log = logging.getLogger("sstkd")
 CACHE_ENV = "SSTKD_CACHE_DIR"
@@ -127,7 +128,6 @@ def _run(spec, args, kwargs, backend):
 def checked_op(name: str) -> str:
     """The op whose self-check vouches for ``name``: itself, or for a pass of a composed op
     (``dfb_energy``, ``level_sums``, ...) the first composed op built from it."""
-    from sstkd.ops.dispatch import PASSES
     from sstkd.ops.specs import op_names
 
     if name in op_names():
@@ -199,40 +199,4 @@ def forget() -> None:
     _warned.clear()
 
 
-# --------------------------------------------------------------------------- auto's preference
-def _results_dir() -> str:
-    import sstkd
-
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(sstkd.__file__))), "bench", "results")
-
-
-@functools.lru_cache(maxsize=None)
-def _gpu_timings(results_dir: str) -> tuple[dict, str]:
-    """``({op: {backend: summed median ms}}, file)`` of the newest committed CUDA benchmark."""
-    for path in sorted(glob.glob(os.path.join(results_dir, "*.json")), reverse=True):
-        try:
-            with open(path) as f:
-                data = json.load(f)
-        except (OSError, ValueError):
-            continue
-        meta = data.get("meta", {}) if isinstance(data, dict) else {}
-        if "cuda" not in str(meta.get("device", "")).lower():
-            continue
-        sums: dict = {}
-        for r in data.get("ops", []):
-            if r.get("status") == "ok" and r.get("backend") in ("triton", "cuda") and r.get("median_ms"):
-                per = sums.setdefault(r["op"], {})
-                per[r["backend"]] = per.get(r["backend"], 0.0) + float(r["median_ms"])
-        if sums:
-            return sums, os.path.basename(path)
-    return {}, ""
-
-
-def auto_order(op: str, default: tuple[str, ...]) -> tuple[tuple[str, ...], str]:
-    """``(backends fastest first, where the order comes from)`` for ``auto`` on CUDA tensors."""
-    timings, path = _gpu_timings(_results_dir())
-    per = timings.get(op, {})
-    if len(per) >= 2:
-        fast = tuple(sorted(per, key=per.get))
-        return fast + tuple(b for b in default if b not in fast), f"GPU results {path}"
-    return default, "static cost report (no GPU timings committed; it sees Triton only): Triton first"
+dispatch.set_auto_check(trusted)
