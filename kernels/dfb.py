@@ -46,9 +46,13 @@ few dozen vector ops per program, independent of the tile size).
 
 Energy mode (``dfb_energy_triton``): the last tree level writes ``y0`` to a
 float32 scratch only (the halo source of pass B), ``y1`` never; each program
-adds its tile's sum of squares to a per-(sub-band, image) accumulator with one
-atomic, or, when ``torch.are_deterministic_algorithms_enabled()``, stores a
-per-tile partial that a fixed-order ``sum`` reduces.
+adds its tile's sum of squares to the ``(N, 2**levels)`` table (final sub-band
+order) with one atomic, or, when ``torch.are_deterministic_algorithms_enabled()``,
+stores a per-tile partial that a fixed-order ``sum`` reduces. Where autograd
+records, the last level is kept instead (plain band-major, compute dtype) and
+the backward is the adjoint applied to ``2·g·y``: its first two passes scale
+each child operand by ``2·g[n, band]`` (constant over a plane, so after the
+filter) — no cotangent tensor, nothing recomputed.
 
 Layout: an ``nb``-band group of ``N = B·C`` images is stored band-major
 ``(nb, N, h, w)``, so every plane is contiguous and every final sub-band is a
