@@ -46,9 +46,13 @@ few dozen vector ops per program, independent of the tile size).
 
 Energy mode (``dfb_energy_triton``): the last tree level writes ``y0`` to a
 float32 scratch only (the halo source of pass B), ``y1`` never; each program
-adds its tile's sum of squares to a per-(sub-band, image) accumulator with one
-atomic, or, when ``torch.are_deterministic_algorithms_enabled()``, stores a
-per-tile partial that a fixed-order ``sum`` reduces.
+adds its tile's sum of squares to the ``(N, 2**levels)`` table (final sub-band
+order) with one atomic, or, when ``torch.are_deterministic_algorithms_enabled()``,
+stores a per-tile partial that a fixed-order ``sum`` reduces. Where autograd
+records, the last level is kept instead (plain band-major, compute dtype) and
+the backward is the adjoint applied to ``2·g·y``: its first two passes scale
+each child operand by ``2·g[n, band]`` (constant over a plane, so after the
+filter) — no cotangent tensor, nothing recomputed.
 
 Layout: an ``nb``-band group of ``N = B·C`` images is stored band-major
 ``(nb, N, h, w)``, so every plane is contiguous and every final sub-band is a
@@ -154,6 +158,27 @@ def _addr(rho, c, k, n, N, H, W, h, w, NBC, HALF4,
 
 
 @triton.jit
+def _final_band(cb, NBC, LAYOUT: tl.constexpr):
+    """Index in the final sub-band order (within its half) of child band ``cb`` of a last-level stage."""
+    if LAYOUT == 2:  # levels == 2: the second half of the list is reversed
+        return tl.where(cb < 2, cb, 5 - cb)
+    elif LAYOUT == 4:  # levels >= 3, second half: list reversed
+        return NBC - 1 - cb
+    else:
+        return cb
+
+
+@triton.jit
+def _child_scale(G, k, n, GSN, GSK, KOFF, NBC, KIND: tl.constexpr, Y0POS: tl.constexpr, MAP: tl.constexpr):
+    """``2·g`` of the sub-band an operand of child ``KIND`` belongs to (per stacked plane row)."""
+    if KIND == 2:
+        cb = 2 * k + Y0POS
+    else:
+        cb = 2 * k + 1 - Y0POS
+    return 2.0 * tl.load(G + n.to(tl.int64) * GSN + (KOFF + _final_band(cb, NBC, MAP)) * GSK)
+
+
+@triton.jit
 def _planes_of(rows, RR: tl.constexpr, g0, P: tl.constexpr, PLANES, N):
     """Rows ``[0, P·RR)`` of a stacked tile -> (local row, parent band k, image n, plane exists)."""
     plane = g0 + rows // RR
@@ -204,14 +229,16 @@ def _col_matrix(TAPS, K: tl.constexpr, M: tl.constexpr, shift):
     return tl.load(TAPS + t, mask=(t >= 0) & (t < 12), other=0.0)
 
 
-@triton.jit(do_not_specialize=("PLANES", "N", "H", "W", "h", "w", "QS", "NBC", "HALF4", "TILES_W", "NPART"))
+@triton.jit(do_not_specialize=("PLANES", "N", "H", "W", "h", "w", "QS", "NBC", "HALF4", "TILES_W", "NPART",
+                               "KOFF", "KTOT", "GSN", "GSK"))
 def _ladder_kernel(
-    WIN, CEN, OUT, OUT2, TAPS, EN,
-    PLANES, N, H, W, h, w, QS, NBC, HALF4, TILES_W, NPART,
+    WIN, CEN, OUT, OUT2, TAPS, EN, G,
+    PLANES, N, H, W, h, w, QS, NBC, HALF4, TILES_W, NPART, KOFF, KTOT, GSN, GSK,
     SPLIT: tl.constexpr, BF: tl.constexpr, QPER: tl.constexpr,
     WIN_KIND: tl.constexpr, CEN_KIND: tl.constexpr, OUT_KIND: tl.constexpr, OUT2_KIND: tl.constexpr,
     LAYOUT: tl.constexpr, Y0POS: tl.constexpr, ENERGY: tl.constexpr, EN_SLOT: tl.constexpr,
     TR: tl.constexpr, TC: tl.constexpr, P: tl.constexpr, PREC: tl.constexpr = "ieee",
+    MAP: tl.constexpr = 0, SCALED: tl.constexpr = False,
 ):
     """One ladder pass on a ``TR × TC`` tile of P (parent band k, image n) planes.
 
@@ -224,6 +251,13 @@ def _ladder_kernel(
     FMAs; "tf32x3": tensor cores at about float32 accuracy).
     Grid (1-D): tiles fastest, then plane groups, so the neighbouring tiles of one plane
     (which share halo rows and columns in L2) run next to each other.
+
+    Last tree level: ``MAP`` is the final layout whose sub-band order the energies (``EN``, a
+    ``(N, KTOT)`` row-major table, this half's bands from column ``KOFF``) and the scales
+    follow, while ``LAYOUT`` addresses the children (plain when they are kept for a
+    backward). ``SCALED``: child operands are cotangents ``2·g·y`` of the energies: each is
+    multiplied by ``2·G[n, KOFF + band]`` (``G`` with strides ``GSN``, ``GSK``), constant over a
+    plane, so ``S(s·y) = s·S(y)`` is applied after the filter.
     """
     DT: tl.constexpr = TAPS.dtype.element_ty
     HALO: tl.constexpr = 16
@@ -262,6 +296,11 @@ def _ladder_kernel(
     beta = tl.load(TAPS + 13)
     cen_off = _addr(i, j, k, n, N, H, W, h, w, NBC, HALF4, CEN_KIND, SPLIT, LAYOUT, Y0POS)
     cen = tl.load(CEN + cen_off, mask=ok, other=0.0).to(DT)
+    if SCALED:
+        if CEN_KIND == 2 or CEN_KIND == 3:
+            cen = cen * _child_scale(G, k, n, GSN, GSK, KOFF, NBC, CEN_KIND, Y0POS, MAP).to(DT)
+        if WIN_KIND == 2 or WIN_KIND == 3:
+            s = s * _child_scale(G, k, n, GSN, GSK, KOFF, NBC, WIN_KIND, Y0POS, MAP).to(DT)
     out = alpha * cen + beta * s
     if OUT_KIND != 5:
         out_off = _addr(i, j, k, n, N, H, W, h, w, NBC, HALF4, OUT_KIND, SPLIT, LAYOUT, Y0POS)
@@ -270,6 +309,8 @@ def _ladder_kernel(
         gamma = tl.load(TAPS + 14)
         v_off = _addr(i, j, k, n, N, H, W, h, w, NBC, HALF4, WIN_KIND, SPLIT, LAYOUT, Y0POS)
         v = tl.load(WIN + v_off, mask=ok, other=0.0).to(DT)
+        if SCALED and (WIN_KIND == 2 or WIN_KIND == 3):
+            v = v * _child_scale(G, k, n, GSN, GSK, KOFF, NBC, WIN_KIND, Y0POS, MAP).to(DT)
         o2_off = _addr(i, j, k, n, N, H, W, h, w, NBC, HALF4, OUT2_KIND, SPLIT, LAYOUT, Y0POS)
         tl.store(OUT2 + o2_off, (gamma * v).to(OUT2.dtype.element_ty), mask=ok)
     if ENERGY != 0:
@@ -284,11 +325,12 @@ def _ladder_kernel(
             cb = 2 * kp + Y0POS
         else:
             cb = 2 * kp + 1 - Y0POS
-        slot = cb * N + plane % N
+        # (N, KTOT) table in the final sub-band order (per-tile partials: (N, KTOT, NPART))
+        slot = (plane % N).to(tl.int64) * KTOT + KOFF + _final_band(cb, NBC, MAP)
         if ENERGY == 1:
             tl.atomic_add(EN + slot, part.to(EN.dtype.element_ty), mask=has)
         else:
-            tl.store(EN + slot.to(tl.int64) * NPART + tile, part.to(EN.dtype.element_ty), mask=has)
+            tl.store(EN + slot * NPART + tile, part.to(EN.dtype.element_ty), mask=has)
 
 
 KERNELS = {"ladder": _ladder_kernel}
@@ -374,8 +416,12 @@ def _taps(coeffs: tuple[float, float, float], filt: str, device: torch.device, d
 
 def _launch(st: _Stage, filt: str, cd: torch.dtype, *, win, win_kind, bf, adjoint, cen, cen_kind,
             coeffs, out=None, out_kind=_K_NONE, out2=None, out2_kind=_K_NONE,
-            energy=None, energy_mode=_E_NONE, en_slot=0):
-    """Launch one ladder pass of stage ``st`` on the current stream of the tensors' device."""
+            energy=None, energy_mode=_E_NONE, en_slot=0, final=None, scale=None):
+    """Launch one ladder pass of stage ``st`` on the current stream of the tensors' device.
+
+    ``final``: ``(map layout, KOFF, KTOT)`` of a last-level stage whose energies or scales
+    follow the final sub-band order; ``scale``: ``g`` as an ``(N, KTOT)`` strided tensor (the
+    child operands are the cotangents ``2·g·y``)."""
     planes = st.nb * st.n
     cfg = tile_config(planes, st.h, st.w)
     tiles_h, tiles_w = triton.cdiv(st.h, cfg.TR), triton.cdiv(st.w, cfg.TC)
@@ -386,16 +432,21 @@ def _launch(st: _Stage, filt: str, cd: torch.dtype, *, win, win_kind, bf, adjoin
     if launch_log is not None:
         launch_log.append(dict(split=st.split, bf=bf, qper=st.qper, kinds=(win_kind, cen_kind, out_kind, out2_kind),
                                layout=st.layout, energy=energy_mode, grid=grid, tile=cfg[:3],
+                               final=final, scaled=scale is not None,
                                dtypes=tuple(t.dtype if t is not None else None for t in (win, cen, out, out2))))
+    map_layout, koff, ktot = final if final is not None else (_L_PLAIN, 0, 0)
+    g, gsn, gsk = (scale, scale.stride(0), scale.stride(1)) if scale is not None else (dummy, 0, 0)
     with _guard(win):
         _ladder_kernel[grid](
             win, cen, out if out is not None else dummy, out2 if out2 is not None else dummy, taps,
-            energy if energy is not None else dummy,
+            energy if energy is not None else dummy, g,
             planes, st.n, st.H, st.W, st.h, st.w, qs, st.nbc, st.half4, tiles_w, tiles_h * tiles_w,
+            koff, ktot, gsn, gsk,
             SPLIT=st.split, BF=bf, QPER=st.qper,
             WIN_KIND=win_kind, CEN_KIND=cen_kind, OUT_KIND=out_kind, OUT2_KIND=out2_kind,
             LAYOUT=st.layout, Y0POS=st.y0pos, ENERGY=energy_mode, EN_SLOT=en_slot,
-            TR=cfg.TR, TC=cfg.TC, P=cfg.P, PREC=DOT_PRECISION, num_warps=cfg.num_warps,
+            TR=cfg.TR, TC=cfg.TC, P=cfg.P, PREC=DOT_PRECISION, MAP=map_layout, SCALED=scale is not None,
+            num_warps=cfg.num_warps,
         )
 
 
@@ -409,16 +460,24 @@ def _scratch(st: _Stage, like: torch.Tensor, cd: torch.dtype) -> torch.Tensor:
     return torch.empty(st.nb, st.n, st.h, st.w, device=like.device, dtype=cd)
 
 
-def _stage_dec(st, filt, cd, parent, children, energy=None, energy_mode=_E_NONE):
+def _stage_dec(st, filt, cd, parent, children, energy=None, energy_mode=_E_NONE, final=None, keep=None):
     """y0 = (p0 − S1 p1)/√2, y1 = −√2 p1 − S0 y0 into ``children`` (or energies only).
 
     y0 goes through a float32 scratch when the children are stored in lower
     precision (pass B must filter the unrounded y0) or not stored at all.
+    Energies with ``keep``: the children are also stored there (plain layout, compute dtype).
     """
+    if keep is not None:
+        common = dict(energy=energy, energy_mode=energy_mode, final=final)
+        _launch(st, filt, cd, win=parent, win_kind=_K_P1, bf=6, adjoint=False, cen=parent, cen_kind=_K_P0,
+                coeffs=(_IR2, -_IR2, 0.0), out=keep, out_kind=_K_Y0, en_slot=0, **common)
+        _launch(st, filt, cd, win=keep, win_kind=_K_Y0, bf=5, adjoint=False, cen=parent, cen_kind=_K_P1,
+                coeffs=(-_R2, -1.0, 1.0), out=keep, out_kind=_K_Y1, en_slot=1, **common)
+        return
     via = energy_mode != _E_NONE or children.dtype != cd
     y0 = _scratch(st, parent, cd) if via else children
     y0_kind = _K_SCRATCH if via else _K_Y0
-    common = dict(energy=energy, energy_mode=energy_mode)
+    common = dict(energy=energy, energy_mode=energy_mode, final=final)
     _launch(st, filt, cd, win=parent, win_kind=_K_P1, bf=6, adjoint=False, cen=parent, cen_kind=_K_P0,
             coeffs=(_IR2, -_IR2, 0.0), out=y0, out_kind=y0_kind, en_slot=0, **common)
     store = energy_mode == _E_NONE
@@ -428,13 +487,15 @@ def _stage_dec(st, filt, cd, parent, children, energy=None, energy_mode=_E_NONE)
             en_slot=1, **common)
 
 
-def _stage_dec_adjoint(st, filt, cd, g_children, g_parent):
-    """Adjoint of :func:`_stage_dec`: t = g_y0 − S0ᵀ g_y1; g_p1 = −√2 g_y1 − S1ᵀ t/√2; g_p0 = t/√2."""
+def _stage_dec_adjoint(st, filt, cd, g_children, g_parent, final=None, scale=None):
+    """Adjoint of :func:`_stage_dec`: t = g_y0 − S0ᵀ g_y1; g_p1 = −√2 g_y1 − S1ᵀ t/√2; g_p0 = t/√2.
+    With ``scale`` the children are sub-bands y and the cotangents ``2·g·y`` (see :func:`_launch`)."""
     t = _scratch(st, g_children, cd)
+    sc = dict(final=final, scale=scale)
     _launch(st, filt, cd, win=g_children, win_kind=_K_Y1, bf=6, adjoint=True, cen=g_children, cen_kind=_K_Y0,
-            coeffs=(1.0, -1.0, 0.0), out=t, out_kind=_K_SCRATCH)
+            coeffs=(1.0, -1.0, 0.0), out=t, out_kind=_K_SCRATCH, **sc)
     _launch(st, filt, cd, win=t, win_kind=_K_SCRATCH, bf=5, adjoint=True, cen=g_children, cen_kind=_K_Y1,
-            coeffs=(-_R2, -_IR2, _IR2), out=g_parent, out_kind=_K_P1, out2=g_parent, out2_kind=_K_P0)
+            coeffs=(-_R2, -_IR2, _IR2), out=g_parent, out_kind=_K_P1, out2=g_parent, out2_kind=_K_P0, **sc)
 
 
 def _stage_rec(st, filt, cd, children, parent):
@@ -599,17 +660,19 @@ def _image_size(band_hw, levels):
     return h0 * 2 ** (levels - 1), 2 * w0
 
 
-def _energy_order(st: _Stage, en: torch.Tensor) -> torch.Tensor:
-    """``(nbc, N)`` energies per child band -> final sub-band order of this half."""
-    if st.layout == _L_FINAL2:  # bands 2, 3 are the reversed second half (no index tensor: no H2D copy)
-        return torch.cat([en[:2], en[2:].flip(0)])
-    if st.layout == _L_SECOND:
-        return en.flip(0)
-    return en
+def _finals(plan):
+    """``(map layout, KOFF, KTOT)`` of each stage of the last level (KOFF: first sub-band of its half)."""
+    level = plan[-1]
+    ktot = sum(st.nbc for st in level)
+    return [(st.layout, k * level[0].nbc, ktot) for k, st in enumerate(level)]
 
 
-def _dec_energy(x: torch.Tensor, levels: int, filt: str) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, 2**levels) sums of squares, the last level never stored."""
+def _dec_energy(x: torch.Tensor, levels: int, filt: str, keep: bool = False):
+    """(B, C, H, W) -> (B, C, 2**levels) sums of squares in the compute dtype.
+
+    The last level is never stored unless ``keep``: then it is also returned, per stage a
+    plain band-major ``(nbc, N, h, w)`` buffer in the compute dtype (what the backward needs).
+    """
     b, c, H, W = x.shape
     cd = _compute_dtype(x.dtype)
     x_planes = x.contiguous().view(1, b * c, H, W)
@@ -620,19 +683,44 @@ def _dec_energy(x: torch.Tensor, levels: int, filt: str) -> torch.Tensor:
         for st, parent, child in zip(level, parents[l], bufs[l]):
             _stage_dec(st, filt, cd, parent, child)
     deterministic = torch.are_deterministic_algorithms_enabled()
-    out = []
-    for st, parent in zip(plan[-1], parents[-1]):
-        if deterministic:  # per-tile partials, reduced in a fixed order
+    n, k = b * c, 2**levels
+    kept, parts = [], []
+    en = None if deterministic else torch.zeros(n, k, device=x.device, dtype=cd)
+    for st, parent, fin in zip(plan[-1], parents[-1], _finals(plan)):
+        if deterministic:  # per-tile partials (this half's columns; zeros elsewhere), reduced in a fixed order
             cfg = tile_config(st.nb * st.n, st.h, st.w)
             tiles = triton.cdiv(st.h, cfg.TR) * triton.cdiv(st.w, cfg.TC)
-            part = torch.empty(st.nbc, st.n, tiles, device=x.device, dtype=cd)
-            _stage_dec(st, filt, cd, parent, part, energy=part, energy_mode=_E_PARTIAL)
-            en = part.sum(-1)
+            acc, mode = torch.zeros(n, k, tiles, device=x.device, dtype=cd), _E_PARTIAL
+            parts.append(acc)
         else:
-            en = torch.zeros(st.nbc, st.n, device=x.device, dtype=cd)
-            _stage_dec(st, filt, cd, parent, en, energy=en, energy_mode=_E_ATOMIC)
-        out.append(_energy_order(st, en))
-    return torch.cat(out).t().reshape(b, c, 2**levels)
+            acc, mode = en, _E_ATOMIC
+        buf = _scratch(st._replace(nb=st.nbc), x, cd) if keep else None
+        _stage_dec(st._replace(layout=_L_PLAIN) if keep else st, filt, cd, parent, acc,
+                   energy=acc, energy_mode=mode, final=fin, keep=buf)
+        kept.append(buf)
+    if deterministic:
+        en = parts[0].sum(-1)
+        for p in parts[1:]:
+            en = en + p.sum(-1)
+    en = en.view(b, c, k)
+    return (en, kept) if keep else en
+
+
+def _energy_adjoint(kept, g, levels, filt, x_shape, cd) -> torch.Tensor:
+    """Gradient of the energies w.r.t. x, (B, C, H, W) in ``cd``: the adjoint of the tree applied to
+    ``2·g·y`` (``kept``: the last level of :func:`_dec_energy`; the scaling is done in its first passes)."""
+    b, c, H, W = x_shape
+    plan = _plan(levels, b * c, H, W)
+    g2 = g.reshape(b * c, 2**levels)  # a view unless g is expanded
+    g_bufs = _children_buffers(plan[:-1], kept[0], cd, cd) if len(plan) > 1 else []
+    gx = torch.empty(1, b * c, H, W, device=kept[0].device, dtype=cd)
+    g_parents = _parents(plan, gx, g_bufs + [kept])
+    for st, gp, gc, fin in zip(plan[-1], g_parents[-1], kept, _finals(plan)):
+        _stage_dec_adjoint(st._replace(layout=_L_PLAIN), filt, cd, gc, gp, final=fin, scale=g2)
+    for l in range(len(plan) - 2, -1, -1):
+        for st, gp, gc in zip(plan[l], g_parents[l], g_bufs[l]):
+            _stage_dec_adjoint(st, filt, cd, gc, gp)
+    return gx.view(b, c, H, W)
 
 
 # --------------------------------------------------------------------------- autograd
@@ -650,6 +738,24 @@ class _DFBDec(torch.autograd.Function):
         # grads are materialized (zeros for unused sub-bands) by autograd
         gx = _dec_adjoint(list(grads), ctx.levels, ctx.filt, ctx.shape, ctx.dtype, grads[0].device)
         return gx, None, None, None
+
+
+class _DFBEnergy(torch.autograd.Function):
+    """Sums of squares of the sub-bands; forward keeps the last tree level (used where x needs a
+    gradient), backward = the adjoint applied to ``2·g·y`` (nothing recomputed)."""
+
+    @staticmethod
+    def forward(ctx, x, levels, filt):
+        ctx.levels, ctx.filt, ctx.shape = levels, filt, tuple(x.shape)
+        en, ctx.kept = _dec_energy(x, levels, filt, keep=True)
+        return en
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        kept, ctx.kept = ctx.kept, None
+        gx = _energy_adjoint(kept, g, ctx.levels, ctx.filt, ctx.shape, kept[0].dtype)
+        return gx, None, None
 
 
 class _DFBRec(torch.autograd.Function):
@@ -725,10 +831,13 @@ def dfb_rec_triton(bands, filt: str = "pkva", out_dtype: torch.dtype | None = No
 
 def dfb_energy_triton(x: torch.Tensor, levels: int, filt: str = "pkva") -> torch.Tensor:
     """Sums of squares of the ``2**levels`` DFB sub-bands of ``x``: (B, C, 2**levels) in float32
-    (float64 for float64 input), without storing the last tree level. No autograd
-    (:func:`sstkd.ops.algorithms.contourlet_energy` provides the backward)."""
+    (float64 for float64 input), without storing the last tree level unless x needs a gradient
+    (then it is kept for the backward: the adjoint applied to ``2·g·y``, the cotangent scaling
+    done inside the first adjoint passes, nothing recomputed)."""
     _check_x(x, levels)
     if levels == 0:
         xc = x.to(_compute_dtype(x.dtype))
         return (xc * xc).sum(dim=(-2, -1)).unsqueeze(-1)
-    return _dec_energy(x, levels, filt)
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return _dec_energy(x, levels, filt)
+    return _DFBEnergy.apply(x, levels, filt)

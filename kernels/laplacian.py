@@ -418,21 +418,24 @@ def _launch(kernel, tensors, shape, mode: str, filt: str) -> None:
         )
 
 
-def _analysis(x: torch.Tensor, mode: str, filt: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, C, H, W) -> (low (B, C, H/2, W/2), out (B, C, H, W)) in x.dtype."""
+def _analysis(x: torch.Tensor, mode: str, filt: str, out_dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, H, W) -> (low (B, C, H/2, W/2), out (B, C, H, W)) in ``out_dtype`` (default x.dtype),
+    computed in the compute dtype of the outputs (the kernel converts on load and store)."""
     b, c, h, w = x.shape
     x = x.contiguous()  # channels-last / strided inputs: one copy
-    low = torch.empty(b, c, h // 2, w // 2, device=x.device, dtype=x.dtype)
-    out = torch.empty_like(x)
+    dt = x.dtype if out_dtype is None else out_dtype
+    low = torch.empty(b, c, h // 2, w // 2, device=x.device, dtype=dt)
+    out = torch.empty(b, c, h, w, device=x.device, dtype=dt)
     _launch(_lp_analysis_kernel, (x, low, out), x.shape, mode, filt)
     return low, out
 
 
-def _synthesis(low: torch.Tensor, band: torch.Tensor, mode: str, filt: str) -> torch.Tensor:
-    """low (B, C, H/2, W/2), band (B, C, H, W) -> (B, C, H, W) in band.dtype."""
+def _synthesis(low: torch.Tensor, band: torch.Tensor, mode: str, filt: str, out_dtype=None) -> torch.Tensor:
+    """low (B, C, H/2, W/2), band (B, C, H, W) -> (B, C, H, W) in ``out_dtype`` (default band.dtype),
+    computed in float32 at least (the compute dtype of band and output)."""
     low = low.contiguous()
     band = band.contiguous()
-    out = torch.empty_like(band)
+    out = torch.empty(band.shape, device=band.device, dtype=band.dtype if out_dtype is None else out_dtype)
     _launch(_lp_synthesis_kernel, (low, band, out), band.shape, mode, filt)
     return out
 
@@ -445,34 +448,36 @@ class _LPAnalysis(torch.autograd.Function):
     """(low, out) = (L x, x − K x); backward = the synthesis kernel with transposed taps."""
 
     @staticmethod
-    def forward(ctx, x, mode, filt):
-        ctx.mode, ctx.filt = mode, filt
-        return _analysis(x, mode, filt)
+    def forward(ctx, x, mode, filt, out_dtype=None):
+        ctx.mode, ctx.filt, ctx.x_dtype = mode, filt, x.dtype
+        return _analysis(x, mode, filt, out_dtype)
 
     @staticmethod
     def backward(ctx, g_low, g_out):
-        gx = _LPSynthesis.apply(g_low.to(g_out.dtype), g_out, _ADJOINT[ctx.mode], ctx.filt)
-        return gx, None, None
+        gx = _LPSynthesis.apply(g_low.to(g_out.dtype), g_out, _ADJOINT[ctx.mode], ctx.filt, ctx.x_dtype)
+        return gx, None, None, None
 
 
 class _LPSynthesis(torch.autograd.Function):
     """out = band − K band + U low; backward = the analysis kernel with transposed taps."""
 
     @staticmethod
-    def forward(ctx, low, band, mode, filt):
+    def forward(ctx, low, band, mode, filt, out_dtype=None):
         ctx.mode, ctx.filt = mode, filt
-        ctx.low_dtype = low.dtype
-        return _synthesis(low.to(band.dtype), band, mode, filt)
+        ctx.low_dtype, ctx.band_dtype = low.dtype, band.dtype
+        return _synthesis(low.to(band.dtype), band, mode, filt, out_dtype)
 
     @staticmethod
     def backward(ctx, g_out):
-        g_low, g_band = _LPAnalysis.apply(g_out, _ADJOINT[ctx.mode], ctx.filt)
-        return g_low.to(ctx.low_dtype), g_band, None, None
+        g_low, g_band = _LPAnalysis.apply(g_out, _ADJOINT[ctx.mode], ctx.filt, ctx.band_dtype)
+        return g_low.to(ctx.low_dtype), g_band, None, None, None
 
 
 # --------------------------------------------------------------------------- public entry points
-def lp_dec_triton(x: torch.Tensor, filt: str = "9-7") -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton ``lp_dec``: ``x`` (B, C, H, W), even H/W -> ``(low, band)`` in ``x.dtype``.
+def lp_dec_triton(x: torch.Tensor, filt: str = "9-7", out_dtype: torch.dtype | None = None):
+    """Triton ``lp_dec``: ``x`` (B, C, H, W), even H/W -> ``(low, band)`` in ``out_dtype``
+    (default ``x.dtype``): a float16/bfloat16 ``x`` is read as it is and the outputs stored in
+    float32 without a conversion copy; the gradient comes back in ``x.dtype``.
 
     Validation of shapes and names is done by :func:`sstkd.ops.lp_dec`; this
     entry point only checks what the kernels themselves need.
@@ -480,7 +485,9 @@ def lp_dec_triton(x: torch.Tensor, filt: str = "9-7") -> tuple[torch.Tensor, tor
     _check_dtype(x, "x")
     if x.dim() != 4 or x.shape[-2] % 2 or x.shape[-1] % 2:
         raise ValueError(f"x: expected (B, C, H, W) with even H and W, got shape {tuple(x.shape)}")
-    return _LPAnalysis.apply(x, "dec", filt)
+    if out_dtype is not None and out_dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise TypeError(f"out_dtype: expected float16/bfloat16/float32/float64, got {out_dtype!r}")
+    return _LPAnalysis.apply(x, "dec", filt, out_dtype)
 
 
 def lp_rec_triton(low: torch.Tensor, band: torch.Tensor, filt: str = "9-7") -> torch.Tensor:

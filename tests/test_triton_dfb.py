@@ -240,7 +240,8 @@ def test_sefilter_adjoint_is_the_other_shift(h, w):
 
 
 # --------------------------------------------------------------------------- ahead-of-time compilation
-_INT_ARGS = ("PLANES", "N", "H", "W", "h", "w", "QS", "NBC", "HALF4", "TILES_W", "NPART")
+_INT_ARGS = ("PLANES", "N", "H", "W", "h", "w", "QS", "NBC", "HALF4", "TILES_W", "NPART", "KOFF", "KTOT", "GSN",
+             "GSK")
 # A covering set of constexpr variants: every split, operand kind, child layout,
 # energy mode and storage dtype appears at least once.
 _VARIANTS = [
@@ -260,6 +261,15 @@ _VARIANTS = [
                                        OUT2_KIND=5, LAYOUT=0, Y0POS=0, ENERGY=0, EN_SLOT=0)),
     (("*bf16", "*bf16", "*fp32"), dict(SPLIT=3, BF=6, QPER=False, WIN_KIND=3, CEN_KIND=0, OUT_KIND=2,
                                        OUT2_KIND=5, LAYOUT=4, Y0POS=1, ENERGY=0, EN_SLOT=0)),
+    # energies kept for the backward (plain children, final-order table) and the scaled adjoint passes
+    (("*fp32", "*fp32", "*fp32"), dict(SPLIT=2, BF=5, QPER=False, WIN_KIND=2, CEN_KIND=1, OUT_KIND=3,
+                                       OUT2_KIND=5, LAYOUT=0, Y0POS=1, ENERGY=1, EN_SLOT=1, MAP=3)),
+    (("*fp32", "*fp32", "*fp32"), dict(SPLIT=1, BF=6, QPER=False, WIN_KIND=3, CEN_KIND=2, OUT_KIND=4,
+                                       OUT2_KIND=5, LAYOUT=0, Y0POS=1, ENERGY=0, EN_SLOT=0, MAP=2,
+                                       SCALED=True)),
+    (("*fp64", "*fp64", "*fp64"), dict(SPLIT=3, BF=5, QPER=False, WIN_KIND=4, CEN_KIND=3, OUT_KIND=1,
+                                       OUT2_KIND=0, LAYOUT=0, Y0POS=1, ENERGY=0, EN_SLOT=0, MAP=4,
+                                       SCALED=True)),
 ]
 
 
@@ -269,7 +279,8 @@ def test_aot_compile_every_variant_sm80_sm90():
         for i, ((src, dst, en), ce) in enumerate(_VARIANTS):
             sig = {name: "i32" for name in _INT_ARGS}
             taps = "*fp64" if src == "*fp64" else "*fp32"  # taps come in the compute dtype
-            sig.update(WIN=src, CEN=src, OUT=dst, OUT2=dst, TAPS=taps, EN=en)
+            sig.update(WIN=src, CEN=src, OUT=dst, OUT2=dst, TAPS=taps, EN=en, G="*bf16" if i % 2 else en)
+            ce = dict(dict(MAP=0, SCALED=False), **ce)
             tile = 16 if i == len(_VARIANTS) - 1 else 32  # both GPU tile sizes
             prec = "tf32x3" if i == 0 else "ieee"  # the optional tensor-core path compiles too
             jobs.append((K._ladder_kernel, sig, dict(ce, TR=tile, TC=tile, P=1, PREC=prec), arch, 4))

@@ -56,7 +56,8 @@ _LADDER_PASSES = [
     ("1r adjoint A^T (two outputs)", dict(SPLIT=0, BF=5, QPER=True, WIN_KIND=4, CEN_KIND=3, OUT_KIND=1,
                                           OUT2_KIND=0, LAYOUT=0, Y0POS=0, ENERGY=0, EN_SLOT=0)),
 ]
-_LADDER_INTS = ("PLANES", "N", "H", "W", "h", "w", "QS", "NBC", "HALF4", "TILES_W", "NPART")
+_LADDER_INTS = ("PLANES", "N", "H", "W", "h", "w", "QS", "NBC", "HALF4", "TILES_W", "NPART", "KOFF", "KTOT",
+                "GSN", "GSK")
 
 
 def dfb_ladder_jobs(dtype: str = "fp32", shape=(8, 256, 128, 128), arch: int = 90, passes=None) -> list[KernelJob]:
@@ -75,8 +76,8 @@ def dfb_ladder_jobs(dtype: str = "fp32", shape=(8, 256, 128, 128), arch: int = 9
         sig = {name: "i32" for name in _LADDER_INTS}
         ptr = _DTYPES[dtype]
         sig.update(WIN=ptr, CEN=ptr, OUT=ptr, OUT2=ptr, TAPS="*fp64" if dtype == "fp64" else "*fp32",
-                   EN="*fp64" if dtype == "fp64" else "*fp32")
-        ce = dict(ce, TR=cfg.TR, TC=cfg.TC, P=cfg.P)
+                   EN="*fp64" if dtype == "fp64" else "*fp32", G=ptr)
+        ce = dict(dict(MAP=0, SCALED=False), **ce, TR=cfg.TR, TC=cfg.TC, P=cfg.P)
         jobs.append(KernelJob(f"dfb ladder: {label}", dfb._ladder_kernel, sig, ce, cfg.num_warps,
                               cfg.TR * cfg.TC, False, 24.0, arch))
     return jobs

@@ -10,10 +10,15 @@
 ``passes`` is a plain dict ``{pass name: callable}`` (a backend's table, completed by
 :func:`sstkd.ops.dispatch.passes`). Signatures, on validated inputs:
 
-* ``lp_dec(x, filt) -> (low, band)`` and ``lp_rec(low, band, filt) -> x`` in the input dtype;
+* ``lp_dec(x, filt) -> (low, band)`` and ``lp_rec(low, band, filt) -> x`` in the input dtype; an
+  ``lp_dec`` with the attribute ``takes_out_dtype = True`` also takes ``out_dtype=`` (the finest
+  level then reads a float16/bfloat16 input as it is, without a conversion copy);
 * ``dfb_dec(x, levels, filt, out_dtype) -> [sub-bands]`` and ``dfb_rec(bands, filt, out_dtype) -> x``,
   computing in the compute dtype of their input, stored in ``out_dtype``;
-* ``dfb_energy(x, levels, filt) -> (B, C, 2**levels)`` sums of squares in the compute dtype;
+* ``dfb_energy(x, levels, filt) -> (B, C, 2**levels)`` sums of squares in the compute dtype; a
+  pass with the attribute ``keeps_for_backward = True`` is differentiable itself at the cost of
+  keeping its last tree level (the composition then runs autograd through the passes instead
+  of recomputing the decomposition in the backward);
 * ``wfb_dec(x, filt) -> (ll, [lh, hl, hh])`` and ``wfb_rec(ll, bands, filt) -> x`` in the compute dtype;
 * ``minmax(s2) -> (smin, smax)`` per row; ``level_sums(s2, centers, kernel) -> (mass, moment)``
   (``Σ_i E_in`` and ``Σ_i E_in·s_i``, (B, L)); ``soft_hist(s2, centers, kernel) -> hist``
@@ -45,6 +50,20 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- contourlet
+def _finest_input(x: torch.Tensor, passes) -> torch.Tensor:
+    """``x`` as the finest level reads it: converted to the compute dtype unless the LP pass
+    converts on load (``takes_out_dtype``)."""
+    return x if getattr(passes["lp_dec"], "takes_out_dtype", False) else x.to(compute_dtype(x))
+
+
+def _lp_level(cur: torch.Tensor, pfilt: str, passes):
+    """One LP level in the compute dtype (``cur`` is already in it below the finest level)."""
+    cd = compute_dtype(cur)
+    if cur.dtype != cd:
+        return passes["lp_dec"](cur, pfilt, out_dtype=cd)
+    return passes["lp_dec"](cur, pfilt)
+
+
 def contourlet_dec(x: torch.Tensor, nlevs, pfilt: str, dfilt: str, passes, out_dtype: torch.dtype | None = None):
     """``(low, [[sub-bands] per level, coarse -> fine])`` of validated ``x`` (B, C, H, W).
 
@@ -53,14 +72,14 @@ def contourlet_dec(x: torch.Tensor, nlevs, pfilt: str, dfilt: str, passes, out_d
     ``out_dtype`` (default ``x.dtype``). The backward is the adjoint (autograd of the passes).
     """
     out_dtype = x.dtype if out_dtype is None else out_dtype
-    cur = x.to(compute_dtype(x))
+    cur = _finest_input(x, passes)
     bands = []
     for n in reversed(nlevs):  # finest level first, from x itself
         if n == 0:
-            cur, level = passes["wfb_dec"](cur, pfilt)
+            cur, level = passes["wfb_dec"](cur.to(compute_dtype(cur)), pfilt)
             level = [t.to(out_dtype) for t in level]
         else:
-            cur, band = passes["lp_dec"](cur, pfilt)
+            cur, band = _lp_level(cur, pfilt, passes)
             level = passes["dfb_dec"](band, n, dfilt, out_dtype)
         bands.append(level)
     bands.reverse()
@@ -81,14 +100,14 @@ def contourlet_rec(low: torch.Tensor, bands, pfilt: str, dfilt: str, passes) -> 
 
 def _energies(x: torch.Tensor, nlevs, pfilt: str, dfilt: str, passes) -> torch.Tensor:
     """(B, C, K) in the compute dtype; the DFB levels through the ``dfb_energy`` pass."""
-    cur = x.to(compute_dtype(x))
+    cur = _finest_input(x, passes)
     levels = []
     for n in reversed(nlevs):
         if n == 0:
-            cur, level = passes["wfb_dec"](cur, pfilt)
+            cur, level = passes["wfb_dec"](cur.to(compute_dtype(cur)), pfilt)
             levels.append(torch.stack([(t * t).sum(dim=(-2, -1)) for t in level], dim=-1))
         else:
-            cur, band = passes["lp_dec"](cur, pfilt)
+            cur, band = _lp_level(cur, pfilt, passes)
             levels.append(passes["dfb_energy"](band, n, dfilt))
     low = (cur * cur).sum(dim=(-2, -1)).unsqueeze(-1)
     return torch.cat([low] + levels[::-1], dim=-1)
@@ -136,7 +155,13 @@ class _ContourletEnergy(torch.autograd.Function):
 def contourlet_energy(x: torch.Tensor, nlevs, pfilt: str, dfilt: str, passes) -> torch.Tensor:
     """``(B, C, K)`` sums of squares per sub-band (``low`` first, then coarse -> fine) of validated
     ``x``, computed in the compute dtype and returned in ``x.dtype``, without storing the last DFB
-    tree level of any pyramid level (the ``dfb_energy`` pass)."""
+    tree level of any pyramid level (the ``dfb_energy`` pass).
+
+    Backward: with a ``dfb_energy`` pass that ``keeps_for_backward``, autograd through the passes
+    (the DFB keeps its last level, the LP adjoints need no saved values: nothing is recomputed);
+    otherwise the decomposition is recomputed in the backward (:class:`_ContourletEnergy`)."""
+    if getattr(passes["dfb_energy"], "keeps_for_backward", False):
+        return _energies(x, tuple(nlevs), pfilt, dfilt, passes).to(x.dtype)
     return _ContourletEnergy.apply(x, tuple(nlevs), pfilt, dfilt, passes)
 
 

@@ -61,10 +61,13 @@ def interpreted() -> bool:
 
 
 # Each entry imports its kernel module on first call: importing sstkd.ops never imports triton.
-def lp_dec(x, filt):
+def lp_dec(x, filt, out_dtype=None):
     from sstkd.kernels.laplacian import lp_dec_triton
 
-    return lp_dec_triton(x, filt)
+    return lp_dec_triton(x, filt, out_dtype=out_dtype)
+
+
+lp_dec.takes_out_dtype = True  # reads float16/bfloat16 x as it is, stores float32 (no conversion copy)
 
 
 def lp_rec(low, band, filt):
@@ -89,6 +92,9 @@ def dfb_energy(x, levels, filt):
     from sstkd.kernels.dfb import dfb_energy_triton
 
     return dfb_energy_triton(x, levels, filt)
+
+
+dfb_energy.keeps_for_backward = True  # differentiable: contourlet_energy's backward recomputes nothing
 
 
 def minmax(s2):
