@@ -15,7 +15,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-facts", action="store_true",
                         help="skip the sm_90 compilation (registers, spills, SASS; minutes for every variant)")
     parser.add_argument("--out", default=os.path.join("bench", "results"),
-                        help="folder of static-<date>.{md,json} (default bench/results)")
+                        help="folder of static-<date>[-<tag>].{md,json} (default bench/results)")
+    parser.add_argument("--tag", default=None, help="suffix of the file names, e.g. 'after' (letters, digits, -)")
+    parser.add_argument("--force", action="store_true", help="replace report files that exist already")
     parser.add_argument("--print-only", action="store_true", help="print the table, write nothing")
 
 
@@ -32,6 +34,12 @@ def main(args) -> int:
     from sstkd.benchmarks import cost
 
     try:
+        if args.tag is not None and not (args.tag and all(c.isalnum() or c == "-" for c in args.tag)):
+            raise ValueError(f"--tag: letters, digits and '-' only, got {args.tag!r}")
+        if not args.print_only and not args.force:
+            taken = [p for p in cost.result_paths(args.out, tag=args.tag) if os.path.exists(p)]
+            if taken:
+                raise ValueError(f"--out: {taken[0]} exists; pass --tag NAME for a new report or --force")
         ops = _csv(args.ops, "--ops") if args.ops else None
         report = cost.cost_report(ops, _csv(args.dtypes, "--dtypes"), with_facts=not args.no_facts)
     except ValueError as e:
@@ -39,6 +47,6 @@ def main(args) -> int:
         return 2
     print(cost.format_markdown(report))
     if not args.print_only:
-        for p in cost.write_results(report, args.out):
+        for p in cost.write_results(report, args.out, tag=args.tag):
             print(f"wrote {p}")
     return 0

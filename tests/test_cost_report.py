@@ -146,6 +146,16 @@ def test_cli_writes_the_report_and_rejects_bad_names(tmp_path, capsys):
     assert len(names) == 2 and names[0].startswith("static-") and names[0].endswith(".json")
     assert cli.main(["cost", "--ops", "lp_dec", "--dtypes", "fp8", "--no-facts", "--print-only"]) == 2
     assert "dtypes" in capsys.readouterr().out
+    # a report is never replaced silently: a second run needs --tag (a new file) or --force
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert cli.main(["cost", "--ops", "lp_dec", "--dtypes", "fp32", "--no-facts", "--out", str(tmp_path)]) == 2
+    assert "--tag" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert cli.main(["cost", "--ops", "lp_dec", "--dtypes", "fp32", "--no-facts", "--out", str(tmp_path),
+                     "--tag", "after"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if "-after." in p.name) == [
+        names[0][:-len(".json")] + "-after.json", names[0][:-len(".json")] + "-after.md"]
+    assert cli.main(["cost", "--ops", "lp_dec", "--no-facts", "--print-only", "--tag", "a b"]) == 2
 
 
 def test_recording_leaves_cached_constants_alone():

@@ -76,6 +76,10 @@ def test_static_prediction_is_read_from_the_newest_cost_report(tmp_path):
                               "mode": "fwd+bwd", "backend": "triton", "status": "ok", "median_ms": 7.5,
                               "pct_copy_bw": 1.2}], got)
     assert "| 7.500 |" in table[-1] and table[-1].endswith("| 1.2 | 5.250 |")
+    # a tagged report of the same day is newer when it says when it was written, whatever its name
+    (tmp_path / "static-20261201-after.json").write_text(json.dumps(
+        {"rows": [dict(row, predicted={"predicted_ms": 1.5})], "written": "2026-12-01T23:00:00"}))
+    assert list(gc.static_prediction(str(tmp_path))["by_op"].values()) == [1.5]
 
 
 @pytest.mark.parametrize("argv", [["--jobs", "0"], ["--budget", "-1"]])

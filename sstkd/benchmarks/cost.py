@@ -399,13 +399,24 @@ def _short(ce: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in ce.items() if k not in ("PREC",))
 
 
-def write_results(report: dict, out_dir: str = os.path.join("bench", "results"), date: str | None = None):
-    """``static-<date>.{md,json}`` in ``out_dir``; returns the two paths."""
+def result_paths(out_dir: str, date: str | None = None, tag: str | None = None) -> tuple[str, str]:
+    """``static-<date>[-<tag>].{md,json}`` in ``out_dir``."""
+    date = date or datetime.date.today().strftime("%Y%m%d")
+    base = os.path.join(out_dir, f"static-{date}" + (f"-{tag}" if tag else ""))
+    return base + ".md", base + ".json"
+
+
+def write_results(report: dict, out_dir: str = os.path.join("bench", "results"), date: str | None = None,
+                  tag: str | None = None):
+    """``static-<date>[-<tag>].{md,json}`` in ``out_dir`` (the JSON records when it was written, which
+    is how readers find the newest); returns the two paths."""
     date = date or datetime.date.today().strftime("%Y%m%d")
     os.makedirs(out_dir, exist_ok=True)
-    base = os.path.join(out_dir, f"static-{date}")
-    with open(base + ".json", "w") as f:
-        json.dump(report, f, indent=1, default=str)
+    md_path, json_path = result_paths(out_dir, date, tag)
+    base = md_path[:-len(".md")]
+    with open(json_path, "w") as f:
+        json.dump({**report, "written": datetime.datetime.now().isoformat(timespec="seconds")}, f, indent=1,
+                  default=str)
     with open(base + ".md", "w") as f:
         f.write(f"# Static GPU cost report ({date})\n\n"
                 "Counts from `sstkd cost` (kernels recorded at their GPU launch geometry, not executed); "

@@ -308,14 +308,23 @@ def static_key(op: str, params: str, shape) -> str:
     return f"{op}|{params}|{numel}"
 
 
+def _written(path: str) -> tuple[str, str]:
+    """Sort key of a static report: when ``sstkd cost`` wrote it (older files: none), then its name."""
+    try:
+        with open(path) as f:
+            return str(json.load(f).get("written", "")), os.path.basename(path)
+    except (OSError, ValueError, AttributeError):
+        return "", os.path.basename(path)
+
+
 def static_prediction(results_dir: str | None = None) -> dict:
     """Predicted fwd+bwd ms per op × params × shape from the newest ``bench/results/static-*.json``
     (written by ``sstkd cost``): rows ``{"op", "shape", "params", "dtype", "predicted": {"predicted_ms"}}``.
     Absent or unreadable: an empty table and the reason."""
-    files = sorted(glob.glob(os.path.join(results_dir or os.path.join(REPO, "bench", "results"), "static-*.json")))
+    files = glob.glob(os.path.join(results_dir or os.path.join(REPO, "bench", "results"), "static-*.json"))
     if not files:
         return {"file": None, "by_op": {}}
-    path = files[-1]
+    path = max(files, key=_written)
     try:
         with open(path) as f:
             data = json.load(f)
