@@ -270,40 +270,54 @@ def _reproject_grad_s_kernel(T, S, CEN, G, GS, N, D, L, sgb, sgd, sgn,
     tl.store(GS + b * N + offs, (acc_lo * dw_lo + acc_hi * dw_hi).to(GS.dtype.element_ty), mask=ok)
 
 
+@triton.jit
+def _grad_table_tile(S, CEN, G, GT, N, D, L, P, sgb, sgd, sgn, p, b, d, l0, CHUNK,
+                     LOG_L: tl.constexpr, KERNEL: tl.constexpr, DETERMINISTIC: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """grad_table[b, d, l0:l0 + BLOCK_L] of the program's pixel chunk, merged into GT."""
+    bins = l0 + tl.arange(0, BLOCK_L)
+    acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
+    for n0 in range(0, CHUNK, BLOCK_N):
+        offs = p * CHUNK + n0 + tl.arange(0, BLOCK_N)
+        ok = offs < N
+        s = tl.load(S + b * N + offs, mask=ok, other=0.0).to(tl.float32)
+        lo, hi, w_lo, w_hi, dw_lo, dw_hi = _taps(s, ok, CEN + b * L, L, LOG_L, KERNEL)
+        enc = (tl.where(lo[:, None] == bins[None, :], w_lo[:, None], 0.0)
+               + tl.where(hi[:, None] == bins[None, :], w_hi[:, None], 0.0))
+        m = (d[:, None] < D) & ok[None, :]
+        g = tl.load(G + b * sgb + d[:, None] * sgd + offs[None, :] * sgn, mask=m, other=0.0).to(tl.float32)
+        # a broadcast product reduced over the pixels: exact fp32 like an IEEE dot, but small
+        # tiles stay in registers (the FMA-unrolled fp32 tl.dot spilled kilobytes per thread)
+        acc += tl.sum(g[:, :, None] * enc[None, :, :], axis=1)
+    keep = (d[:, None] < D) & (bins[None, :] < L)
+    if DETERMINISTIC:
+        tl.store(GT + ((b * P + p) * D + d[:, None]) * L + bins[None, :], acc, mask=keep)
+    else:
+        tl.atomic_add(GT + (b * D + d[:, None]) * L + bins[None, :], acc, mask=keep)
+
+
 @triton.jit(do_not_specialize=("N", "D", "L", "P", "sgb", "sgd", "sgn", "CHUNK"))
 def _reproject_grad_table_kernel(S, CEN, G, GT, N, D, L, P, sgb, sgd, sgn,
                                  LOG_L: tl.constexpr, KERNEL: tl.constexpr,
                                  DETERMINISTIC: tl.constexpr, CHUNK,
                                  BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                                 BLOCK_L: tl.constexpr):
+                                 BLOCK_L: tl.constexpr, ONE_L_TILE: tl.constexpr):
     """grad_table[b, d, n] += Σ_{i in chunk} G[b, d, i]·E_in as a (D × pixels)·(pixels × L) tile product.
 
     Atomic mode: adds into GT (B, D, L); deterministic: stores GT[b, p] (B, P, D, L).
+    ``ONE_L_TILE`` (the launcher's promise that L ≤ BLOCK_L): one pass over the pixels, so the
+    taps are searched once per pixel instead of once per level tile.
     """
     p = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
-    cen_row = CEN + b * L
-    for l0 in range(0, L, BLOCK_L):
-        bins = l0 + tl.arange(0, BLOCK_L)
-        acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
-        for n0 in range(0, CHUNK, BLOCK_N):
-            offs = p * CHUNK + n0 + tl.arange(0, BLOCK_N)
-            ok = offs < N
-            s = tl.load(S + b * N + offs, mask=ok, other=0.0).to(tl.float32)
-            lo, hi, w_lo, w_hi, dw_lo, dw_hi = _taps(s, ok, cen_row, L, LOG_L, KERNEL)
-            enc = (tl.where(lo[:, None] == bins[None, :], w_lo[:, None], 0.0)
-                   + tl.where(hi[:, None] == bins[None, :], w_hi[:, None], 0.0))
-            m = (d[:, None] < D) & ok[None, :]
-            g = tl.load(G + b * sgb + d[:, None] * sgd + offs[None, :] * sgn, mask=m, other=0.0).to(tl.float32)
-            # a broadcast product reduced over the pixels: exact fp32 like an IEEE dot, but small
-            # tiles stay in registers (the FMA-unrolled fp32 tl.dot spilled kilobytes per thread)
-            acc += tl.sum(g[:, :, None] * enc[None, :, :], axis=1)
-        keep = (d[:, None] < D) & (bins[None, :] < L)
-        if DETERMINISTIC:
-            tl.store(GT + ((b * P + p) * D + d[:, None]) * L + bins[None, :], acc, mask=keep)
-        else:
-            tl.atomic_add(GT + (b * D + d[:, None]) * L + bins[None, :], acc, mask=keep)
+    if ONE_L_TILE:
+        _grad_table_tile(S, CEN, G, GT, N, D, L, P, sgb, sgd, sgn, p, b, d, 0, CHUNK,
+                         LOG_L, KERNEL, DETERMINISTIC, BLOCK_N, BLOCK_D, BLOCK_L)
+    else:
+        for l0 in range(0, L, BLOCK_L):
+            _grad_table_tile(S, CEN, G, GT, N, D, L, P, sgb, sgd, sgn, p, b, d, l0, CHUNK,
+                             LOG_L, KERNEL, DETERMINISTIC, BLOCK_N, BLOCK_D, BLOCK_L)
 
 
 @triton.jit
@@ -578,8 +592,11 @@ def grad_table_config(cfg: Config, d: int, n: int, interpreted: bool | None = No
     if interpreted:
         block_d, block_l = min(64, max(16, triton.next_power_of_2(d))), cfg.BLOCK_L
         block_n = min(cfg.BLOCK_N, max(16, (1 << 19) // (block_d * block_l)))
-    else:  # the BLOCK_D × BLOCK_N × BLOCK_L product tile lives in registers: sm_90, no spills
-        block_d, block_n, block_l = 16, 4, min(32, cfg.BLOCK_L)
+    else:
+        # A whole level tile (up to 128 levels, so usually one pass over the pixels and one tap
+        # search per pixel) × 2 pixels × 8 channels: 2K products in 56 registers on sm_90, no
+        # spills, and the fewest predicted warp-instructions of the ≤ 2K tiles that fit.
+        block_d, block_n, block_l = 8, 2, cfg.BLOCK_L
     chunk = triton.cdiv(cfg.CHUNK, block_n) * block_n
     return cfg._replace(BLOCK_N=block_n, BLOCK_L=block_l, CHUNK=chunk, P=triton.cdiv(n, chunk)), block_d
 
@@ -825,7 +842,8 @@ class _ReprojectFn(torch.autograd.Function):
                 _reproject_grad_table_kernel[(cfg_t.P, B, triton.cdiv(D, block_d))](
                     s2, centers, g, buf, N, D, L, cfg_t.P, *strides,
                     LOG_L=cfg.LOG_L, KERNEL=kid, DETERMINISTIC=det, CHUNK=cfg_t.CHUNK,
-                    BLOCK_N=cfg_t.BLOCK_N, BLOCK_D=block_d, BLOCK_L=cfg_t.BLOCK_L, num_warps=cfg.num_warps,
+                    BLOCK_N=cfg_t.BLOCK_N, BLOCK_D=block_d, BLOCK_L=cfg_t.BLOCK_L, ONE_L_TILE=L <= cfg_t.BLOCK_L,
+                    num_warps=cfg.num_warps,
                 )
                 grad_table = _finish(buf, det).view(B, D, L).to(table.dtype)
         return grad_table, grad_s, None, None
