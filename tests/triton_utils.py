@@ -18,9 +18,11 @@ import pickle
 import subprocess
 import sys
 import tempfile
-import types
 
 import torch
+
+# one definition of what a compilable @triton.jit kernel is, shared with the compile-facts instrument
+from sstkd.benchmarks.compile_facts import _interpreted, _kernel_ref  # noqa: E402
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 AOT_ARCHS = (80, 90)
@@ -144,23 +146,6 @@ def _compile_here(kernel, signature: dict, constexprs: dict, arch: int, num_warp
     return AotResult(jit.__name__, int(arch), num_warps, dict(ck.asm), int(shared or 0))
 
 
-def _interpreted_kernel(kernel) -> bool:
-    try:
-        from triton.runtime.interpreter import InterpretedFunction
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(kernel, InterpretedFunction)
-
-
-def _kernel_ref(kernel) -> tuple[str, str]:
-    fn = getattr(kernel, "fn", None)
-    if not isinstance(fn, types.FunctionType):
-        raise TypeError(f"kernel: expected a @triton.jit function, got {type(kernel).__name__}")
-    if fn.__module__ == "__main__" or "<locals>" in fn.__qualname__:
-        raise ValueError(f"kernel: {fn.__qualname__} must be a module-level function of an importable module")
-    return fn.__module__, fn.__qualname__
-
-
 def aot_compile_many(jobs) -> list[AotResult]:
     """Compile several ``(kernel, signature, constexprs, arch[, num_warps])`` jobs; see :func:`aot_compile`.
 
@@ -170,7 +155,7 @@ def aot_compile_many(jobs) -> list[AotResult]:
     re-raised here with the compiler's message.
     """
     jobs = [tuple(j) + (4,) * (5 - len(j)) for j in jobs]
-    if not any(_interpreted_kernel(j[0]) for j in jobs):
+    if not any(_interpreted(j[0]) for j in jobs):
         return [_compile_here(k, dict(sig), dict(ce or {}), arch, nw) for k, sig, ce, arch, nw in jobs]
     specs = [(_kernel_ref(k), dict(sig), dict(ce or {}), int(arch), int(nw)) for k, sig, ce, arch, nw in jobs]
     with tempfile.TemporaryDirectory() as tmp:
