@@ -10,26 +10,14 @@ import torch
 from sstkd.engine import checkpoint as C
 from sstkd.engine.config import ConfigError, load_config, resolve_config
 from sstkd.engine.trainer import NonFiniteLossError, RunDirError, Trainer, train
+from test_trainer import tiny_config
 
 
 def tiny(work_dir, **sections):
-    """A seconds-scale run: 8-wide PSPNet-ResNet18 on 32x32 synthetic textures."""
-    cfg = {
-        "work_dir": str(work_dir), "device": "cpu",
-        "model": {"name": "pspnet_resnet18", "base_width": 8},
-        "data": {"name": "synthetic", "crop_size": [32, 32], "scale_range": [0.75, 1.25], "jitter": 0.1,
-                 "num_workers": 0, "options": {"num_images": 8, "size": 32, "num_classes": 4},
-                 "val_options": {"num_images": 2}},
-        "train": {"iterations": 3, "batch_size": 2, "log_interval": 1, "checkpoint_interval": 1,
-                  "eval_interval": 0, "eval_at_end": False, "progress": False},
-        "eval": {"num_workers": 0, "batch_size": 2},
-    }
-    for key, value in sections.items():
-        if isinstance(value, dict):
-            cfg.setdefault(key, {}).update(value)
-        else:
-            cfg[key] = value
-    return resolve_config(cfg)
+    """test_trainer's seconds-scale run, shorter: 8 images, 3 iterations, a checkpoint every iteration."""
+    train_cfg = {"iterations": 3, "checkpoint_interval": 1, **sections.pop("train", {})}
+    data = {"options": {"num_images": 8, "size": 32, "num_classes": 4}}
+    return tiny_config(work_dir, train=train_cfg, data=data, **sections)
 
 
 def _write_yaml(path, cfg):
