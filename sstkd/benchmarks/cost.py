@@ -51,6 +51,7 @@ import torch
 
 from sstkd._util import tensor_leaves
 from sstkd.benchmarks.recorder import record
+from sstkd.ops.dispatch import PREDICTION_FILE  # the file auto_order reads
 
 # H200 (sm_90): measured device copy bandwidth (bytes read + written) and the chip's warp-instruction
 # issue rate (132 SMs × 4 schedulers × 1.98 GHz); /work/shared/research/gpu-compile-facts.md.
@@ -487,7 +488,6 @@ def _short(ce: dict) -> str:
 # --------------------------------------------------------------------------- Triton or CUDA
 # A verdict needs the winner's predicted time at most this fraction of the loser's; closer is a tie.
 TIE_RATIO = 0.9
-PREDICTION_FILE = "static-prediction.json"  # read by sstkd.ops.dispatch.auto_order
 # Assumed GPU time of one launch outside a CUDA graph (launch gap + a tiny kernel's latency: "a few
 # microseconds", /work/shared/research/gpu-compile-facts.md). Only the Triton-or-CUDA verdict uses it.
 LAUNCH_GAP_S = 2e-6
@@ -604,6 +604,9 @@ def write_prediction(comparison: dict, out_dir: str = os.path.join("bench", "res
                 "`backend=\"auto\"` follows the per-op order below until committed GPU timings exist "
                 "(`sstkd info` says which it follows). See bench/README.md.\n\n")
         f.write(format_comparison(comparison))
+    from sstkd.ops import dispatch
+
+    dispatch.reload_preferences()  # this process follows the new verdicts too
     return json_path, md_path
 
 
