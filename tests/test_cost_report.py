@@ -290,3 +290,17 @@ def test_compare_backends_and_the_prediction_file(cuda_ext, tmp_path, capsys):
     assert cli.main(["cost", "--compare", "--ops", "lp_rec", "--dtypes", "fp32", "--out", str(tmp_path),
                      "--force"]) == 0
     assert "| lp_rec | (8, 256, 128, 128) | fp32 |" in open(md).read()
+
+
+def test_cuda_kernels_do_not_spill_on_sm90(cuda_ext):
+    # issue 13: no register spills in any kernel on sm_90 -- the extension's kernels, read from its library
+    rows, note = cost.cuda_kernel_facts(90)
+    assert rows, note
+    names = {r["kernel"] for r in rows}
+    assert {"lp_level_kernel", "quantize_count_kernel"} <= names, names
+    for r in rows:
+        assert r["local"] == 0 and r["stack"] == 0, r
+        assert 0 < r["registers"][0] <= r["registers"][1] <= 255, r
+        assert r["sass"] and r["sass"][0] > 0, r
+    text = "\n".join(cost._format_cuda_kernels(rows, note))
+    assert "| lp_level_kernel |" in text

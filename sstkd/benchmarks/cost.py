@@ -46,6 +46,9 @@ import datetime
 import json
 import math
 import os
+import re
+import shutil
+import subprocess
 
 import torch
 
@@ -371,6 +374,95 @@ def _plain_constexprs(ce: dict) -> dict:
     return {k: _plain(v) for k, v in ce.items()}
 
 
+# --------------------------------------------------------------------------- CUDA extension facts
+_RESOURCES = re.compile(r"Function (\S+?):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
+
+
+def _demangle(names: list[str]) -> list[str]:
+    """``c++filt`` names (the mangled ones when it is missing)."""
+    path = shutil.which("c++filt")
+    if path is None or not names:
+        return list(names)
+    try:
+        out = subprocess.run([path], input="\n".join(names), capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return list(names)
+    lines = out.splitlines()
+    return lines if len(lines) == len(names) else list(names)
+
+
+def _base_name(demangled: str) -> str:
+    """``lp_level_kernel`` of ``void sstkd::(anon)::lp_level_kernel<...>(...)``."""
+    head = re.split(r"[<(]", demangled.replace("(anonymous namespace)::", ""), maxsplit=1)[0]
+    words = head.rsplit("::", 1)[-1].split()
+    return words[-1] if words else demangled
+
+
+def cuda_kernel_facts(arch: int = 90) -> tuple[list[dict], str]:
+    """sm_<arch> facts of every kernel in the loaded CUDA extension, grouped by kernel (template
+    instances together): ``([{kernel, instances, registers: [min, max], stack, local, shared,
+    sass: [min, max], fma: max, int: max}], note)``, read from the built library with the
+    ``cuobjdump`` bundled in the triton wheel (registers, stack / local = spills, static shared
+    memory, static SASS per thread). The extension's launch geometry is chosen in C++, so these
+    facts do not enter the predicted times. Empty list and the reason when a tool or the sm_<arch>
+    code is missing. Loads (or JIT-builds) the extension.
+    """
+    from sstkd.benchmarks import compile_facts as cf
+    from sstkd.ops.backends import cuda
+
+    lib = getattr(cuda.get(), "__file__", None)
+    if not lib or not os.path.isfile(lib):
+        return [], f"CUDA kernel facts unavailable: the extension has no library file ({lib!r})"
+    tool, why = cf.tool_path("cuobjdump")
+    if tool is None:
+        return [], f"CUDA kernel facts unavailable: {why}"
+    sm = f"sm_{arch}"
+    rc, res = cf._run([tool, "--dump-resource-usage", "-arch", sm, lib])
+    found = _RESOURCES.findall(res) if rc == 0 else []
+    if not found:
+        return [], f"CUDA kernel facts unavailable: no {sm} code in {lib} (cuobjdump: {res.strip()[:200]})"
+    rc, sass = cf._run([tool, "-sass", "-arch", sm, lib])
+    if rc != 0:
+        sass = ""
+    groups: dict = {}
+    for (mangled, reg, stack, shared, local), name in zip(found, _demangle([f[0] for f in found])):
+        mix = cf.parse_sass(sass, mangled)[0] if sass else {}
+        g = groups.setdefault(_base_name(name), {"kernel": _base_name(name), "instances": 0, "regs": [], "stack": 0,
+                                                 "local": 0, "shared": 0, "sass": [], "fma": 0, "int": 0})
+        g["instances"] += 1
+        g["regs"].append(int(reg))
+        g["stack"] = max(g["stack"], int(stack))
+        g["local"] = max(g["local"], int(local))
+        g["shared"] = max(g["shared"], int(shared))
+        if mix:
+            g["sass"].append(sum(mix.values()))
+            g["fma"] = max(g["fma"], sum(mix.get(f, 0) for f in cf.FMA_OPS))
+            g["int"] = max(g["int"], sum(mix.get(f, 0) for f in cf.INT_OPS))
+    rows = []
+    for g in groups.values():
+        rows.append({"kernel": g["kernel"], "instances": g["instances"], "registers": [min(g["regs"]), max(g["regs"])],
+                     "stack": g["stack"], "local": g["local"], "shared": g["shared"],
+                     "sass": [min(g["sass"]), max(g["sass"])] if g["sass"] else None,
+                     "fma": g["fma"] if g["sass"] else None, "int": g["int"] if g["sass"] else None})
+    note = f"{sm} code of {os.path.basename(lib)} read with {os.path.basename(tool)}"
+    if not sass:
+        note += " (no SASS listing: counts n/a)"
+    return rows, note
+
+
+def _format_cuda_kernels(rows: list[dict], note: str) -> list[str]:
+    if not rows:
+        return ["", f"CUDA kernels: {note}"]
+    lines = ["", f"CUDA extension kernels ({note}; template instances grouped; not used by the predicted times):",
+             "", "| kernel | instances | registers | stack / local bytes | static shared bytes | "
+             "static SASS (max FFMA / integer) |", "|---|---|---|---|---|---|"]
+    span = lambda v: "n/a" if v is None else (f"{v[0]}" if v[0] == v[1] else f"{v[0]}-{v[1]}")  # noqa: E731
+    for r in rows:
+        lines.append(f"| {r['kernel']} | {r['instances']} | {span(r['registers'])} | {r['stack']} / {r['local']} | "
+                     f"{r['shared']} | {span(r['sass'])} ({r['fma']} / {r['int']}) |")
+    return lines
+
+
 # --------------------------------------------------------------------------- the report
 def _check_names(ops, dtypes, backend="triton", cases=TRAINING_CASES):
     known = [c[0] for c in cases]
@@ -418,9 +510,12 @@ def cost_report(ops=None, dtypes=("fp32", "bf16"), *, cases=TRAINING_CASES, devi
         for d in dtypes:
             rows.append(case_row(op, shape, params, DTYPES[d], device=device, backend=backend,
                                  new_shapes=extra, facts=facts))
-    return {"rows": rows, "facts_note": note,
-            "model": {"copy_bandwidth": H200_COPY_BW, "warp_issue_per_s": H200_WARP_ISSUE, "device": device,
-                      "backend": backend}}
+    report = {"rows": rows, "facts_note": note,
+              "model": {"copy_bandwidth": H200_COPY_BW, "warp_issue_per_s": H200_WARP_ISSUE, "device": device,
+                        "backend": backend}}
+    if backend == "cuda" and with_facts:
+        report["cuda_kernels"], report["cuda_facts_note"] = cuda_kernel_facts()
+    return report
 
 
 def _fmt_bytes_x(row) -> str:
@@ -472,6 +567,8 @@ def format_markdown(report: dict) -> str:
         lines += ["", "CUDA launches: one per call of an extension op (`torch.ops.sstkd.*`), bytes = its tensor "
                   "inputs and outputs; their issue time is not modeled (launch geometry is chosen in C++), so "
                   "a row with CUDA launches has no issue estimate and its predicted time is bytes-bound."]
+    if "cuda_kernels" in report:
+        lines += _format_cuda_kernels(report["cuda_kernels"], report.get("cuda_facts_note", ""))
     if report.get("facts_note"):
         lines += ["", f"Compile facts: {report['facts_note']}"]
     return "\n".join(lines) + "\n"
