@@ -17,7 +17,7 @@ def add_arguments(parser) -> None:
                              "JIT-built here on first use (needs the CUDA toolkit, not a GPU)")
     parser.add_argument("--compare", action="store_true",
                         help="measure every op both Triton and CUDA implement with both, say which is predicted "
-                             "faster, and write static-prediction.{json,md} (what backend='auto' follows until GPU "
+                             "faster, and write backend-prediction.{json,md} (what backend='auto' follows until GPU "
                              "timings are committed); no compile facts")
     parser.add_argument("--no-facts", action="store_true",
                         help="skip the sm_90 compilation (registers, spills, SASS; minutes for every variant)")
@@ -44,7 +44,7 @@ def main(args) -> int:
         if args.tag is not None and not (args.tag and all(c.isalnum() or c == "-" for c in args.tag)):
             raise ValueError(f"--tag: letters, digits and '-' only, got {args.tag!r}")
         if args.compare and (args.backend is not None or args.tag is not None):
-            raise ValueError("--compare measures both backends into static-prediction.{json,md}: "
+            raise ValueError("--compare measures both backends into backend-prediction.{json,md}: "
                              "drop --backend and --tag")
         if not args.print_only and not args.force:
             paths = ([os.path.join(args.out, cost.PREDICTION_FILE)] if args.compare

@@ -281,6 +281,9 @@ def test_compare_backends_and_the_prediction_file(cuda_ext, tmp_path, capsys):
     assert q["cuda"]["launches"] > q["triton"]["launches"]
     with pytest.raises(ValueError, match="does not implement"):
         cost.compare_backends(["dfb_dec"], ("fp32",))
+    import fnmatch
+
+    assert not fnmatch.fnmatch(cost.PREDICTION_FILE, "static-*.json")  # gpu-check reads those as cost reports
     js, md = cost.write_prediction(comp, str(tmp_path))
     assert js.endswith(cost.PREDICTION_FILE) and "| lp_dec | (8, 256, 128, 128) | fp32 |" in open(md).read()
     # the CLI: refuses to replace the prediction silently, and --compare measures both backends

@@ -143,7 +143,7 @@ def test_auto_order_follows_the_static_prediction_until_gpu_timings_exist(tmp_pa
     })
     order, source = dispatch.auto_order("lp_dec")
     assert order == ("cuda", "triton", "torch")
-    assert "static cost report static-prediction.json" in source and "cuda predicted faster" in source
+    assert "static cost report backend-prediction.json" in source and "cuda predicted faster" in source
     assert "cuda 0.100 ms" in source
     order, source = dispatch.auto_order("lp_rec")
     assert order == ("triton", "cuda", "torch") and "a tie" in source

@@ -35,7 +35,7 @@ rest, what ``"auto"`` would pick on a GPU (Triton). Per op × shape × dtype it 
 
 :func:`compare_backends` measures the ops both Triton and CUDA implement with both
 and says which is predicted faster (:func:`predicted_faster`);
-:func:`write_prediction` writes the verdicts to ``bench/results/static-prediction.json``,
+:func:`write_prediction` writes the verdicts to ``bench/results/backend-prediction.json``,
 which ``backend="auto"`` follows until committed GPU timings exist
 (:func:`sstkd.ops.dispatch.auto_order`).
 """
@@ -687,7 +687,7 @@ def format_comparison(comparison: dict) -> str:
 
 
 def write_prediction(comparison: dict, out_dir: str = os.path.join("bench", "results")) -> tuple[str, str]:
-    """``static-prediction.{json,md}`` in ``out_dir`` (replaced): the verdicts of
+    """``backend-prediction.{json,md}`` in ``out_dir`` (replaced): the verdicts of
     :func:`compare_backends`; the JSON is what ``backend="auto"`` reads. Returns the two paths."""
     os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, PREDICTION_FILE)

@@ -124,7 +124,7 @@ def _gpu_timings(results_dir: str) -> tuple[dict, str]:
 
 # Written by ``sstkd cost --compare`` (sstkd.benchmarks.cost.write_prediction): per op, the order the
 # static cost report predicts (Triton or CUDA first).
-PREDICTION_FILE = "static-prediction.json"
+PREDICTION_FILE = "backend-prediction.json"
 
 
 @functools.lru_cache(maxsize=None)
@@ -168,7 +168,7 @@ def preference_sources() -> dict:
 def auto_order(op: str) -> tuple[tuple[str, ...], str]:
     """``auto``'s preference for ``op`` on CUDA tensors (fastest first) and where it comes from:
     :data:`AUTO_ORDER`, else the fastest in committed GPU timings (``bench/results``), else the
-    static cost report's prediction (``bench/results/static-prediction.json``, written by
+    static cost report's prediction (``bench/results/backend-prediction.json``, written by
     ``sstkd cost --compare``), else :data:`DEFAULT_AUTO_ORDER` (Triton first)."""
     if op in AUTO_ORDER:
         return AUTO_ORDER[op], "AUTO_ORDER"
