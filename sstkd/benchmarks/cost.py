@@ -422,11 +422,13 @@ def cuda_kernel_facts(arch: int = 90) -> tuple[list[dict], str]:
     if not found:
         return [], f"CUDA kernel facts unavailable: no {sm} code in {lib} (cuobjdump: {res.strip()[:200]})"
     rc, sass = cf._run([tool, "-sass", "-arch", sm, lib])
-    if rc != 0:
-        sass = ""
+    listings = {}  # mangled name -> its SASS listing
+    for part in re.split(r"\n\s*Function : ", "\n" + sass)[1:] if rc == 0 else ():
+        head, _, body = part.partition("\n")
+        listings[head.strip()] = body
     groups: dict = {}
     for (mangled, reg, stack, shared, local), name in zip(found, _demangle([f[0] for f in found])):
-        mix = cf.parse_sass(sass, mangled)[0] if sass else {}
+        mix = cf.parse_sass(listings[mangled])[0] if mangled in listings else {}
         g = groups.setdefault(_base_name(name), {"kernel": _base_name(name), "instances": 0, "regs": [], "stack": 0,
                                                  "local": 0, "shared": 0, "sass": [], "fma": 0, "int": 0})
         g["instances"] += 1
@@ -445,8 +447,8 @@ def cuda_kernel_facts(arch: int = 90) -> tuple[list[dict], str]:
                      "sass": [min(g["sass"]), max(g["sass"])] if g["sass"] else None,
                      "fma": g["fma"] if g["sass"] else None, "int": g["int"] if g["sass"] else None})
     note = f"{sm} code of {os.path.basename(lib)} read with {os.path.basename(tool)}"
-    if not sass:
-        note += " (no SASS listing: counts n/a)"
+    if not listings:
+        note += f" (no SASS listing: counts n/a; cuobjdump -sass: {sass.strip()[:200]})"
     return rows, note
 
 
