@@ -228,6 +228,12 @@ def test_cuda_backend_errors_name_why(cuda_ext, monkeypatch):
         cost.cost_report(["lp_dec"], ("fp32",), backend="torch", with_facts=False)
     with pytest.raises(RuntimeError, match="meta tensors only"):
         cost.measure("lp_dec", (1, 1, 16, 16), device="cpu", backend="cuda")
+    # a composed op's passes the extension lacks come from Triton: no interpreter, no measurement
+    with monkeypatch.context() as m:
+        m.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(RuntimeError, match=r"passes \['dfb_dec'.* come from Triton.*TRITON_INTERPRET=1"):
+            cost.measure("contourlet_dec", (1, 1, 32, 32), {"nlevs": [2]}, backend="cuda")
+        assert cost.measure("lp_dec", (1, 1, 32, 32), backend="cuda")[0].cuda_ops()  # needs no Triton
     # an extension that cannot be loaded: the reason comes through
     monkeypatch.setitem(cuda._state, "module", None)
     monkeypatch.setattr(cuda, "_import_built", lambda: (None, "sstkd._C is not built"))

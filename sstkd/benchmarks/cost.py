@@ -162,11 +162,21 @@ def measure(op: str, shape, params: dict | None = None, dtype=torch.float32, *, 
     (after one unrecorded call that fills the ops' caches), with the op's args and kwargs.
 
     Errors: :func:`check_measurable`; ``ValueError`` when ``backend`` does not implement ``op``."""
+    from sstkd.ops import dispatch
+
     spec = get_spec(op)
     check_measurable(backend, device)
     if not implemented(backend, [op]):
         raise ValueError(f"ops: backend {backend!r} does not implement {op}; "
                          f"it implements {implemented(backend, [s.name for s in specs()])}")
+    lacking = [p for p in dispatch.PASSES.get(op, ()) if op not in dispatch.table(backend)
+               and p not in dispatch.table(backend)]
+    if lacking and backend != "triton":  # on a GPU those passes come from Triton ("auto")
+        try:
+            check_measurable("triton", device)
+        except RuntimeError as e:
+            raise RuntimeError(f"backend={backend!r} cannot be measured here for {op}: its passes {lacking} "
+                               f"come from Triton, and {e}") from None
     params = dict(params or {})
     if warm:
         _record_case(spec, shape, params, dtype, device, backend)
