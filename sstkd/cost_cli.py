@@ -22,7 +22,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-facts", action="store_true",
                         help="skip the sm_90 compilation (registers, spills, SASS; minutes for every variant)")
     parser.add_argument("--out", default=os.path.join("bench", "results"),
-                        help="folder of static-<date>[-<tag>].{md,json} (default bench/results)")
+                        help="folder of static-<date>[-<tag>].{md,json} (cuda-static-... for --backend cuda; "
+                             "default bench/results)")
     parser.add_argument("--tag", default=None, help="suffix of the file names, e.g. 'after' (letters, digits, -)")
     parser.add_argument("--force", action="store_true", help="replace report files that exist already")
     parser.add_argument("--print-only", action="store_true", help="print the table, write nothing")
@@ -48,7 +49,7 @@ def main(args) -> int:
                              "drop --backend and --tag")
         if not args.print_only and not args.force:
             paths = ([os.path.join(args.out, cost.PREDICTION_FILE)] if args.compare
-                     else cost.result_paths(args.out, tag=args.tag))
+                     else cost.result_paths(args.out, tag=args.tag, backend=args.backend or "triton"))
             taken = [p for p in paths if os.path.exists(p)]
             if taken:
                 hint = "--force" if args.compare else "--tag NAME for a new report or --force"

@@ -3,6 +3,8 @@
 Budgets are upper bounds on deterministic counts at the training shape (meta tensors, kernels recorded
 not run): they pin today's numbers so they cannot get worse; issue 13 tightens them.
 """
+import os
+
 import pytest
 import torch
 
@@ -313,3 +315,13 @@ def test_cuda_kernels_do_not_spill_on_sm90(cuda_ext):
         assert r["sass"] and r["sass"][0] > 0, r
     text = "\n".join(cost._format_cuda_kernels(rows, note))
     assert "| lp_level_kernel |" in text
+
+
+def test_cuda_report_files_are_not_read_as_triton_reports(cuda_ext, tmp_path):
+    rep = cost.cost_report(["lp_dec"], ("fp32",), backend="cuda", with_facts=False, new_shapes=False)
+    md, js = cost.write_results(rep, str(tmp_path), date="20000101")
+    assert os.path.basename(js) == "cuda-static-20000101.json"
+    assert open(md).read().startswith("# Static GPU cost report (20000101, backend cuda)")
+    from sstkd.gpucheck import run
+
+    assert run.static_prediction(str(tmp_path))["file"] is None  # gpu-check's static-*.json: Triton reports only

@@ -577,8 +577,9 @@ def format_markdown(report: dict) -> str:
                          f"{', '.join(sorted(e['ops']))} |")
     if cuda:
         lines += ["", "CUDA launches: one per call of an extension op (`torch.ops.sstkd.*`), bytes = its tensor "
-                  "inputs and outputs; their issue time is not modeled (launch geometry is chosen in C++), so "
-                  "a row with CUDA launches has no issue estimate and its predicted time is bytes-bound."]
+                  "inputs and outputs. Their issue time is not modeled (launch geometry is chosen in C++): they "
+                  "count bytes / copy bandwidth only, so a row with CUDA launches has no issue column; its "
+                  "Triton launches keep max(bytes, issue)."]
     if "cuda_kernels" in report:
         lines += _format_cuda_kernels(report["cuda_kernels"], report.get("cuda_facts_note", ""))
     if report.get("facts_note"):
@@ -719,31 +720,34 @@ def write_prediction(comparison: dict, out_dir: str = os.path.join("bench", "res
     return json_path, md_path
 
 
-def result_paths(out_dir: str, date: str | None = None, tag: str | None = None) -> tuple[str, str]:
-    """``static-<date>[-<tag>].{md,json}`` in ``out_dir``."""
+def result_paths(out_dir: str, date: str | None = None, tag: str | None = None,
+                 backend: str = "triton") -> tuple[str, str]:
+    """``static-<date>[-<tag>].{md,json}`` in ``out_dir`` for the Triton report, ``<backend>-static-...``
+    for another backend's (``sstkd gpu-check`` reads every ``static-*.json`` as a Triton report)."""
     date = date or datetime.date.today().strftime("%Y%m%d")
-    base = os.path.join(out_dir, f"static-{date}" + (f"-{tag}" if tag else ""))
+    prefix = "static" if backend == "triton" else f"{backend}-static"
+    base = os.path.join(out_dir, f"{prefix}-{date}" + (f"-{tag}" if tag else ""))
     return base + ".md", base + ".json"
 
 
 def write_results(report: dict, out_dir: str = os.path.join("bench", "results"), date: str | None = None,
                   tag: str | None = None):
-    """``static-<date>[-<tag>].{md,json}`` in ``out_dir`` (the JSON records when it was written, which
-    is how readers find the newest); returns the two paths."""
+    """:func:`result_paths` of the report's backend in ``out_dir`` (the JSON records when it was written,
+    which is how readers find the newest); returns the two paths."""
     date = date or datetime.date.today().strftime("%Y%m%d")
+    backend = report.get("model", {}).get("backend", "triton")
     os.makedirs(out_dir, exist_ok=True)
-    md_path, json_path = result_paths(out_dir, date, tag)
-    base = md_path[:-len(".md")]
+    md_path, json_path = result_paths(out_dir, date, tag, backend)
     with open(json_path, "w") as f:
         json.dump({**report, "written": datetime.datetime.now().isoformat(timespec="seconds")}, f, indent=1,
                   default=str)
-    with open(base + ".md", "w") as f:
-        f.write(f"# Static GPU cost report ({date})\n\n"
-                "Counts from `sstkd cost` (kernels recorded at their GPU launch geometry, not executed); "
+    with open(md_path, "w") as f:
+        f.write(f"# Static GPU cost report ({date}" + (f", backend {backend}" if backend != "triton" else "")
+                + ")\n\nCounts from `sstkd cost` (kernels recorded at their GPU launch geometry, not executed); "
                 f"predicted times on an H200 at {H200_COPY_BW / 1e12:.1f} TB/s copy bandwidth and "
                 f"{H200_WARP_ISSUE:.2e} warp-instructions/s. See bench/README.md.\n\n")
         f.write(format_markdown(report))
-    return base + ".md", base + ".json"
+    return md_path, json_path
 
 
 # --------------------------------------------------------------------------- compile counts
