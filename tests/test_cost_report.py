@@ -233,7 +233,7 @@ def test_cuda_backend_errors_name_why(cuda_ext, monkeypatch):
     # a composed op's passes the extension lacks come from Triton: no interpreter, no measurement
     with monkeypatch.context() as m:
         m.setenv("TRITON_INTERPRET", "0")
-        with pytest.raises(RuntimeError, match=r"passes \['dfb_dec'.* come from Triton.*TRITON_INTERPRET=1"):
+        with pytest.raises(RuntimeError, match=r"passes \['dfb_dec'\] come from triton.*TRITON_INTERPRET=1"):
             cost.measure("contourlet_dec", (1, 1, 32, 32), {"nlevs": [2]}, backend="cuda")
         assert cost.measure("lp_dec", (1, 1, 32, 32), backend="cuda")[0].cuda_ops()  # needs no Triton
     # an extension that cannot be loaded: the reason comes through
@@ -322,6 +322,8 @@ def test_cuda_report_files_are_not_read_as_triton_reports(cuda_ext, tmp_path):
     md, js = cost.write_results(rep, str(tmp_path), date="20000101")
     assert os.path.basename(js) == "cuda-static-20000101.json"
     assert open(md).read().startswith("# Static GPU cost report (20000101, backend cuda)")
+    with pytest.raises(ValueError, match="backend"):
+        cost.result_paths(str(tmp_path), backend="torch")
     from sstkd.gpucheck import run
 
     assert run.static_prediction(str(tmp_path))["file"] is None  # gpu-check's static-*.json: Triton reports only

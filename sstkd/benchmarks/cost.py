@@ -53,7 +53,7 @@ import subprocess
 import torch
 
 from sstkd._util import tensor_leaves
-from sstkd.benchmarks.recorder import record
+from sstkd.benchmarks.recorder import gpu_dispatch, record
 from sstkd.ops.dispatch import PREDICTION_FILE  # the file auto_order reads
 
 # H200 (sm_90): measured device copy bandwidth (bytes read + written) and the chip's warp-instruction
@@ -61,8 +61,6 @@ from sstkd.ops.dispatch import PREDICTION_FILE  # the file auto_order reads
 H200_COPY_BW = 4.3e12
 H200_WARP_ISSUE = 132 * 4 * 1.98e9
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
-# The backends whose launches the recorder can count (the reference "torch" backend is not a kernel set).
-MEASURABLE = ("triton", "cuda")
 
 # The training-shape report: (op, shape, make_inputs params). Images: a teacher's stride-4
 # features on a 512² crop, batch 8; intensities: 8 maps of 128², 128 levels.
@@ -102,6 +100,24 @@ def get_spec(name: str):
 
 
 # --------------------------------------------------------------------------- backends
+def _load_extension(device: torch.device) -> None:
+    """The CUDA backend's recording needs its extension loaded (JIT-built on first use) and meta tensors."""
+    if device.type != "meta":
+        raise RuntimeError("it is measured on meta tensors only (device='meta'): its kernels cannot run on "
+                           f"{device.type} tensors here")
+    from sstkd.ops.backends import cuda
+
+    cuda.get()
+
+
+# The backends whose launches the recorder can count (the reference "torch" backend is not a kernel
+# set), each with what its recording needs first (raises RuntimeError saying why it cannot be had).
+_PREPARE = {"triton": lambda device: None, "cuda": _load_extension}
+MEASURABLE = tuple(_PREPARE)
+# File-name prefix of each backend's report (``sstkd gpu-check`` reads ``static-*.json`` as Triton reports).
+_FILE_PREFIX = {"triton": "static", "cuda": "cuda-static"}
+
+
 def check_measurable(backend, device="meta") -> str:
     """``backend`` if the cost report can measure it here on ``device``.
 
@@ -110,26 +126,40 @@ def check_measurable(backend, device="meta") -> str:
     a CUDA extension that cannot be built: no toolkit, a CPU-only torch, ...).
     Measuring ``"cuda"`` loads the extension, JIT-building it on first use (minutes, once).
     """
-    if not isinstance(backend, str) or backend not in MEASURABLE:
+    if not isinstance(backend, str) or backend not in _PREPARE:
         raise ValueError(f"backend: the cost report measures {MEASURABLE}, got {backend!r}")
     from sstkd.ops import dispatch
 
     dev = torch.device(device)
-    if backend == "cuda":
-        if dev.type != "meta":
-            raise RuntimeError("backend='cuda' is measured on meta tensors only (device='meta'): "
-                               f"its kernels cannot run on {dev.type} tensors here")
-        from sstkd.ops.backends import cuda
-
-        try:
-            cuda.get()
-        except RuntimeError as e:
-            raise RuntimeError(f"backend='cuda' cannot be measured here: {e}") from None
-        return backend
-    ok, why = dispatch.backend_status(backend, dev)
+    try:
+        _PREPARE[backend](dev)
+    except RuntimeError as e:
+        raise RuntimeError(f"backend={backend!r} cannot be measured here: {e}") from None
+    with gpu_dispatch():  # resolved as the recording resolves it
+        ok, why = dispatch.backend_status(backend, dev)
     if not ok:
         raise RuntimeError(f"backend={backend!r} cannot be measured here: {why}")
     return backend
+
+
+def _check_lacking_passes(op: str, backend: str, device) -> None:
+    """A composed op's passes that ``backend`` lacks come from ``auto``'s pick on a GPU: RuntimeError
+    when a fast backend implements one but cannot be recorded here."""
+    from sstkd.ops import dispatch
+
+    own = dispatch.table(backend)
+    if op in own:
+        return
+    dev = torch.device(device)
+    fast = {p: [b for b in dispatch.FAST_BACKENDS if p in dispatch.table(b)]
+            for p in dispatch.PASSES.get(op, ()) if p not in own}
+    with gpu_dispatch():
+        missing = [p for p, impl in fast.items() if impl and dispatch.auto_backend(p, dev) not in impl]
+        whys = {b: dispatch.backend_status(b, dev)[1] for p in missing for b in fast[p]}
+    if missing:
+        raise RuntimeError(f"backend={backend!r} cannot be measured here for {op}: on a GPU its passes {missing} "
+                           f"come from {' or '.join(whys)}, which cannot be recorded here: "
+                           + "; ".join(f"{b}: {w}" for b, w in whys.items()))
 
 
 def implemented(backend: str, ops) -> list[str]:
@@ -162,21 +192,12 @@ def measure(op: str, shape, params: dict | None = None, dtype=torch.float32, *, 
     (after one unrecorded call that fills the ops' caches), with the op's args and kwargs.
 
     Errors: :func:`check_measurable`; ``ValueError`` when ``backend`` does not implement ``op``."""
-    from sstkd.ops import dispatch
-
     spec = get_spec(op)
     check_measurable(backend, device)
     if not implemented(backend, [op]):
         raise ValueError(f"ops: backend {backend!r} does not implement {op}; "
                          f"it implements {implemented(backend, [s.name for s in specs()])}")
-    lacking = [p for p in dispatch.PASSES.get(op, ()) if op not in dispatch.table(backend)
-               and p not in dispatch.table(backend)]
-    if lacking and backend != "triton":  # on a GPU those passes come from Triton ("auto")
-        try:
-            check_measurable("triton", device)
-        except RuntimeError as e:
-            raise RuntimeError(f"backend={backend!r} cannot be measured here for {op}: its passes {lacking} "
-                               f"come from Triton, and {e}") from None
+    _check_lacking_passes(op, backend, device)
     params = dict(params or {})
     if warm:
         _record_case(spec, shape, params, dtype, device, backend)
@@ -388,6 +409,14 @@ def _plain_constexprs(ce: dict) -> dict:
 _RESOURCES = re.compile(r"Function (\S+?):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 
 
+def _run_tool(cmd: list[str]) -> tuple[int, str]:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return -1, str(e)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
 def _demangle(names: list[str]) -> list[str]:
     """``c++filt`` names (the mangled ones when it is missing)."""
     path = shutil.which("c++filt")
@@ -427,11 +456,11 @@ def cuda_kernel_facts(arch: int = 90) -> tuple[list[dict], str]:
     if tool is None:
         return [], f"CUDA kernel facts unavailable: {why}"
     sm = f"sm_{arch}"
-    rc, res = cf._run([tool, "--dump-resource-usage", "-arch", sm, lib])
+    rc, res = _run_tool([tool, "--dump-resource-usage", "-arch", sm, lib])
     found = _RESOURCES.findall(res) if rc == 0 else []
     if not found:
         return [], f"CUDA kernel facts unavailable: no {sm} code in {lib} (cuobjdump: {res.strip()[:200]})"
-    rc, sass = cf._run([tool, "-sass", "-arch", sm, lib])
+    rc, sass = _run_tool([tool, "-sass", "-arch", sm, lib])
     listings = {}  # mangled name -> its SASS listing
     for part in re.split(r"\n\s*Function : ", "\n" + sass)[1:] if rc == 0 else ():
         head, _, body = part.partition("\n")
@@ -525,7 +554,7 @@ def cost_report(ops=None, dtypes=("fp32", "bf16"), *, cases=TRAINING_CASES, devi
     report = {"rows": rows, "facts_note": note,
               "model": {"copy_bandwidth": H200_COPY_BW, "warp_issue_per_s": H200_WARP_ISSUE, "device": device,
                         "backend": backend}}
-    if backend == "cuda" and with_facts:
+    if with_facts and any(r[ph]["cuda_launches"] for r in rows for ph in ("fwd", "bwd")):
         report["cuda_kernels"], report["cuda_facts_note"] = cuda_kernel_facts()
     return report
 
@@ -536,7 +565,7 @@ def _fmt_bytes_x(row) -> str:
 
 def format_markdown(report: dict) -> str:
     """The report as Markdown: one table of ops, one of kernel variants."""
-    cuda = report.get("model", {}).get("backend") == "cuda"
+    cuda = any(r[ph].get("cuda_launches", 0) for r in report["rows"] for ph in ("fwd", "bwd"))
     kinds = ("cuda", "triton", "aten") if cuda else ("triton", "aten")
     label = "+".join({"cuda": "CUDA", "triton": "Triton", "aten": "aten"}[k] for k in kinds)
     lines = [f"| op | shape | dtype | launches fwd ({label}) | launches bwd ({label}) | bytes modeled / "
@@ -725,7 +754,9 @@ def result_paths(out_dir: str, date: str | None = None, tag: str | None = None,
     """``static-<date>[-<tag>].{md,json}`` in ``out_dir`` for the Triton report, ``<backend>-static-...``
     for another backend's (``sstkd gpu-check`` reads every ``static-*.json`` as a Triton report)."""
     date = date or datetime.date.today().strftime("%Y%m%d")
-    prefix = "static" if backend == "triton" else f"{backend}-static"
+    if backend not in _FILE_PREFIX:
+        raise ValueError(f"backend: the cost report measures {MEASURABLE}, got {backend!r}")
+    prefix = _FILE_PREFIX[backend]
     base = os.path.join(out_dir, f"{prefix}-{date}" + (f"-{tag}" if tag else ""))
     return base + ".md", base + ".json"
 
@@ -742,7 +773,7 @@ def write_results(report: dict, out_dir: str = os.path.join("bench", "results"),
         json.dump({**report, "written": datetime.datetime.now().isoformat(timespec="seconds")}, f, indent=1,
                   default=str)
     with open(md_path, "w") as f:
-        f.write(f"# Static GPU cost report ({date}" + (f", backend {backend}" if backend != "triton" else "")
+        f.write(f"# Static GPU cost report ({date}, backend {backend}"
                 + ")\n\nCounts from `sstkd cost` (kernels recorded at their GPU launch geometry, not executed); "
                 f"predicted times on an H200 at {H200_COPY_BW / 1e12:.1f} TB/s copy bandwidth and "
                 f"{H200_WARP_ISSUE:.2e} warp-instructions/s. See bench/README.md.\n\n")

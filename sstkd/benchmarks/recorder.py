@@ -246,7 +246,7 @@ def _gpu_geometry():
 
 
 @contextlib.contextmanager
-def _gpu_dispatch():
+def gpu_dispatch():
     """Backends resolve on meta tensors as they would on a CUDA device (see the module docstring)."""
     from sstkd.ops import dispatch
     from sstkd.ops.backends import cuda
@@ -311,7 +311,7 @@ def record(protect=()):
     for cls, _ in saved:
         cls.run = fake_run
     try:
-        with _gpu_geometry(), _gpu_dispatch(), meta_inputs_allowed(), _AtenCounter(rec):
+        with _gpu_geometry(), gpu_dispatch(), meta_inputs_allowed(), _AtenCounter(rec):
             yield rec
     finally:
         for cls, run in saved:
