@@ -56,7 +56,8 @@ def collect() -> dict:
     for op in sorted(fast):
         order, source = dispatch.auto_order(op)
         prefs[op] = {"order": list(order), "source": source}
-    info["auto"] = {"preference": prefs, "self-check cache": selfcheck.cache_dir()}
+    info["auto"] = {"preference": prefs, "sources": dispatch.preference_sources(),
+                    "self-check cache": selfcheck.cache_dir()}
     return info
 
 
@@ -79,6 +80,9 @@ def format_info(info: dict) -> str:
         lines.append("")
         lines.append("backend='auto' on CUDA tensors: first backend of the order that passed its first-use")
         lines.append(f"self-check on the device (verdicts cached in {auto['self-check cache']})")
+        src = auto.get("sources", {})
+        lines.append(f"preference from: GPU timings {src.get('gpu_results') or '(none committed)'}; static cost "
+                     f"report prediction {src.get('static_prediction') or '(none; sstkd cost --compare)'}")
         for op, p in auto["preference"].items():
             lines.append(f"  {op:<20} {' > '.join(p['order']):<24} from {p['source']}")
     return "\n".join(lines)

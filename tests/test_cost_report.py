@@ -3,6 +3,8 @@
 Budgets are upper bounds on deterministic counts at the training shape (meta tensors, kernels recorded
 not run): they pin today's numbers so they cannot get worse; issue 13 tightens them.
 """
+import os
+
 import pytest
 import torch
 
@@ -13,8 +15,8 @@ TRAIN = (8, 256, 128, 128)
 NLEVS = {"nlevs": [3, 3]}
 
 
-def _row(op, shape, params, dtype=torch.float32, new_shapes=()):
-    return cost.case_row(op, shape, params, dtype, new_shapes=new_shapes)
+def _row(op, shape, params, dtype=torch.float32, new_shapes=(), backend="triton"):
+    return cost.case_row(op, shape, params, dtype, new_shapes=new_shapes, backend=backend)
 
 
 def test_recording_on_meta_matches_real_cpu_tensors():
@@ -169,3 +171,159 @@ def test_recording_leaves_cached_constants_alone():
     after = lp_dec(x, backend="triton")
     assert all(torch.equal(a, b) for a, b in zip(before, after))
     assert before[1].abs().sum() > 0
+
+
+# --------------------------------------------------------------------------- the CUDA backend
+@pytest.fixture(scope="module")
+def cuda_ext():
+    """The CUDA extension, JIT-built here for sm_90 as tests/test_cuda_ext.py builds it (no GPU needed:
+    the cost report runs its ops' Meta implementations)."""
+    import os
+
+    from sstkd.ops.backends import cuda
+
+    ok, why = cuda.jit_available()
+    if not ok and any(w in why for w in ("CUDA toolkit", "not a CUDA build", "CUDA_HOME")):
+        pytest.skip(f"cannot build the CUDA extension here: {why}")
+    old = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+    try:
+        return cuda.get()
+    finally:
+        if old is None:
+            os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
+
+
+def test_extension_ops_are_cuda_launches_not_aten_ops(cuda_ext):
+    x = torch.empty(6, 16, 16, device="meta")
+    with record() as rec:
+        low, band = torch.ops.sstkd.lp_dec(x)
+        (band * 2.0).sum()
+    assert [(c.name, c.phase) for c in rec.cuda_ops()] == [("lp_dec", "fwd")]
+    n = x.numel() * 4
+    assert rec.cuda_ops()[0].bytes == n + n // 4 + n  # x, low, band: inputs and outputs, each once
+    assert [a.name for a in rec.aten_ops()] == ["mul", "sum"]  # the aten ops around it, and not the op itself
+    assert rec.triton() == [] and rec.host_syncs() == 0
+
+
+def test_cuda_backend_measured_on_meta(cuda_ext):
+    rec, args, _ = cost.measure("lp_dec", TRAIN, {}, backend="cuda")
+    assert [c.name for c in rec.cuda_ops("fwd")] == ["lp_dec"]
+    assert [c.name for c in rec.cuda_ops("bwd")] == ["lp_dec_backward"]
+    assert rec.triton() == [] and rec.aten_ops() == []
+    r = _row("lp_dec", TRAIN, {}, backend="cuda")
+    assert (r["fwd"]["cuda_launches"], r["bwd"]["cuda_launches"], r["launches"]) == (1, 1, 2)
+    # x, low, band each way: the compulsory traffic (Triton adds its small tap table)
+    assert r["modeled_bytes"] == r["compulsory_bytes"]
+    t = _row("lp_dec", TRAIN, {})
+    assert 0 < t["modeled_bytes"] - r["modeled_bytes"] < 4096
+    assert r["predicted"]["issue_known"] is False and r["predicted"]["issue_ms"] is None
+    assert r["predicted"]["predicted_ms"] == pytest.approx(r["modeled_bytes"] / cost.H200_COPY_BW * 1e3)
+
+
+def test_cuda_backend_errors_name_why(cuda_ext, monkeypatch):
+    from sstkd.ops.backends import cuda
+
+    with pytest.raises(ValueError, match="does not implement.*dfb_dec"):
+        cost.cost_report(["dfb_dec"], ("fp32",), backend="cuda", with_facts=False)
+    with pytest.raises(ValueError, match="backend"):
+        cost.cost_report(["lp_dec"], ("fp32",), backend="torch", with_facts=False)
+    with pytest.raises(RuntimeError, match="meta tensors only"):
+        cost.measure("lp_dec", (1, 1, 16, 16), device="cpu", backend="cuda")
+    # a composed op's passes the extension lacks come from Triton: no interpreter, no measurement
+    with monkeypatch.context() as m:
+        m.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(RuntimeError, match=r"passes \['dfb_dec'\] come from triton.*TRITON_INTERPRET=1"):
+            cost.measure("contourlet_dec", (1, 1, 32, 32), {"nlevs": [2]}, backend="cuda")
+        assert cost.measure("lp_dec", (1, 1, 32, 32), backend="cuda")[0].cuda_ops()  # needs no Triton
+    # an extension that cannot be loaded: the reason comes through
+    monkeypatch.setitem(cuda._state, "module", None)
+    monkeypatch.setattr(cuda, "_import_built", lambda: (None, "sstkd._C is not built"))
+    monkeypatch.setenv("SSTKD_JIT", "0")
+    with pytest.raises(RuntimeError, match=r"backend='cuda' cannot be measured here: .*SSTKD_JIT=0"):
+        cost.cost_report(["lp_dec"], ("fp32",), backend="cuda", with_facts=False)
+
+
+def test_cuda_report_and_cli(cuda_ext, capsys):
+    from sstkd import cli
+
+    rep = cost.cost_report(None, ("fp32",), backend="cuda", with_facts=False, new_shapes=False)
+    assert [r["op"] for r in rep["rows"]] == cost.implemented("cuda", [c[0] for c in cost.TRAINING_CASES])
+    assert "dfb_dec" not in [r["op"] for r in rep["rows"]] and "lp_dec" in [r["op"] for r in rep["rows"]]
+    text = cost.format_markdown(rep)
+    assert "| lp_dec | (8, 256, 128, 128) | float32 | 1+0+0 | 1+0+0 |" in text
+    assert cli.main(["cost", "--backend", "cuda", "--ops", "dfb_dec", "--no-facts", "--print-only"]) == 2
+    assert "does not implement" in capsys.readouterr().out
+
+
+def _fake_row(launches, bandwidth_ms, predicted_ms, issue_known):
+    return {"launches": launches, "predicted": {"bandwidth_ms": bandwidth_ms, "predicted_ms": predicted_ms,
+                                                "issue_known": issue_known}}
+
+
+def test_predicted_faster_compares_like_with_like():
+    gap = cost.LAUNCH_GAP_S * 1e3
+    # CUDA's issue time is not modeled: bytes against bytes, not against Triton's issue-bound time
+    v = cost.predicted_faster({"triton": _fake_row(2, 0.14, 0.234, True), "cuda": _fake_row(2, 0.14, 0.14, False)})
+    assert v["faster"] is None and v["basis"] == "bytes"
+    assert v["ms"] == {"triton": pytest.approx(0.14 + 2 * gap), "cuda": pytest.approx(0.14 + 2 * gap)}
+    # fewer bytes win ...
+    v = cost.predicted_faster({"triton": _fake_row(4, 1.0, 3.0, True), "cuda": _fake_row(4, 0.2, 0.2, False)})
+    assert v["faster"] == "cuda"
+    # ... unless many more launches eat the saving
+    v = cost.predicted_faster({"triton": _fake_row(11, 0.001, 0.2, True), "cuda": _fake_row(24, 0.0008, 0.0008, False)})
+    assert v["faster"] == "triton"
+    # both fully modeled: the whole prediction decides
+    v = cost.predicted_faster({"triton": _fake_row(2, 0.1, 0.5, True), "cuda": _fake_row(2, 0.1, 0.2, True)})
+    assert (v["faster"], v["basis"]) == ("cuda", "bytes+issue")
+
+
+def test_compare_backends_and_the_prediction_file(cuda_ext, tmp_path, capsys):
+    from sstkd import cli
+
+    comp = cost.compare_backends(["lp_dec", "quantize_count"], ("fp32",))
+    assert [(r["op"], r["dtype"]) for r in comp["rows"]] == [("lp_dec", "fp32"), ("quantize_count", "fp32")]
+    lp = comp["ops"]["lp_dec"]
+    assert lp["basis"] == "bytes" and lp["faster"] is None and lp["order"] == ["triton", "cuda"]  # same bytes
+    q = comp["rows"][1]["backends"]
+    assert q["cuda"]["launches"] > q["triton"]["launches"]
+    with pytest.raises(ValueError, match="does not implement"):
+        cost.compare_backends(["dfb_dec"], ("fp32",))
+    import fnmatch
+
+    assert not fnmatch.fnmatch(cost.PREDICTION_FILE, "static-*.json")  # gpu-check reads those as cost reports
+    js, md = cost.write_prediction(comp, str(tmp_path))
+    assert js.endswith(cost.PREDICTION_FILE) and "| lp_dec | (8, 256, 128, 128) | fp32 |" in open(md).read()
+    # the CLI: refuses to replace the prediction silently, and --compare measures both backends
+    assert cli.main(["cost", "--compare", "--ops", "lp_dec", "--dtypes", "fp32", "--out", str(tmp_path)]) == 2
+    assert "--force" in capsys.readouterr().out
+    assert cli.main(["cost", "--compare", "--backend", "cuda", "--print-only"]) == 2
+    assert cli.main(["cost", "--compare", "--ops", "lp_rec", "--dtypes", "fp32", "--out", str(tmp_path),
+                     "--force"]) == 0
+    assert "| lp_rec | (8, 256, 128, 128) | fp32 |" in open(md).read()
+
+
+def test_cuda_kernels_do_not_spill_on_sm90(cuda_ext):
+    # issue 13: no register spills in any kernel on sm_90 -- the extension's kernels, read from its library
+    rows, note = cost.cuda_kernel_facts(90)
+    assert rows, note
+    names = {r["kernel"] for r in rows}
+    assert {"lp_level_kernel", "quantize_count_kernel"} <= names, names
+    for r in rows:
+        assert r["local"] == 0 and r["stack"] == 0, r
+        assert 0 < r["registers"][0] <= r["registers"][1] <= 255, r
+        assert r["sass"] and r["sass"][0] > 0, r
+    text = "\n".join(cost._format_cuda_kernels(rows, note))
+    assert "| lp_level_kernel |" in text
+
+
+def test_cuda_report_files_are_not_read_as_triton_reports(cuda_ext, tmp_path):
+    rep = cost.cost_report(["lp_dec"], ("fp32",), backend="cuda", with_facts=False, new_shapes=False)
+    md, js = cost.write_results(rep, str(tmp_path), date="20000101")
+    assert os.path.basename(js) == "cuda-static-20000101.json"
+    assert open(md).read().startswith("# Static GPU cost report (20000101, backend cuda)")
+    with pytest.raises(ValueError, match="backend"):
+        cost.result_paths(str(tmp_path), backend="torch")
+    from sstkd.gpucheck import run
+
+    assert run.static_prediction(str(tmp_path))["file"] is None  # gpu-check's static-*.json: Triton reports only

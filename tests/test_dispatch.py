@@ -119,3 +119,55 @@ def test_composed_op_runs_the_backends_passes_and_the_best_available_for_the_res
             ops.contourlet_dec(torch.zeros(1, 1, 18, 16), [3], backend=b)
         with pytest.raises(TypeError, match="^nlevs"):
             ops.contourlet_energy(torch.zeros(1, 1, 24, 16), 2, backend=b)
+
+
+# --------------------------------------------------------------------------- auto's preference
+def _prediction(tmp_path, ops):
+    import json
+
+    (tmp_path / dispatch.PREDICTION_FILE).write_text(json.dumps({"kind": "sstkd static prediction", "ops": ops}))
+    dispatch.reload_preferences()
+
+
+def test_auto_order_follows_the_static_prediction_until_gpu_timings_exist(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setattr(dispatch, "_results_dir", lambda: str(tmp_path))
+    assert dispatch.auto_order("lp_dec") == (dispatch.DEFAULT_AUTO_ORDER, dispatch.auto_order("lp_dec")[1])
+    assert "no static cost report prediction" in dispatch.auto_order("lp_dec")[1]
+    assert "only triton implements it" in dispatch.auto_order("dfb_dec")[1]
+    _prediction(tmp_path, {
+        "lp_dec": {"faster": "cuda", "basis": "bytes", "ms": {"triton": 0.3, "cuda": 0.1}, "order": ["cuda", "triton"]},
+        "lp_rec": {"faster": None, "basis": "bytes", "ms": {"triton": 0.1, "cuda": 0.1}, "order": ["triton", "cuda"]},
+        "contourlet_dec": {"order": ["cuda", "magic"]},  # not an order of fast backends: ignored
+    })
+    order, source = dispatch.auto_order("lp_dec")
+    assert order == ("cuda", "triton", "torch")
+    assert "static cost report backend-prediction.json" in source and "cuda predicted faster" in source
+    assert "cuda 0.100 ms" in source
+    order, source = dispatch.auto_order("lp_rec")
+    assert order == ("triton", "cuda", "torch") and "a tie" in source
+    assert dispatch.auto_order("contourlet_dec")[0] == dispatch.DEFAULT_AUTO_ORDER
+    assert dispatch.preference_sources() == {"gpu_results": None,
+                                             "static_prediction": str(tmp_path / dispatch.PREDICTION_FILE)}
+    # committed GPU timings of both fast backends win over the prediction
+    run = {"meta": {"device": "cuda:0 NVIDIA H200"}, "ops": [
+        {"op": "lp_dec", "backend": "triton", "status": "ok", "median_ms": 0.2},
+        {"op": "lp_dec", "backend": "cuda", "status": "ok", "median_ms": 0.5}]}
+    (tmp_path / "gpu-h200-20270101.json").write_text(json.dumps(run))
+    dispatch.reload_preferences()
+    order, source = dispatch.auto_order("lp_dec")
+    assert order == ("triton", "cuda", "torch") and source == "GPU results gpu-h200-20270101.json"
+    assert dispatch.auto_order("lp_rec")[0] == ("triton", "cuda", "torch")  # not timed: the prediction still
+
+
+def test_info_names_the_preference_source(tmp_path, monkeypatch):
+    from sstkd import info
+
+    monkeypatch.setattr(dispatch, "_results_dir", lambda: str(tmp_path))
+    _prediction(tmp_path, {"lp_dec": {"faster": "cuda", "ms": {}, "order": ["cuda", "triton"]}})
+    collected = info.collect()
+    assert collected["auto"]["preference"]["lp_dec"]["order"] == ["cuda", "triton", "torch"]
+    text = info.format_info(collected)
+    assert "static cost report prediction " + str(tmp_path / dispatch.PREDICTION_FILE) in text
+    assert "cuda > triton > torch" in text

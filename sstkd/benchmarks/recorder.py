@@ -13,11 +13,25 @@
 * makes the launchers choose their **GPU launch geometry** (tile sizes,
   programs) instead of the interpreter's, so grids and constexprs are the ones
   a GPU would see;
-* counts aten operations and host syncs with a ``TorchDispatchMode``.
+* counts aten operations and host syncs with a ``TorchDispatchMode``;
+* counts every call of the CUDA extension's custom ops (``torch.ops.sstkd.*``)
+  as **one CUDA launch** (not as an aten op). On meta tensors the op runs its
+  Meta implementation (shapes only), so nothing is executed; what the op
+  allocates inside is not seen, and the aten ops around it are counted as usual;
+* resolves backends as on a GPU: on meta tensors the CUDA backend is available
+  when its extension loads here (it is JIT-built by
+  ``sstkd.ops.backends.cuda.get()``), and ``"auto"`` -- which a composed op
+  asks for the passes its backend lacks -- picks what it would pick on a CUDA
+  device whose first-use self-checks passed (on the CPU it would pick
+  ``"torch"``).
 
 Bytes are modeled per launch as the sum of the sizes of the distinct tensors a
 launch touches (each argument read or written once in full; halo re-reads and
-cache hits are not modeled), for aten ops the same over inputs and outputs.
+cache hits are not modeled), for aten ops the same over inputs and outputs. A
+CUDA launch is modeled the same way from the custom op's tensor inputs and
+outputs: the scratch it allocates inside (partial sums, zero-filled
+accumulators), the kernels that fill it and the copies that make an input
+contiguous are not modeled, so its launches and bytes are lower bounds.
 """
 from __future__ import annotations
 
@@ -44,6 +58,8 @@ _UNINITIALIZED = {"empty", "empty_like", "empty_strided", "new_empty", "new_empt
 # aten ops that make the host wait for the device.
 _SYNCS = {"_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_dim", "unique_consecutive",
           "equal", "allclose"}
+# namespace of the CUDA extension's custom ops (csrc/bindings.cpp: TORCH_LIBRARY(sstkd, m))
+EXTENSION_NAMESPACE = "sstkd"
 # kernel modules whose launchers pick an interpreter-specific geometry (``_interpreted()``
 # or an ``interpreted=`` parameter); the recorder makes them pick the GPU one.
 KERNEL_MODULES = ("sstkd.kernels.laplacian", "sstkd.kernels.dfb", "sstkd.kernels.quantize")
@@ -81,9 +97,19 @@ class AtenOp:
 
 
 @dataclasses.dataclass
+class CudaOp:
+    """One call of a CUDA extension op (``torch.ops.sstkd.<name>``): one modeled launch."""
+
+    name: str
+    bytes: int  # its tensor inputs and outputs, each once
+    phase: str
+
+
+@dataclasses.dataclass
 class Recording:
     launches: list[Launch] = dataclasses.field(default_factory=list)
     aten: list[AtenOp] = dataclasses.field(default_factory=list)
+    cuda: list[CudaOp] = dataclasses.field(default_factory=list)
     syncs: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (op, phase)
     phase: str | None = "fwd"  # label of what runs next; None: not recorded (setup)
     uninitialized: set = dataclasses.field(default_factory=set)  # storages from empty-like ops
@@ -93,6 +119,9 @@ class Recording:
 
     def aten_ops(self, phase: str | None = None) -> list[AtenOp]:
         return [a for a in self.aten if phase is None or a.phase == phase]
+
+    def cuda_ops(self, phase: str | None = None) -> list[CudaOp]:
+        return [c for c in self.cuda if phase is None or c.phase == phase]
 
     def host_syncs(self, phase: str | None = None) -> int:
         return sum(1 for _, p in self.syncs if phase is None or p == phase)
@@ -142,7 +171,11 @@ class _AtenCounter(TorchDispatchMode):
         schema = func._schema
         is_view = bool(schema.returns) and all(
             r.alias_info is not None and not r.alias_info.is_write for r in schema.returns)
-        if self.rec.phase is not None and name not in _NO_LAUNCH and name not in _SYNCS and not is_view:
+        if func.namespace == EXTENSION_NAMESPACE:
+            if self.rec.phase is not None:
+                tensors = list(tensor_leaves(args)) + list(tensor_leaves(kwargs)) + list(tensor_leaves(out))
+                self.rec.cuda.append(CudaOp(name, _tensor_bytes(tensors), self.rec.phase))
+        elif self.rec.phase is not None and name not in _NO_LAUNCH and name not in _SYNCS and not is_view:
             tensors = list(tensor_leaves(args)) + list(tensor_leaves(kwargs)) + list(tensor_leaves(out))
             self.rec.aten.append(AtenOp(name, _tensor_bytes(tensors), self.rec.phase))
         return out
@@ -213,8 +246,36 @@ def _gpu_geometry():
 
 
 @contextlib.contextmanager
+def gpu_dispatch():
+    """Backends resolve on meta tensors as they would on a CUDA device (see the module docstring)."""
+    from sstkd.ops import dispatch
+    from sstkd.ops.backends import cuda
+
+    on_meta = lambda device: device is not None and torch.device(device).type == "meta"  # noqa: E731
+    cuda_reason, auto, check = cuda.unavailable_reason, dispatch._auto, dispatch._auto_check
+
+    def cuda_unavailable_reason(device=None):
+        return cuda.load_error() if on_meta(device) else cuda_reason(device)
+
+    def auto_as_on_gpu(op, tensors):
+        if tensors and on_meta(tensors[0].device):
+            return dispatch.auto_backend(op, tensors[0].device, tensors)
+        return auto(op, tensors)
+
+    def self_check_passed_on_meta(op, backend, device):
+        return True if on_meta(device) else check(op, backend, device)
+
+    cuda.unavailable_reason, dispatch._auto, dispatch._auto_check = (
+        cuda_unavailable_reason, auto_as_on_gpu, self_check_passed_on_meta)
+    try:
+        yield
+    finally:
+        cuda.unavailable_reason, dispatch._auto, dispatch._auto_check = cuda_reason, auto, check
+
+
+@contextlib.contextmanager
 def record(protect=()):
-    """Record Triton launches, aten ops and host syncs instead of running the kernels.
+    """Record Triton launches, CUDA extension ops, aten ops and host syncs instead of running the kernels.
 
     ``protect``: tensors a recorded launch must not zero-fill (the caller's
     inputs). Set ``recording.phase`` to label what follows ("fwd", "bwd").
@@ -250,7 +311,7 @@ def record(protect=()):
     for cls, _ in saved:
         cls.run = fake_run
     try:
-        with _gpu_geometry(), meta_inputs_allowed(), _AtenCounter(rec):
+        with _gpu_geometry(), gpu_dispatch(), meta_inputs_allowed(), _AtenCounter(rec):
             yield rec
     finally:
         for cls, run in saved:

@@ -122,18 +122,72 @@ def _gpu_timings(results_dir: str) -> tuple[dict, str]:
     return {}, ""
 
 
+# Written by ``sstkd cost --compare`` (sstkd.benchmarks.cost.write_prediction): per op, the order the
+# static cost report predicts (Triton or CUDA first).
+PREDICTION_FILE = "backend-prediction.json"
+
+
+@functools.lru_cache(maxsize=None)
+def _prediction(results_dir: str) -> tuple[dict, str]:
+    """``({op: (order, why)}, file name)`` of the static prediction in ``results_dir``; entries that are
+    not a valid order of fast backends are left out (``sstkd info`` then shows the fallback)."""
+    try:
+        with open(os.path.join(results_dir, PREDICTION_FILE)) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}, ""
+    ops = data.get("ops") if isinstance(data, dict) else None
+    out = {}
+    for op, v in (ops.items() if isinstance(ops, dict) else ()):
+        order = v.get("order") if isinstance(v, dict) else None
+        if (not isinstance(order, list) or not order or len(set(order)) != len(order)
+                or not all(b in FAST_BACKENDS for b in order)):
+            continue
+        ms = v.get("ms") if isinstance(v.get("ms"), dict) else {}
+        times = ", ".join(f"{b} {t:.3f} ms" for b, t in ms.items() if isinstance(t, (int, float)))
+        verdict = f"{v['faster']} predicted faster" if v.get("faster") in order else "a tie: Triton first"
+        out[op] = (tuple(order), verdict + (f"; {times}" if times else ""))
+    return out, PREDICTION_FILE
+
+
+def reload_preferences() -> None:
+    """Re-read ``bench/results`` (GPU timings, static prediction): they are read once per process."""
+    _gpu_timings.cache_clear()
+    _prediction.cache_clear()
+
+
+def preference_sources() -> dict:
+    """Where :func:`auto_order` can read preferences from here: ``{"gpu_results": file or None,
+    "static_prediction": file or None}`` (``bench/results``)."""
+    results = _results_dir()
+    _, gpu = _gpu_timings(results)
+    pred, name = _prediction(results)
+    return {"gpu_results": gpu or None, "static_prediction": os.path.join(results, name) if pred else None}
+
+
 def auto_order(op: str) -> tuple[tuple[str, ...], str]:
     """``auto``'s preference for ``op`` on CUDA tensors (fastest first) and where it comes from:
     :data:`AUTO_ORDER`, else the fastest in committed GPU timings (``bench/results``), else the
-    static cost report (``sstkd cost``), which sees Triton only: Triton first."""
+    static cost report's prediction (``bench/results/backend-prediction.json``, written by
+    ``sstkd cost --compare``), else :data:`DEFAULT_AUTO_ORDER` (Triton first)."""
     if op in AUTO_ORDER:
         return AUTO_ORDER[op], "AUTO_ORDER"
-    timings, path = _gpu_timings(_results_dir())
+    results = _results_dir()
+    timings, path = _gpu_timings(results)
     per = timings.get(op, {})
     if len(per) >= 2:
         fast = tuple(sorted(per, key=per.get))
         return fast + tuple(b for b in DEFAULT_AUTO_ORDER if b not in fast), f"GPU results {path}"
-    return DEFAULT_AUTO_ORDER, "static cost report (no GPU timings committed; it sees Triton only): Triton first"
+    prediction, name = _prediction(results)
+    if op in prediction:
+        order, why = prediction[op]
+        return (order + tuple(b for b in DEFAULT_AUTO_ORDER if b not in order),
+                f"static cost report {name} (no GPU timings committed; {why})")
+    fast = [b for b in FAST_BACKENDS if implements(b, op)]
+    if len(fast) < 2:
+        return DEFAULT_AUTO_ORDER, f"default order (only {' and '.join(fast) or 'no fast backend'} implements it)"
+    return DEFAULT_AUTO_ORDER, ("default order (no GPU timings, no static cost report prediction: "
+                                "`sstkd cost --compare` writes one)")
 
 
 def _trust_all(op: str, backend: str, device) -> bool:
