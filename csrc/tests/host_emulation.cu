@@ -9,6 +9,7 @@
 #include <memory>
 #include <vector>
 
+#include "../dfb_plane.cuh"
 #include "../lp_tile.cuh"
 #include "../quantize_taps.cuh"
 
@@ -96,6 +97,30 @@ extern "C" int sstkd_emu_quantize_count_backward(int dtype, int kernel, const vo
         dev::store(gp + b * N + i, g);
       }
     }
+    return cudaSuccess;
+  });
+  return err == cudaSuccess ? 0 : 1;
+}
+
+// The whole-plane DFB (dfb_kernels.cu) with `nt` emulated threads per plane: every phase runs
+// thread 0, 1, ..., nt-1 in turn, then the next phase (the kernel's barrier). Pointers and
+// layouts as dfb_plane_launch (sstkd_kernels.h).
+extern "C" int sstkd_emu_dfb_plane(int mode, int x_dtype, int band_dtype, int levels, const void* x, void* bands,
+                                   const void* grad_bands, const void* g, void* en, void* gx, int64_t N, int64_t H,
+                                   int64_t W, int nt) {
+  if (levels < 1 || nt < 1 || H <= 0 || W <= 0 || (H * W) % ((int64_t)1 << levels) != 0) return 1;
+  const cudaError_t err = dfbp::with_dfb_types(Dtype(x_dtype), Dtype(band_dtype), [&](auto* xt, auto* ot) {
+    using T = std::remove_pointer_t<decltype(xt)>;
+    using O = std::remove_pointer_t<decltype(ot)>;
+    using Acc = typename dfbp::Args<T, O>::Acc;
+    const dfbp::Args<T, O> a{DfbMode(mode), levels, (int)H, (int)W, N, static_cast<const T*>(x),
+                             static_cast<O*>(bands), static_cast<const O*>(grad_bands), static_cast<const Acc*>(g),
+                             static_cast<Acc*>(en), static_cast<T*>(gx)};
+    std::vector<Acc> smem(2 * H * W);
+    const int phases = dfbp::num_phases(a.mode, levels);
+    for (int64_t n = 0; n < N; ++n)
+      for (int p = 0; p < phases; ++p)
+        for (int tid = 0; tid < nt; ++tid) dfbp::run_phase(a, n, smem.data(), smem.data() + H * W, p, tid, nt);
     return cudaSuccess;
   });
   return err == cudaSuccess ? 0 : 1;

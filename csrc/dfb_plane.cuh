@@ -1,0 +1,453 @@
+// The whole-plane directional filter bank ('pkva' ladder, toolbox dfbdec_l) held in
+// shared memory: the engine of dfb_kernels.cu (one CTA per image plane) and of the
+// host emulation test (csrc/tests/host_emulation.cu). No torch headers.
+//
+// Storage: two Acc buffers of H*W (ping-pong). Tree level l (l = 0: the plane)
+// lives in buf[l & 1] as 2^l bands of area H*W >> l each, band k at k*area, every
+// band in plain row-major order of its (h, w). Level l >= 3 has two groups: bands
+// [0, 2^(l-1)) of size (H >> (l-1), W/2) (the 'rows' half) and the rest of size
+// (H/2, W >> (l-1)) (the 'cols' half). Children of band K are 2K and 2K+1; y0 is
+// child 2K at level 1 and child 2K+1 below (the toolbox's child order).
+//
+// A stage of the tree is three phases, each a loop over work items
+// `for (i = tid; i < count; i += nt)`, with a block barrier between phases:
+//   split    buf[(l-1)&1] -> buf[l&1]: the polyphase components p0 -> y0 slot,
+//            p1 -> y1 slot ('1r', '2c', P1/P2 on the 'rows' half, P3/P4 on the
+//            'cols' half; the same integer maps as sstkd/kernels/dfb.py _addr);
+//   ladder A y0 = (p0 - S1 p1)/sqrt2, in place over p0 (reads p1's window);
+//   ladder B y1 = -sqrt2 p1 - S0 y0, in place over p1 (reads y0's window).
+// The adjoint runs the transposed stages from the last level up (B^T, A^T, then
+// the inverse split scatters the components back, scaling p0 by 1/sqrt2).
+// Every ladder pass is dst = alpha*dst + beta*S_b(src), S_b the 12x12 separable
+// 'pkva' filter with `b` rows/columns of extension before (S0: b = 5, S1: b = 6;
+// the adjoint of S_b is S_{11-b}), periodic, or 'qper_col' at level 1 (rows
+// outside the band come shifted by qs columns; the adjoint shifts by -qs).
+// A pass writes only its dst slot at the positions it owns and reads only the
+// other slot: no race, no extra buffer.
+//
+// The ladder block (ladder_block): a thread owns RB x CB outputs; it wraps the
+// CB+11 window columns once (offset table in registers), marches down the RB+11
+// window rows (one wrap step per row), filters each row horizontally into CB
+// values (12 taps, compile-time constants) and accumulates the 12 vertical taps
+// into its RB x CB accumulators. Fully unrolled: the static SASS of the block is
+// its dynamic count (sstkd/benchmarks/kernel_facts.py measures it through
+// dfb_ladder_probe in dfb_kernels.cu).
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+#include <utility>
+
+#include "device_utils.cuh"
+
+namespace sstkd {
+namespace dfbp {
+
+constexpr int kTaps = 12;
+constexpr double kSqrt2 = 1.41421356237309504880;
+constexpr double kInvSqrt2 = 0.70710678118654752440;
+
+// The modulated 'pkva' ladder filter fm, flipped (the reference's conv2d correlates):
+// out[i] = sum_t tap(t) * x[i + t - b]. fm is antisymmetric: tap(11 - t) = -tap(t).
+template <typename Acc>
+SSTKD_HD constexpr Acc tap(int t) {
+  const double v = t == 0 || t == 11 ? 0.0144
+                   : t == 1 || t == 10 ? 0.0272
+                   : t == 2 || t == 9  ? 0.0526
+                   : t == 3 || t == 8  ? 0.0972
+                   : t == 4 || t == 7  ? 0.193
+                                       : 0.63;
+  return Acc(t < 6 ? -v : v);
+}
+
+// Outputs per thread of the ladder block: 16 x 4 in float32 (64 accumulators), 8 x 4 in float64.
+template <typename Acc>
+struct BlockShape {
+  static constexpr int RB = 16, CB = 4;
+};
+template <>
+struct BlockShape<double> {
+  static constexpr int RB = 8, CB = 4;
+};
+
+// f(std::integral_constant<int, i>{}) for i = 0 .. N-1, unrolled at compile time (a plain
+// `#pragma unroll` of the 27-row window loop is not honoured by nvcc once the body is large).
+template <typename F, int... I>
+SSTKD_HD void unroll_seq(F&& f, std::integer_sequence<int, I...>) {
+  (f(std::integral_constant<int, I>{}), ...);
+}
+template <int N, typename F>
+SSTKD_HD void unroll(F&& f) {
+  unroll_seq(f, std::make_integer_sequence<int, N>{});
+}
+
+// Periodic successor of an index in [0, n).
+SSTKD_HD int next_wrapped(int v, int n) { return v + 1 == n ? 0 : v + 1; }
+
+// One ladder block: dst[i][j] = alpha*dst[i][j] + beta*S_b(src)[i][j] for the RB x CB
+// outputs at (i0, j0) of an h x w band (outputs outside the band are not written).
+template <typename Acc, bool QPER>
+SSTKD_HD void ladder_block(const Acc* __restrict__ src, Acc* __restrict__ dst, int h, int w, int i0, int j0, int b,
+                           int qs, Acc alpha, Acc beta) {
+  constexpr int RB = BlockShape<Acc>::RB, CB = BlockShape<Acc>::CB;
+  constexpr int WR = RB + kTaps - 1, WC = CB + kTaps - 1;
+  // window columns: one modulo, then periodic successors (offset tables in registers)
+  int col[WC];
+  int colq[QPER ? WC : 1];
+  col[0] = dev::wrap(j0 - b, w);
+  if (QPER) colq[0] = dev::wrap(j0 - b + qs, w);
+#pragma unroll
+  for (int c = 1; c < WC; ++c) {
+    col[c] = next_wrapped(col[c - 1], w);
+    if (QPER) colq[c] = next_wrapped(colq[c - 1], w);
+  }
+  Acc acc[RB][CB];
+  const int er0 = i0 - b;  // extended row of window row 0
+  int rr = dev::wrap(er0, h);
+  unroll<WR>([&](auto rc) {
+    constexpr int r = decltype(rc)::value;
+    const Acc* row = src + rr * w;
+    Acc x[WC];
+    if (QPER) {
+      const bool outside = (unsigned)(er0 + r) >= (unsigned)h;
+#pragma unroll
+      for (int c = 0; c < WC; ++c) x[c] = row[outside ? colq[c] : col[c]];
+    } else {
+#pragma unroll
+      for (int c = 0; c < WC; ++c) x[c] = row[col[c]];
+    }
+    Acc hs[CB];
+#pragma unroll
+    for (int k = 0; k < CB; ++k) {
+      Acc s = tap<Acc>(0) * x[k];
+#pragma unroll
+      for (int t = 1; t < kTaps; ++t) s += tap<Acc>(t) * x[k + t];
+      hs[k] = s;
+    }
+    unroll<RB>([&](auto ic) {
+      constexpr int i = decltype(ic)::value, t = r - i;
+      if constexpr (t == 0) {
+#pragma unroll
+        for (int k = 0; k < CB; ++k) acc[i][k] = tap<Acc>(0) * hs[k];
+      } else if constexpr (t > 0 && t < kTaps) {
+#pragma unroll
+        for (int k = 0; k < CB; ++k) acc[i][k] += tap<Acc>(t) * hs[k];
+      }
+    });
+    rr = next_wrapped(rr, h);
+  });
+#pragma unroll
+  for (int i = 0; i < RB; ++i) {
+    if (i0 + i < h) {
+      Acc* out = dst + (i0 + i) * w + j0;
+#pragma unroll
+      for (int k = 0; k < CB; ++k)
+        if (j0 + k < w) out[k] = alpha * out[k] + beta * acc[i][k];
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------- tree geometry
+// Split kinds of a group's parents.
+enum Split : int { k1r = 0, k2c = 1, kRows = 2, kCols = 3 };
+
+// The bands of tree level l (1-based) that share a shape: children bands [band0, band0 + nb)
+// of size h x w, made from parents of size ph x pw by `split`.
+struct Group {
+  int band0, nb, h, w, ph, pw, split;
+};
+
+SSTKD_HD int num_groups(int l) { return l >= 3 ? 2 : 1; }
+
+SSTKD_HD Group group_of(int l, int g, int H, int W) {
+  if (l == 1) return {0, 2, H / 2, W, H, W, k1r};
+  if (l == 2) return {0, 4, H / 2, W / 2, H / 2, W, k2c};
+  const int half = 1 << (l - 1);
+  if (g == 0) return {0, half, H >> (l - 1), W / 2, H >> (l - 2), W / 2, kRows};
+  return {half, half, H / 2, W >> (l - 1), H / 2, W >> (l - 2), kCols};
+}
+
+SSTKD_HD Group group_of_band(int l, int band, int H, int W) {
+  return group_of(l, l >= 3 && band >= (1 << (l - 1)) ? 1 : 0, H, W);
+}
+
+// Slot of y0 among the two children 2K, 2K+1 of parent band K.
+SSTKD_HD int y0_slot(int l) { return l == 1 ? 0 : 1; }
+
+// Parent position (row, col) of component q at (rho, c) of parent band K (toolbox resamplings).
+SSTKD_HD void split_source(const Group& g, int K, int q, int rho, int c, int& row, int& col) {
+  const int H = g.ph, W = g.pw;
+  switch (g.split) {
+    case k1r:  // y = R2(x); p_q = R3(roll(y[q::2], -q, cols))
+      col = dev::wrap(c + rho + q, W);
+      row = dev::wrap(2 * rho + q - col, H);
+      break;
+    case k2c:  // y = R4(x); p_q = R1(roll(y[:, q::2], -q, rows))
+      row = dev::wrap(rho + c + q, H);
+      col = dev::wrap(2 * c + q - row, W);
+      break;
+    case kRows: {  // P1 (even band) / P2 (odd band)
+      const int odd = K & 1;
+      row = 2 * rho + q;
+      col = dev::wrap(c + (1 - 2 * odd) * rho + q * (1 - odd), W);
+      break;
+    }
+    default: {  // P3 (even band) / P4 (odd band)
+      const int odd = K & 1;
+      col = 2 * c + q;
+      row = dev::wrap(rho + (1 - 2 * odd) * c + q * (1 - odd), H);
+      break;
+    }
+  }
+}
+
+// Index in the final sub-band order (dfb_dec's list) of child band `band` of the last level L.
+SSTKD_HD int final_band(int L, int band) {
+  if (L == 1) return band;
+  if (L == 2) return band < 2 ? band : 5 - band;
+  const int half = 1 << (L - 1);
+  return band < half ? band : 3 * half - 1 - band;  // the second half is reversed
+}
+
+// Offset in the level-L buffer of position (row, col) of final sub-band fb (backsampling inverted).
+SSTKD_HD int final_source(int L, int H, int W, int fb, int row, int col) {
+  const int area = (H * W) >> L;
+  if (L == 1) {  // backsampling R4, then R1 on even / odd columns
+    const int h = H / 2, w = W;
+    const int rho = dev::wrap(row + col / 2, h);
+    return fb * area + rho * w + dev::wrap(col - rho, w);
+  }
+  if (L == 2) return final_band(2, fb) * area + row * (W / 2) + col;
+  const int half = 1 << (L - 1), h4 = 1 << (L - 2);
+  if (fb < half) {  // R3 with shift s
+    const int w = W / 2, s = 2 * (fb / 2) + 1 - h4;
+    return fb * area + row * w + dev::wrap(col + s * row, w);
+  }
+  const int cb = 2 * half - 1 - fb;  // within the second half; R1 with shift s
+  const int h = H / 2, w = W >> (L - 1), s = 2 * (cb / 2) + 1 - h4;
+  return (half + cb) * area + dev::wrap(row + s * col, h) * w + col;
+}
+
+// ------------------------------------------------------------------------------------ phases
+enum Kind : int {
+  kLoadX,          // x plane -> buf[0]
+  kSplit,          // level l: buf[(l-1)&1] -> buf[l&1]
+  kLadder,         // level l, pass `sub` (0: A, 1: B, 2: B^T, 3: A^T) on buf[l&1]
+  kMerge,          // level l: inverse split buf[l&1] -> buf[(l-1)&1], p0 scaled by 1/sqrt2
+  kWriteBands,     // buf[L&1] -> the sub-bands (final layout)
+  kReadBands,      // sub-band cotangents (final layout) -> buf[L&1]
+  kEnergyPartial,  // per-band partial sums of squares of buf[L&1] -> buf[(L+1)&1]
+  kEnergyFinal,    // partials -> en (N, K)
+  kScaleG,         // buf[L&1] *= 2*g[n, final band]
+  kStoreX,         // buf[0] -> gx plane
+};
+
+struct Phase {
+  int kind, level, sub;
+};
+
+SSTKD_HD int num_phases(DfbMode m, int L) {
+  switch (m) {
+    case DfbMode::kDec:
+    case DfbMode::kDecAdjoint:
+      return 3 * L + 2;
+    case DfbMode::kEnergy:
+      return 3 * L + 3;
+    default:
+      return 6 * L + 3;
+  }
+}
+
+SSTKD_HD Phase forward_phase(int q) { return {q % 3 == 0 ? kSplit : kLadder, q / 3 + 1, q % 3 - 1}; }
+SSTKD_HD Phase adjoint_phase(int q, int L) { return {q % 3 == 2 ? kMerge : kLadder, L - q / 3, 2 + q % 3}; }
+
+SSTKD_HD Phase phase_at(DfbMode m, int L, int p) {
+  const int tree = 3 * L;
+  switch (m) {
+    case DfbMode::kDec:
+      if (p == 0) return {kLoadX, 0, 0};
+      if (p <= tree) return forward_phase(p - 1);
+      return {kWriteBands, L, 0};
+    case DfbMode::kDecAdjoint:
+      if (p == 0) return {kReadBands, L, 0};
+      if (p <= tree) return adjoint_phase(p - 1, L);
+      return {kStoreX, 0, 0};
+    case DfbMode::kEnergy:
+      if (p == 0) return {kLoadX, 0, 0};
+      if (p <= tree) return forward_phase(p - 1);
+      return {p == tree + 1 ? kEnergyPartial : kEnergyFinal, L, 0};
+    default:
+      if (p == 0) return {kLoadX, 0, 0};
+      if (p <= tree) return forward_phase(p - 1);
+      if (p == tree + 1) return {kScaleG, L, 0};
+      if (p <= 2 * tree + 1) return adjoint_phase(p - tree - 2, L);
+      return {kStoreX, 0, 0};
+  }
+}
+
+// Arguments of one launch (element types: T for x / gx, O for the sub-bands; Acc for g / en).
+template <typename T, typename O>
+struct Args {
+  using Acc = typename dev::AccOf<T>::type;
+  DfbMode mode;
+  int levels, H, W;
+  int64_t N;            // planes
+  const T* x;           // (N, H, W)
+  O* bands;             // (K, N, H*W/K) dec output
+  const O* grad_bands;  // (K, N, H*W/K) dec adjoint input
+  const Acc* g;         // (N, K) energy cotangent
+  Acc* en;              // (N, K) energies
+  T* gx;                // (N, H, W)
+};
+
+// Ladder pass `sub` of level l on buf (tiles of every parent band of both groups).
+template <typename Acc>
+SSTKD_HD void ladder_phase(Acc* buf, int l, int sub, int H, int W, int tid, int nt) {
+  constexpr int RB = BlockShape<Acc>::RB, CB = BlockShape<Acc>::CB;
+  const bool adjoint = sub >= 2;
+  const bool dst_y0 = sub == 0 || sub == 2;
+  const int b = sub == 0 || sub == 2 ? 6 : 5;  // A, B^T: before 6; B, A^T: before 5
+  const Acc alpha = Acc(sub == 0 ? kInvSqrt2 : sub == 2 ? 1.0 : -kSqrt2);
+  const Acc beta = Acc(sub == 0 ? -kInvSqrt2 : sub == 3 ? -kInvSqrt2 : -1.0);
+  const int area = (H * W) >> l, ys = y0_slot(l);
+  // tiles of group 0, then of group 1 (scalars, not arrays: no local memory)
+  const int ng = num_groups(l);
+  const Group g0 = group_of(l, 0, H, W), g1 = group_of(l, ng - 1, H, W);
+  const int tr0 = (g0.h + RB - 1) / RB, tc0 = (g0.w + CB - 1) / CB;
+  const int tr1 = (g1.h + RB - 1) / RB, tc1 = (g1.w + CB - 1) / CB;
+  const int tiles0 = g0.nb / 2 * tr0 * tc0;
+  const int total = tiles0 + (ng == 2 ? g1.nb / 2 * tr1 * tc1 : 0);
+  for (int t = tid; t < total; t += nt) {
+    const bool second = t >= tiles0;
+    const Group gr = second ? g1 : g0;
+    const int u = second ? t - tiles0 : t, tc = second ? tc1 : tc0, per = (second ? tr1 : tr0) * tc;
+    const int K = gr.band0 / 2 + u / per, rem = u % per;
+    const int i0 = rem / tc * RB, j0 = rem % tc * CB;
+    const int y0 = 2 * K + ys, y1 = 2 * K + 1 - ys;
+    const Acc* src = buf + (int64_t)(dst_y0 ? y1 : y0) * area;
+    Acc* dst = buf + (int64_t)(dst_y0 ? y0 : y1) * area;
+    if (l == 1) {  // 'qper_col': rows outside come shifted by round(w/2); the adjoint by -round(w/2)
+      const int qs = adjoint ? gr.w / 2 : (gr.w + 1) / 2;
+      ladder_block<Acc, true>(src, dst, gr.h, gr.w, i0, j0, b, qs, alpha, beta);
+    } else {
+      ladder_block<Acc, false>(src, dst, gr.h, gr.w, i0, j0, b, 0, alpha, beta);
+    }
+  }
+}
+
+// Split (forward) or merge (adjoint) of level l: every child element <-> its parent element.
+template <typename Acc, bool MERGE>
+SSTKD_HD void split_phase(const Acc* from, Acc* to, int l, int H, int W, int tid, int nt) {
+  const int area = (H * W) >> l, parea = (H * W) >> (l - 1), ys = y0_slot(l);
+  const int total = H * W;
+  for (int e = tid; e < total; e += nt) {
+    const int band = e / area, pos = e - band * area;
+    const Group g = group_of_band(l, band, H, W);
+    const int rho = pos / g.w, c = pos - rho * g.w;
+    const int K = band >> 1, q = (band & 1) == ys ? 0 : 1;
+    int row, col;
+    split_source(g, K, q, rho, c, row, col);
+    const int p = K * parea + row * g.pw + col;
+    if (MERGE)
+      to[p] = q == 0 ? from[e] * Acc(kInvSqrt2) : from[e];
+    else
+      to[e] = from[p];
+  }
+}
+
+// Phase p of a launch for plane n; buf0/buf1: the two H*W buffers.
+template <typename T, typename O>
+SSTKD_HD void run_phase(const Args<T, O>& a, int64_t n, typename Args<T, O>::Acc* buf0,
+                        typename Args<T, O>::Acc* buf1, int p, int tid, int nt) {
+  using Acc = typename Args<T, O>::Acc;
+  const int L = a.levels, H = a.H, W = a.W, HW = H * W, K = 1 << L, area = HW >> L;
+  const Phase ph = phase_at(a.mode, L, p);
+  Acc* const cur = (ph.level & 1) ? buf1 : buf0;   // level ph.level
+  Acc* const prev = (ph.level & 1) ? buf0 : buf1;  // level ph.level - 1 (or the free buffer)
+  switch (ph.kind) {
+    case kLoadX: {
+      const T* x = a.x + n * HW;
+      for (int e = tid; e < HW; e += nt) buf0[e] = dev::to_acc(x[e]);
+      break;
+    }
+    case kStoreX: {
+      T* gx = a.gx + n * HW;
+      for (int e = tid; e < HW; e += nt) dev::store(gx + e, buf0[e]);
+      break;
+    }
+    case kSplit:
+      split_phase<Acc, false>(prev, cur, ph.level, H, W, tid, nt);
+      break;
+    case kMerge:
+      split_phase<Acc, true>(cur, prev, ph.level, H, W, tid, nt);
+      break;
+    case kLadder:
+      ladder_phase<Acc>(cur, ph.level, ph.sub, H, W, tid, nt);
+      break;
+    case kWriteBands:
+    case kReadBands: {
+      Acc* buf = cur;
+      for (int e = tid; e < HW; e += nt) {
+        const int fb = e / area, pos = e - fb * area;
+        const int fw = group_of_band(L, fb, H, W).w;
+        const int row = pos / fw, col = pos - row * fw;
+        const int s = final_source(L, H, W, fb, row, col);
+        const int64_t o = ((int64_t)fb * a.N + n) * area + pos;
+        if (ph.kind == kWriteBands)
+          dev::store(a.bands + o, buf[s]);
+        else
+          buf[s] = dev::to_acc(a.grad_bands[o]);
+      }
+      break;
+    }
+    case kEnergyPartial: {  // K x lanes partial sums, lane-strided (fixed order: deterministic)
+      const Acc* buf = cur;
+      Acc* part = prev;
+      const int lanes = area < 32 ? area : 32;
+      for (int it = tid; it < K * lanes; it += nt) {
+        const int k = it / lanes, lane = it - k * lanes;
+        const Acc* v = buf + k * area;
+        Acc s = Acc(0);
+        for (int e = lane; e < area; e += lanes) s += v[e] * v[e];
+        part[it] = s;
+      }
+      break;
+    }
+    case kEnergyFinal: {
+      const Acc* part = prev;
+      const int lanes = area < 32 ? area : 32;
+      for (int k = tid; k < K; k += nt) {
+        Acc s = Acc(0);
+        for (int i = 0; i < lanes; ++i) s += part[k * lanes + i];
+        a.en[n * K + final_band(L, k)] = s;
+      }
+      break;
+    }
+    case kScaleG: {
+      Acc* buf = cur;
+      const Acc* g = a.g + n * K;
+      for (int e = tid; e < HW; e += nt) {
+        const int k = e / area;
+        buf[e] *= Acc(2) * g[final_band(L, k)];
+      }
+      break;
+    }
+  }
+}
+
+// Calls f(static_cast<T*>(nullptr), static_cast<O*>(nullptr)) for x dtype T and sub-band dtype O
+// (O is T or T's accumulation type); cudaErrorInvalidValue for other pairs.
+template <typename F>
+cudaError_t with_dfb_types(Dtype x_dtype, Dtype band_dtype, F&& f) {
+  return dispatch_dtype(x_dtype, [&](auto* xt) -> cudaError_t {
+    using T = std::remove_pointer_t<decltype(xt)>;
+    using Acc = typename dev::AccOf<T>::type;
+    if (band_dtype == x_dtype) return f(static_cast<T*>(nullptr), static_cast<T*>(nullptr));
+    const Dtype acc = std::is_same<Acc, double>::value ? Dtype::kFloat64 : Dtype::kFloat32;
+    if (band_dtype == acc) return f(static_cast<T*>(nullptr), static_cast<Acc*>(nullptr));
+    return cudaErrorInvalidValue;
+  });
+}
+
+}  // namespace dfbp
+}  // namespace sstkd
