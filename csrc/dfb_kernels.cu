@@ -8,9 +8,8 @@ namespace {
 
 constexpr int kDfbThreads = 256;
 
-template <typename T, typename O>
-__global__ void __launch_bounds__(kDfbThreads, 2) dfb_plane_kernel(const dfbp::Args<T, O> a) {
-  using Acc = typename dfbp::Args<T, O>::Acc;
+template <typename Acc>
+__global__ void __launch_bounds__(kDfbThreads, 2) dfb_plane_kernel(const dfbp::Args<Acc> a) {
   extern __shared__ __align__(16) unsigned char dfb_smem[];
   Acc* buf0 = reinterpret_cast<Acc*>(dfb_smem);
   Acc* buf1 = buf0 + a.H * a.W;
@@ -22,27 +21,18 @@ __global__ void __launch_bounds__(kDfbThreads, 2) dfb_plane_kernel(const dfbp::A
   }
 }
 
-// Compile-facts probe (sstkd/benchmarks/kernel_facts.py): exactly one ladder block in
-// shared memory, so the kernel's SASS / (RB * CB) is the block body's count per output.
-template <typename Acc, bool QPER>
-__global__ void __launch_bounds__(kDfbThreads, 2) dfb_ladder_probe(int h, int w, int b, int qs, Acc alpha, Acc beta) {
-  extern __shared__ __align__(16) unsigned char dfb_smem[];
-  Acc* buf = reinterpret_cast<Acc*>(dfb_smem);
-  const int tc = (w + dfbp::BlockShape<Acc>::CB - 1) / dfbp::BlockShape<Acc>::CB;
-  const int t = threadIdx.x;
-  dfbp::ladder_block<Acc, QPER>(buf, buf + h * w, h, w, t / tc * dfbp::BlockShape<Acc>::RB,
-                                t % tc * dfbp::BlockShape<Acc>::CB, b, qs, alpha, beta);
+template <typename Acc>
+cudaError_t launch(const dfbp::Args<Acc>& a, int64_t bytes, cudaStream_t stream) {
+  if (bytes > 48 * 1024) {  // opt in (per device: set on every such launch, a cheap host call)
+    const cudaError_t e =
+        cudaFuncSetAttribute(dfb_plane_kernel<Acc>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+    if (e != cudaSuccess) return e;
+  }
+  dfb_plane_kernel<Acc><<<(unsigned)a.N, kDfbThreads, (size_t)bytes, stream>>>(a);
+  return cudaGetLastError();
 }
 
 }  // namespace
-
-// Keeps the probes in the cubin (nvcc drops unreferenced template instances).
-void* dfb_ladder_probes[] = {
-    reinterpret_cast<void*>(&dfb_ladder_probe<float, true>),
-    reinterpret_cast<void*>(&dfb_ladder_probe<float, false>),
-    reinterpret_cast<void*>(&dfb_ladder_probe<double, true>),
-    reinterpret_cast<void*>(&dfb_ladder_probe<double, false>),
-};
 
 int64_t dfb_plane_smem_bytes(Dtype x_dtype, int64_t H, int64_t W) {
   return 2 * H * W * (x_dtype == Dtype::kFloat64 ? 8 : 4);
@@ -62,21 +52,15 @@ cudaError_t dfb_plane_launch(DfbMode mode, Dtype x_dtype, Dtype band_dtype, int 
   err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   if (err != cudaSuccess) return err;
   if (bytes > optin) return cudaErrorInvalidConfiguration;
-  return dfbp::with_dfb_types(x_dtype, band_dtype, [&](auto* xt, auto* ot) -> cudaError_t {
-    using T = std::remove_pointer_t<decltype(xt)>;
-    using O = std::remove_pointer_t<decltype(ot)>;
-    using Acc = typename dfbp::Args<T, O>::Acc;
-    if (bytes > 48 * 1024) {  // opt in (per device: set on every such launch, a cheap host call)
-      const cudaError_t e =
-          cudaFuncSetAttribute(dfb_plane_kernel<T, O>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
-      if (e != cudaSuccess) return e;
-    }
-    const dfbp::Args<T, O> a{mode, levels, (int)H, (int)W, N, static_cast<const T*>(x), static_cast<O*>(bands),
-                             static_cast<const O*>(grad_bands), static_cast<const Acc*>(g), static_cast<Acc*>(en),
-                             static_cast<T*>(gx)};
-    dfb_plane_kernel<T, O><<<(unsigned)N, kDfbThreads, (size_t)bytes, stream>>>(a);
-    return cudaGetLastError();
-  });
+  if (!dfbp::dtypes_supported(x_dtype, band_dtype)) return cudaErrorInvalidValue;
+  if (dfbp::is_double(x_dtype)) {
+    const dfbp::Args<double> a{mode, x_dtype, band_dtype, levels, (int)H, (int)W, N, x, bands, grad_bands,
+                               static_cast<const double*>(g), static_cast<double*>(en), gx};
+    return launch(a, bytes, stream);
+  }
+  const dfbp::Args<float> a{mode, x_dtype, band_dtype, levels, (int)H, (int)W, N, x, bands, grad_bands,
+                            static_cast<const float*>(g), static_cast<float*>(en), gx};
+  return launch(a, bytes, stream);
 }
 
 }  // namespace sstkd

@@ -60,14 +60,14 @@ SSTKD_HD constexpr Acc tap(int t) {
   return Acc(t < 6 ? -v : v);
 }
 
-// Outputs per thread of the ladder block: 16 x 4 in float32 (64 accumulators), 8 x 4 in float64.
+// Outputs per thread of the ladder block: 16 x 4 in float32 (64 accumulators), 8 x 2 in float64.
 template <typename Acc>
 struct BlockShape {
   static constexpr int RB = 16, CB = 4;
 };
 template <>
-struct BlockShape<double> {
-  static constexpr int RB = 8, CB = 4;
+struct BlockShape<double> {  // 8 x 2: no spills at 128 registers
+  static constexpr int RB = 8, CB = 2;
 };
 
 // f(std::integral_constant<int, i>{}) for i = 0 .. N-1, unrolled at compile time (a plain
@@ -285,20 +285,50 @@ SSTKD_HD Phase phase_at(DfbMode m, int L, int p) {
   }
 }
 
-// Arguments of one launch (element types: T for x / gx, O for the sub-bands; Acc for g / en).
-template <typename T, typename O>
+// Arguments of one launch. Element types are runtime values (`x_dtype` for x / gx,
+// `band_dtype` for the sub-bands): one kernel instance per accumulation type Acc
+// (float: float32/float16/bfloat16 tensors; double: float64) keeps the build short.
+template <typename Acc>
 struct Args {
-  using Acc = typename dev::AccOf<T>::type;
   DfbMode mode;
+  Dtype x_dtype, band_dtype;
   int levels, H, W;
-  int64_t N;            // planes
-  const T* x;           // (N, H, W)
-  O* bands;             // (K, N, H*W/K) dec output
-  const O* grad_bands;  // (K, N, H*W/K) dec adjoint input
-  const Acc* g;         // (N, K) energy cotangent
-  Acc* en;              // (N, K) energies
-  T* gx;                // (N, H, W)
+  int64_t N;               // planes
+  const void* x;           // (N, H, W)
+  void* bands;             // (K, N, H*W/K) dec output
+  const void* grad_bands;  // (K, N, H*W/K) dec adjoint input
+  const Acc* g;            // (N, K) energy cotangent
+  Acc* en;                 // (N, K) energies
+  void* gx;                // (N, H, W)
 };
+
+// Element i of a tensor of dtype d, in Acc (a uniform branch per element: the
+// load / store phases are a small part of the work).
+SSTKD_HD float load_elem(const void* p, int64_t i, Dtype d, float) {
+  switch (d) {
+    case Dtype::kFloat16:
+      return dev::to_acc(static_cast<const __half*>(p)[i]);
+    case Dtype::kBFloat16:
+      return dev::to_acc(static_cast<const __nv_bfloat16*>(p)[i]);
+    default:
+      return static_cast<const float*>(p)[i];
+  }
+}
+SSTKD_HD double load_elem(const void* p, int64_t i, Dtype, double) { return static_cast<const double*>(p)[i]; }
+
+SSTKD_HD void store_elem(void* p, int64_t i, Dtype d, float v) {
+  switch (d) {
+    case Dtype::kFloat16:
+      dev::store(static_cast<__half*>(p) + i, v);
+      break;
+    case Dtype::kBFloat16:
+      dev::store(static_cast<__nv_bfloat16*>(p) + i, v);
+      break;
+    default:
+      static_cast<float*>(p)[i] = v;
+  }
+}
+SSTKD_HD void store_elem(void* p, int64_t i, Dtype, double v) { static_cast<double*>(p)[i] = v; }
 
 // Ladder pass `sub` of level l on buf (tiles of every parent band of both groups).
 template <typename Acc>
@@ -356,23 +386,19 @@ SSTKD_HD void split_phase(const Acc* from, Acc* to, int l, int H, int W, int tid
 }
 
 // Phase p of a launch for plane n; buf0/buf1: the two H*W buffers.
-template <typename T, typename O>
-SSTKD_HD void run_phase(const Args<T, O>& a, int64_t n, typename Args<T, O>::Acc* buf0,
-                        typename Args<T, O>::Acc* buf1, int p, int tid, int nt) {
-  using Acc = typename Args<T, O>::Acc;
+template <typename Acc>
+SSTKD_HD void run_phase(const Args<Acc>& a, int64_t n, Acc* buf0, Acc* buf1, int p, int tid, int nt) {
   const int L = a.levels, H = a.H, W = a.W, HW = H * W, K = 1 << L, area = HW >> L;
   const Phase ph = phase_at(a.mode, L, p);
   Acc* const cur = (ph.level & 1) ? buf1 : buf0;   // level ph.level
   Acc* const prev = (ph.level & 1) ? buf0 : buf1;  // level ph.level - 1 (or the free buffer)
   switch (ph.kind) {
     case kLoadX: {
-      const T* x = a.x + n * HW;
-      for (int e = tid; e < HW; e += nt) buf0[e] = dev::to_acc(x[e]);
+      for (int e = tid; e < HW; e += nt) buf0[e] = load_elem(a.x, n * HW + e, a.x_dtype, Acc());
       break;
     }
     case kStoreX: {
-      T* gx = a.gx + n * HW;
-      for (int e = tid; e < HW; e += nt) dev::store(gx + e, buf0[e]);
+      for (int e = tid; e < HW; e += nt) store_elem(a.gx, n * HW + e, a.x_dtype, buf0[e]);
       break;
     }
     case kSplit:
@@ -394,9 +420,9 @@ SSTKD_HD void run_phase(const Args<T, O>& a, int64_t n, typename Args<T, O>::Acc
         const int s = final_source(L, H, W, fb, row, col);
         const int64_t o = ((int64_t)fb * a.N + n) * area + pos;
         if (ph.kind == kWriteBands)
-          dev::store(a.bands + o, buf[s]);
+          store_elem(a.bands, o, a.band_dtype, buf[s]);
         else
-          buf[s] = dev::to_acc(a.grad_bands[o]);
+          buf[s] = load_elem(a.grad_bands, o, a.band_dtype, Acc());
       }
       break;
     }
@@ -435,18 +461,11 @@ SSTKD_HD void run_phase(const Args<T, O>& a, int64_t n, typename Args<T, O>::Acc
   }
 }
 
-// Calls f(static_cast<T*>(nullptr), static_cast<O*>(nullptr)) for x dtype T and sub-band dtype O
-// (O is T or T's accumulation type); cudaErrorInvalidValue for other pairs.
-template <typename F>
-cudaError_t with_dfb_types(Dtype x_dtype, Dtype band_dtype, F&& f) {
-  return dispatch_dtype(x_dtype, [&](auto* xt) -> cudaError_t {
-    using T = std::remove_pointer_t<decltype(xt)>;
-    using Acc = typename dev::AccOf<T>::type;
-    if (band_dtype == x_dtype) return f(static_cast<T*>(nullptr), static_cast<T*>(nullptr));
-    const Dtype acc = std::is_same<Acc, double>::value ? Dtype::kFloat64 : Dtype::kFloat32;
-    if (band_dtype == acc) return f(static_cast<T*>(nullptr), static_cast<Acc*>(nullptr));
-    return cudaErrorInvalidValue;
-  });
+// Accumulation type of x_dtype, and whether (x_dtype, band_dtype) is a supported pair: the
+// sub-bands are stored in x's dtype or in its accumulation type.
+SSTKD_HD bool is_double(Dtype d) { return d == Dtype::kFloat64; }
+SSTKD_HD bool dtypes_supported(Dtype x_dtype, Dtype band_dtype) {
+  return band_dtype == x_dtype || band_dtype == (is_double(x_dtype) ? Dtype::kFloat64 : Dtype::kFloat32);
 }
 
 }  // namespace dfbp

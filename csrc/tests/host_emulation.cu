@@ -109,19 +109,21 @@ extern "C" int sstkd_emu_dfb_plane(int mode, int x_dtype, int band_dtype, int le
                                    const void* grad_bands, const void* g, void* en, void* gx, int64_t N, int64_t H,
                                    int64_t W, int nt) {
   if (levels < 1 || nt < 1 || H <= 0 || W <= 0 || (H * W) % ((int64_t)1 << levels) != 0) return 1;
-  const cudaError_t err = dfbp::with_dfb_types(Dtype(x_dtype), Dtype(band_dtype), [&](auto* xt, auto* ot) {
-    using T = std::remove_pointer_t<decltype(xt)>;
-    using O = std::remove_pointer_t<decltype(ot)>;
-    using Acc = typename dfbp::Args<T, O>::Acc;
-    const dfbp::Args<T, O> a{DfbMode(mode), levels, (int)H, (int)W, N, static_cast<const T*>(x),
-                             static_cast<O*>(bands), static_cast<const O*>(grad_bands), static_cast<const Acc*>(g),
-                             static_cast<Acc*>(en), static_cast<T*>(gx)};
+  const Dtype xd = Dtype(x_dtype), bd = Dtype(band_dtype);
+  if (!dfbp::dtypes_supported(xd, bd)) return 1;
+  const auto run = [&](auto acc_tag) {
+    using Acc = decltype(acc_tag);
+    const dfbp::Args<Acc> a{DfbMode(mode), xd, bd, levels, (int)H, (int)W, N, x, bands, grad_bands,
+                            static_cast<const Acc*>(g), static_cast<Acc*>(en), gx};
     std::vector<Acc> smem(2 * H * W);
     const int phases = dfbp::num_phases(a.mode, levels);
     for (int64_t n = 0; n < N; ++n)
       for (int p = 0; p < phases; ++p)
         for (int tid = 0; tid < nt; ++tid) dfbp::run_phase(a, n, smem.data(), smem.data() + H * W, p, tid, nt);
-    return cudaSuccess;
-  });
-  return err == cudaSuccess ? 0 : 1;
+  };
+  if (dfbp::is_double(xd))
+    run(0.0);
+  else
+    run(0.0f);
+  return 0;
 }
