@@ -84,6 +84,26 @@ SSTKD_HD void unroll(F&& f) {
 // Periodic successor of an index in [0, n).
 SSTKD_HD int next_wrapped(int v, int n) { return v + 1 == n ? 0 : v + 1; }
 
+// v mod n for v usually within one period of [0, n) (two compare-and-adds); the modulo only
+// for the rare values further out (bands narrower than the shear).
+SSTKD_HD int wrap_near(int v, int n) {
+  v = v >= n ? v - n : v;
+  v = v < 0 ? v + n : v;
+  return (unsigned)v < (unsigned)n ? v : dev::wrap(v, n);
+}
+
+// Calls f(r, c) for every element of `rows` rows of `cols` columns: groups of up to 32 threads
+// take rows, the threads of a group consecutive columns (conflict-free shared memory, coalesced
+// global memory, no division per element).
+template <typename F>
+SSTKD_HD void for_rows(int rows, int cols, int tid, int nt, F&& f) {
+  const int lanes = nt < 32 ? nt : 32, groups = nt / lanes;
+  const int grp = tid / lanes, lane = tid - grp * lanes;
+  if (grp >= groups) return;
+  for (int r = grp; r < rows; r += groups)
+    for (int c = lane; c < cols; c += lanes) f(r, c);
+}
+
 // One ladder block: dst[i][j] = alpha*dst[i][j] + beta*S_b(src)[i][j] for the RB x CB
 // outputs at (i0, j0) of an h x w band (outputs outside the band are not written).
 template <typename Acc, bool QPER>
@@ -174,30 +194,25 @@ SSTKD_HD Group group_of_band(int l, int band, int H, int W) {
 // Slot of y0 among the two children 2K, 2K+1 of parent band K.
 SSTKD_HD int y0_slot(int l) { return l == 1 ? 0 : 1; }
 
-// Parent position (row, col) of component q at (rho, c) of parent band K (toolbox resamplings).
+// Parent position (row, col) of component q at (rho, c) of parent band K (toolbox resamplings);
+// parent size g.ph x g.pw. SPLIT is a template argument: the split loops are unswitched.
+template <int SPLIT>
 SSTKD_HD void split_source(const Group& g, int K, int q, int rho, int c, int& row, int& col) {
   const int H = g.ph, W = g.pw;
-  switch (g.split) {
-    case k1r:  // y = R2(x); p_q = R3(roll(y[q::2], -q, cols))
-      col = dev::wrap(c + rho + q, W);
-      row = dev::wrap(2 * rho + q - col, H);
-      break;
-    case k2c:  // y = R4(x); p_q = R1(roll(y[:, q::2], -q, rows))
-      row = dev::wrap(rho + c + q, H);
-      col = dev::wrap(2 * c + q - row, W);
-      break;
-    case kRows: {  // P1 (even band) / P2 (odd band)
-      const int odd = K & 1;
-      row = 2 * rho + q;
-      col = dev::wrap(c + (1 - 2 * odd) * rho + q * (1 - odd), W);
-      break;
-    }
-    default: {  // P3 (even band) / P4 (odd band)
-      const int odd = K & 1;
-      col = 2 * c + q;
-      row = dev::wrap(rho + (1 - 2 * odd) * c + q * (1 - odd), H);
-      break;
-    }
+  if (SPLIT == k1r) {  // y = R2(x); p_q = R3(roll(y[q::2], -q, cols))
+    col = wrap_near(c + rho + q, W);
+    row = wrap_near(2 * rho + q - col, H);
+  } else if (SPLIT == k2c) {  // y = R4(x); p_q = R1(roll(y[:, q::2], -q, rows))
+    row = wrap_near(rho + c + q, H);
+    col = wrap_near(2 * c + q - row, W);
+  } else if (SPLIT == kRows) {  // P1 (even band) / P2 (odd band)
+    const int odd = K & 1;
+    row = 2 * rho + q;
+    col = wrap_near(c + (1 - 2 * odd) * rho + q * (1 - odd), W);
+  } else {  // P3 (even band) / P4 (odd band)
+    const int odd = K & 1;
+    col = 2 * c + q;
+    row = wrap_near(rho + (1 - 2 * odd) * c + q * (1 - odd), H);
   }
 }
 
@@ -214,18 +229,18 @@ SSTKD_HD int final_source(int L, int H, int W, int fb, int row, int col) {
   const int area = (H * W) >> L;
   if (L == 1) {  // backsampling R4, then R1 on even / odd columns
     const int h = H / 2, w = W;
-    const int rho = dev::wrap(row + col / 2, h);
-    return fb * area + rho * w + dev::wrap(col - rho, w);
+    const int rho = wrap_near(row + col / 2, h);
+    return fb * area + rho * w + wrap_near(col - rho, w);
   }
   if (L == 2) return final_band(2, fb) * area + row * (W / 2) + col;
   const int half = 1 << (L - 1), h4 = 1 << (L - 2);
   if (fb < half) {  // R3 with shift s
     const int w = W / 2, s = 2 * (fb / 2) + 1 - h4;
-    return fb * area + row * w + dev::wrap(col + s * row, w);
+    return fb * area + row * w + wrap_near(col + s * row, w);
   }
   const int cb = 2 * half - 1 - fb;  // within the second half; R1 with shift s
   const int h = H / 2, w = W >> (L - 1), s = 2 * (cb / 2) + 1 - h4;
-  return (half + cb) * area + dev::wrap(row + s * col, h) * w + col;
+  return (half + cb) * area + wrap_near(row + s * col, h) * w + col;
 }
 
 // ------------------------------------------------------------------------------------ phases
@@ -365,23 +380,40 @@ SSTKD_HD void ladder_phase(Acc* buf, int l, int sub, int H, int W, int tid, int 
   }
 }
 
-// Split (forward) or merge (adjoint) of level l: every child element <-> its parent element.
-template <typename Acc, bool MERGE>
-SSTKD_HD void split_phase(const Acc* from, Acc* to, int l, int H, int W, int tid, int nt) {
+// Split (forward) or merge (adjoint) of the rows of group g of level l: child element <-> parent element.
+template <int SPLIT, typename Acc, bool MERGE>
+SSTKD_HD void split_group(const Acc* from, Acc* to, const Group& g, int l, int H, int W, int tid, int nt) {
   const int area = (H * W) >> l, parea = (H * W) >> (l - 1), ys = y0_slot(l);
-  const int total = H * W;
-  for (int e = tid; e < total; e += nt) {
-    const int band = e / area, pos = e - band * area;
-    const Group g = group_of_band(l, band, H, W);
-    const int rho = pos / g.w, c = pos - rho * g.w;
+  for_rows(g.nb * g.h, g.w, tid, nt, [&](int r, int c) {
+    const int band = g.band0 + r / g.h, rho = r - (band - g.band0) * g.h;
     const int K = band >> 1, q = (band & 1) == ys ? 0 : 1;
     int row, col;
-    split_source(g, K, q, rho, c, row, col);
-    const int p = K * parea + row * g.pw + col;
+    split_source<SPLIT>(g, K, q, rho, c, row, col);
+    const int p = K * parea + row * g.pw + col, e = band * area + rho * g.w + c;
     if (MERGE)
       to[p] = q == 0 ? from[e] * Acc(kInvSqrt2) : from[e];
     else
       to[e] = from[p];
+  });
+}
+
+template <typename Acc, bool MERGE>
+SSTKD_HD void split_phase(const Acc* from, Acc* to, int l, int H, int W, int tid, int nt) {
+  for (int gi = 0; gi < num_groups(l); ++gi) {
+    const Group g = group_of(l, gi, H, W);
+    switch (g.split) {
+      case k1r:
+        split_group<k1r, Acc, MERGE>(from, to, g, l, H, W, tid, nt);
+        break;
+      case k2c:
+        split_group<k2c, Acc, MERGE>(from, to, g, l, H, W, tid, nt);
+        break;
+      case kRows:
+        split_group<kRows, Acc, MERGE>(from, to, g, l, H, W, tid, nt);
+        break;
+      default:
+        split_group<kCols, Acc, MERGE>(from, to, g, l, H, W, tid, nt);
+    }
   }
 }
 
@@ -412,17 +444,17 @@ SSTKD_HD void run_phase(const Args<Acc>& a, int64_t n, Acc* buf0, Acc* buf1, int
       break;
     case kWriteBands:
     case kReadBands: {
-      Acc* buf = cur;
-      for (int e = tid; e < HW; e += nt) {
-        const int fb = e / area, pos = e - fb * area;
-        const int fw = group_of_band(L, fb, H, W).w;
-        const int row = pos / fw, col = pos - row * fw;
-        const int s = final_source(L, H, W, fb, row, col);
-        const int64_t o = ((int64_t)fb * a.N + n) * area + pos;
-        if (ph.kind == kWriteBands)
-          store_elem(a.bands, o, a.band_dtype, buf[s]);
-        else
-          buf[s] = load_elem(a.grad_bands, o, a.band_dtype, Acc());
+      for (int gi = 0; gi < num_groups(L); ++gi) {  // final bands of a group share its shape
+        const Group g = group_of(L, gi, H, W);
+        for_rows(g.nb * g.h, g.w, tid, nt, [&](int r, int col) {
+          const int fb = g.band0 + r / g.h, row = r - (fb - g.band0) * g.h;
+          const int s = final_source(L, H, W, fb, row, col);
+          const int64_t o = ((int64_t)fb * a.N + n) * area + row * g.w + col;
+          if (ph.kind == kWriteBands)
+            store_elem(a.bands, o, a.band_dtype, cur[s]);
+          else
+            cur[s] = load_elem(a.grad_bands, o, a.band_dtype, Acc());
+        });
       }
       break;
     }

@@ -407,7 +407,7 @@ def test_emulated_quantize_counts_match_the_reference(emu, kernel, dtype):
 # whole-plane DFB: (levels, H, W) -- odd widths (the 'qper_col' shift (w+1)//2 vs w//2), non-square,
 # bands narrower than the 12-tap window (wrap more than once), ragged 16 x 4 blocks
 DFB_CASES = [(1, 12, 7), (1, 14, 16), (2, 12, 10), (2, 20, 2), (3, 16, 12), (3, 12, 4), (4, 24, 16), (4, 8 * 3, 40)]
-_EMU_THREADS = 37  # not a power of two: every strided phase loop and the energy partials see ragged work
+_EMU_THREADS = 96  # 3 groups of 32: ladder tiles, rows and energy partials do not divide evenly
 
 
 def _emu_dfb(emu, mode, levels, N, H, W, x_dtype, band_dtype=None, x=None, grad_bands=None, g=None):
