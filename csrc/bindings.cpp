@@ -15,8 +15,11 @@
 //   quantize_count_backward(s, centers, kernel, grad_counts?, grad_sums?) -> grad_s (B,N)
 //   sum_squares(x (R, ...)) -> (R,) accumulation dtype
 //   dfb_dec(x (N,H,W), levels, out_dtype?) -> bands (K, N, H*W/K), K = 2^levels, band-major, each
-//       band in the final layout / order of dfb_dec; out_dtype: x's dtype (default) or its accumulation dtype
+//       band in the final layout / order of dfb_dec; out_dtype (default x's): float64 for float64 x,
+//       else float32/float16/bfloat16 (the sub-band and image dtypes of every dfb op pair that way)
 //   dfb_dec_backward(grad (K, N, H*W/K), levels, H, W, x_dtype) -> grad_x (N,H,W) in x_dtype
+//   dfb_rec(bands (K, N, H*W/K), levels, H, W, out_dtype?) -> x (N,H,W) (default: the bands' dtype)
+//   dfb_rec_backward(grad_x (N,H,W), levels, band_dtype) -> grad_bands (K, N, H*W/K)
 //   dfb_energy(x (N,H,W), levels) -> (N, K) accumulation dtype, per-sub-band sums of squares
 //   dfb_energy_backward(x, grad (N, K), levels) -> grad_x (N,H,W) (recomputes the tree from x)
 //   The dfb ops need the two H*W planes of one image in shared memory (dfb_plane_bytes); larger
@@ -309,10 +312,11 @@ void check_dfb_fits(const char* op, const Tensor& t, int64_t H, int64_t W) {
               " B of shared memory, the device allows ", optin, " B per block (use the Triton DFB)");
 }
 
+// The dtype paired with `x` (default x itself): both float64, or both among float32/float16/bfloat16.
 at::ScalarType dfb_band_dtype(const char* op, at::ScalarType x, std::optional<at::ScalarType> out) {
   const at::ScalarType o = out.value_or(x);
-  TORCH_CHECK(o == x || o == acc_dtype(x), "sstkd::", op, ": out_dtype must be ", x, " or ", acc_dtype(x),
-              " for a ", x, " input, got ", o);
+  TORCH_CHECK(is_supported_dtype(o) && (o == at::kDouble) == (x == at::kDouble), "sstkd::", op, ": out_dtype ", o,
+              " cannot pair with ", x, " (float64 goes with float64; float32/float16/bfloat16 with each other)");
   return o;
 }
 
@@ -405,6 +409,42 @@ Tensor dfb_energy_backward_cuda(const Tensor& x_in, const Tensor& grad_in, int64
   return gx;
 }
 
+Tensor dfb_rec_cuda(const Tensor& bands_in, int64_t levels, int64_t H, int64_t W,
+                    std::optional<at::ScalarType> out_dtype) {
+  const char* op = "dfb_rec";
+  check_cuda(op, "bands", bands_in);
+  check_rank(op, "bands", bands_in, 3, "(K, N, H*W/K)");
+  check_float(op, "bands", bands_in);
+  check_dfb_geometry(op, levels, H, W);
+  const int64_t K = (int64_t)1 << levels;
+  TORCH_CHECK(bands_in.size(0) == K && bands_in.size(2) == H * W / K, "sstkd::", op, ": bands must have shape (", K,
+              ", N, ", H * W / K, ") for levels=", levels, " and a ", H, "x", W, " image, got ", bands_in.sizes());
+  const at::ScalarType xd = dfb_band_dtype(op, bands_in.scalar_type(), out_dtype);
+  const c10::cuda::CUDAGuard guard(bands_in.device());
+  const Tensor bands = bands_in.contiguous();
+  const int64_t N = bands.size(1);
+  Tensor x = at::empty({N, H, W}, bands.options().dtype(xd));
+  check_dfb_fits(op, x, H, W);
+  launch_dfb(op, DfbMode::kRec, x, bands.scalar_type(), levels, nullptr, nullptr, bands.const_data_ptr(), nullptr,
+             nullptr, x.mutable_data_ptr(), N, H, W);
+  return x;
+}
+
+Tensor dfb_rec_backward_cuda(const Tensor& gx_in, int64_t levels, at::ScalarType band_dtype) {
+  const char* op = "dfb_rec_backward";
+  check_cuda(op, "grad_x", gx_in);
+  check_dfb_input(op, gx_in, levels);
+  dfb_band_dtype(op, gx_in.scalar_type(), band_dtype);
+  const c10::cuda::CUDAGuard guard(gx_in.device());
+  const Tensor gx = gx_in.contiguous();
+  const int64_t N = gx.size(0), H = gx.size(1), W = gx.size(2), K = (int64_t)1 << levels;
+  check_dfb_fits(op, gx, H, W);
+  Tensor gb = at::empty({K, N, H * W / K}, gx.options().dtype(band_dtype));
+  launch_dfb(op, DfbMode::kRecAdjoint, gx, band_dtype, levels, gx.const_data_ptr(), gb.mutable_data_ptr(), nullptr,
+             nullptr, nullptr, nullptr, N, H, W);
+  return gb;
+}
+
 // ---------------------------------------------------------------------------------------- Meta
 // Shapes and dtypes only; sizes are SymInts so dynamic-shape tracing works.
 std::tuple<Tensor, Tensor> lp_decompose_meta(const char* op, const char* name, const Tensor& x) {
@@ -471,6 +511,22 @@ Tensor dfb_dec_backward_meta(const Tensor& grad, int64_t levels, int64_t H, int6
   return at::empty_symint({grad.sym_size(1), c10::SymInt(H), c10::SymInt(W)}, grad.options().dtype(x_dtype));
 }
 
+Tensor dfb_rec_meta(const Tensor& bands, int64_t levels, int64_t H, int64_t W,
+                    std::optional<at::ScalarType> out_dtype) {
+  check_rank("dfb_rec", "bands", bands, 3, "(K, N, H*W/K)");
+  check_float("dfb_rec", "bands", bands);
+  const at::ScalarType xd = dfb_band_dtype("dfb_rec", bands.scalar_type(), out_dtype);
+  return at::empty_symint({bands.sym_size(1), c10::SymInt(H), c10::SymInt(W)}, bands.options().dtype(xd));
+}
+
+Tensor dfb_rec_backward_meta(const Tensor& gx, int64_t levels, at::ScalarType band_dtype) {
+  check_rank("dfb_rec_backward", "grad_x", gx, 3, "(N, H, W)");
+  TORCH_CHECK(levels >= 1 && levels <= 20, "sstkd::dfb_rec_backward: levels must be in [1, 20], got ", levels);
+  const int64_t K = (int64_t)1 << levels;
+  return at::empty_symint({c10::SymInt(K), gx.sym_size(0), gx.sym_size(1) * gx.sym_size(2) / K},
+                          gx.options().dtype(band_dtype));
+}
+
 Tensor dfb_energy_meta(const Tensor& x, int64_t levels) {
   check_rank("dfb_energy", "x", x, 3, "(N, H, W)");
   check_float("dfb_energy", "x", x);
@@ -507,6 +563,8 @@ TORCH_LIBRARY(sstkd, m) {
   m.def("dfb_dec_backward(Tensor grad, int levels, int H, int W, ScalarType x_dtype) -> Tensor");
   m.def("dfb_energy(Tensor x, int levels) -> Tensor");
   m.def("dfb_energy_backward(Tensor x, Tensor grad, int levels) -> Tensor");
+  m.def("dfb_rec(Tensor bands, int levels, int H, int W, ScalarType? out_dtype=None) -> Tensor");
+  m.def("dfb_rec_backward(Tensor grad_x, int levels, ScalarType band_dtype) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(sstkd, CUDA, m) {
@@ -521,6 +579,8 @@ TORCH_LIBRARY_IMPL(sstkd, CUDA, m) {
   m.impl("dfb_dec_backward", &sstkd::dfb_dec_backward_cuda);
   m.impl("dfb_energy", &sstkd::dfb_energy_cuda);
   m.impl("dfb_energy_backward", &sstkd::dfb_energy_backward_cuda);
+  m.impl("dfb_rec", &sstkd::dfb_rec_cuda);
+  m.impl("dfb_rec_backward", &sstkd::dfb_rec_backward_cuda);
 }
 
 TORCH_LIBRARY_IMPL(sstkd, Meta, m) {
@@ -535,6 +595,8 @@ TORCH_LIBRARY_IMPL(sstkd, Meta, m) {
   m.impl("dfb_dec_backward", &sstkd::dfb_dec_backward_meta);
   m.impl("dfb_energy", &sstkd::dfb_energy_meta);
   m.impl("dfb_energy_backward", &sstkd::dfb_energy_backward_meta);
+  m.impl("dfb_rec", &sstkd::dfb_rec_meta);
+  m.impl("dfb_rec_backward", &sstkd::dfb_rec_backward_meta);
 }
 
 // CPU tensors get a clear error instead of the dispatcher's "could not run".
@@ -563,6 +625,12 @@ TORCH_LIBRARY_IMPL(sstkd, CPU, m) {
   m.impl("dfb_energy", [](const Tensor& x, int64_t) -> Tensor { cpu_error("dfb_energy", "x", x); });
   m.impl("dfb_energy_backward",
          [](const Tensor& x, const Tensor&, int64_t) -> Tensor { cpu_error("dfb_energy_backward", "x", x); });
+  m.impl("dfb_rec", [](const Tensor& b, int64_t, int64_t, int64_t, std::optional<at::ScalarType>) -> Tensor {
+    cpu_error("dfb_rec", "bands", b);
+  });
+  m.impl("dfb_rec_backward", [](const Tensor& g, int64_t, at::ScalarType) -> Tensor {
+    cpu_error("dfb_rec_backward", "grad_x", g);
+  });
 }
 
 // ------------------------------------------------------------------------------ Python module
@@ -584,9 +652,10 @@ extern "C" PyMODINIT_FUNC SSTKD_CAT(PyInit_, TORCH_EXTENSION_NAME)(void) {
   if (mod == nullptr) return nullptr;
   if (PyModule_AddIntConstant(mod, "cuda_runtime_version", CUDART_VERSION) < 0 ||
       PyModule_AddObject(mod, "ops",
-                         Py_BuildValue("(sssssssssss)", "lp_dec", "lp_dec_backward", "lp_rec", "lp_rec_backward",
+                         Py_BuildValue("(sssssssssssss)", "lp_dec", "lp_dec_backward", "lp_rec", "lp_rec_backward",
                                        "quantize_count", "quantize_count_backward", "sum_squares", "dfb_dec",
-                                       "dfb_dec_backward", "dfb_energy", "dfb_energy_backward")) < 0) {
+                                       "dfb_dec_backward", "dfb_energy", "dfb_energy_backward", "dfb_rec",
+                                       "dfb_rec_backward")) < 0) {
     Py_DECREF(mod);
     return nullptr;
   }

@@ -42,8 +42,8 @@ cudaError_t dfb_plane_launch(DfbMode mode, Dtype x_dtype, Dtype band_dtype, int 
                              void* bands, const void* grad_bands, const void* g, void* en, void* gx, int64_t N,
                              int64_t H, int64_t W, cudaStream_t stream) {
   if (N <= 0) return cudaSuccess;
-  if (levels < 1 || levels > 24 || H <= 0 || W <= 0 || N > INT32_MAX || H * W > (int64_t)1 << 24 ||
-      (H * W) % ((int64_t)1 << levels) != 0)
+  if ((int)mode < 0 || (int)mode > 5 || levels < 1 || levels > 24 || H <= 0 || W <= 0 || N > INT32_MAX ||
+      H * W > (int64_t)1 << 24 || (H * W) % ((int64_t)1 << levels) != 0)
     return cudaErrorInvalidValue;
   const int64_t bytes = dfb_plane_smem_bytes(x_dtype, H, W);
   int device = 0, optin = 0;

@@ -247,8 +247,8 @@ SSTKD_HD int final_source(int L, int H, int W, int fb, int row, int col) {
 enum Kind : int {
   kLoadX,          // x plane -> buf[0]
   kSplit,          // level l: buf[(l-1)&1] -> buf[l&1]
-  kLadder,         // level l, pass `sub` (0: A, 1: B, 2: B^T, 3: A^T) on buf[l&1]
-  kMerge,          // level l: inverse split buf[l&1] -> buf[(l-1)&1], p0 scaled by 1/sqrt2
+  kLadder,         // level l, pass `sub` (ladder_pass) on buf[l&1]
+  kMerge,          // level l: inverse split buf[l&1] -> buf[(l-1)&1], p0 scaled by 1/sqrt2 if sub
   kWriteBands,     // buf[L&1] -> the sub-bands (final layout)
   kReadBands,      // sub-band cotangents (final layout) -> buf[L&1]
   kEnergyPartial,  // per-band partial sums of squares of buf[L&1] -> buf[(L+1)&1]
@@ -263,39 +263,75 @@ struct Phase {
 
 SSTKD_HD int num_phases(DfbMode m, int L) {
   switch (m) {
-    case DfbMode::kDec:
-    case DfbMode::kDecAdjoint:
-      return 3 * L + 2;
     case DfbMode::kEnergy:
       return 3 * L + 3;
-    default:
+    case DfbMode::kEnergyAdjoint:
       return 6 * L + 3;
+    default:  // dec, rec and their adjoints
+      return 3 * L + 2;
   }
 }
 
-SSTKD_HD Phase forward_phase(int q) { return {q % 3 == 0 ? kSplit : kLadder, q / 3 + 1, q % 3 - 1}; }
-SSTKD_HD Phase adjoint_phase(int q, int L) { return {q % 3 == 2 ? kMerge : kLadder, L - q / 3, 2 + q % 3}; }
+// Ladder passes (sub): 0 A, 1 B (dec); 2 B^T, 3 A^T (dec adjoint); 4 R1, 5 R2 (rec); 6 T1, 7 T2
+// (rec adjoint):
+//   A   y0 = (p0 - S1 p1)/sqrt2        B   y1 = -sqrt2 p1 - S0 y0
+//   B^T t  = g_y0 - S0^T g_y1          A^T g_p1 = -sqrt2 g_y1 - S1^T t/sqrt2   (g_p0 = t/sqrt2 in the merge)
+//   R1  p1 = -(y1 + S0 y0)/sqrt2       R2  p0 = sqrt2 y0 + S1 p1
+//   T1  g_y1 = -(g_p1 + S1^T g_p0)/sqrt2   T2  g_y0 = sqrt2 g_p0 + S0^T g_y1
+// with S0 = S_5, S1 = S_6, S_b^T = S_{11-b}.
+struct LadderPass {
+  bool dst_y0, adjoint;
+  int b;
+  double alpha, beta;
+};
+
+SSTKD_HD LadderPass ladder_pass(int sub) {
+  switch (sub) {
+    case 0: return {true, false, 6, kInvSqrt2, -kInvSqrt2};
+    case 1: return {false, false, 5, -kSqrt2, -1.0};
+    case 2: return {true, true, 6, 1.0, -1.0};
+    case 3: return {false, true, 5, -kSqrt2, -kInvSqrt2};
+    case 4: return {false, false, 5, -kInvSqrt2, -kInvSqrt2};
+    case 5: return {true, false, 6, kSqrt2, 1.0};
+    case 6: return {false, true, 5, -kInvSqrt2, -kInvSqrt2};
+    default: return {true, true, 6, kSqrt2, 1.0};
+  }
+}
+
+// Top-down (split, ladder `first`, ladder `first`+1) per level, or bottom-up (ladder, ladder, merge).
+SSTKD_HD Phase down_phase(int q, int first) { return {q % 3 == 0 ? kSplit : kLadder, q / 3 + 1, first + q % 3 - 1}; }
+SSTKD_HD Phase up_phase(int q, int L, int first, int scale_p0) {
+  return {q % 3 == 2 ? kMerge : kLadder, L - q / 3, q % 3 == 2 ? scale_p0 : first + q % 3};
+}
 
 SSTKD_HD Phase phase_at(DfbMode m, int L, int p) {
   const int tree = 3 * L;
   switch (m) {
     case DfbMode::kDec:
       if (p == 0) return {kLoadX, 0, 0};
-      if (p <= tree) return forward_phase(p - 1);
+      if (p <= tree) return down_phase(p - 1, 0);
       return {kWriteBands, L, 0};
     case DfbMode::kDecAdjoint:
       if (p == 0) return {kReadBands, L, 0};
-      if (p <= tree) return adjoint_phase(p - 1, L);
+      if (p <= tree) return up_phase(p - 1, L, 2, 1);
       return {kStoreX, 0, 0};
+    case DfbMode::kRec:
+      if (p == 0) return {kReadBands, L, 0};
+      if (p <= tree) return up_phase(p - 1, L, 4, 0);
+      return {kStoreX, 0, 0};
+    case DfbMode::kRecAdjoint:
+      if (p == 0) return {kLoadX, 0, 0};
+      if (p <= tree) return down_phase(p - 1, 6);
+      return {kWriteBands, L, 0};
     case DfbMode::kEnergy:
       if (p == 0) return {kLoadX, 0, 0};
-      if (p <= tree) return forward_phase(p - 1);
+      if (p <= tree) return down_phase(p - 1, 0);
       return {p == tree + 1 ? kEnergyPartial : kEnergyFinal, L, 0};
     default:
       if (p == 0) return {kLoadX, 0, 0};
-      if (p <= tree) return forward_phase(p - 1);
+      if (p <= tree) return down_phase(p - 1, 0);
       if (p == tree + 1) return {kScaleG, L, 0};
-      if (p <= 2 * tree + 1) return adjoint_phase(p - tree - 2, L);
+      if (p <= 2 * tree + 1) return up_phase(p - tree - 2, L, 2, 1);
       return {kStoreX, 0, 0};
   }
 }
@@ -349,11 +385,10 @@ SSTKD_HD void store_elem(void* p, int64_t i, Dtype, double v) { static_cast<doub
 template <typename Acc>
 SSTKD_HD void ladder_phase(Acc* buf, int l, int sub, int H, int W, int tid, int nt) {
   constexpr int RB = BlockShape<Acc>::RB, CB = BlockShape<Acc>::CB;
-  const bool adjoint = sub >= 2;
-  const bool dst_y0 = sub == 0 || sub == 2;
-  const int b = sub == 0 || sub == 2 ? 6 : 5;  // A, B^T: before 6; B, A^T: before 5
-  const Acc alpha = Acc(sub == 0 ? kInvSqrt2 : sub == 2 ? 1.0 : -kSqrt2);
-  const Acc beta = Acc(sub == 0 ? -kInvSqrt2 : sub == 3 ? -kInvSqrt2 : -1.0);
+  const LadderPass lp = ladder_pass(sub);
+  const bool adjoint = lp.adjoint, dst_y0 = lp.dst_y0;
+  const int b = lp.b;
+  const Acc alpha = Acc(lp.alpha), beta = Acc(lp.beta);
   const int area = (H * W) >> l, ys = y0_slot(l);
   // tiles of group 0, then of group 1 (scalars, not arrays: no local memory)
   const int ng = num_groups(l);
@@ -382,7 +417,8 @@ SSTKD_HD void ladder_phase(Acc* buf, int l, int sub, int H, int W, int tid, int 
 
 // Split (forward) or merge (adjoint) of the rows of group g of level l: child element <-> parent element.
 template <int SPLIT, typename Acc, bool MERGE>
-SSTKD_HD void split_group(const Acc* from, Acc* to, const Group& g, int l, int H, int W, int tid, int nt) {
+SSTKD_HD void split_group(const Acc* from, Acc* to, const Group& g, int l, int H, int W, Acc p0_scale, int tid,
+                          int nt) {
   const int area = (H * W) >> l, parea = (H * W) >> (l - 1), ys = y0_slot(l);
   for_rows(g.nb * g.h, g.w, tid, nt, [&](int r, int c) {
     const int band = g.band0 + r / g.h, rho = r - (band - g.band0) * g.h;
@@ -391,28 +427,28 @@ SSTKD_HD void split_group(const Acc* from, Acc* to, const Group& g, int l, int H
     split_source<SPLIT>(g, K, q, rho, c, row, col);
     const int p = K * parea + row * g.pw + col, e = band * area + rho * g.w + c;
     if (MERGE)
-      to[p] = q == 0 ? from[e] * Acc(kInvSqrt2) : from[e];
+      to[p] = q == 0 ? from[e] * p0_scale : from[e];
     else
       to[e] = from[p];
   });
 }
 
 template <typename Acc, bool MERGE>
-SSTKD_HD void split_phase(const Acc* from, Acc* to, int l, int H, int W, int tid, int nt) {
+SSTKD_HD void split_phase(const Acc* from, Acc* to, int l, int H, int W, Acc p0_scale, int tid, int nt) {
   for (int gi = 0; gi < num_groups(l); ++gi) {
     const Group g = group_of(l, gi, H, W);
     switch (g.split) {
       case k1r:
-        split_group<k1r, Acc, MERGE>(from, to, g, l, H, W, tid, nt);
+        split_group<k1r, Acc, MERGE>(from, to, g, l, H, W, p0_scale, tid, nt);
         break;
       case k2c:
-        split_group<k2c, Acc, MERGE>(from, to, g, l, H, W, tid, nt);
+        split_group<k2c, Acc, MERGE>(from, to, g, l, H, W, p0_scale, tid, nt);
         break;
       case kRows:
-        split_group<kRows, Acc, MERGE>(from, to, g, l, H, W, tid, nt);
+        split_group<kRows, Acc, MERGE>(from, to, g, l, H, W, p0_scale, tid, nt);
         break;
       default:
-        split_group<kCols, Acc, MERGE>(from, to, g, l, H, W, tid, nt);
+        split_group<kCols, Acc, MERGE>(from, to, g, l, H, W, p0_scale, tid, nt);
     }
   }
 }
@@ -434,10 +470,10 @@ SSTKD_HD void run_phase(const Args<Acc>& a, int64_t n, Acc* buf0, Acc* buf1, int
       break;
     }
     case kSplit:
-      split_phase<Acc, false>(prev, cur, ph.level, H, W, tid, nt);
+      split_phase<Acc, false>(prev, cur, ph.level, H, W, Acc(1), tid, nt);
       break;
     case kMerge:
-      split_phase<Acc, true>(cur, prev, ph.level, H, W, tid, nt);
+      split_phase<Acc, true>(cur, prev, ph.level, H, W, Acc(ph.sub ? kInvSqrt2 : 1.0), tid, nt);
       break;
     case kLadder:
       ladder_phase<Acc>(cur, ph.level, ph.sub, H, W, tid, nt);
@@ -493,12 +529,10 @@ SSTKD_HD void run_phase(const Args<Acc>& a, int64_t n, Acc* buf0, Acc* buf1, int
   }
 }
 
-// Accumulation type of x_dtype, and whether (x_dtype, band_dtype) is a supported pair: the
-// sub-bands are stored in x's dtype or in its accumulation type.
+// Whether (x_dtype, band_dtype) is a supported pair: both float64 (double accumulation), or
+// both among float32 / float16 / bfloat16 (float accumulation).
 SSTKD_HD bool is_double(Dtype d) { return d == Dtype::kFloat64; }
-SSTKD_HD bool dtypes_supported(Dtype x_dtype, Dtype band_dtype) {
-  return band_dtype == x_dtype || band_dtype == (is_double(x_dtype) ? Dtype::kFloat64 : Dtype::kFloat32);
-}
+SSTKD_HD bool dtypes_supported(Dtype x_dtype, Dtype band_dtype) { return is_double(x_dtype) == is_double(band_dtype); }
 
 }  // namespace dfbp
 }  // namespace sstkd

@@ -30,7 +30,7 @@ from sstkd.ops.backends import cuda as _ext
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSRC = os.path.join(REPO, "csrc")
 OPS = ("lp_dec", "lp_dec_backward", "lp_rec", "lp_rec_backward", "quantize_count", "quantize_count_backward",
-       "sum_squares", "dfb_dec", "dfb_dec_backward", "dfb_energy", "dfb_energy_backward")
+       "sum_squares", "dfb_dec", "dfb_dec_backward", "dfb_energy", "dfb_energy_backward", "dfb_rec", "dfb_rec_backward")
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -101,6 +101,8 @@ CPU_CALLS = {
     "dfb_dec_backward": lambda: torch.ops.sstkd.dfb_dec_backward(torch.zeros(4, 2, 64), 2, 16, 16, torch.float32),
     "dfb_energy": lambda: torch.ops.sstkd.dfb_energy(torch.zeros(2, 16, 16), 2),
     "dfb_energy_backward": lambda: torch.ops.sstkd.dfb_energy_backward(torch.zeros(2, 16, 16), torch.zeros(2, 4), 2),
+    "dfb_rec": lambda: torch.ops.sstkd.dfb_rec(torch.zeros(4, 2, 64), 2, 16, 16),
+    "dfb_rec_backward": lambda: torch.ops.sstkd.dfb_rec_backward(torch.zeros(2, 16, 16), 2, torch.float32),
 }
 
 
@@ -164,12 +166,15 @@ def test_dfb_meta_shapes_and_dtypes(ext, dtype):
     assert torch.ops.sstkd.dfb_dec(x, 1, acc).dtype == acc
     gx = torch.ops.sstkd.dfb_dec_backward(bands, 3, 24, 16, dtype)
     assert (gx.shape, gx.dtype) == ((6, 24, 16), dtype)
+    x_rec = torch.ops.sstkd.dfb_rec(bands, 3, 24, 16, acc)
+    assert (x_rec.shape, x_rec.dtype) == ((6, 24, 16), acc)
+    g_rec = torch.ops.sstkd.dfb_rec_backward(x_rec, 3, dtype)
+    assert (g_rec.shape, g_rec.dtype) == ((8, 6, 48), dtype)
     en = torch.ops.sstkd.dfb_energy(x, 2)
     assert (en.shape, en.dtype) == ((6, 4), acc)
     assert torch.ops.sstkd.dfb_energy_backward(x, en, 2).shape == (6, 24, 16)
-    if dtype != acc:
-        with pytest.raises(RuntimeError, match="out_dtype must be"):
-            torch.ops.sstkd.dfb_dec(x, 2, torch.float64 if dtype != torch.float64 else torch.float16)
+    with pytest.raises(RuntimeError, match="cannot pair with"):
+        torch.ops.sstkd.dfb_dec(x, 2, torch.float64 if dtype != torch.float64 else torch.float16)
     with pytest.raises(RuntimeError, match=r"levels must be in \[1, 20\]"):
         torch.ops.sstkd.dfb_energy(x, 0)
 
@@ -411,13 +416,14 @@ _EMU_THREADS = 96  # 3 groups of 32: ladder tiles, rows and energy partials do n
 
 
 def _emu_dfb(emu, mode, levels, N, H, W, x_dtype, band_dtype=None, x=None, grad_bands=None, g=None):
-    """mode 0: x -> bands (K, N, H*W/K); 1: grad_bands -> gx; 2: x -> en (N, K); 3: (x, g) -> gx."""
+    """mode 0: x -> bands (K, N, H*W/K); 1: grad_bands -> gx; 2: x -> en (N, K); 3: (x, g) -> gx;
+    4 (dfb_rec): grad_bands (the sub-bands) -> gx (the image); 5 (its adjoint): x -> bands."""
     band_dtype = x_dtype if band_dtype is None else band_dtype
     acc = torch.float64 if x_dtype == torch.float64 else torch.float32
     K = 2**levels
-    bands = torch.full((K, N, H * W // K), float("nan"), dtype=band_dtype) if mode == 0 else None
+    bands = torch.full((K, N, H * W // K), float("nan"), dtype=band_dtype) if mode in (0, 5) else None
     en = torch.full((N, K), float("nan"), dtype=acc) if mode == 2 else None
-    gx = torch.full((N, H, W), float("nan"), dtype=x_dtype) if mode in (1, 3) else None
+    gx = torch.full((N, H, W), float("nan"), dtype=x_dtype) if mode in (1, 3, 4) else None
     x = None if x is None else x.contiguous()
     grad_bands = None if grad_bands is None else grad_bands.contiguous()
     g = None if g is None else g.to(acc).contiguous()
@@ -425,7 +431,7 @@ def _emu_dfb(emu, mode, levels, N, H, W, x_dtype, band_dtype=None, x=None, grad_
     rc = emu.sstkd_emu_dfb_plane(mode, _DT[x_dtype], _DT[band_dtype], levels, _ptr(x), _ptr(bands), _ptr(grad_bands),
                                  _ptr(g), _ptr(en), _ptr(gx), i64(N), i64(H), i64(W), _EMU_THREADS)
     assert rc == 0
-    return {0: bands, 1: gx, 2: en, 3: gx}[mode]
+    return {0: bands, 1: gx, 2: en, 3: gx, 4: gx, 5: bands}[mode]
 
 
 def _ref_bands(x, levels):
@@ -458,6 +464,20 @@ def test_emulated_dfb_plane_matches_the_reference(emu, case):
     g = torch.randn(N, K, dtype=torch.float64)
     (ge_ref,) = torch.autograd.grad(((_ref_bands(xg, levels) ** 2).sum(-1).T * g).sum(), xg)
     torch.testing.assert_close(_emu_dfb(emu, 3, levels, N, H, W, torch.float64, x=x, g=g), ge_ref, **tol)
+    # dfb_rec of arbitrary sub-bands, and its adjoint = the reference's autograd
+    from sstkd.geometry import dfb_band_shapes
+    from sstkd.ops.reference.dfb import _dfb_rec_torch
+
+    shapes = dfb_band_shapes(H, W, levels)
+    bands = [gb[k].reshape(N, 1, *shapes[k]).clone().requires_grad_(True) for k in range(K)]
+    x_rec = _dfb_rec_torch(bands, "pkva")[:, 0]
+    torch.testing.assert_close(_emu_dfb(emu, 4, levels, N, H, W, torch.float64, grad_bands=gb), x_rec.detach(), **tol)
+    gy = torch.randn_like(x_rec)
+    g_bands = torch.autograd.grad((x_rec * gy).sum(), bands)
+    torch.testing.assert_close(_emu_dfb(emu, 5, levels, N, H, W, torch.float64, x=gy),
+                               torch.stack([t.reshape(N, -1) for t in g_bands]), **tol)
+    # perfect reconstruction
+    torch.testing.assert_close(_emu_dfb(emu, 4, levels, N, H, W, torch.float64, grad_bands=ref), x, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -511,6 +531,10 @@ class _TorchWithEmulatedOps:
             dfb_dec_backward=staticmethod(lambda g, levels, H, W, x_dtype: _emu_dfb(
                 emu, 1, levels, g.shape[1], H, W, x_dtype, g.dtype, grad_bands=g)),
             dfb_energy=staticmethod(lambda x, levels: _emu_dfb(emu, 2, levels, *x.shape, x.dtype, x=x)),
+            dfb_rec=staticmethod(lambda b, levels, H, W, out_dtype=None: _emu_dfb(
+                emu, 4, levels, b.shape[1], H, W, out_dtype or b.dtype, b.dtype, grad_bands=b)),
+            dfb_rec_backward=staticmethod(lambda gx, levels, band_dtype: _emu_dfb(
+                emu, 5, levels, *gx.shape, gx.dtype, band_dtype, x=gx)),
             dfb_energy_backward=staticmethod(lambda x, g, levels: _emu_dfb(
                 emu, 3, levels, *x.shape, x.dtype, x=x, g=g)),
         ))()
@@ -616,6 +640,37 @@ def test_dfb_wrappers_on_emulated_kernels(emulated_cuda_ops, dtype, levels):
                                    atol=max(tol, 2e-3) * max(1.0, res[1][len(bands) - 1].abs().max().item()), rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("levels", [1, 3])
+def test_dfb_rec_wrapper_on_emulated_kernels(emulated_cuda_ops, dtype, levels):
+    from sstkd.geometry import dfb_band_shapes
+    from sstkd.ops.dfb import dfb_rec_ref
+
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
+    bands = [torch.randn(2, 3, *hw).to(dtype) for hw in dfb_band_shapes(24, 16, levels)]
+    gx = torch.randn(2, 3, 24, 16).to(dtype)
+    res = []
+    for rec in (emulated_cuda_ops.dfb_rec_cuda, dfb_rec_ref):
+        bi = [t.clone().requires_grad_(True) for t in bands]
+        x = rec(bi)
+        res.append((x, *torch.autograd.grad((x * gx.to(x.dtype)).sum(), bi)))
+    for got, want in zip(*res):
+        assert got.shape == want.shape and got.dtype == dtype
+        torch.testing.assert_close(got.float(), want.float(), atol=tol * max(1.0, want.abs().max().item()), rtol=0)
+    # perfect reconstruction through both CUDA wrappers (float64), and an out_dtype across the pairs
+    x = torch.randn(2, 3, 24, 16, dtype=torch.float64)
+    torch.testing.assert_close(emulated_cuda_ops.dfb_rec_cuda(emulated_cuda_ops.dfb_dec_cuda(x, levels)), x,
+                               atol=1e-12, rtol=0)
+    y = emulated_cuda_ops.dfb_rec_cuda([t.float() for t in emulated_cuda_ops.dfb_dec_cuda(x, levels)],
+                                       out_dtype=torch.float64)
+    assert y.dtype == torch.float64
+    torch.testing.assert_close(y, x, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="bands: expected a list of 2\\*\\*levels"):
+        emulated_cuda_ops.dfb_rec_cuda(bands + bands[:1])
+    with pytest.raises(ValueError, match=r"bands\[1\]: expected"):
+        emulated_cuda_ops.dfb_rec_cuda([bands[0], bands[1][:, :, :-1]])
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
 def test_dfb_energy_wrapper_on_emulated_kernels(emulated_cuda_ops, dtype):
     from sstkd.ops.backends import torch as torch_backend
@@ -665,19 +720,21 @@ def test_dfb_planes_too_large_for_shared_memory_fall_back_to_triton(emulated_cud
     if triton_backend.unavailable_reason(None) is not None:
         pytest.skip(f"triton: {triton_backend.unavailable_reason(None)}")
     monkeypatch.setattr(emulated_cuda_ops, "_smem_optin", lambda device: 1024)
-    monkeypatch.setattr(emulated_cuda_ops, "_plane_kernel_takes", lambda x: emulated_cuda_ops.dfb_plane_fits(
-        x.dtype, x.shape[-2], x.shape[-1], x.device))
+    monkeypatch.setattr(emulated_cuda_ops, "_plane_kernel_takes",
+                        lambda device, dtype, h, w: emulated_cuda_ops.dfb_plane_fits(dtype, h, w, device))
     assert emulated_cuda_ops.dfb_plane_fits(torch.float32, 16, 8, "cpu")  # 1 KB: two 16 x 8 float32 planes
     assert not emulated_cuda_ops.dfb_plane_fits(torch.float32, 16, 12, "cpu")
     assert not emulated_cuda_ops.dfb_plane_fits(torch.float64, 16, 8, "cpu")
     calls = []
-    for name in ("dfb_dec", "dfb_energy"):
+    for name in ("dfb_dec", "dfb_energy", "dfb_rec"):
         fn = triton_backend.TABLE[name]
         monkeypatch.setitem(triton_backend.TABLE, name, lambda *a, _fn=fn, _n=name, **k: calls.append(_n) or _fn(*a, **k))
     x = torch.randn(1, 2, 16, 12, dtype=torch.float64)
     bands = emulated_cuda_ops.dfb_dec_cuda(x, 2)
     en = emulated_cuda_ops.dfb_energy_cuda(x, 2)
-    assert calls == ["dfb_dec", "dfb_energy"]
+    x_rec = emulated_cuda_ops.dfb_rec_cuda(bands)
+    assert calls == ["dfb_dec", "dfb_energy", "dfb_rec"]
+    torch.testing.assert_close(x_rec, x, atol=1e-12, rtol=0)
     ref = _ref_bands(x.reshape(2, 16, 12), 2)
     torch.testing.assert_close(torch.stack([t.reshape(2, -1) for t in bands]), ref, atol=1e-12, rtol=0)
     torch.testing.assert_close(en.reshape(2, 4), (ref * ref).sum(-1).T, atol=1e-11, rtol=0)

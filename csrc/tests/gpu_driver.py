@@ -48,6 +48,7 @@ def run_all(small: bool) -> None:
             x = torch.randn(shape, device=dev).to(dtype).requires_grad_(True)
             bands = ops.dfb_dec_cuda(x, levels)
             sum((t.float() * k).sum() for k, t in enumerate(bands)).backward()
+            ops.dfb_rec_cuda([t.detach().requires_grad_(True) for t in bands]).square().sum().backward()
             (ops.dfb_energy_cuda(x, levels) * torch.arange(2.0**levels, device=dev)).sum().backward()
     torch.cuda.synchronize()
 

@@ -108,7 +108,8 @@ extern "C" int sstkd_emu_quantize_count_backward(int dtype, int kernel, const vo
 extern "C" int sstkd_emu_dfb_plane(int mode, int x_dtype, int band_dtype, int levels, const void* x, void* bands,
                                    const void* grad_bands, const void* g, void* en, void* gx, int64_t N, int64_t H,
                                    int64_t W, int nt) {
-  if (levels < 1 || nt < 1 || H <= 0 || W <= 0 || (H * W) % ((int64_t)1 << levels) != 0) return 1;
+  if (mode < 0 || mode > 5 || levels < 1 || nt < 1 || H <= 0 || W <= 0 || (H * W) % ((int64_t)1 << levels) != 0)
+    return 1;
   const Dtype xd = Dtype(x_dtype), bd = Dtype(band_dtype);
   if (!dfbp::dtypes_supported(xd, bd)) return 1;
   const auto run = [&](auto acc_tag) {
