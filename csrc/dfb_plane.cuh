@@ -25,7 +25,7 @@
 // A pass writes only its dst slot at the positions it owns and reads only the
 // other slot: no race, no extra buffer.
 //
-// The ladder block (ladder_block): a thread owns RB x CB outputs; it wraps the
+// The ladder block (ladder_block): a thread owns RB x CB outputs (BlockShape); it wraps the
 // CB+11 window columns once (offset table in registers), marches down the RB+11
 // window rows (one wrap step per row), filters each row horizontally into CB
 // values (12 taps, compile-time constants) and accumulates the 12 vertical taps
@@ -60,13 +60,14 @@ SSTKD_HD constexpr Acc tap(int t) {
   return Acc(t < 6 ? -v : v);
 }
 
-// Outputs per thread of the ladder block: 16 x 4 in float32 (64 accumulators), 8 x 2 in float64.
-template <typename Acc>
+// Outputs per thread of the ladder block: 16 x 4 in float32 (64 accumulators), 8 x 2 in float64
+// (no spills at 128 registers); per extension kind (QPER: the level-1 'qper_col' block).
+template <typename Acc, bool QPER>
 struct BlockShape {
   static constexpr int RB = 16, CB = 4;
 };
-template <>
-struct BlockShape<double> {  // 8 x 2: no spills at 128 registers
+template <bool QPER>
+struct BlockShape<double, QPER> {
   static constexpr int RB = 8, CB = 2;
 };
 
@@ -109,7 +110,7 @@ SSTKD_HD void for_rows(int rows, int cols, int tid, int nt, F&& f) {
 template <typename Acc, bool QPER>
 SSTKD_HD void ladder_block(const Acc* __restrict__ src, Acc* __restrict__ dst, int h, int w, int i0, int j0, int b,
                            int qs, Acc alpha, Acc beta) {
-  constexpr int RB = BlockShape<Acc>::RB, CB = BlockShape<Acc>::CB;
+  constexpr int RB = BlockShape<Acc, QPER>::RB, CB = BlockShape<Acc, QPER>::CB;
   constexpr int WR = RB + kTaps - 1, WC = CB + kTaps - 1;
   // window columns: one modulo, then periodic successors (offset tables in registers)
   int col[WC];
@@ -261,6 +262,9 @@ struct Phase {
   int kind, level, sub;
 };
 
+constexpr int kMaxLevels = 20;
+constexpr int kMaxPhases = 6 * kMaxLevels + 3;  // the energy adjoint's program is the longest
+
 SSTKD_HD int num_phases(DfbMode m, int L) {
   switch (m) {
     case DfbMode::kEnergy:
@@ -282,19 +286,26 @@ SSTKD_HD int num_phases(DfbMode m, int L) {
 struct LadderPass {
   bool dst_y0, adjoint;
   int b;
-  double alpha, beta;
+  int alpha, beta;  // coefficient codes (coefficient<Acc>): no float64 constants in float kernels
 };
+
+// 0: 1, 1: -1, 2: sqrt2, 3: -sqrt2, 4: 1/sqrt2, 5: -1/sqrt2, in Acc.
+template <typename Acc>
+SSTKD_HD Acc coefficient(int code) {
+  const Acc m = code < 2 ? Acc(1) : code < 4 ? Acc(kSqrt2) : Acc(kInvSqrt2);
+  return (code & 1) ? -m : m;
+}
 
 SSTKD_HD LadderPass ladder_pass(int sub) {
   switch (sub) {
-    case 0: return {true, false, 6, kInvSqrt2, -kInvSqrt2};
-    case 1: return {false, false, 5, -kSqrt2, -1.0};
-    case 2: return {true, true, 6, 1.0, -1.0};
-    case 3: return {false, true, 5, -kSqrt2, -kInvSqrt2};
-    case 4: return {false, false, 5, -kInvSqrt2, -kInvSqrt2};
-    case 5: return {true, false, 6, kSqrt2, 1.0};
-    case 6: return {false, true, 5, -kInvSqrt2, -kInvSqrt2};
-    default: return {true, true, 6, kSqrt2, 1.0};
+    case 0: return {true, false, 6, 4, 5};   // A:   1/sqrt2, -1/sqrt2
+    case 1: return {false, false, 5, 3, 1};  // B:   -sqrt2, -1
+    case 2: return {true, true, 6, 0, 1};    // B^T: 1, -1
+    case 3: return {false, true, 5, 3, 5};   // A^T: -sqrt2, -1/sqrt2
+    case 4: return {false, false, 5, 5, 5};  // R1:  -1/sqrt2, -1/sqrt2
+    case 5: return {true, false, 6, 2, 0};   // R2:  sqrt2, 1
+    case 6: return {false, true, 5, 5, 5};   // T1:  -1/sqrt2, -1/sqrt2
+    default: return {true, true, 6, 2, 0};   // T2:  sqrt2, 1
   }
 }
 
@@ -351,7 +362,18 @@ struct Args {
   const Acc* g;            // (N, K) energy cotangent
   Acc* en;                 // (N, K) energies
   void* gx;                // (N, H, W)
+  // The program, decoded on the host (set_program): the kernel reads phase p from its
+  // parameters instead of keeping mode-dependent decode state live next to the ladder block.
+  int num_phases;
+  Phase phases[kMaxPhases];
 };
+
+// Fills a.num_phases / a.phases from a.mode and a.levels (levels in [1, kMaxLevels]).
+template <typename Acc>
+SSTKD_HD void set_program(Args<Acc>& a) {
+  a.num_phases = num_phases(a.mode, a.levels);
+  for (int p = 0; p < a.num_phases; ++p) a.phases[p] = phase_at(a.mode, a.levels, p);
+}
 
 // Element i of a tensor of dtype d, in Acc (a uniform branch per element: the
 // load / store phases are a small part of the work).
@@ -381,38 +403,47 @@ SSTKD_HD void store_elem(void* p, int64_t i, Dtype d, float v) {
 }
 SSTKD_HD void store_elem(void* p, int64_t i, Dtype, double v) { static_cast<double*>(p)[i] = v; }
 
-// Ladder pass `sub` of level l on buf (tiles of every parent band of both groups).
-template <typename Acc>
-SSTKD_HD void ladder_phase(Acc* buf, int l, int sub, int H, int W, int tid, int nt) {
-  constexpr int RB = BlockShape<Acc>::RB, CB = BlockShape<Acc>::CB;
+// Ladder blocks of one group: RB x CB outputs of every child band of its parents.
+template <int RB, int CB>
+SSTKD_HD int group_tiles(const Group& g) {
+  return g.nb / 2 * ((g.h + RB - 1) / RB) * ((g.w + CB - 1) / CB);
+}
+
+// Ladder pass `sub` of level l on buf (tiles of every parent band of both groups); QPER: level 1.
+template <typename Acc, bool QPER>
+SSTKD_HD void ladder_tiles(Acc* buf, int l, int sub, int H, int W, int tid, int nt) {
+  constexpr int RB = BlockShape<Acc, QPER>::RB, CB = BlockShape<Acc, QPER>::CB;
   const LadderPass lp = ladder_pass(sub);
-  const bool adjoint = lp.adjoint, dst_y0 = lp.dst_y0;
+  const bool dst_y0 = lp.dst_y0;
   const int b = lp.b;
-  const Acc alpha = Acc(lp.alpha), beta = Acc(lp.beta);
+  const Acc alpha = coefficient<Acc>(lp.alpha), beta = coefficient<Acc>(lp.beta);
   const int area = (H * W) >> l, ys = y0_slot(l);
-  // tiles of group 0, then of group 1 (scalars, not arrays: no local memory)
+  // tiles of group 0, then of group 1; the group geometry is recomputed per tile (a few integer
+  // ops per block) rather than kept live next to the block's accumulators
   const int ng = num_groups(l);
-  const Group g0 = group_of(l, 0, H, W), g1 = group_of(l, ng - 1, H, W);
-  const int tr0 = (g0.h + RB - 1) / RB, tc0 = (g0.w + CB - 1) / CB;
-  const int tr1 = (g1.h + RB - 1) / RB, tc1 = (g1.w + CB - 1) / CB;
-  const int tiles0 = g0.nb / 2 * tr0 * tc0;
-  const int total = tiles0 + (ng == 2 ? g1.nb / 2 * tr1 * tc1 : 0);
+  const int tiles0 = group_tiles<RB, CB>(group_of(l, 0, H, W));
+  const int total = tiles0 + (ng == 2 ? group_tiles<RB, CB>(group_of(l, 1, H, W)) : 0);
   for (int t = tid; t < total; t += nt) {
     const bool second = t >= tiles0;
-    const Group gr = second ? g1 : g0;
-    const int u = second ? t - tiles0 : t, tc = second ? tc1 : tc0, per = (second ? tr1 : tr0) * tc;
+    const Group gr = group_of(l, second ? 1 : 0, H, W);
+    const int u = second ? t - tiles0 : t, tc = (gr.w + CB - 1) / CB, per = (gr.h + RB - 1) / RB * tc;
     const int K = gr.band0 / 2 + u / per, rem = u % per;
     const int i0 = rem / tc * RB, j0 = rem % tc * CB;
     const int y0 = 2 * K + ys, y1 = 2 * K + 1 - ys;
     const Acc* src = buf + (int64_t)(dst_y0 ? y1 : y0) * area;
     Acc* dst = buf + (int64_t)(dst_y0 ? y0 : y1) * area;
-    if (l == 1) {  // 'qper_col': rows outside come shifted by round(w/2); the adjoint by -round(w/2)
-      const int qs = adjoint ? gr.w / 2 : (gr.w + 1) / 2;
-      ladder_block<Acc, true>(src, dst, gr.h, gr.w, i0, j0, b, qs, alpha, beta);
-    } else {
-      ladder_block<Acc, false>(src, dst, gr.h, gr.w, i0, j0, b, 0, alpha, beta);
-    }
+    // 'qper_col': rows outside come shifted by round(w/2); the adjoint by -round(w/2)
+    const int qs = QPER ? (lp.adjoint ? gr.w / 2 : (gr.w + 1) / 2) : 0;
+    ladder_block<Acc, QPER>(src, dst, gr.h, gr.w, i0, j0, b, qs, alpha, beta);
   }
+}
+
+template <typename Acc>
+SSTKD_HD void ladder_phase(Acc* buf, int l, int sub, int H, int W, int tid, int nt) {
+  if (l == 1)
+    ladder_tiles<Acc, true>(buf, l, sub, H, W, tid, nt);
+  else
+    ladder_tiles<Acc, false>(buf, l, sub, H, W, tid, nt);
 }
 
 // Split (forward) or merge (adjoint) of the rows of group g of level l: child element <-> parent element.
@@ -453,20 +484,20 @@ SSTKD_HD void split_phase(const Acc* from, Acc* to, int l, int H, int W, Acc p0_
   }
 }
 
-// Phase p of a launch for plane n; buf0/buf1: the two H*W buffers.
+// Phase p of a launch for plane n (the program of set_program); buf0/buf1: the two H*W buffers.
 template <typename Acc>
-SSTKD_HD void run_phase(const Args<Acc>& a, int64_t n, Acc* buf0, Acc* buf1, int p, int tid, int nt) {
+SSTKD_HD void run_phase(const Args<Acc>& a, int n, Acc* buf0, Acc* buf1, int p, int tid, int nt) {
   const int L = a.levels, H = a.H, W = a.W, HW = H * W, K = 1 << L, area = HW >> L;
-  const Phase ph = phase_at(a.mode, L, p);
+  const Phase ph = a.phases[p];
   Acc* const cur = (ph.level & 1) ? buf1 : buf0;   // level ph.level
   Acc* const prev = (ph.level & 1) ? buf0 : buf1;  // level ph.level - 1 (or the free buffer)
   switch (ph.kind) {
     case kLoadX: {
-      for (int e = tid; e < HW; e += nt) buf0[e] = load_elem(a.x, n * HW + e, a.x_dtype, Acc());
+      for (int e = tid; e < HW; e += nt) buf0[e] = load_elem(a.x, (int64_t)n * HW + e, a.x_dtype, Acc());
       break;
     }
     case kStoreX: {
-      for (int e = tid; e < HW; e += nt) store_elem(a.gx, n * HW + e, a.x_dtype, buf0[e]);
+      for (int e = tid; e < HW; e += nt) store_elem(a.gx, (int64_t)n * HW + e, a.x_dtype, buf0[e]);
       break;
     }
     case kSplit:
@@ -513,13 +544,13 @@ SSTKD_HD void run_phase(const Args<Acc>& a, int64_t n, Acc* buf0, Acc* buf1, int
       for (int k = tid; k < K; k += nt) {
         Acc s = Acc(0);
         for (int i = 0; i < lanes; ++i) s += part[k * lanes + i];
-        a.en[n * K + final_band(L, k)] = s;
+        a.en[(int64_t)n * K + final_band(L, k)] = s;
       }
       break;
     }
     case kScaleG: {
       Acc* buf = cur;
-      const Acc* g = a.g + n * K;
+      const Acc* g = a.g + (int64_t)n * K;
       for (int e = tid; e < HW; e += nt) {
         const int k = e / area;
         buf[e] *= Acc(2) * g[final_band(L, k)];

@@ -124,12 +124,13 @@ def cuda_dfb_jobs(shape=(8, 256, 128, 128), arch: int = 90) -> list[CudaKernelJo
     probe, kernels = os.path.join(d, "tests", "dfb_ladder_probe.cu"), os.path.join(d, "dfb_kernels.cu")
     H, W = shape[2], shape[3]  # the finest LP band (the DFB runs on it) is full size
     jobs = []
-    for dt, sym, rb_cb in (("fp32", "f", 16 * 4), ("fp64", "d", 8 * 2)):
+    # outputs per thread (csrc/dfb_plane.cuh BlockShape): float32 16 x 4, float64 8 x 2
+    for dt, sym, heavy, light in (("fp32", "f", 16 * 4, 16 * 4), ("fp64", "d", 8 * 2, 8 * 2)):
         jobs += [
             CudaKernelJob("cuda dfb ladder block: heavy (level 1, '1r', qper_col)", probe,
-                          f"dfb_ladder_probeI{sym}Lb1E", dt, 256, 256 * rb_cb, 24.0, 0, arch, 128),
+                          f"dfb_ladder_probeI{sym}Lb1E", dt, 256, 256 * heavy, 24.0, 0, arch, 128),
             CudaKernelJob("cuda dfb ladder block: light (levels >= 2)", probe, f"dfb_ladder_probeI{sym}Lb0E", dt,
-                          256, 256 * rb_cb, 24.0, 0, arch, 128),
+                          256, 256 * light, 24.0, 0, arch, 128),
         ]
     for dt, sym, h, w in (("fp32", "f", H, W), ("fp32", "f", H // 2, W // 2), ("fp64", "d", H // 2, W // 2)):
         size = 8 if dt == "fp64" else 4
