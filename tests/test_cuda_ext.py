@@ -80,7 +80,8 @@ def test_setup_py_and_jit_build_the_same_sources():
     globbed = sorted(glob.glob(os.path.join(CSRC, "*.cu")) + glob.glob(os.path.join(CSRC, "*.cpp")))
     assert sb.sources() == globbed
     names = {os.path.basename(f) for f in globbed}
-    assert names == {"bindings.cpp", "dfb_kernels.cu", "lp_kernels.cu", "quantize_kernels.cu", "reduce_kernels.cu"}
+    assert names == {"bindings.cpp", "dfb_kernels.cu", "dfb_kernels_f64.cu", "lp_kernels.cu", "quantize_kernels.cu",
+                     "reduce_kernels.cu"}
     # torch headers only in the one binding file: the kernel units stay fast to compile per arch
     for f in globbed:
         text = open(f).read()

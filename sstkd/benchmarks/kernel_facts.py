@@ -121,7 +121,8 @@ def cuda_dfb_jobs(shape=(8, 256, 128, 128), arch: int = 90) -> list[CudaKernelJo
     d = cuda_backend.csrc_dir()
     if d is None:
         raise RuntimeError("the CUDA sources (csrc/) are not next to the package")
-    probe, kernels = os.path.join(d, "tests", "dfb_ladder_probe.cu"), os.path.join(d, "dfb_kernels.cu")
+    probe = os.path.join(d, "tests", "dfb_ladder_probe.cu")
+    kernels = {"fp32": os.path.join(d, "dfb_kernels.cu"), "fp64": os.path.join(d, "dfb_kernels_f64.cu")}
     H, W = shape[2], shape[3]  # the finest LP band (the DFB runs on it) is full size
     jobs = []
     # outputs per thread (csrc/dfb_plane.cuh BlockShape): float32 16 x 4, float64 8 x 2
@@ -134,7 +135,7 @@ def cuda_dfb_jobs(shape=(8, 256, 128, 128), arch: int = 90) -> list[CudaKernelJo
         ]
     for dt, sym, h, w in (("fp32", "f", H, W), ("fp32", "f", H // 2, W // 2), ("fp64", "d", H // 2, W // 2)):
         size = 8 if dt == "fp64" else 4
-        jobs.append(CudaKernelJob(f"cuda dfb plane kernel ({h}x{w} planes)", kernels, f"dfb_plane_kernelI{sym}E", dt,
+        jobs.append(CudaKernelJob(f"cuda dfb plane kernel ({h}x{w} planes)", kernels[dt], f"dfb_plane_kernelI{sym}E", dt,
                                   256, None, 24.0, 2 * h * w * size, arch, 128))
     return jobs
 
