@@ -126,6 +126,8 @@ def test_wrappers_raise_a_clear_error_on_cpu(ext):
         _cuda_ops.dfb_dec_cuda(torch.randn(1, 2, 16, 16), 2)
     with pytest.raises(RuntimeError, match="must be a CUDA tensor"):
         _cuda_ops.dfb_energy_cuda(torch.randn(1, 2, 16, 16), 3)
+    with pytest.raises(RuntimeError, match="must be a CUDA tensor"):
+        _cuda_ops.dfb_rec_cuda([torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16)])
     with pytest.raises(ValueError, match="filt"):
         _cuda_ops.dfb_dec_cuda(torch.randn(1, 1, 16, 16), 2, filt="haar")
     with pytest.raises(ValueError, match="levels"):
