@@ -14,11 +14,23 @@
 //       not deterministic (float atomics): alerts under torch.use_deterministic_algorithms(True)
 //   quantize_count_backward(s, centers, kernel, grad_counts?, grad_sums?) -> grad_s (B,N)
 //   sum_squares(x (R, ...)) -> (R,) accumulation dtype
+//   dfb_dec(x (N,H,W), levels, out_dtype?) -> bands (K, N, H*W/K), K = 2^levels, band-major, each
+//       band in the final layout / order of dfb_dec; out_dtype (default x's): float64 for float64 x,
+//       else float32/float16/bfloat16 (the sub-band and image dtypes of every dfb op pair that way)
+//   dfb_dec_backward(grad (K, N, H*W/K), levels, H, W, x_dtype) -> grad_x (N,H,W) in x_dtype
+//   dfb_rec(bands (K, N, H*W/K), levels, H, W, out_dtype?) -> x (N,H,W) (default: the bands' dtype)
+//   dfb_rec_backward(grad_x (N,H,W), levels, band_dtype) -> grad_bands (K, N, H*W/K)
+//   dfb_energy(x (N,H,W), levels) -> (N, K) accumulation dtype, per-sub-band sums of squares
+//   dfb_energy_backward(x, grad (N, K), levels) -> grad_x (N,H,W) (recomputes the tree from x)
+//   The dfb ops need the two H*W planes of one image in shared memory (dfb_plane_bytes); larger
+//   planes raise (sstkd/ops/backends/cuda.py checks first and falls back to the Triton DFB).
 // float16/bfloat16/float32 accumulate in float32, float64 in float64.
 #include <Python.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
+#include <optional>
 #include <string>
 #include <tuple>
 
@@ -276,6 +288,163 @@ Tensor sum_squares_cuda(const Tensor& x_in) {
   return out;
 }
 
+// ---------------------------------------------------------------------------------------- DFB
+int64_t dfb_multiple(int64_t levels) { return levels <= 1 ? 1 : (int64_t)1 << (levels - 1); }
+
+// levels and (H, W) as sstkd.geometry.check_dfb_size requires (levels >= 1).
+void check_dfb_geometry(const char* op, int64_t levels, int64_t H, int64_t W) {
+  TORCH_CHECK(levels >= 1 && levels <= 20, "sstkd::", op, ": levels must be in [1, 20], got ", levels);
+  const int64_t mh = levels == 1 ? 2 : dfb_multiple(levels), mw = dfb_multiple(levels);
+  TORCH_CHECK(H % mh == 0 && H >= std::max<int64_t>(mh, 12), "sstkd::", op, ": height ", H,
+              " is not valid for levels=", levels, ": need a multiple of ", mh, " (and >= ", std::max<int64_t>(mh, 12),
+              ")");
+  TORCH_CHECK(W % mw == 0 && W >= std::max<int64_t>(mw, 2), "sstkd::", op, ": width ", W,
+              " is not valid for levels=", levels, ": need a multiple of ", mw, " (and >= ", std::max<int64_t>(mw, 2),
+              ")");
+  TORCH_CHECK(H * W <= (int64_t)1 << 24, "sstkd::", op, ": H*W too large, got ", H, "x", W);
+}
+
+void check_dfb_fits(const char* op, const Tensor& t, int64_t H, int64_t W) {
+  int optin = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, t.get_device()));
+  const int64_t need = dfb_plane_smem_bytes(dtype_of(t), H, W);
+  TORCH_CHECK(need <= optin, "sstkd::", op, ": a ", H, "x", W, " ", t.scalar_type(), " plane needs ", need,
+              " B of shared memory, the device allows ", optin, " B per block (use the Triton DFB)");
+}
+
+// The dtype paired with `x` (default x itself): both float64, or both among float32/float16/bfloat16.
+at::ScalarType dfb_band_dtype(const char* op, at::ScalarType x, std::optional<at::ScalarType> out) {
+  const at::ScalarType o = out.value_or(x);
+  TORCH_CHECK(is_supported_dtype(o) && (o == at::kDouble) == (x == at::kDouble), "sstkd::", op, ": out_dtype ", o,
+              " cannot pair with ", x, " (float64 goes with float64; float32/float16/bfloat16 with each other)");
+  return o;
+}
+
+void check_dfb_input(const char* op, const Tensor& x, int64_t levels) {
+  check_rank(op, "x", x, 3, "(N, H, W)");
+  check_float(op, "x", x);
+  check_dfb_geometry(op, levels, x.size(1), x.size(2));
+  TORCH_CHECK(x.size(0) <= INT32_MAX, "sstkd::", op, ": at most 2^31-1 planes, got ", x.size(0));
+}
+
+void launch_dfb(const char* op, DfbMode mode, const Tensor& like, at::ScalarType band_dtype, int64_t levels,
+                const void* x, void* bands, const void* grad_bands, const void* g, void* en, void* gx, int64_t N,
+                int64_t H, int64_t W) {
+  if (N == 0) return;
+  Dtype bd = Dtype::kFloat32;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, band_dtype, "sstkd_dfb_band_dtype",
+                                  [&] { bd = DtypeOf<scalar_t>::value; });
+  check_launch(dfb_plane_launch(mode, dtype_of(like), bd, (int)levels, x, bands, grad_bands, g, en, gx, N, H, W,
+                                c10::cuda::getCurrentCUDAStream().stream()),
+               op);
+}
+
+Tensor dfb_dec_cuda(const Tensor& x_in, int64_t levels, std::optional<at::ScalarType> out_dtype) {
+  const char* op = "dfb_dec";
+  check_cuda(op, "x", x_in);
+  check_dfb_input(op, x_in, levels);
+  const at::ScalarType bd = dfb_band_dtype(op, x_in.scalar_type(), out_dtype);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const Tensor x = x_in.contiguous();
+  const int64_t N = x.size(0), H = x.size(1), W = x.size(2), K = (int64_t)1 << levels;
+  check_dfb_fits(op, x, H, W);
+  Tensor bands = at::empty({K, N, H * W / K}, x.options().dtype(bd));
+  launch_dfb(op, DfbMode::kDec, x, bd, levels, x.const_data_ptr(), bands.mutable_data_ptr(), nullptr, nullptr, nullptr,
+             nullptr, N, H, W);
+  return bands;
+}
+
+Tensor dfb_dec_backward_cuda(const Tensor& grad_in, int64_t levels, int64_t H, int64_t W, at::ScalarType x_dtype) {
+  const char* op = "dfb_dec_backward";
+  check_cuda(op, "grad", grad_in);
+  check_rank(op, "grad", grad_in, 3, "(K, N, H*W/K)");
+  check_float(op, "grad", grad_in);
+  TORCH_CHECK(is_supported_dtype(x_dtype), "sstkd::", op, ": x_dtype must be a float dtype, got ", x_dtype);
+  check_dfb_geometry(op, levels, H, W);
+  const int64_t K = (int64_t)1 << levels;
+  TORCH_CHECK(grad_in.size(0) == K && grad_in.size(2) == H * W / K, "sstkd::", op, ": grad must have shape (", K,
+              ", N, ", H * W / K, ") for levels=", levels, " and a ", H, "x", W, " image, got ", grad_in.sizes());
+  dfb_band_dtype(op, x_dtype, grad_in.scalar_type());
+  const c10::cuda::CUDAGuard guard(grad_in.device());
+  const Tensor grad = grad_in.contiguous();
+  const int64_t N = grad.size(1);
+  Tensor gx = at::empty({N, H, W}, grad.options().dtype(x_dtype));
+  check_dfb_fits(op, gx, H, W);
+  launch_dfb(op, DfbMode::kDecAdjoint, gx, grad.scalar_type(), levels, nullptr, nullptr, grad.const_data_ptr(),
+             nullptr, nullptr, gx.mutable_data_ptr(), N, H, W);
+  return gx;
+}
+
+Tensor dfb_energy_cuda(const Tensor& x_in, int64_t levels) {
+  const char* op = "dfb_energy";
+  check_cuda(op, "x", x_in);
+  check_dfb_input(op, x_in, levels);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const Tensor x = x_in.contiguous();
+  const int64_t N = x.size(0), H = x.size(1), W = x.size(2), K = (int64_t)1 << levels;
+  check_dfb_fits(op, x, H, W);
+  Tensor en = at::empty({N, K}, x.options().dtype(acc_dtype(x.scalar_type())));
+  launch_dfb(op, DfbMode::kEnergy, x, x.scalar_type(), levels, x.const_data_ptr(), nullptr, nullptr, nullptr,
+             en.mutable_data_ptr(), nullptr, N, H, W);
+  return en;
+}
+
+Tensor dfb_energy_backward_cuda(const Tensor& x_in, const Tensor& grad_in, int64_t levels) {
+  const char* op = "dfb_energy_backward";
+  check_cuda(op, "x", x_in);
+  check_cuda(op, "grad", grad_in);
+  check_dfb_input(op, x_in, levels);
+  const int64_t N = x_in.size(0), H = x_in.size(1), W = x_in.size(2), K = (int64_t)1 << levels;
+  TORCH_CHECK(grad_in.dim() == 2 && grad_in.size(0) == N && grad_in.size(1) == K, "sstkd::", op,
+              ": grad must have shape (N, K) = (", N, ", ", K, "), got ", grad_in.sizes());
+  TORCH_CHECK(grad_in.device() == x_in.device(), "sstkd::", op, ": grad is on ", grad_in.device(), " but x is on ",
+              x_in.device());
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const Tensor x = x_in.contiguous();
+  const Tensor g = grad_in.to(acc_dtype(x.scalar_type())).contiguous();
+  check_dfb_fits(op, x, H, W);
+  Tensor gx = at::empty_like(x);
+  launch_dfb(op, DfbMode::kEnergyAdjoint, x, x.scalar_type(), levels, x.const_data_ptr(), nullptr, nullptr,
+             g.const_data_ptr(), nullptr, gx.mutable_data_ptr(), N, H, W);
+  return gx;
+}
+
+Tensor dfb_rec_cuda(const Tensor& bands_in, int64_t levels, int64_t H, int64_t W,
+                    std::optional<at::ScalarType> out_dtype) {
+  const char* op = "dfb_rec";
+  check_cuda(op, "bands", bands_in);
+  check_rank(op, "bands", bands_in, 3, "(K, N, H*W/K)");
+  check_float(op, "bands", bands_in);
+  check_dfb_geometry(op, levels, H, W);
+  const int64_t K = (int64_t)1 << levels;
+  TORCH_CHECK(bands_in.size(0) == K && bands_in.size(2) == H * W / K, "sstkd::", op, ": bands must have shape (", K,
+              ", N, ", H * W / K, ") for levels=", levels, " and a ", H, "x", W, " image, got ", bands_in.sizes());
+  const at::ScalarType xd = dfb_band_dtype(op, bands_in.scalar_type(), out_dtype);
+  const c10::cuda::CUDAGuard guard(bands_in.device());
+  const Tensor bands = bands_in.contiguous();
+  const int64_t N = bands.size(1);
+  Tensor x = at::empty({N, H, W}, bands.options().dtype(xd));
+  check_dfb_fits(op, x, H, W);
+  launch_dfb(op, DfbMode::kRec, x, bands.scalar_type(), levels, nullptr, nullptr, bands.const_data_ptr(), nullptr,
+             nullptr, x.mutable_data_ptr(), N, H, W);
+  return x;
+}
+
+Tensor dfb_rec_backward_cuda(const Tensor& gx_in, int64_t levels, at::ScalarType band_dtype) {
+  const char* op = "dfb_rec_backward";
+  check_cuda(op, "grad_x", gx_in);
+  check_dfb_input(op, gx_in, levels);
+  dfb_band_dtype(op, gx_in.scalar_type(), band_dtype);
+  const c10::cuda::CUDAGuard guard(gx_in.device());
+  const Tensor gx = gx_in.contiguous();
+  const int64_t N = gx.size(0), H = gx.size(1), W = gx.size(2), K = (int64_t)1 << levels;
+  check_dfb_fits(op, gx, H, W);
+  Tensor gb = at::empty({K, N, H * W / K}, gx.options().dtype(band_dtype));
+  launch_dfb(op, DfbMode::kRecAdjoint, gx, band_dtype, levels, gx.const_data_ptr(), gb.mutable_data_ptr(), nullptr,
+             nullptr, nullptr, nullptr, N, H, W);
+  return gb;
+}
+
 // ---------------------------------------------------------------------------------------- Meta
 // Shapes and dtypes only; sizes are SymInts so dynamic-shape tracing works.
 std::tuple<Tensor, Tensor> lp_decompose_meta(const char* op, const char* name, const Tensor& x) {
@@ -328,6 +497,49 @@ Tensor sum_squares_meta(const Tensor& x) {
   return at::empty_symint({x.sym_size(0)}, x.options().dtype(acc_dtype(x.scalar_type())));
 }
 
+Tensor dfb_dec_meta(const Tensor& x, int64_t levels, std::optional<at::ScalarType> out_dtype) {
+  check_rank("dfb_dec", "x", x, 3, "(N, H, W)");
+  check_float("dfb_dec", "x", x);
+  TORCH_CHECK(levels >= 1 && levels <= 20, "sstkd::dfb_dec: levels must be in [1, 20], got ", levels);
+  const at::ScalarType bd = dfb_band_dtype("dfb_dec", x.scalar_type(), out_dtype);
+  const int64_t K = (int64_t)1 << levels;
+  return at::empty_symint({c10::SymInt(K), x.sym_size(0), x.sym_size(1) * x.sym_size(2) / K}, x.options().dtype(bd));
+}
+
+Tensor dfb_dec_backward_meta(const Tensor& grad, int64_t levels, int64_t H, int64_t W, at::ScalarType x_dtype) {
+  check_rank("dfb_dec_backward", "grad", grad, 3, "(K, N, H*W/K)");
+  return at::empty_symint({grad.sym_size(1), c10::SymInt(H), c10::SymInt(W)}, grad.options().dtype(x_dtype));
+}
+
+Tensor dfb_rec_meta(const Tensor& bands, int64_t levels, int64_t H, int64_t W,
+                    std::optional<at::ScalarType> out_dtype) {
+  check_rank("dfb_rec", "bands", bands, 3, "(K, N, H*W/K)");
+  check_float("dfb_rec", "bands", bands);
+  const at::ScalarType xd = dfb_band_dtype("dfb_rec", bands.scalar_type(), out_dtype);
+  return at::empty_symint({bands.sym_size(1), c10::SymInt(H), c10::SymInt(W)}, bands.options().dtype(xd));
+}
+
+Tensor dfb_rec_backward_meta(const Tensor& gx, int64_t levels, at::ScalarType band_dtype) {
+  check_rank("dfb_rec_backward", "grad_x", gx, 3, "(N, H, W)");
+  TORCH_CHECK(levels >= 1 && levels <= 20, "sstkd::dfb_rec_backward: levels must be in [1, 20], got ", levels);
+  const int64_t K = (int64_t)1 << levels;
+  return at::empty_symint({c10::SymInt(K), gx.sym_size(0), gx.sym_size(1) * gx.sym_size(2) / K},
+                          gx.options().dtype(band_dtype));
+}
+
+Tensor dfb_energy_meta(const Tensor& x, int64_t levels) {
+  check_rank("dfb_energy", "x", x, 3, "(N, H, W)");
+  check_float("dfb_energy", "x", x);
+  TORCH_CHECK(levels >= 1 && levels <= 20, "sstkd::dfb_energy: levels must be in [1, 20], got ", levels);
+  return at::empty_symint({x.sym_size(0), c10::SymInt((int64_t)1 << levels)},
+                          x.options().dtype(acc_dtype(x.scalar_type())));
+}
+
+Tensor dfb_energy_backward_meta(const Tensor& x, const Tensor& grad, int64_t levels) {
+  check_rank("dfb_energy_backward", "x", x, 3, "(N, H, W)");
+  return at::empty_symint(x.sym_sizes(), x.options());
+}
+
 // ----------------------------------------------------------------------------------------- CPU
 [[noreturn]] void cpu_error(const char* op, const char* name, const Tensor& t) {
   check_cuda(op, name, t);  // throws: t is a CPU tensor here
@@ -347,6 +559,12 @@ TORCH_LIBRARY(sstkd, m) {
       "quantize_count_backward(Tensor s, Tensor centers, str kernel, Tensor? grad_counts, Tensor? grad_sums) -> "
       "Tensor");
   m.def("sum_squares(Tensor x) -> Tensor");
+  m.def("dfb_dec(Tensor x, int levels, ScalarType? out_dtype=None) -> Tensor");
+  m.def("dfb_dec_backward(Tensor grad, int levels, int H, int W, ScalarType x_dtype) -> Tensor");
+  m.def("dfb_energy(Tensor x, int levels) -> Tensor");
+  m.def("dfb_energy_backward(Tensor x, Tensor grad, int levels) -> Tensor");
+  m.def("dfb_rec(Tensor bands, int levels, int H, int W, ScalarType? out_dtype=None) -> Tensor");
+  m.def("dfb_rec_backward(Tensor grad_x, int levels, ScalarType band_dtype) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(sstkd, CUDA, m) {
@@ -357,6 +575,12 @@ TORCH_LIBRARY_IMPL(sstkd, CUDA, m) {
   m.impl("quantize_count", &sstkd::quantize_count_cuda);
   m.impl("quantize_count_backward", &sstkd::quantize_count_backward_cuda);
   m.impl("sum_squares", &sstkd::sum_squares_cuda);
+  m.impl("dfb_dec", &sstkd::dfb_dec_cuda);
+  m.impl("dfb_dec_backward", &sstkd::dfb_dec_backward_cuda);
+  m.impl("dfb_energy", &sstkd::dfb_energy_cuda);
+  m.impl("dfb_energy_backward", &sstkd::dfb_energy_backward_cuda);
+  m.impl("dfb_rec", &sstkd::dfb_rec_cuda);
+  m.impl("dfb_rec_backward", &sstkd::dfb_rec_backward_cuda);
 }
 
 TORCH_LIBRARY_IMPL(sstkd, Meta, m) {
@@ -367,6 +591,12 @@ TORCH_LIBRARY_IMPL(sstkd, Meta, m) {
   m.impl("quantize_count", &sstkd::quantize_count_meta);
   m.impl("quantize_count_backward", &sstkd::quantize_count_backward_meta);
   m.impl("sum_squares", &sstkd::sum_squares_meta);
+  m.impl("dfb_dec", &sstkd::dfb_dec_meta);
+  m.impl("dfb_dec_backward", &sstkd::dfb_dec_backward_meta);
+  m.impl("dfb_energy", &sstkd::dfb_energy_meta);
+  m.impl("dfb_energy_backward", &sstkd::dfb_energy_backward_meta);
+  m.impl("dfb_rec", &sstkd::dfb_rec_meta);
+  m.impl("dfb_rec_backward", &sstkd::dfb_rec_backward_meta);
 }
 
 // CPU tensors get a clear error instead of the dispatcher's "could not run".
@@ -386,6 +616,21 @@ TORCH_LIBRARY_IMPL(sstkd, CPU, m) {
          [](const Tensor& s, const Tensor&, c10::string_view, const std::optional<Tensor>&,
             const std::optional<Tensor>&) -> Tensor { cpu_error("quantize_count_backward", "s", s); });
   m.impl("sum_squares", [](const Tensor& x) -> Tensor { cpu_error("sum_squares", "x", x); });
+  m.impl("dfb_dec", [](const Tensor& x, int64_t, std::optional<at::ScalarType>) -> Tensor {
+    cpu_error("dfb_dec", "x", x);
+  });
+  m.impl("dfb_dec_backward", [](const Tensor& g, int64_t, int64_t, int64_t, at::ScalarType) -> Tensor {
+    cpu_error("dfb_dec_backward", "grad", g);
+  });
+  m.impl("dfb_energy", [](const Tensor& x, int64_t) -> Tensor { cpu_error("dfb_energy", "x", x); });
+  m.impl("dfb_energy_backward",
+         [](const Tensor& x, const Tensor&, int64_t) -> Tensor { cpu_error("dfb_energy_backward", "x", x); });
+  m.impl("dfb_rec", [](const Tensor& b, int64_t, int64_t, int64_t, std::optional<at::ScalarType>) -> Tensor {
+    cpu_error("dfb_rec", "bands", b);
+  });
+  m.impl("dfb_rec_backward", [](const Tensor& g, int64_t, at::ScalarType) -> Tensor {
+    cpu_error("dfb_rec_backward", "grad_x", g);
+  });
 }
 
 // ------------------------------------------------------------------------------ Python module
@@ -407,8 +652,10 @@ extern "C" PyMODINIT_FUNC SSTKD_CAT(PyInit_, TORCH_EXTENSION_NAME)(void) {
   if (mod == nullptr) return nullptr;
   if (PyModule_AddIntConstant(mod, "cuda_runtime_version", CUDART_VERSION) < 0 ||
       PyModule_AddObject(mod, "ops",
-                         Py_BuildValue("(sssssss)", "lp_dec", "lp_dec_backward", "lp_rec", "lp_rec_backward",
-                                       "quantize_count", "quantize_count_backward", "sum_squares")) < 0) {
+                         Py_BuildValue("(sssssssssssss)", "lp_dec", "lp_dec_backward", "lp_rec", "lp_rec_backward",
+                                       "quantize_count", "quantize_count_backward", "sum_squares", "dfb_dec",
+                                       "dfb_dec_backward", "dfb_energy", "dfb_energy_backward", "dfb_rec",
+                                       "dfb_rec_backward")) < 0) {
     Py_DECREF(mod);
     return nullptr;
   }

@@ -66,4 +66,30 @@ int64_t sum_squares_chunks(int64_t cols);
 cudaError_t sum_squares_launch(Dtype dtype, const void* x, void* partials, void* out, int64_t rows, int64_t cols,
                                cudaStream_t stream);
 
+// ---------------------------------------------------------------------------
+// The whole-plane directional filter bank ('pkva', toolbox dfbdec_l), one CTA per
+// image plane with the plane and every tree level in shared memory (dfb_plane.cuh).
+// Planes x (input) / gx (output): (N, H, W) of `x_dtype`; sub-bands bands (output) /
+// grad_bands (input): (K, N, H*W/K) band-major of `band_dtype`, K = 2^levels, each band in the
+// final layout and order of dfb_dec; both dtypes float64, or both among float32 / float16 /
+// bfloat16 (accumulation in float32); g / en: (N, K) in the accumulation type, final band order.
+//   kDec:           x -> bands
+//   kDecAdjoint:    grad_bands -> gx                  (the backward of dfb_dec)
+//   kEnergy:        x -> en = per-band sums of squares
+//   kEnergyAdjoint: (x, g) -> gx = adjoint of the tree applied to 2*g*y (y recomputed)
+//   kRec:           grad_bands (the sub-bands) -> gx (the image)          (dfb_rec)
+//   kRecAdjoint:    x (the image cotangent) -> bands (their cotangents)   (the backward of dfb_rec)
+// H, W as sstkd.geometry.check_dfb_size requires for `levels` >= 1; all contiguous.
+enum class DfbMode : int { kDec = 0, kDecAdjoint = 1, kEnergy = 2, kEnergyAdjoint = 3, kRec = 4, kRecAdjoint = 5 };
+
+// Dynamic shared memory one CTA needs (two H*W planes of the accumulation type).
+int64_t dfb_plane_smem_bytes(Dtype x_dtype, int64_t H, int64_t W);
+
+// cudaErrorInvalidValue for bad sizes or dtype pairs; cudaErrorInvalidConfiguration when the
+// planes do not fit in the current device's opt-in shared memory per block (the caller
+// checks dfb_plane_smem_bytes first and falls back).
+cudaError_t dfb_plane_launch(DfbMode mode, Dtype x_dtype, Dtype band_dtype, int levels, const void* x,
+                             void* bands, const void* grad_bands, const void* g, void* en, void* gx, int64_t N,
+                             int64_t H, int64_t W, cudaStream_t stream);
+
 }  // namespace sstkd

@@ -5,8 +5,9 @@
   imports, registers its ops, and rejects CPU tensors with a clear error.
 * Its Meta implementations give the right shapes/dtypes, also under symbolic
   (dynamic-shape) tracing, and the autograd wrappers trace on meta tensors.
-* The kernels' arithmetic -- the LP tile engine (lp_tile.cuh) and the
-  quantization taps (quantize_taps.cuh), the same code the kernels run -- is
+* The kernels' arithmetic -- the LP tile engine (lp_tile.cuh), the whole-plane
+  DFB (dfb_plane.cuh) and the quantization taps (quantize_taps.cuh), the same
+  code the kernels run -- is
   compiled for the host (csrc/tests/host_emulation.cu) and checked against
   the reference ops, forward and adjoint. Warp-level code, barriers and the
   launch itself need a GPU: tests/test_cuda_gpu.py.
@@ -29,7 +30,7 @@ from sstkd.ops.backends import cuda as _ext
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSRC = os.path.join(REPO, "csrc")
 OPS = ("lp_dec", "lp_dec_backward", "lp_rec", "lp_rec_backward", "quantize_count", "quantize_count_backward",
-       "sum_squares")
+       "sum_squares", "dfb_dec", "dfb_dec_backward", "dfb_energy", "dfb_energy_backward", "dfb_rec", "dfb_rec_backward")
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -79,7 +80,8 @@ def test_setup_py_and_jit_build_the_same_sources():
     globbed = sorted(glob.glob(os.path.join(CSRC, "*.cu")) + glob.glob(os.path.join(CSRC, "*.cpp")))
     assert sb.sources() == globbed
     names = {os.path.basename(f) for f in globbed}
-    assert names == {"bindings.cpp", "lp_kernels.cu", "quantize_kernels.cu", "reduce_kernels.cu"}
+    assert names == {"bindings.cpp", "dfb_kernels.cu", "dfb_kernels_f64.cu", "lp_kernels.cu", "quantize_kernels.cu",
+                     "reduce_kernels.cu"}
     # torch headers only in the one binding file: the kernel units stay fast to compile per arch
     for f in globbed:
         text = open(f).read()
@@ -96,6 +98,12 @@ CPU_CALLS = {
     "quantize_count_backward": lambda: torch.ops.sstkd.quantize_count_backward(
         torch.zeros(2, 9), torch.zeros(2, 4), "stlnet", torch.zeros(2, 4), None),
     "sum_squares": lambda: torch.ops.sstkd.sum_squares(torch.zeros(3, 5)),
+    "dfb_dec": lambda: torch.ops.sstkd.dfb_dec(torch.zeros(2, 16, 16), 2),
+    "dfb_dec_backward": lambda: torch.ops.sstkd.dfb_dec_backward(torch.zeros(4, 2, 64), 2, 16, 16, torch.float32),
+    "dfb_energy": lambda: torch.ops.sstkd.dfb_energy(torch.zeros(2, 16, 16), 2),
+    "dfb_energy_backward": lambda: torch.ops.sstkd.dfb_energy_backward(torch.zeros(2, 16, 16), torch.zeros(2, 4), 2),
+    "dfb_rec": lambda: torch.ops.sstkd.dfb_rec(torch.zeros(4, 2, 64), 2, 16, 16),
+    "dfb_rec_backward": lambda: torch.ops.sstkd.dfb_rec_backward(torch.zeros(2, 16, 16), 2, torch.float32),
 }
 
 
@@ -114,6 +122,16 @@ def test_wrappers_raise_a_clear_error_on_cpu(ext):
         _cuda_ops.quantize_count_cuda(torch.rand(2, 50), 8, 0, "triangular", None, None)
     with pytest.raises(ValueError, match="filt"):
         _cuda_ops.lp_rec_cuda(torch.randn(1, 1, 4, 4), torch.randn(1, 1, 8, 8), filt="5-3")
+    with pytest.raises(RuntimeError, match="must be a CUDA tensor"):
+        _cuda_ops.dfb_dec_cuda(torch.randn(1, 2, 16, 16), 2)
+    with pytest.raises(RuntimeError, match="must be a CUDA tensor"):
+        _cuda_ops.dfb_energy_cuda(torch.randn(1, 2, 16, 16), 3)
+    with pytest.raises(RuntimeError, match="must be a CUDA tensor"):
+        _cuda_ops.dfb_rec_cuda([torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16)])
+    with pytest.raises(ValueError, match="filt"):
+        _cuda_ops.dfb_dec_cuda(torch.randn(1, 1, 16, 16), 2, filt="haar")
+    with pytest.raises(ValueError, match="levels"):
+        _cuda_ops.dfb_energy_cuda(torch.randn(1, 1, 16, 16), -1)
 
 
 def test_bad_kernel_name_is_rejected(ext):
@@ -142,6 +160,28 @@ def test_meta_shapes_and_dtypes(ext, dtype):
     assert (e.shape, e.dtype) == ((7,), acc)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dfb_meta_shapes_and_dtypes(ext, dtype):
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    x = torch.empty(6, 24, 16, device="meta", dtype=dtype)
+    bands = torch.ops.sstkd.dfb_dec(x, 3)
+    assert (bands.shape, bands.dtype) == ((8, 6, 48), dtype)
+    assert torch.ops.sstkd.dfb_dec(x, 1, acc).dtype == acc
+    gx = torch.ops.sstkd.dfb_dec_backward(bands, 3, 24, 16, dtype)
+    assert (gx.shape, gx.dtype) == ((6, 24, 16), dtype)
+    x_rec = torch.ops.sstkd.dfb_rec(bands, 3, 24, 16, acc)
+    assert (x_rec.shape, x_rec.dtype) == ((6, 24, 16), acc)
+    g_rec = torch.ops.sstkd.dfb_rec_backward(x_rec, 3, dtype)
+    assert (g_rec.shape, g_rec.dtype) == ((8, 6, 48), dtype)
+    en = torch.ops.sstkd.dfb_energy(x, 2)
+    assert (en.shape, en.dtype) == ((6, 4), acc)
+    assert torch.ops.sstkd.dfb_energy_backward(x, en, 2).shape == (6, 24, 16)
+    with pytest.raises(RuntimeError, match="cannot pair with"):
+        torch.ops.sstkd.dfb_dec(x, 2, torch.float64 if dtype != torch.float64 else torch.float16)
+    with pytest.raises(RuntimeError, match=r"levels must be in \[1, 20\]"):
+        torch.ops.sstkd.dfb_energy(x, 0)
+
+
 def test_meta_rejects_wrong_rank(ext):
     with pytest.raises(RuntimeError, match=r"sstkd::lp_dec: x must be 3-D \(N, H, W\)"):
         torch.ops.sstkd.lp_dec(torch.empty(2, 3, 8, 8, device="meta"))
@@ -153,7 +193,8 @@ def test_symbolic_shapes_trace(ext):
     def f(x, s, c):
         low, band = torch.ops.sstkd.lp_dec(x)
         counts, _ = torch.ops.sstkd.quantize_count(s, c, "triangular")
-        return torch.ops.sstkd.lp_rec(low, band), counts
+        en = torch.ops.sstkd.dfb_energy(x, 1)
+        return torch.ops.sstkd.lp_rec(low, band), counts, en
 
     gm = make_fx(f, tracing_mode="symbolic")(
         torch.empty(3, 8, 6, device="meta"), torch.empty(2, 40, device="meta"), torch.empty(2, 5, device="meta"))
@@ -371,6 +412,102 @@ def test_emulated_quantize_counts_match_the_reference(emu, kernel, dtype):
     torch.testing.assert_close(_emu_count_grad(emu, kernel, s, centers, grad_counts), gs_ref, **tol)
 
 
+# whole-plane DFB: (levels, H, W) -- odd widths (the 'qper_col' shift (w+1)//2 vs w//2), non-square,
+# bands narrower than the 12-tap window (wrap more than once), ragged 16 x 4 blocks
+DFB_CASES = [(1, 12, 7), (1, 14, 16), (2, 12, 10), (2, 20, 2), (3, 16, 12), (3, 12, 4), (4, 24, 16), (4, 8 * 3, 40)]
+_EMU_THREADS = 96  # 3 groups of 32: ladder tiles, rows and energy partials do not divide evenly
+
+
+def _emu_dfb(emu, mode, levels, N, H, W, x_dtype, band_dtype=None, x=None, grad_bands=None, g=None):
+    """mode 0: x -> bands (K, N, H*W/K); 1: grad_bands -> gx; 2: x -> en (N, K); 3: (x, g) -> gx;
+    4 (dfb_rec): grad_bands (the sub-bands) -> gx (the image); 5 (its adjoint): x -> bands."""
+    band_dtype = x_dtype if band_dtype is None else band_dtype
+    acc = torch.float64 if x_dtype == torch.float64 else torch.float32
+    K = 2**levels
+    bands = torch.full((K, N, H * W // K), float("nan"), dtype=band_dtype) if mode in (0, 5) else None
+    en = torch.full((N, K), float("nan"), dtype=acc) if mode == 2 else None
+    gx = torch.full((N, H, W), float("nan"), dtype=x_dtype) if mode in (1, 3, 4) else None
+    x = None if x is None else x.contiguous()
+    grad_bands = None if grad_bands is None else grad_bands.contiguous()
+    g = None if g is None else g.to(acc).contiguous()
+    i64 = ctypes.c_int64
+    rc = emu.sstkd_emu_dfb_plane(mode, _DT[x_dtype], _DT[band_dtype], levels, _ptr(x), _ptr(bands), _ptr(grad_bands),
+                                 _ptr(g), _ptr(en), _ptr(gx), i64(N), i64(H), i64(W), _EMU_THREADS)
+    assert rc == 0
+    return {0: bands, 1: gx, 2: en, 3: gx, 4: gx, 5: bands}[mode]
+
+
+def _ref_bands(x, levels):
+    """Reference sub-bands of (N, H, W) float64 as the kernel's (K, N, h*w) band-major buffer."""
+    from sstkd.ops.reference.dfb import _dfb_dec_torch
+
+    ys = _dfb_dec_torch(x[:, None], levels, "pkva")
+    return torch.stack([y.reshape(x.shape[0], -1) for y in ys])
+
+
+@pytest.mark.parametrize("case", DFB_CASES)
+def test_emulated_dfb_plane_matches_the_reference(emu, case):
+    levels, H, W = case
+    N, K = 2, 2**levels
+    x = torch.randn(N, H, W, dtype=torch.float64)
+    tol = dict(atol=1e-12, rtol=0)
+    # forward: every sub-band in the final layout and order
+    ref = _ref_bands(x, levels)
+    torch.testing.assert_close(_emu_dfb(emu, 0, levels, N, H, W, torch.float64, x=x), ref, **tol)
+    # adjoint = the reference's autograd, and <A x, y> = <x, A^T y>
+    xg = x.clone().requires_grad_(True)
+    gb = torch.randn_like(ref)
+    (gx_ref,) = torch.autograd.grad((_ref_bands(xg, levels) * gb).sum(), xg)
+    gx = _emu_dfb(emu, 1, levels, N, H, W, torch.float64, grad_bands=gb)
+    torch.testing.assert_close(gx, gx_ref, **tol)
+    torch.testing.assert_close((ref * gb).sum(), (x * gx).sum(), atol=1e-10, rtol=0)
+    # energies (final band order) and their gradient (tree recomputed, scaled by 2 g, adjoint)
+    en_ref = (ref * ref).sum(-1).T
+    torch.testing.assert_close(_emu_dfb(emu, 2, levels, N, H, W, torch.float64, x=x), en_ref, atol=1e-11, rtol=1e-13)
+    g = torch.randn(N, K, dtype=torch.float64)
+    (ge_ref,) = torch.autograd.grad(((_ref_bands(xg, levels) ** 2).sum(-1).T * g).sum(), xg)
+    torch.testing.assert_close(_emu_dfb(emu, 3, levels, N, H, W, torch.float64, x=x, g=g), ge_ref, **tol)
+    # dfb_rec of arbitrary sub-bands, and its adjoint = the reference's autograd
+    from sstkd.geometry import dfb_band_shapes
+    from sstkd.ops.reference.dfb import _dfb_rec_torch
+
+    shapes = dfb_band_shapes(H, W, levels)
+    bands = [gb[k].reshape(N, 1, *shapes[k]).clone().requires_grad_(True) for k in range(K)]
+    x_rec = _dfb_rec_torch(bands, "pkva")[:, 0]
+    torch.testing.assert_close(_emu_dfb(emu, 4, levels, N, H, W, torch.float64, grad_bands=gb), x_rec.detach(), **tol)
+    gy = torch.randn_like(x_rec)
+    g_bands = torch.autograd.grad((x_rec * gy).sum(), bands)
+    torch.testing.assert_close(_emu_dfb(emu, 5, levels, N, H, W, torch.float64, x=gy),
+                               torch.stack([t.reshape(N, -1) for t in g_bands]), **tol)
+    # perfect reconstruction
+    torch.testing.assert_close(_emu_dfb(emu, 4, levels, N, H, W, torch.float64, grad_bands=ref), x, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_emulated_dfb_plane_lower_precision(emu, dtype):
+    levels, H, W, N = 3, 24, 16, 3
+    K = 2**levels
+    x = torch.randn(N, H, W).to(dtype)
+    ref = _ref_bands(x.double(), levels)  # exact sub-bands of the rounded input
+    scale = ref.abs().max().item()
+    # float32 compute: float32 bands within float32 rounding; 16-bit bands rounded once
+    bands32 = _emu_dfb(emu, 0, levels, N, H, W, dtype, torch.float32, x=x)
+    torch.testing.assert_close(bands32.double(), ref, atol=2e-6 * scale, rtol=0)
+    bands = _emu_dfb(emu, 0, levels, N, H, W, dtype, x=x)
+    assert bands.dtype == dtype
+    torch.testing.assert_close(bands.double(), ref, atol=1e-6 * scale, rtol=torch.finfo(dtype).eps)
+    # adjoint from float32 cotangents, stored once in dtype
+    gb = torch.randn(K, N, H * W // K)
+    xg = x.double().requires_grad_(True)
+    (gx_ref,) = torch.autograd.grad((_ref_bands(xg, levels) * gb.double()).sum(), xg)
+    gx = _emu_dfb(emu, 1, levels, N, H, W, dtype, torch.float32, grad_bands=gb)
+    assert gx.dtype == dtype
+    torch.testing.assert_close(gx.double(), gx_ref, atol=1e-5 * gx_ref.abs().max().item(),
+                               rtol=torch.finfo(dtype).eps)
+    en = _emu_dfb(emu, 2, levels, N, H, W, dtype, x=x)
+    torch.testing.assert_close(en.double(), (ref * ref).sum(-1).T, atol=0, rtol=1e-5)
+
+
 # ------------------------------------------------- the autograd wrappers on the emulated kernels
 class _TorchWithEmulatedOps:
     """``torch`` for sstkd.ops.backends.cuda, with ``torch.ops.sstkd.*`` answered by the host emulation."""
@@ -392,6 +529,17 @@ class _TorchWithEmulatedOps:
             quantize_count=staticmethod(lambda s, c, k: _emu_counts(emu, k, s.contiguous(), c)),
             quantize_count_backward=staticmethod(qc_backward),
             sum_squares=staticmethod(lambda x: x.to(acc(x)).square().reshape(x.shape[0], -1).sum(1)),
+            dfb_dec=staticmethod(lambda x, levels, out_dtype=None: _emu_dfb(
+                emu, 0, levels, *x.shape, x.dtype, out_dtype, x=x)),
+            dfb_dec_backward=staticmethod(lambda g, levels, H, W, x_dtype: _emu_dfb(
+                emu, 1, levels, g.shape[1], H, W, x_dtype, g.dtype, grad_bands=g)),
+            dfb_energy=staticmethod(lambda x, levels: _emu_dfb(emu, 2, levels, *x.shape, x.dtype, x=x)),
+            dfb_rec=staticmethod(lambda b, levels, H, W, out_dtype=None: _emu_dfb(
+                emu, 4, levels, b.shape[1], H, W, out_dtype or b.dtype, b.dtype, grad_bands=b)),
+            dfb_rec_backward=staticmethod(lambda gx, levels, band_dtype: _emu_dfb(
+                emu, 5, levels, *gx.shape, gx.dtype, band_dtype, x=gx)),
+            dfb_energy_backward=staticmethod(lambda x, g, levels: _emu_dfb(
+                emu, 3, levels, *x.shape, x.dtype, x=x, g=g)),
         ))()
 
     def __getattr__(self, name):
@@ -466,3 +614,130 @@ def test_sum_squares_wrapper_gradient(emulated_cuda_ops):
     g = torch.randn(4, dtype=torch.float64)
     (gx,) = torch.autograd.grad((e * g).sum(), x)
     torch.testing.assert_close(gx, 2 * x.detach() * g[:, None, None])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("levels", [1, 3])
+def test_dfb_wrappers_on_emulated_kernels(emulated_cuda_ops, dtype, levels):
+    from sstkd.ops.dfb import dfb_dec_ref
+
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
+    x = torch.randn(2, 3, 24, 16).to(dtype).to(memory_format=torch.channels_last)
+    res = []
+    for dec in (emulated_cuda_ops.dfb_dec_cuda, dfb_dec_ref):
+        xi = x.clone().requires_grad_(True)
+        bands = dec(xi, levels)
+        gs = [torch.randn(t.shape, generator=torch.Generator().manual_seed(k)).to(t.dtype) for k, t in enumerate(bands)]
+        (gx,) = torch.autograd.grad(sum((t * g).sum() for t, g in zip(bands, gs)), xi)
+        (g_one,) = torch.autograd.grad(dec(xi, levels)[1].sum(), xi)  # other sub-bands unused: zero cotangents
+        res.append((*bands, gx, g_one))
+    for got, want in zip(*res):
+        assert got.shape == want.shape and got.dtype == dtype
+        torch.testing.assert_close(got.float(), want.float(), atol=tol * max(1.0, want.abs().max().item()), rtol=0)
+    # out_dtype: the accumulation dtype is stored directly, another one converted once
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    for od in (acc, torch.float16):
+        bands = emulated_cuda_ops.dfb_dec_cuda(x, levels, out_dtype=od)
+        assert all(t.dtype == od for t in bands)
+        torch.testing.assert_close(bands[-1].float(), res[1][len(bands) - 1].float(),
+                                   atol=max(tol, 2e-3) * max(1.0, res[1][len(bands) - 1].abs().max().item()), rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("levels", [1, 3])
+def test_dfb_rec_wrapper_on_emulated_kernels(emulated_cuda_ops, dtype, levels):
+    from sstkd.geometry import dfb_band_shapes
+    from sstkd.ops.dfb import dfb_rec_ref
+
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
+    bands = [torch.randn(2, 3, *hw).to(dtype) for hw in dfb_band_shapes(24, 16, levels)]
+    gx = torch.randn(2, 3, 24, 16).to(dtype)
+    res = []
+    for rec in (emulated_cuda_ops.dfb_rec_cuda, dfb_rec_ref):
+        bi = [t.clone().requires_grad_(True) for t in bands]
+        x = rec(bi)
+        res.append((x, *torch.autograd.grad((x * gx.to(x.dtype)).sum(), bi)))
+    for got, want in zip(*res):
+        assert got.shape == want.shape and got.dtype == dtype
+        torch.testing.assert_close(got.float(), want.float(), atol=tol * max(1.0, want.abs().max().item()), rtol=0)
+    # perfect reconstruction through both CUDA wrappers (float64), and an out_dtype across the pairs
+    x = torch.randn(2, 3, 24, 16, dtype=torch.float64)
+    torch.testing.assert_close(emulated_cuda_ops.dfb_rec_cuda(emulated_cuda_ops.dfb_dec_cuda(x, levels)), x,
+                               atol=1e-12, rtol=0)
+    y = emulated_cuda_ops.dfb_rec_cuda([t.float() for t in emulated_cuda_ops.dfb_dec_cuda(x, levels)],
+                                       out_dtype=torch.float64)
+    assert y.dtype == torch.float64
+    torch.testing.assert_close(y, x, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="bands: expected a list of 2\\*\\*levels"):
+        emulated_cuda_ops.dfb_rec_cuda(bands + bands[:1])
+    with pytest.raises(ValueError, match=r"bands\[1\]: expected"):
+        emulated_cuda_ops.dfb_rec_cuda([bands[0], bands[1][:, :, :-1]])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+def test_dfb_energy_wrapper_on_emulated_kernels(emulated_cuda_ops, dtype):
+    from sstkd.ops.backends import torch as torch_backend
+
+    x = torch.randn(2, 2, 16, 12).to(dtype)
+    g = torch.randn(2, 2, 8, dtype=torch.float64)
+    res = []
+    for energy in (emulated_cuda_ops.dfb_energy_cuda, torch_backend.TABLE["dfb_energy"]):
+        xi = x.clone().requires_grad_(True)
+        e = energy(xi if energy is emulated_cuda_ops.dfb_energy_cuda else xi.double(), 3, "pkva")
+        (gx,) = torch.autograd.grad((e * g.to(e.dtype)).sum(), xi)
+        res.append((e, gx))
+    (e, gx), (e_ref, gx_ref) = res
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    assert e.dtype == acc and e.shape == (2, 2, 8) and gx.dtype == dtype
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(e.double(), e_ref, atol=0, rtol=tol)
+    atol = (tol if dtype != torch.float16 else 2e-3) * gx_ref.abs().max().item()
+    torch.testing.assert_close(gx.double(), gx_ref.double(), atol=atol, rtol=0)
+    assert getattr(emulated_cuda_ops.dfb_energy_cuda, "keeps_for_backward", False)
+
+
+def test_contourlet_energy_composes_the_emulated_dfb_energy(emulated_cuda_ops):
+    """The composition (sstkd.ops.algorithms) with the CUDA LP and DFB energy passes: autograd through
+    the passes (the energy pass is differentiable itself) equals the torch backend."""
+    from sstkd.ops import algorithms
+    from sstkd.ops.backends import torch as torch_backend
+
+    passes = dict(torch_backend.TABLE)
+    passes.update(lp_dec=emulated_cuda_ops.lp_dec_cuda, dfb_energy=emulated_cuda_ops.dfb_energy_cuda)
+    x = torch.randn(1, 2, 32, 24, dtype=torch.float64)
+    g = torch.randn(1, 2, 1 + 4 + 8, dtype=torch.float64)
+    res = []
+    for p in (passes, torch_backend.TABLE):
+        xi = x.clone().requires_grad_(True)
+        e = algorithms.contourlet_energy(xi, [2, 3], "9-7", "pkva", p)
+        res.append((e, *torch.autograd.grad((e * g).sum(), xi)))
+    for got, want in zip(*res):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-12)
+
+
+def test_dfb_planes_too_large_for_shared_memory_fall_back_to_triton(emulated_cuda_ops, monkeypatch):
+    """A plane that does not fit (here: a pretended 1 KB of shared memory) runs the Triton DFB through
+    its backend table, with its own autograd -- same values, nothing silently wrong."""
+    from sstkd.ops.backends import triton as triton_backend
+
+    if triton_backend.unavailable_reason(None) is not None:
+        pytest.skip(f"triton: {triton_backend.unavailable_reason(None)}")
+    monkeypatch.setattr(emulated_cuda_ops, "_smem_optin", lambda device: 1024)
+    monkeypatch.setattr(emulated_cuda_ops, "_plane_kernel_takes",
+                        lambda device, dtype, h, w: emulated_cuda_ops.dfb_plane_fits(dtype, h, w, device))
+    assert emulated_cuda_ops.dfb_plane_fits(torch.float32, 16, 8, "cpu")  # 1 KB: two 16 x 8 float32 planes
+    assert not emulated_cuda_ops.dfb_plane_fits(torch.float32, 16, 12, "cpu")
+    assert not emulated_cuda_ops.dfb_plane_fits(torch.float64, 16, 8, "cpu")
+    calls = []
+    for name in ("dfb_dec", "dfb_energy", "dfb_rec"):
+        fn = triton_backend.TABLE[name]
+        monkeypatch.setitem(triton_backend.TABLE, name, lambda *a, _fn=fn, _n=name, **k: calls.append(_n) or _fn(*a, **k))
+    x = torch.randn(1, 2, 16, 12, dtype=torch.float64)
+    bands = emulated_cuda_ops.dfb_dec_cuda(x, 2)
+    en = emulated_cuda_ops.dfb_energy_cuda(x, 2)
+    x_rec = emulated_cuda_ops.dfb_rec_cuda(bands)
+    assert calls == ["dfb_dec", "dfb_energy", "dfb_rec"]
+    torch.testing.assert_close(x_rec, x, atol=1e-12, rtol=0)
+    ref = _ref_bands(x.reshape(2, 16, 12), 2)
+    torch.testing.assert_close(torch.stack([t.reshape(2, -1) for t in bands]), ref, atol=1e-12, rtol=0)
+    torch.testing.assert_close(en.reshape(2, 4), (ref * ref).sum(-1).T, atol=1e-11, rtol=0)

@@ -266,3 +266,120 @@ def test_sum_squares(cuda_ops, shape, dtype):
     (gx,) = torch.autograd.grad((e * g).sum(), xr)
     want_g = 2 * x.double() * g.double().reshape((-1,) + (1,) * (len(shape) - 1))
     torch.testing.assert_close(gx.double(), want_g, rtol=torch.finfo(dtype).eps * 4, atol=1e-6)
+
+
+# ------------------------------------------------------------------ directional filter bank (whole plane)
+# (levels, (B, C, H, W)): odd width ('qper_col' shifts), bands narrower than the window, the
+# training sizes (128 x 128: 128 KB of shared memory, the opt-in path; 64 x 64), and float64 at
+# 128 x 128, which does not fit and runs the Triton DFB instead.
+DFB_CASES = [(1, (2, 3, 12, 7)), (2, (1, 2, 20, 2)), (3, (2, 2, 24, 16)), (4, (1, 3, 64, 64)),
+             (3, (2, 4, 128, 128)), (4, (1, 2, 48, 80))]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", DFB_CASES)
+def test_dfb_dec_forward_and_gradient(cuda_ops, case, dtype):
+    from sstkd.ops.dfb import dfb_dec_ref
+
+    levels, shape = case
+    x = _randn(shape, dtype)
+    outs = {}
+    for name, fn, inp in (("cuda", cuda_ops.dfb_dec_cuda, x), ("ref", dfb_dec_ref, x), ("exact", dfb_dec_ref, x.double())):
+        xi = inp.clone().requires_grad_(True)
+        bands = fn(xi, levels)
+        gs = [_randn(t.shape, t.dtype, 10 + k) for k, t in enumerate(bands)]
+        (gx,) = torch.autograd.grad(sum((t * g).sum() for t, g in zip(bands, gs)), xi)
+        outs[name] = (*bands, gx)
+    for i, (c, e, r) in enumerate(zip(outs["cuda"], outs["exact"], outs["ref"])):
+        _check(c, e, r, f"dfb_dec({levels}) output {i} {shape}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", DFB_CASES)
+def test_dfb_rec_forward_and_gradients(cuda_ops, case, dtype):
+    from sstkd.geometry import dfb_band_shapes
+    from sstkd.ops.dfb import dfb_rec_ref
+
+    levels, (b, c, H, W) = case
+    bands = [_randn((b, c, *hw), dtype, 20 + k) for k, hw in enumerate(dfb_band_shapes(H, W, levels))]
+    gx = _randn((b, c, H, W), dtype, 5)
+    outs = {}
+    for name, fn, inp in (("cuda", cuda_ops.dfb_rec_cuda, bands), ("ref", dfb_rec_ref, bands),
+                          ("exact", dfb_rec_ref, [t.double() for t in bands])):
+        bi = [t.clone().requires_grad_(True) for t in inp]
+        x = fn(bi)
+        outs[name] = (x, *torch.autograd.grad((x * gx.to(x.dtype)).sum(), bi))
+    for i, (cu, e, r) in enumerate(zip(outs["cuda"], outs["exact"], outs["ref"])):
+        _check(cu, e, r, f"dfb_rec({levels}) {'x' if i == 0 else f'grad_band {i - 1}'} {(b, c, H, W)}")
+    x = _randn((b, c, H, W), torch.float64, 6)
+    torch.testing.assert_close(cuda_ops.dfb_rec_cuda(cuda_ops.dfb_dec_cuda(x, levels)), x, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", DFB_CASES)
+def test_dfb_energy_forward_and_gradient(cuda_ops, case, dtype):
+    from sstkd.ops.backends import torch as torch_backend
+
+    levels, shape = case
+    ref_energy = torch_backend.TABLE["dfb_energy"]
+    x = _randn(shape, dtype)
+    g = _randn((*shape[:2], 2**levels), torch.float64, 3)
+    outs = {}
+    for name, fn, inp in (("cuda", cuda_ops.dfb_energy_cuda, x), ("ref", ref_energy, x),
+                          ("exact", ref_energy, x.double())):
+        xi = inp.clone().requires_grad_(True)
+        e = fn(xi, levels, "pkva")
+        (gx,) = torch.autograd.grad((e * g.to(e.dtype)).sum(), xi)
+        outs[name] = (e, gx)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    assert outs["cuda"][0].dtype == acc and outs["cuda"][1].dtype == dtype
+    torch.testing.assert_close(outs["cuda"][0].double(), outs["exact"][0], atol=0,
+                               rtol=1e-12 if dtype == torch.float64 else 1e-5)
+    _check(outs["cuda"][1], outs["exact"][1], outs["ref"][1], f"dfb_energy({levels}) grad {shape}")
+    e1, e2 = cuda_ops.dfb_energy_cuda(x, levels), cuda_ops.dfb_energy_cuda(x, levels)
+    assert torch.equal(e1, e2)  # fixed summation order
+
+
+def test_dfb_gradcheck_and_toolbox_vectors(cuda_ops):
+    import os
+
+    import numpy as np
+
+    x = _randn((1, 2, 12, 6), torch.float64).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: tuple(cuda_ops.dfb_dec_cuda(t, 2)), (x,))
+    assert torch.autograd.gradcheck(lambda t: cuda_ops.dfb_energy_cuda(t, 2), (x,))
+    path = os.path.join(os.path.dirname(__file__), "data", "contourlet", "case2_rand64x48_n2-3.npz")
+    if os.path.exists(path):
+        z = np.load(path)
+        d = torch.from_numpy(z["lp_d"]).to(DEVICE)[None, None]
+        for k, band in enumerate(cuda_ops.dfb_dec_cuda(d, 3)):
+            torch.testing.assert_close(band[0, 0].cpu(), torch.from_numpy(z[f"band_2_{k}"]), atol=1e-10, rtol=0)
+
+
+def test_dfb_shared_memory_limit_and_fallback(cuda_ops):
+    from sstkd.ops.dfb import dfb_dec_ref
+
+    x = _randn((1, 2, 128, 128), torch.float64)  # two float64 planes: 256 KB > 227 KB
+    assert not cuda_ops.dfb_plane_fits(x.dtype, 128, 128, DEVICE)
+    assert cuda_ops.dfb_plane_fits(torch.float32, 128, 128, DEVICE)
+    with pytest.raises(RuntimeError, match="shared memory"):
+        torch.ops.sstkd.dfb_dec(x.reshape(2, 128, 128), 3)
+    for got, want in zip(cuda_ops.dfb_dec_cuda(x, 3), dfb_dec_ref(x, 3)):  # the Triton DFB
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
+    with pytest.raises(RuntimeError, match="height 20 is not valid for levels=4"):
+        torch.ops.sstkd.dfb_dec(_randn((2, 20, 16), torch.float32), 4)
+
+
+def test_contourlet_energy_backend_cuda(cuda_ops):
+    from sstkd.ops.contourlet import contourlet_energy, contourlet_energy_ref
+
+    x = _randn((2, 8, 128, 128), torch.float32)
+    g = _randn((2, 8, 1 + 8 + 8), torch.float32, 1)
+    res = []
+    for fn in (lambda t: contourlet_energy(t, [3, 3], backend="cuda"), lambda t: contourlet_energy_ref(t.double(), [3, 3])):
+        xi = x.clone().requires_grad_(True)
+        e = fn(xi)
+        res.append((e.double(), torch.autograd.grad((e * g.to(e.dtype)).sum(), xi)[0].double()))
+    (e, gx), (e_ref, gx_ref) = res
+    torch.testing.assert_close(e, e_ref, atol=0, rtol=1e-4)
+    torch.testing.assert_close(gx, gx_ref, atol=1e-4 * gx_ref.abs().max().item(), rtol=0)

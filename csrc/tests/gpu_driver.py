@@ -17,6 +17,8 @@ import torch
 
 LP_SHAPES = [(1, 1, 2, 2), (2, 3, 4, 6), (2, 3, 38, 70), (1, 2, 64, 130), (1, 1, 6, 200)]
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+# (levels, (B, C, H, W)) of the whole-plane DFB; 128 x 128 float64 does not fit (Triton fallback)
+DFB_CASES = [(1, (2, 3, 12, 7)), (3, (2, 2, 24, 16)), (4, (1, 2, 64, 64)), (3, (2, 4, 128, 128))]
 
 
 def run_all(small: bool) -> None:
@@ -42,6 +44,12 @@ def run_all(small: bool) -> None:
                 (hist * torch.randn_like(hist)).sum().backward()
         ops.sum_squares_cuda(torch.randn(70_000 if not small else 5, 3, device=dev).to(dtype).requires_grad_(True)).sum().backward()
         ops.sum_squares_cuda(torch.randn(3, 70_001, device=dev).to(dtype))
+        for levels, shape in DFB_CASES[:2] if small else DFB_CASES:
+            x = torch.randn(shape, device=dev).to(dtype).requires_grad_(True)
+            bands = ops.dfb_dec_cuda(x, levels)
+            sum((t.float() * k).sum() for k, t in enumerate(bands)).backward()
+            ops.dfb_rec_cuda([t.detach().requires_grad_(True) for t in bands]).square().sum().backward()
+            (ops.dfb_energy_cuda(x, levels) * torch.arange(2.0**levels, device=dev)).sum().backward()
     torch.cuda.synchronize()
 
 
@@ -88,6 +96,26 @@ def bench() -> None:
                  lambda: lp_dec_ref(x)),
                 ("lp_rec", lambda: ops.lp_rec_cuda(low, band), lp_rec_triton and (lambda: lp_rec_triton(low, band)),
                  lambda: lp_rec_ref(low, band)),
+            ]
+            for name, fc, ft, fr in rows:
+                tc, tr = _time(fc), _time(fr)
+                tt = _time(ft) if ft else float("nan")
+                label = f"{name} {tuple(shape)} {str(dtype)[6:]}"
+                print(f"{label:34s} {tc:9.1f} {tt:10.1f} {tr:9.1f} {nbytes / tc / 1e3:10.0f}")
+    try:
+        from sstkd.kernels.dfb import dfb_dec_triton, dfb_energy_triton
+    except Exception:  # pragma: no cover - triton missing
+        dfb_dec_triton = dfb_energy_triton = None
+    from sstkd.ops.dfb import dfb_dec_ref
+    for shape in ((8, 256, 128, 128), (8, 256, 64, 64)):
+        for dtype in (torch.float32, torch.bfloat16):
+            x = torch.randn(shape, device=dev, dtype=dtype)
+            nbytes = x.numel() * x.element_size() * 2  # read x, write the sub-bands
+            rows = [
+                ("dfb_dec(3)", lambda: ops.dfb_dec_cuda(x, 3), dfb_dec_triton and (lambda: dfb_dec_triton(x, 3)),
+                 lambda: dfb_dec_ref(x, 3)),
+                ("dfb_energy(3)", lambda: ops.dfb_energy_cuda(x, 3),
+                 dfb_energy_triton and (lambda: dfb_energy_triton(x, 3)), lambda: dfb_dec_ref(x, 3)),
             ]
             for name, fc, ft, fr in rows:
                 tc, tr = _time(fc), _time(fr)

@@ -9,6 +9,7 @@
 #include <memory>
 #include <vector>
 
+#include "../dfb_plane.cuh"
 #include "../lp_tile.cuh"
 #include "../quantize_taps.cuh"
 
@@ -99,4 +100,31 @@ extern "C" int sstkd_emu_quantize_count_backward(int dtype, int kernel, const vo
     return cudaSuccess;
   });
   return err == cudaSuccess ? 0 : 1;
+}
+
+// The whole-plane DFB (dfb_kernels.cu) with `nt` emulated threads per plane: every phase runs
+// thread 0, 1, ..., nt-1 in turn, then the next phase (the kernel's barrier). Pointers and
+// layouts as dfb_plane_launch (sstkd_kernels.h).
+extern "C" int sstkd_emu_dfb_plane(int mode, int x_dtype, int band_dtype, int levels, const void* x, void* bands,
+                                   const void* grad_bands, const void* g, void* en, void* gx, int64_t N, int64_t H,
+                                   int64_t W, int nt) {
+  if (mode < 0 || mode > 5 || levels < 1 || levels > dfbp::kMaxLevels || nt < 1 || H <= 0 || W <= 0 || (H * W) % ((int64_t)1 << levels) != 0)
+    return 1;
+  const Dtype xd = Dtype(x_dtype), bd = Dtype(band_dtype);
+  if (!dfbp::dtypes_supported(xd, bd)) return 1;
+  const auto run = [&](auto acc_tag) {
+    using Acc = decltype(acc_tag);
+    dfbp::Args<Acc> a{DfbMode(mode), xd, bd, levels, (int)H, (int)W, N, x, bands, grad_bands,
+                      static_cast<const Acc*>(g), static_cast<Acc*>(en), gx};
+    dfbp::set_program(a);
+    std::vector<Acc> smem(2 * H * W);
+    for (int64_t n = 0; n < N; ++n)
+      for (int p = 0; p < a.num_phases; ++p)
+        for (int tid = 0; tid < nt; ++tid) dfbp::run_phase(a, (int)n, smem.data(), smem.data() + H * W, p, tid, nt);
+  };
+  if (dfbp::is_double(xd))
+    run(0.0);
+  else
+    run(0.0f);
+  return 0;
 }

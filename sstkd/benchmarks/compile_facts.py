@@ -26,6 +26,12 @@ check :attr:`CompileFacts.complete`).
 Under ``TRITON_INTERPRET=1`` kernels are interpreter objects that cannot be
 compiled, so the compilation runs in a child process with the interpreter off
 (the kernel must then be a module-level function of an importable module).
+
+:func:`nvcc_compile_facts` does the same for CUDA C++ kernels (``csrc/``): ``nvcc -cubin
+-arch=sm_<arch> -Xptxas -v`` (registers, spills, stack per kernel), then the same
+``cuobjdump -res-usage`` / ``-sass`` readings. The cubin and the ptxas log are cached
+under ``$SSTKD_CACHE_DIR`` by a hash of the sources, the headers next to them, nvcc and
+the flags.
 """
 from __future__ import annotations
 
@@ -53,6 +59,7 @@ __all__ = [
     "MEMORY_OPS",
     "UNIFORM_OPS",
     "facts_from_asm",
+    "nvcc_compile_facts",
 ]
 
 # SASS mnemonic families (the part before the first '.').
@@ -472,6 +479,99 @@ def compile_facts(kernel, signature: dict, constexprs: dict | None = None, *, ar
     ``None`` and ``missing`` says why.
     """
     return compile_facts_many([(kernel, signature, constexprs, arch, num_warps, num_stages, maxnreg)])[0]
+
+
+# --------------------------------------------------------------------------- CUDA C++ (nvcc)
+_PTXAS_ENTRY = re.compile(r"Compiling entry function '([^']+)'")
+
+
+def _ptxas_per_function(log: str) -> dict:
+    """``{mangled name: (registers, stack, spill stores, spill loads)}`` of an ``nvcc -Xptxas -v`` log."""
+    out = {}
+    parts = _PTXAS_ENTRY.split(log)
+    for name, body in zip(parts[1::2], parts[2::2]):
+        regs, stack = _PTXAS_REGS.search(body), _PTXAS_STACK.search(body)
+        if regs and stack:
+            out[name] = (int(regs.group(1)), *(int(g) for g in stack.groups()))
+    return out
+
+
+def _nvcc_cubin(source: str, nvcc: str, arch: int, include_dirs, flags, cache_dir: str | None):
+    """``(cubin path, ptxas log)`` of ``source``, compiled once per content hash (cached)."""
+    import glob
+    import hashlib
+
+    cmd_flags = ["-cubin", f"-arch=sm_{arch}", "-O3", "-std=c++17", "-Xptxas", "-v", *flags]
+    cmd_flags += [f"-I{d}" for d in include_dirs]
+    h = hashlib.sha256()
+    headers = sorted({f for d in [os.path.dirname(os.path.abspath(source)), *include_dirs]
+                      for pat in ("*.cuh", "*.h") for f in glob.glob(os.path.join(d, pat))})
+    for f in [source, *headers]:
+        with open(f, "rb") as fh:
+            h.update(fh.read())
+    h.update("\0".join([os.path.realpath(nvcc), *cmd_flags]).encode())
+    if cache_dir is None:
+        base = os.environ.get("SSTKD_CACHE_DIR") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "sstkd")
+        cache_dir = os.path.join(base, f"facts-{h.hexdigest()[:16]}")
+    cubin, log_file = os.path.join(cache_dir, "k.cubin"), os.path.join(cache_dir, "ptxas.log")
+    if not (os.path.exists(cubin) and os.path.exists(log_file)):
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = f"{cubin}.{os.getpid()}.tmp"
+        rc, out = _run([nvcc, *cmd_flags, source, "-o", tmp], timeout=1200)
+        if rc != 0:
+            raise RuntimeError(f"nvcc failed (rc {rc}) on {source}:\n{out[-4000:]}")
+        with open(log_file + f".{os.getpid()}.tmp", "w") as f:
+            f.write(out)
+        os.replace(log_file + f".{os.getpid()}.tmp", log_file)
+        os.replace(tmp, cubin)
+    with open(log_file) as f:
+        return cubin, f.read()
+
+
+def nvcc_compile_facts(source: str, kernels, *, nvcc: str, arch: int = 90, include_dirs=(), flags=(),
+                       cache_dir: str | None = None) -> list[CompileFacts]:
+    """Compile the CUDA C++ file ``source`` for ``sm_<arch>`` with ``nvcc`` and read the facts of each
+    of ``kernels``: ``(label, symbol part, threads per block, shared bytes per block)`` -- the kernel is
+    the one function whose mangled name contains ``symbol part`` (``shared``: its dynamic shared
+    memory at launch, for :meth:`CompileFacts.blocks_per_sm`). Raises ``RuntimeError`` when nvcc
+    fails or a kernel is not (uniquely) in the cubin; a missing cuobjdump is reported in ``missing``."""
+    if isinstance(arch, bool) or arch not in (80, 86, 89, 90):
+        raise ValueError(f"arch: expected one of 80, 86, 89, 90, got {arch!r}")
+    if not os.path.isfile(source):
+        raise ValueError(f"source: {source} is not a file")
+    if not nvcc or not os.access(nvcc, os.X_OK):
+        raise ValueError(f"nvcc: {nvcc!r} is not an executable")
+    cubin, log = _nvcc_cubin(source, nvcc, arch, list(include_dirs), list(flags), cache_dir)
+    per_fn = _ptxas_per_function(log)
+    cuobjdump, why = tool_path("cuobjdump")
+    sass = res = ""
+    if cuobjdump is not None:
+        rc, sass = _run([cuobjdump, "-sass", cubin])
+        rc2, res = _run([cuobjdump, "-res-usage", cubin])
+        if rc != 0 or rc2 != 0:
+            why, cuobjdump = f"cuobjdump failed on {cubin}: {(sass + res)[-500:]}", None
+    out = []
+    for label, part, threads, shared in kernels:
+        names = [n for n in per_fn if part in n]
+        if len(names) != 1:
+            raise RuntimeError(f"{label}: {len(names)} kernels in {source} match {part!r}: {names}")
+        name = names[0]
+        if threads % 32:
+            raise ValueError(f"{label}: threads must be a multiple of 32, got {threads}")
+        facts = CompileFacts(label, int(arch), threads // 32, 0, shared=int(shared))
+        facts.registers, facts.stack, facts.spill_stores, facts.spill_loads = per_fn[name]
+        facts.ptxas_log = log
+        if cuobjdump is None:
+            facts.missing["cuobjdump"] = why
+        else:
+            m = re.search(re.escape(name) + r":\s*\n\s*" + _RES_USAGE.pattern, res)
+            facts.local = int(m.group(4)) if m else None
+            if m is None:
+                facts.missing["cuobjdump"] = f"no -res-usage entry for {name}"
+            facts.sass, facts.loops = parse_sass(sass, name)
+        out.append(facts)
+    return out
 
 
 def _child_main(job_file: str, out_file: str) -> None:

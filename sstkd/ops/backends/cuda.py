@@ -25,8 +25,15 @@ Autograd wrappers of its custom ops (``torch.ops.sstkd.*``): same semantics as t
   implementation, so these trace under ``torch.compile`` and ``FakeTensor``; CPU tensors raise
   a ``RuntimeError`` saying they must be CUDA tensors.
 
-The backend table (:mod:`sstkd.ops.backends`): ``lp_dec``, ``lp_rec`` and the
+The backend table (:mod:`sstkd.ops.backends`): ``lp_dec``, ``lp_rec``, the DFB passes
+  ``dfb_dec`` / ``dfb_rec`` / ``dfb_energy`` (whole-plane shared-memory kernel, ``csrc/dfb_plane.cuh``) and the
   ``quantize_count`` passes ``level_sums`` / ``soft_hist``.
+
+The whole-plane DFB holds two ``H × W`` planes of the accumulation dtype in one block's shared
+  memory (128 KB for a 128 × 128 float32 plane; 227 KB per block on an H100/H200 with the opt-in
+  attribute). Planes that do not fit (large images, or float64 at 128 × 128) are not run by it:
+  :func:`dfb_dec_cuda` / :func:`dfb_rec_cuda` / :func:`dfb_energy_cuda` hand them to the Triton DFB through its backend
+  table (the torch reference where Triton is unavailable), never to a wrong result.
 """
 from __future__ import annotations
 
@@ -404,6 +411,203 @@ def sum_squares_cuda(x: torch.Tensor) -> torch.Tensor:
     return _SumSquares.apply(x)
 
 
+# ------------------------------------------------------------------------ directional filter bank
+def _check_dfilt(filt: str) -> None:
+    if filt != "pkva":
+        raise ValueError(f"filt: the CUDA DFB implements the 'pkva' ladder filter only, got {filt!r}")
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _pairs(a: torch.dtype, b: torch.dtype) -> bool:
+    """Whether the DFB kernel takes image dtype ``a`` with sub-band dtype ``b`` in one launch: both
+    float64, or both among float32 / float16 / bfloat16 (one float32 accumulation)."""
+    return (a == torch.float64) == (b == torch.float64)
+
+
+def _smem_optin(device: torch.device) -> int:
+    """Shared memory one block may use on ``device`` (the opt-in maximum), in bytes."""
+    return torch.cuda.get_device_properties(device).shared_memory_per_block_optin
+
+
+def dfb_plane_fits(dtype: torch.dtype, h: int, w: int, device) -> bool:
+    """Whether the whole-plane DFB kernel takes ``h × w`` planes of ``dtype`` on ``device``: two planes
+    of the accumulation dtype (float32; float64 for float64) in one block's shared memory."""
+    return 2 * h * w * _acc_dtype(dtype).itemsize <= _smem_optin(torch.device(device))
+
+
+def _plane_kernel_takes(device: torch.device, dtype: torch.dtype, h: int, w: int) -> bool:
+    """Whether the whole-plane kernel runs ``h × w`` planes of ``dtype`` on ``device`` (a non-CUDA
+    tensor goes to the op, which raises its clear "must be a CUDA tensor" error)."""
+    return device.type != "cuda" or dfb_plane_fits(dtype, h, w, device)
+
+
+def _fallback(name: str):
+    """The Triton backend's pass ``name`` (the torch reference where Triton is unavailable)."""
+    from sstkd.ops.backends import torch as _torch_backend
+    from sstkd.ops.backends import triton as _triton_backend
+
+    return (_triton_backend if _triton_backend.unavailable_reason(None) is None else _torch_backend).TABLE[name]
+
+
+def _band_shapes(h: int, w: int, levels: int) -> list[tuple[int, int]]:
+    if levels == 1:
+        return [(h // 2, w)] * 2
+    half = 2 ** (levels - 1)
+    return [(h // half, w // 2)] * half + [(h // 2, w // half)] * half
+
+
+def _band_major(grads) -> torch.Tensor:
+    """``(K, N, area)`` of the (N, area) cotangents: a view when they already are consecutive
+    slices of one buffer (the forward's outputs, or made from them), else one stacking copy."""
+    first = grads[0]
+    size = first.numel()
+    if all(g.dtype == first.dtype and g.is_contiguous() and g.shape == first.shape
+           and g.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+           and g.storage_offset() == first.storage_offset() + k * size for k, g in enumerate(grads)):
+        return first.as_strided((len(grads), *first.shape), (size, first.shape[1], 1))
+    return torch.stack([g.to(first.dtype) for g in grads])
+
+
+class _DfbDec(torch.autograd.Function):
+    """``x`` (N, H, W) -> K sub-bands (N, h·w) in the final layout; backward: the adjoint (one kernel)."""
+
+    @staticmethod
+    def forward(ctx, x3, levels, out_dtype):
+        ctx.levels, ctx.hw, ctx.x_dtype = levels, tuple(x3.shape[-2:]), x3.dtype
+        return tuple(torch.ops.sstkd.dfb_dec(x3, levels, out_dtype).unbind(0))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        h, w = ctx.hw
+        g = _band_major(grads)
+        if _pairs(ctx.x_dtype, g.dtype):
+            return torch.ops.sstkd.dfb_dec_backward(g, ctx.levels, h, w, ctx.x_dtype), None, None
+        g = g.to(torch.float64)  # one side is float64: compute in float64, round once
+        return torch.ops.sstkd.dfb_dec_backward(g, ctx.levels, h, w, torch.float64).to(ctx.x_dtype), None, None
+
+
+class _DfbRec(torch.autograd.Function):
+    """K sub-bands (each (B, C, h, w)) -> the image (N, H, W); backward: the adjoint (one kernel)."""
+
+    @staticmethod
+    def forward(ctx, levels, hw, out_dtype, *bands):
+        ctx.levels, ctx.band_shapes, ctx.band_dtype = levels, [t.shape for t in bands], bands[0].dtype
+        flat = _band_major([t.reshape(t.shape[0] * t.shape[1], -1) for t in bands])
+        return torch.ops.sstkd.dfb_rec(flat, levels, hw[0], hw[1], out_dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gx):
+        bd = ctx.band_dtype
+        if _pairs(gx.dtype, bd):
+            g = torch.ops.sstkd.dfb_rec_backward(gx, ctx.levels, bd)
+        else:  # one side is float64
+            g = torch.ops.sstkd.dfb_rec_backward(gx.to(torch.float64), ctx.levels, torch.float64).to(bd)
+        return (None, None, None, *(t.view(shape) for t, shape in zip(g.unbind(0), ctx.band_shapes)))
+
+
+class _DfbEnergy(torch.autograd.Function):
+    """(N, H, W) -> (N, K) sums of squares; saves x, the backward recomputes the tree from it."""
+
+    @staticmethod
+    def forward(ctx, x3, levels):
+        ctx.save_for_backward(x3)
+        ctx.levels = levels
+        return torch.ops.sstkd.dfb_energy(x3, levels)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        (x3,) = ctx.saved_tensors
+        return torch.ops.sstkd.dfb_energy_backward(x3, g, ctx.levels), None
+
+
+def _check_dfb_input(x, levels) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"x: expected a (B, C, H, W) tensor, got {getattr(x, 'shape', type(x).__name__)}")
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 0:
+        raise ValueError(f"levels: expected an int >= 0, got {levels!r}")
+
+
+def dfb_dec_cuda(x: torch.Tensor, levels: int, filt: str = "pkva", out_dtype: torch.dtype | None = None):
+    """:func:`sstkd.ops.dfb_dec` on the whole-plane CUDA kernel: ``x`` (B, C, H, W) -> the ``2**levels``
+    sub-bands (B, C, h, w) in toolbox order, computed in float32 (float64 for float64) and stored in
+    ``out_dtype`` (default ``x.dtype``) as views of one band-major buffer. One launch each way.
+    Planes too large for shared memory (:func:`dfb_plane_fits`) go to the Triton DFB."""
+    _check_dfilt(filt)
+    _check_dfb_input(x, levels)
+    out_dtype = x.dtype if out_dtype is None else out_dtype
+    if levels == 0:
+        return [x.to(out_dtype)]
+    b, c, h, w = x.shape
+    if not _plane_kernel_takes(x.device, x.dtype, h, w):
+        return _fallback("dfb_dec")(x, levels, filt, out_dtype)
+    _ops()
+    kernel_dtype = out_dtype if _pairs(x.dtype, out_dtype) else x.dtype  # else: round once after
+    bands = _DfbDec.apply(x.reshape(b * c, h, w), levels, kernel_dtype)
+    out = [t.view(b, c, *hw) for t, hw in zip(bands, _band_shapes(h, w, levels))]
+    return out if kernel_dtype == out_dtype else [t.to(out_dtype) for t in out]
+
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def dfb_rec_cuda(bands, filt: str = "pkva", out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """:func:`sstkd.ops.dfb_rec` on the whole-plane CUDA kernel: the ``2**levels`` sub-bands of
+    :func:`dfb_dec_cuda` (B, C, h, w) -> the image (B, C, H, W) in ``out_dtype`` (default: the
+    sub-bands' dtype), computed in float32 (float64 for float64). One launch each way (plus one
+    stacking copy unless the sub-bands are consecutive planes of one buffer). Planes too large
+    for shared memory go to the Triton DFB."""
+    _check_dfilt(filt)
+    bands = list(bands)
+    for k, t in enumerate(bands):
+        if not isinstance(t, torch.Tensor) or t.dtype not in _FLOATS or t.dim() != 4:
+            raise TypeError(f"bands[{k}]: expected a (B, C, h, w) float16/bfloat16/float32/float64 tensor")
+    levels = len(bands).bit_length() - 1
+    if len(bands) == 0 or 2**levels != len(bands):
+        raise ValueError(f"bands: expected a list of 2**levels sub-bands, got {len(bands)}")
+    out_dtype = bands[0].dtype if out_dtype is None else out_dtype
+    if levels == 0:
+        return bands[0].to(out_dtype)
+    b, c = bands[0].shape[:2]
+    h0, w0 = bands[0].shape[-2:]
+    H, W = (2 * h0, w0) if levels == 1 else (h0 * 2 ** (levels - 1), 2 * w0)
+    for k, (t, hw) in enumerate(zip(bands, _band_shapes(H, W, levels))):  # the kernel trusts these shapes
+        if tuple(t.shape) != (b, c, *hw) or t.dtype != bands[0].dtype or t.device != bands[0].device:
+            raise ValueError(f"bands[{k}]: expected a {bands[0].dtype} tensor of shape {(b, c, *hw)} on "
+                             f"{bands[0].device}, got {t.dtype} {tuple(t.shape)} on {t.device}")
+    kernel_dtype = out_dtype if _pairs(out_dtype, bands[0].dtype) else _acc_dtype(bands[0].dtype)
+    if not _plane_kernel_takes(bands[0].device, kernel_dtype, H, W):
+        return _fallback("dfb_rec")(bands, filt, out_dtype)
+    _ops()
+    x = _DfbRec.apply(levels, (H, W), kernel_dtype, *bands).view(b, c, H, W)
+    return x if kernel_dtype == out_dtype else x.to(out_dtype)
+
+
+def dfb_energy_cuda(x: torch.Tensor, levels: int, filt: str = "pkva") -> torch.Tensor:
+    """Sums of squares of the ``2**levels`` DFB sub-bands of ``x`` (B, C, H, W): (B, C, 2**levels) in
+    float32 (float64 for float64), one launch, no sub-band stored. Differentiable: the forward saves
+    ``x`` and the backward (one launch) recomputes the tree in shared memory, scales each sub-band
+    by ``2·g`` and runs the adjoint tree. Planes too large for shared memory go to the Triton DFB."""
+    _check_dfilt(filt)
+    _check_dfb_input(x, levels)
+    if levels == 0:
+        xc = x.to(_acc_dtype(x.dtype))
+        return (xc * xc).sum(dim=(-2, -1)).unsqueeze(-1)
+    b, c, h, w = x.shape
+    if not _plane_kernel_takes(x.device, x.dtype, h, w):
+        return _fallback("dfb_energy")(x, levels, filt)
+    _ops()
+    return _DfbEnergy.apply(x.reshape(b * c, h, w), levels).view(b, c, 2**levels)
+
+
+dfb_energy_cuda.keeps_for_backward = True  # differentiable itself (saves x): contourlet_energy recomputes nothing
+
+
 # ============================================================================ the backend table
 DTYPES: dict[str, tuple[torch.dtype, ...]] = {}  # every float dtype
 
@@ -429,6 +633,9 @@ def ready_for_auto() -> bool:
 TABLE = {
     "lp_dec": lp_dec_cuda,
     "lp_rec": lp_rec_cuda,
+    "dfb_dec": dfb_dec_cuda,
+    "dfb_rec": dfb_rec_cuda,
+    "dfb_energy": dfb_energy_cuda,
     "level_sums": level_sums_cuda,
     "soft_hist": soft_hist_cuda,
 }

@@ -1,0 +1,38 @@
+// The whole-plane DFB launcher and its float-accumulation kernel (dfb_launch.cuh: the
+// kernel, dfb_plane.cuh: the engine; float64 planes: dfb_kernels_f64.cu): one CTA per
+// image plane, the plane and every tree level in dynamic shared memory, one launch per
+// direction. No torch headers here.
+#include "dfb_launch.cuh"
+
+namespace sstkd {
+
+int64_t dfb_plane_smem_bytes(Dtype x_dtype, int64_t H, int64_t W) {
+  return 2 * H * W * (x_dtype == Dtype::kFloat64 ? 8 : 4);
+}
+
+cudaError_t dfb_plane_launch(DfbMode mode, Dtype x_dtype, Dtype band_dtype, int levels, const void* x,
+                             void* bands, const void* grad_bands, const void* g, void* en, void* gx, int64_t N,
+                             int64_t H, int64_t W, cudaStream_t stream) {
+  if (N <= 0) return cudaSuccess;
+  if ((int)mode < 0 || (int)mode > 5 || levels < 1 || levels > dfbp::kMaxLevels || H <= 0 || W <= 0 ||
+      N > INT32_MAX || H * W > (int64_t)1 << 24 || (H * W) % ((int64_t)1 << levels) != 0)
+    return cudaErrorInvalidValue;
+  const int64_t bytes = dfb_plane_smem_bytes(x_dtype, H, W);
+  int device = 0, optin = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (err != cudaSuccess) return err;
+  if (bytes > optin) return cudaErrorInvalidConfiguration;
+  if (!dfbp::dtypes_supported(x_dtype, band_dtype)) return cudaErrorInvalidValue;
+  if (dfbp::is_double(x_dtype)) {
+    dfbp::Args<double> a{mode, x_dtype, band_dtype, levels, (int)H, (int)W, N, x, bands, grad_bands,
+                         static_cast<const double*>(g), static_cast<double*>(en), gx};
+    return dfbk::launch_f64(a, bytes, stream);
+  }
+  dfbp::Args<float> a{mode, x_dtype, band_dtype, levels, (int)H, (int)W, N, x, bands, grad_bands,
+                      static_cast<const float*>(g), static_cast<float*>(en), gx};
+  return dfbk::launch(a, bytes, stream);
+}
+
+}  // namespace sstkd
