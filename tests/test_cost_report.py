@@ -224,8 +224,8 @@ def test_cuda_backend_measured_on_meta(cuda_ext):
 def test_cuda_backend_errors_name_why(cuda_ext, monkeypatch):
     from sstkd.ops.backends import cuda
 
-    with pytest.raises(ValueError, match="does not implement.*dfb_dec"):
-        cost.cost_report(["dfb_dec"], ("fp32",), backend="cuda", with_facts=False)
+    with pytest.raises(ValueError, match="does not implement.*reproject"):
+        cost.cost_report(["reproject"], ("fp32",), backend="cuda", with_facts=False)
     with pytest.raises(ValueError, match="backend"):
         cost.cost_report(["lp_dec"], ("fp32",), backend="torch", with_facts=False)
     with pytest.raises(RuntimeError, match="meta tensors only"):
@@ -233,8 +233,8 @@ def test_cuda_backend_errors_name_why(cuda_ext, monkeypatch):
     # a composed op's passes the extension lacks come from Triton: no interpreter, no measurement
     with monkeypatch.context() as m:
         m.setenv("TRITON_INTERPRET", "0")
-        with pytest.raises(RuntimeError, match=r"passes \['dfb_dec'\] come from triton.*TRITON_INTERPRET=1"):
-            cost.measure("contourlet_dec", (1, 1, 32, 32), {"nlevs": [2]}, backend="cuda")
+        with pytest.raises(RuntimeError, match=r"passes \[.*'minmax'.*\] come from triton.*TRITON_INTERPRET=1"):
+            cost.measure("quantize_count", (2, 64), {"iters": 3}, backend="cuda")
         assert cost.measure("lp_dec", (1, 1, 32, 32), backend="cuda")[0].cuda_ops()  # needs no Triton
     # an extension that cannot be loaded: the reason comes through
     monkeypatch.setitem(cuda._state, "module", None)
@@ -249,10 +249,10 @@ def test_cuda_report_and_cli(cuda_ext, capsys):
 
     rep = cost.cost_report(None, ("fp32",), backend="cuda", with_facts=False, new_shapes=False)
     assert [r["op"] for r in rep["rows"]] == cost.implemented("cuda", [c[0] for c in cost.TRAINING_CASES])
-    assert "dfb_dec" not in [r["op"] for r in rep["rows"]] and "lp_dec" in [r["op"] for r in rep["rows"]]
+    assert "reproject" not in [r["op"] for r in rep["rows"]] and "lp_dec" in [r["op"] for r in rep["rows"]]
     text = cost.format_markdown(rep)
     assert "| lp_dec | (8, 256, 128, 128) | float32 | 1+0+0 | 1+0+0 |" in text
-    assert cli.main(["cost", "--backend", "cuda", "--ops", "dfb_dec", "--no-facts", "--print-only"]) == 2
+    assert cli.main(["cost", "--backend", "cuda", "--ops", "reproject", "--no-facts", "--print-only"]) == 2
     assert "does not implement" in capsys.readouterr().out
 
 
@@ -288,7 +288,7 @@ def test_compare_backends_and_the_prediction_file(cuda_ext, tmp_path, capsys):
     q = comp["rows"][1]["backends"]
     assert q["cuda"]["launches"] > q["triton"]["launches"]
     with pytest.raises(ValueError, match="does not implement"):
-        cost.compare_backends(["dfb_dec"], ("fp32",))
+        cost.compare_backends(["reproject"], ("fp32",))
     import fnmatch
 
     assert not fnmatch.fnmatch(cost.PREDICTION_FILE, "static-*.json")  # gpu-check reads those as cost reports

@@ -135,7 +135,7 @@ def test_auto_order_follows_the_static_prediction_until_gpu_timings_exist(tmp_pa
     monkeypatch.setattr(dispatch, "_results_dir", lambda: str(tmp_path))
     assert dispatch.auto_order("lp_dec") == (dispatch.DEFAULT_AUTO_ORDER, dispatch.auto_order("lp_dec")[1])
     assert "no static cost report prediction" in dispatch.auto_order("lp_dec")[1]
-    assert "only triton implements it" in dispatch.auto_order("dfb_dec")[1]
+    assert "only triton implements it" in dispatch.auto_order("reproject")[1]
     _prediction(tmp_path, {
         "lp_dec": {"faster": "cuda", "basis": "bytes", "ms": {"triton": 0.3, "cuda": 0.1}, "order": ["cuda", "triton"]},
         "lp_rec": {"faster": None, "basis": "bytes", "ms": {"triton": 0.1, "cuda": 0.1}, "order": ["triton", "cuda"]},
