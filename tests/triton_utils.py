@@ -27,6 +27,7 @@ import torch
 
 # one definition of what a compilable @triton.jit kernel is, shared with the compile-facts instrument
 from sstkd.benchmarks.compile_facts import _interpreted, _kernel_ref  # noqa: E402
+from sstkd.benchmarks.compile_facts import compile_facts_many as _facts_many_here  # noqa: E402
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 AOT_ARCHS = (80, 90)
@@ -170,11 +171,9 @@ def compile_facts_many(jobs) -> list:
     """:func:`sstkd.benchmarks.compile_facts.compile_facts_many` of ``jobs``, compiled in the session's
     compile process (:class:`CompileService`) when the kernels are interpreted: the same compiler and
     tools, without a new process (torch + triton imports) per call."""
-    from sstkd.benchmarks import compile_facts as cf
-
     jobs = [tuple(j) for j in jobs]
     if not any(_interpreted(j[0]) for j in jobs):
-        return cf.compile_facts_many(jobs)
+        return _facts_many_here(jobs)
     # (the child's compile_facts_many checks the jobs; its errors come back as RuntimeError)
     specs = [(_kernel_ref(j[0]),) + tuple(dict(x) if isinstance(x, dict) else x for x in j[1:]) for j in jobs]
     return compile_service().run("facts", specs)
