@@ -19,6 +19,7 @@ import dataclasses
 import inspect
 import os
 import pickle
+import select
 import subprocess
 import sys
 import tempfile
@@ -185,9 +186,11 @@ class CompileService:
     asked for twice (the same kernel, types, constexprs and launch options) is compiled once.
 
     Protocol: pickled ``(kind, specs, sys.path)`` on the child's stdin; a pickled
-    ``("ok", results)`` or ``("error", traceback)`` on a pipe of its own (the child's stdout is
-    its stderr, so that a compiler's prints cannot corrupt the stream).
+    ``("ok", results)`` or ``("error", traceback)`` on a pipe of its own (the child's stdout and
+    stderr go to a log, shown when it dies, so that a compiler's prints cannot corrupt the stream).
     """
+
+    TIMEOUT = 1200  # seconds for one request (as the one-process-per-call compiles allowed)
 
     def __init__(self):
         self._proc = None
@@ -203,6 +206,7 @@ class CompileService:
         self._out = os.fdopen(r, "rb")
 
     def run(self, kind: str, specs: list) -> list:
+        what = "AOT compilation failed" if kind == "aot" else "compile_facts: compilation failed"
         keys = [pickle.dumps((kind, s)) for s in specs]
         todo = list(dict.fromkeys(k for k in keys if k not in self._cache))
         if todo:
@@ -211,14 +215,16 @@ class CompileService:
             try:
                 pickle.dump((kind, [pickle.loads(k)[1] for k in todo], list(sys.path)), self._proc.stdin)
                 self._proc.stdin.flush()
+                if not select.select([self._out], [], [], self.TIMEOUT)[0]:
+                    raise TimeoutError(f"no answer in {self.TIMEOUT} s")
                 status, payload = pickle.load(self._out)
             except (OSError, EOFError, pickle.UnpicklingError) as e:
                 self._log.seek(0)
                 tail = self._log.read().decode(errors="replace")[-6000:]
                 self.close()
-                raise RuntimeError(f"AOT compilation failed: the compile process died ({e}):\n{tail}") from None
+                raise RuntimeError(f"{what}: the compile process died ({e}):\n{tail}") from None
             if status != "ok":
-                raise RuntimeError(f"AOT compilation failed:\n{payload[-6000:]}")
+                raise RuntimeError(f"{what}:\n{payload[-6000:]}")
             self._cache.update(zip(todo, payload))
         return [copy.deepcopy(self._cache[k]) for k in keys]
 
