@@ -79,7 +79,6 @@ def _spill_jobs():
 
 
 def test_quantize_kernels_do_not_spill_on_sm90():
-
     jobs = _spill_jobs()
     for job, f in zip(jobs, compile_facts_many(jobs)):
         name = f"{job[0].fn.__name__} {job[2].get('DETERMINISTIC', '')}"
