@@ -5,6 +5,7 @@ exact state-dict layout, a synthetic weight rule and the outputs the peer's own 
 weights. Every array is matched to 1e-4 of the reference's max |value| (the README's criterion),
 including the ``gain1__`` (activations that stay small) and ``probe_`` (ceil-mode) variants.
 """
+import collections
 import hashlib
 import json
 import zlib
@@ -51,6 +52,47 @@ def _load(name):
     return z, json.loads(str(z["shapes"])), json.loads(str(z["meta"]))
 
 
+_SCRATCH = np.empty(0)
+
+
+def _scratch(shape):
+    """A float64 array of ``shape`` over one reused buffer: drawing 45-87 M weights into fresh
+    memory costs more in page faults than the draw itself."""
+    global _SCRATCH
+    n = int(np.prod(shape))
+    if _SCRATCH.size < n:
+        _SCRATCH = np.empty(n)
+    return _SCRATCH[:n].reshape(shape)
+
+
+# Arrays of the rule by (key, shape, kind, gains): the fixtures share most of their layers (the same
+# ResNet-101 backbone under one naming in 2-4 of them), and the rule seeds each array by its key, so
+# a shared layer is drawn once. Bounded to about the largest fixture. The arrays are shared, not
+# copied: a model that holds them (loaded with assign=True) must not write into them, and every use
+# is checked against the fixture's digest (_weights), so one that did would fail loudly.
+_DRAWN: "collections.OrderedDict[tuple, list]" = collections.OrderedDict()
+_DRAWN_MAX_ELEMENTS = 90_000_000
+
+
+def _rule_arrays(k, s, kind, gains):
+    rng = np.random.default_rng(zlib.crc32(k.encode()))
+    if kind == "num_batches_tracked":
+        return [np.zeros(s, np.int64) for _ in gains]
+    if kind == "running_mean":
+        return [(0.1 * rng.standard_normal(s)).astype(np.float32)] * len(gains)
+    if kind == "running_var":
+        return [(0.5 + rng.random(s)).astype(np.float32)] * len(gains)
+    if kind == "norm_weight":
+        return [(1 + 0.1 * rng.standard_normal(s)).astype(np.float32)] * len(gains)
+    if kind == "bias":
+        return [(0.1 * rng.standard_normal(s)).astype(np.float32)] * len(gains)
+    draw = rng.standard_normal(out=_scratch(s))
+    fan_in = np.prod(s[1:]) if len(s) > 1 else s[0]
+    # (draw * std).astype(float32), without the float64 temporary: the same bits
+    return [np.multiply(draw, np.sqrt(g / fan_in), out=np.empty(s, np.float32), casting="same_kind")
+            for g in gains]
+
+
 def make_weights(keys, shapes, kinds, gains=(2.0, 1.0)):
     """The fixtures' weight rule (README "Weight rule") for each gain, as numpy arrays in key order.
 
@@ -59,24 +101,24 @@ def make_weights(keys, shapes, kinds, gains=(2.0, 1.0)):
     sds = [{} for _ in gains]
     for k, kind in zip(keys, kinds):
         s = tuple(shapes[k])
-        rng = np.random.default_rng(zlib.crc32(k.encode()))
-        if kind == "num_batches_tracked":
-            arrays = [np.zeros(s, np.int64) for _ in gains]
-        elif kind == "running_mean":
-            arrays = [(0.1 * rng.standard_normal(s)).astype(np.float32)] * len(gains)
-        elif kind == "running_var":
-            arrays = [(0.5 + rng.random(s)).astype(np.float32)] * len(gains)
-        elif kind == "norm_weight":
-            arrays = [(1 + 0.1 * rng.standard_normal(s)).astype(np.float32)] * len(gains)
-        elif kind == "bias":
-            arrays = [(0.1 * rng.standard_normal(s)).astype(np.float32)] * len(gains)
-        else:
-            draw = rng.standard_normal(s)
-            fan_in = np.prod(s[1:]) if len(s) > 1 else s[0]
-            arrays = [(draw * np.sqrt(g / fan_in)).astype(np.float32) for g in gains]
+        key = (str(k), s, str(kind), tuple(gains))
+        arrays = _DRAWN.pop(key, None)
+        if arrays is None:
+            arrays = _rule_arrays(str(k), s, str(kind), gains)
+        _DRAWN[key] = arrays
         for sd, a in zip(sds, arrays):
             sd[k] = a
+    size = sum(a[0].size for a in _DRAWN.values())
+    while size > _DRAWN_MAX_ELEMENTS:
+        _, old = _DRAWN.popitem(last=False)
+        size -= old[0].size
     return sds
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _forget_drawn_weights():
+    yield
+    _DRAWN.clear()
 
 
 def _weights(z, shapes, meta):
@@ -156,7 +198,7 @@ def test_segmentation_checkpoint_reproduces_peer(name):
 
     # gain1__: the same layout with small activations (where deep additive terms still show).
     conv = convert_state_dict(sd_gain1, fmt)
-    model.load_state_dict(conv.state_dict)
+    model.load_state_dict(conv.state_dict, assign=True)  # (a copy would write into the shared main-rule arrays)
     got = _segmentor_outputs(model, x)
     checked = _compare(z, {f"gain1__{k}": v for k, v in got.items()}, [f"gain1__{n}" for n in names])
     assert {"gain1__layer1", "gain1__logits", "gain1__aux_logits"} <= set(checked)

@@ -3,10 +3,16 @@ cost report (``sstkd.benchmarks.cost``: kernels recorded at their GPU launch geo
 counted by a dispatch mode) at the training shape: 8 intensity maps of 128², 128 levels."""
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 import torch
 
 pytest.importorskip("triton")
+
+sys.path.insert(0, os.path.dirname(__file__))
+from triton_utils import compile_facts_many  # noqa: E402  (the session's one compile process)
 
 from sstkd.benchmarks import cost  # noqa: E402
 
@@ -73,8 +79,6 @@ def _spill_jobs():
 
 
 def test_quantize_kernels_do_not_spill_on_sm90():
-    from sstkd.benchmarks.compile_facts import compile_facts_many
-
     jobs = _spill_jobs()
     for job, f in zip(jobs, compile_facts_many(jobs)):
         name = f"{job[0].fn.__name__} {job[2].get('DETERMINISTIC', '')}"
@@ -87,7 +91,6 @@ def test_quantize_kernels_do_not_spill_on_sm90():
 def test_reproject_grad_table_kernel_does_not_spill_for_either_pointer_dtype(ptr):
     # the bf16 variant of the register-tile product spilled 40 B where the fp32 one did not
     import sstkd.kernels.quantize as K
-    from sstkd.benchmarks.compile_facts import compile_facts_many
 
     B, N, L, D = 8, 128 * 128, 128, 64
     cfg = K.launch_config(B, N, L, interpreted=False)
@@ -104,9 +107,14 @@ def test_reproject_grad_table_kernel_does_not_spill_for_either_pointer_dtype(ptr
         assert f.stack == 0 and f.local == 0, f"{name}: {f.stack} B stack, {f.local} B local memory"
 
 
-def test_reproject_predicted_fwd_bwd_time_is_no_worse_than_before_the_spill_fix():
+def test_reproject_predicted_fwd_bwd_time_is_no_worse_than_before_the_spill_fix(monkeypatch):
     # a count-derived prediction (static SASS × loop trips × programs / H200 issue rate, bytes /
     # copy bandwidth), deterministic: 1.49 ms was the tl.dot version's (bench/results/static-20261201)
+    from sstkd.benchmarks import compile_facts as cf
+
+    # the report's sm_90 compiles run in the session's compile process (the same compile_facts_many
+    # there, interpreter off) instead of a process of their own
+    monkeypatch.setattr(cf, "compile_facts_many", compile_facts_many)
     rep = cost.cost_report(["reproject"], ("fp32",), new_shapes=False)
     (row,) = rep["rows"]
     p = row["predicted"]

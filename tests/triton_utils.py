@@ -7,14 +7,19 @@
   CUDA architecture (sm_80, sm_90) without a GPU, so that compile-only errors
   are caught on a CPU-only machine where the tests otherwise run in the
   interpreter. Works with triton 3.6 and 3.8; under ``TRITON_INTERPRET=1``
-  the compilation runs in a child process with the interpreter off.
+  the compilation runs in a child process with the interpreter off, one for
+  the whole session (:class:`CompileService`), which also serves
+  :func:`compile_facts_many` (sm_90 registers, spills, SASS).
 """
 from __future__ import annotations
 
+import atexit
+import copy
 import dataclasses
 import inspect
 import os
 import pickle
+import select
 import subprocess
 import sys
 import tempfile
@@ -23,6 +28,7 @@ import torch
 
 # one definition of what a compilable @triton.jit kernel is, shared with the compile-facts instrument
 from sstkd.benchmarks.compile_facts import _interpreted, _kernel_ref  # noqa: E402
+from sstkd.benchmarks.compile_facts import compile_facts_many as _facts_many_here  # noqa: E402
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 AOT_ARCHS = (80, 90)
@@ -151,26 +157,100 @@ def aot_compile_many(jobs) -> list[AotResult]:
 
     Under ``TRITON_INTERPRET=1`` the kernels (and triton's own jit helpers such
     as ``tl.cdiv``) are interpreter objects that cannot be compiled, so the
-    jobs run in one child process with the interpreter off; its errors are
-    re-raised here with the compiler's message.
+    jobs run in the session's compile process with the interpreter off
+    (:class:`CompileService`); its errors are re-raised here with the
+    compiler's message.
     """
     jobs = [tuple(j) + (4,) * (5 - len(j)) for j in jobs]
     if not any(_interpreted(j[0]) for j in jobs):
         return [_compile_here(k, dict(sig), dict(ce or {}), arch, nw) for k, sig, ce, arch, nw in jobs]
     specs = [(_kernel_ref(k), dict(sig), dict(ce or {}), int(arch), int(nw)) for k, sig, ce, arch, nw in jobs]
-    with tempfile.TemporaryDirectory() as tmp:
-        job_file, out_file = os.path.join(tmp, "jobs.pkl"), os.path.join(tmp, "out.pkl")
-        with open(job_file, "wb") as f:
-            pickle.dump(specs, f)
+    return [AotResult(**fields) for fields in compile_service().run("aot", specs)]
+
+
+def compile_facts_many(jobs) -> list:
+    """:func:`sstkd.benchmarks.compile_facts.compile_facts_many` of ``jobs``, compiled in the session's
+    compile process (:class:`CompileService`) when the kernels are interpreted: the same compiler and
+    tools, without a new process (torch + triton imports) per call."""
+    jobs = [tuple(j) for j in jobs]
+    if not any(_interpreted(j[0]) for j in jobs):
+        return _facts_many_here(jobs)
+    # (the child's compile_facts_many checks the jobs; its errors come back as RuntimeError)
+    specs = [(_kernel_ref(j[0]),) + tuple(dict(x) if isinstance(x, dict) else x for x in j[1:]) for j in jobs]
+    return compile_service().run("facts", specs)
+
+
+class CompileService:
+    """One child process, interpreter off, that compiles every AOT / compile-facts job of the test
+    session: the torch + triton imports (seconds of CPU) are paid once, not once per test, and a job
+    asked for twice (the same kernel, types, constexprs and launch options) is compiled once.
+
+    Protocol: pickled ``(kind, specs, sys.path)`` on the child's stdin; a pickled
+    ``("ok", results)`` or ``("error", traceback)`` on a pipe of its own (the child's stdout and
+    stderr go to a log, shown when it dies, so that a compiler's prints cannot corrupt the stream).
+    """
+
+    TIMEOUT = 1200  # seconds for one request (as the one-process-per-call compiles allowed)
+
+    def __init__(self):
+        self._proc = None
+        self._cache: dict[bytes, object] = {}
+
+    def _start(self):
+        r, w = os.pipe()
         env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        proc = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), job_file, out_file],
-            env=env, capture_output=True, text=True, timeout=600,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"AOT compilation failed:\n{proc.stderr[-6000:]}")
-        with open(out_file, "rb") as f:
-            return [AotResult(**fields) for fields in pickle.load(f)]
+        self._log = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", str(w)], env=env,
+                                      stdin=subprocess.PIPE, stdout=self._log, stderr=self._log, pass_fds=(w,))
+        os.close(w)
+        self._out = os.fdopen(r, "rb")
+
+    def run(self, kind: str, specs: list) -> list:
+        what = "AOT compilation failed" if kind == "aot" else "compile_facts: compilation failed"
+        keys = [pickle.dumps((kind, s)) for s in specs]
+        todo = list(dict.fromkeys(k for k in keys if k not in self._cache))
+        if todo:
+            if self._proc is None or self._proc.poll() is not None:
+                self._start()
+            try:
+                pickle.dump((kind, [pickle.loads(k)[1] for k in todo], list(sys.path)), self._proc.stdin)
+                self._proc.stdin.flush()
+                if not select.select([self._out], [], [], self.TIMEOUT)[0]:
+                    raise TimeoutError(f"no answer in {self.TIMEOUT} s")
+                status, payload = pickle.load(self._out)
+            except (OSError, EOFError, pickle.UnpicklingError) as e:
+                self._log.seek(0)
+                tail = self._log.read().decode(errors="replace")[-6000:]
+                self.close()
+                raise RuntimeError(f"{what}: the compile process died ({e}):\n{tail}") from None
+            if status != "ok":
+                raise RuntimeError(f"{what}:\n{payload[-6000:]}")
+            self._cache.update(zip(todo, payload))
+        return [copy.deepcopy(self._cache[k]) for k in keys]
+
+    def close(self):
+        if self._proc is not None:
+            try:
+                self._proc.stdin.close()
+                self._proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self._proc.kill()
+                self._proc.wait()
+            self._out.close()
+            self._log.close()
+            self._proc = None
+
+
+_SERVICE: CompileService | None = None
+
+
+def compile_service() -> CompileService:
+    """The session's :class:`CompileService` (started on first use, stopped at exit)."""
+    global _SERVICE
+    if _SERVICE is None:
+        _SERVICE = CompileService()
+        atexit.register(_SERVICE.close)
+    return _SERVICE
 
 
 def aot_compile(kernel, signature: dict, constexprs: dict | None = None, arch: int = 90, num_warps: int = 4) -> AotResult:
@@ -193,20 +273,41 @@ def aot_compile(kernel, signature: dict, constexprs: dict | None = None, arch: i
     return aot_compile_many([(kernel, signature, constexprs, arch, num_warps)])[0]
 
 
-def _child_main(job_file: str, out_file: str) -> None:
+def _resolve(ref):
     import importlib
 
-    with open(job_file, "rb") as f:
-        specs = pickle.load(f)
-    results = []
-    for (module, qualname), sig, ce, arch, nw in specs:
-        obj = importlib.import_module(module)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-        results.append(dataclasses.asdict(_compile_here(obj, sig, ce, arch, nw)))
-    with open(out_file, "wb") as f:  # plain dicts: this module is __main__ here
-        pickle.dump(results, f)
+    module, qualname = ref
+    obj = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _serve(fd: int) -> None:
+    """The :class:`CompileService` child: answers requests until its stdin closes."""
+    import traceback
+
+    out = os.fdopen(fd, "wb")
+    while True:
+        try:
+            kind, specs, path = pickle.load(sys.stdin.buffer)
+        except EOFError:
+            return
+        sys.path.extend(p for p in path if p not in sys.path)
+        try:
+            if kind == "aot":
+                results = [dataclasses.asdict(_compile_here(_resolve(ref), sig, ce, arch, nw))
+                           for ref, sig, ce, arch, nw in specs]
+            else:
+                from sstkd.benchmarks.compile_facts import compile_facts_many as facts_many
+
+                results = facts_many([(_resolve(ref),) + tuple(rest) for ref, *rest in specs])
+            reply = ("ok", results)
+        except BaseException:  # reported to the test, which raises it
+            reply = ("error", traceback.format_exc())
+        pickle.dump(reply, out)
+        out.flush()
 
 
 if __name__ == "__main__":
-    _child_main(sys.argv[1], sys.argv[2])
+    _serve(int(sys.argv[2]))
