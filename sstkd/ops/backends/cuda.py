@@ -42,6 +42,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import shutil
 import sys
 import threading
 import time
@@ -167,6 +168,22 @@ def build_dir() -> str | None:
     return _build_dir(sb, home, _arch_flags_and_key(torch)[1])
 
 
+def _stage_sources(sb, bdir: str) -> str:
+    """Copies of the build inputs in ``<bdir>/src``, which the build compiles: the build commands then
+    name no checkout path, so every checkout (fresh clone, worktree) with these sources reuses one
+    cached build instead of rebuilding it (ninja rebuilds when a command line changes)."""
+    src = os.path.join(bdir, "src")
+    os.makedirs(src, exist_ok=True)
+    csrc = os.path.dirname(sb.__file__)
+    for f in sb.build_inputs():
+        dst = os.path.join(src, os.path.relpath(f, csrc))
+        if not os.path.exists(dst):  # the directory is keyed by the sources' hash: present means equal
+            tmp = f"{dst}.{os.getpid()}.tmp"
+            shutil.copyfile(f, tmp)
+            os.replace(tmp, dst)  # atomic: a concurrent build never sees half a file
+    return src
+
+
 def _jit_build():
     ce = _cpp_extension()
     sb = _build_module(csrc_dir())
@@ -183,12 +200,13 @@ def _jit_build():
     if cold:
         print("sstkd: building the CUDA extension (first use, ~2 min)...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
+    src = _stage_sources(sb, bdir)
     mod = ce.load(
         name=_JIT_NAME,
-        sources=sb.sources(),
+        sources=[os.path.join(src, os.path.basename(f)) for f in sb.sources()],
         extra_cflags=sb.cxx_flags(),
         extra_cuda_cflags=sb.nvcc_flags() + arch_flags,
-        extra_include_paths=sb.include_dirs(home),
+        extra_include_paths=[src] + sb.include_dirs(home)[1:],
         build_directory=bdir,
         verbose=False,
     )
