@@ -259,7 +259,7 @@ def test_bad_input_dec():
 
 
 def test_explicit_unavailable_backend_raises(monkeypatch):
-    # The CUDA extension has no DFB, and the Triton kernels need a GPU or the interpreter.
+    # The CUDA DFB needs CUDA tensors, and the Triton kernels need a GPU or the interpreter.
     with pytest.raises(RuntimeError, match="cuda"):
         dfb_dec(torch.randn(1, 1, 16, 16), 2, backend="cuda")
     if not torch.cuda.is_available():

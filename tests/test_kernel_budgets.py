@@ -24,9 +24,15 @@ _DFB_BEFORE = {_HEAVY: 380, _LIGHT: 273}
 
 @pytest.fixture(scope="module")
 def rows():
-    """Four compiles in one child process: both LP kernels and two ladder passes, fp32."""
-    return {j.name: (j, f, per) for j, f, per in
-            measure(lp_jobs("fp32") + dfb_ladder_jobs("fp32", passes=[_HEAVY, _LIGHT]))}
+    """Four compiles, in the session's compile process (the same compile_facts_many, run there):
+    both LP kernels and two ladder passes, fp32."""
+    from sstkd.benchmarks import kernel_facts
+    from triton_utils import compile_facts_many
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(kernel_facts, "compile_facts_many", compile_facts_many)
+        return {j.name: (j, f, per) for j, f, per in
+                measure(lp_jobs("fp32") + dfb_ladder_jobs("fp32", passes=[_HEAVY, _LIGHT]))}
 
 
 def _ladder(rows, label):
