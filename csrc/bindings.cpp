@@ -22,6 +22,9 @@
 //   dfb_rec_backward(grad_x (N,H,W), levels, band_dtype) -> grad_bands (K, N, H*W/K)
 //   dfb_energy(x (N,H,W), levels) -> (N, K) accumulation dtype, per-sub-band sums of squares
 //   dfb_energy_backward(x, grad (N, K), levels) -> grad_x (N,H,W) (recomputes the tree from x)
+//   dfb_energy_low(x (N,H,W), low (N,h,w), levels) -> (N, 1 + K): dfb_energy with the sum of squares of
+//       `low` (a contourlet's coarsest lowpass, x's dtype) first, in the same launch
+//   dfb_energy_low_backward(x, low, grad (N, 1 + K), levels) -> (grad_x, grad_low = 2*grad[:, 0]*low)
 //   The dfb ops need the two H*W planes of one image in shared memory (dfb_plane_bytes); larger
 //   planes raise (sstkd/ops/backends/cuda.py checks first and falls back to the Triton DFB).
 // float16/bfloat16/float32 accumulate in float32, float64 in float64.
@@ -329,14 +332,42 @@ void check_dfb_input(const char* op, const Tensor& x, int64_t levels) {
 
 void launch_dfb(const char* op, DfbMode mode, const Tensor& like, at::ScalarType band_dtype, int64_t levels,
                 const void* x, void* bands, const void* grad_bands, const void* g, void* en, void* gx, int64_t N,
-                int64_t H, int64_t W) {
+                int64_t H, int64_t W, const void* low = nullptr, void* g_low = nullptr, int64_t low_hw = 0,
+                int64_t g_stride = 0) {
   if (N == 0) return;
   Dtype bd = Dtype::kFloat32;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, band_dtype, "sstkd_dfb_band_dtype",
                                   [&] { bd = DtypeOf<scalar_t>::value; });
   check_launch(dfb_plane_launch(mode, dtype_of(like), bd, (int)levels, x, bands, grad_bands, g, en, gx, N, H, W,
-                                c10::cuda::getCurrentCUDAStream().stream()),
+                                c10::cuda::getCurrentCUDAStream().stream(), low, g_low, low_hw, g_stride),
                op);
+}
+
+// The energy cotangent (N, cols) as the kernel reads it: in the accumulation dtype with dense rows
+// (a column slice of a wider cotangent is read through its row stride, not copied); `stride` is set.
+Tensor energy_grad(const char* op, const Tensor& grad, const Tensor& x, int64_t cols, int64_t& stride) {
+  const int64_t N = x.size(0);
+  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == N && grad.size(1) == cols, "sstkd::", op,
+              ": grad must have shape (N, ", cols, ") = (", N, ", ", cols, "), got ", grad.sizes());
+  TORCH_CHECK(grad.device() == x.device(), "sstkd::", op, ": grad is on ", grad.device(), " but x is on ",
+              x.device());
+  Tensor g = grad.to(acc_dtype(x.scalar_type()));
+  if (g.stride(1) != 1 || g.stride(0) < cols) g = g.contiguous();
+  stride = g.stride(0);
+  return g;
+}
+
+// low (N, h, w) of x's dtype and device, h*w <= H*W: the lowpass folded into the energy ops.
+Tensor checked_low(const char* op, const Tensor& low_in, const Tensor& x) {
+  check_cuda(op, "low", low_in);
+  check_rank(op, "low", low_in, 3, "(N, h, w)");
+  TORCH_CHECK(low_in.size(0) == x.size(0) && low_in.size(1) * low_in.size(2) <= x.size(1) * x.size(2), "sstkd::", op,
+              ": low must have shape (N, h, w) with h*w <= H*W for x of shape ", x.sizes(), ", got ", low_in.sizes());
+  TORCH_CHECK(low_in.scalar_type() == x.scalar_type(), "sstkd::", op, ": low dtype ", low_in.scalar_type(),
+              " differs from x dtype ", x.scalar_type());
+  TORCH_CHECK(low_in.device() == x.device(), "sstkd::", op, ": low is on ", low_in.device(), " but x is on ",
+              x.device());
+  return low_in.contiguous();
 }
 
 Tensor dfb_dec_cuda(const Tensor& x_in, int64_t levels, std::optional<at::ScalarType> out_dtype) {
@@ -395,18 +426,51 @@ Tensor dfb_energy_backward_cuda(const Tensor& x_in, const Tensor& grad_in, int64
   check_cuda(op, "grad", grad_in);
   check_dfb_input(op, x_in, levels);
   const int64_t N = x_in.size(0), H = x_in.size(1), W = x_in.size(2), K = (int64_t)1 << levels;
-  TORCH_CHECK(grad_in.dim() == 2 && grad_in.size(0) == N && grad_in.size(1) == K, "sstkd::", op,
-              ": grad must have shape (N, K) = (", N, ", ", K, "), got ", grad_in.sizes());
-  TORCH_CHECK(grad_in.device() == x_in.device(), "sstkd::", op, ": grad is on ", grad_in.device(), " but x is on ",
-              x_in.device());
   const c10::cuda::CUDAGuard guard(x_in.device());
   const Tensor x = x_in.contiguous();
-  const Tensor g = grad_in.to(acc_dtype(x.scalar_type())).contiguous();
+  int64_t gs = 0;
+  const Tensor g = energy_grad(op, grad_in, x, K, gs);
   check_dfb_fits(op, x, H, W);
   Tensor gx = at::empty_like(x);
   launch_dfb(op, DfbMode::kEnergyAdjoint, x, x.scalar_type(), levels, x.const_data_ptr(), nullptr, nullptr,
-             g.const_data_ptr(), nullptr, gx.mutable_data_ptr(), N, H, W);
+             g.const_data_ptr(), nullptr, gx.mutable_data_ptr(), N, H, W, nullptr, nullptr, 0, gs);
   return gx;
+}
+
+Tensor dfb_energy_low_cuda(const Tensor& x_in, const Tensor& low_in, int64_t levels) {
+  const char* op = "dfb_energy_low";
+  check_cuda(op, "x", x_in);
+  check_dfb_input(op, x_in, levels);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const Tensor x = x_in.contiguous();
+  const Tensor low = checked_low(op, low_in, x);
+  const int64_t N = x.size(0), H = x.size(1), W = x.size(2), K = (int64_t)1 << levels;
+  check_dfb_fits(op, x, H, W);
+  Tensor en = at::empty({N, 1 + K}, x.options().dtype(acc_dtype(x.scalar_type())));
+  launch_dfb(op, DfbMode::kEnergy, x, x.scalar_type(), levels, x.const_data_ptr(), nullptr, nullptr, nullptr,
+             en.mutable_data_ptr(), nullptr, N, H, W, low.const_data_ptr(), nullptr, low.size(1) * low.size(2));
+  return en;
+}
+
+std::tuple<Tensor, Tensor> dfb_energy_low_backward_cuda(const Tensor& x_in, const Tensor& low_in,
+                                                        const Tensor& grad_in, int64_t levels) {
+  const char* op = "dfb_energy_low_backward";
+  check_cuda(op, "x", x_in);
+  check_cuda(op, "grad", grad_in);
+  check_dfb_input(op, x_in, levels);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const Tensor x = x_in.contiguous();
+  const Tensor low = checked_low(op, low_in, x);
+  const int64_t N = x.size(0), H = x.size(1), W = x.size(2), K = (int64_t)1 << levels;
+  int64_t gs = 0;
+  const Tensor g = energy_grad(op, grad_in, x, 1 + K, gs);
+  check_dfb_fits(op, x, H, W);
+  Tensor gx = at::empty_like(x);
+  Tensor g_low = at::empty_like(low);
+  launch_dfb(op, DfbMode::kEnergyAdjoint, x, x.scalar_type(), levels, x.const_data_ptr(), nullptr, nullptr,
+             g.const_data_ptr(), nullptr, gx.mutable_data_ptr(), N, H, W, low.const_data_ptr(),
+             g_low.mutable_data_ptr(), low.size(1) * low.size(2), gs);
+  return {gx, g_low};
 }
 
 Tensor dfb_rec_cuda(const Tensor& bands_in, int64_t levels, int64_t H, int64_t W,
@@ -540,6 +604,24 @@ Tensor dfb_energy_backward_meta(const Tensor& x, const Tensor& grad, int64_t lev
   return at::empty_symint(x.sym_sizes(), x.options());
 }
 
+Tensor dfb_energy_low_meta(const Tensor& x, const Tensor& low, int64_t levels) {
+  check_rank("dfb_energy_low", "x", x, 3, "(N, H, W)");
+  check_rank("dfb_energy_low", "low", low, 3, "(N, h, w)");
+  check_float("dfb_energy_low", "x", x);
+  TORCH_CHECK(low.scalar_type() == x.scalar_type(), "sstkd::dfb_energy_low: low dtype ", low.scalar_type(),
+              " differs from x dtype ", x.scalar_type());
+  TORCH_CHECK(levels >= 1 && levels <= 20, "sstkd::dfb_energy_low: levels must be in [1, 20], got ", levels);
+  return at::empty_symint({x.sym_size(0), c10::SymInt(1 + ((int64_t)1 << levels))},
+                          x.options().dtype(acc_dtype(x.scalar_type())));
+}
+
+std::tuple<Tensor, Tensor> dfb_energy_low_backward_meta(const Tensor& x, const Tensor& low, const Tensor& grad,
+                                                        int64_t levels) {
+  check_rank("dfb_energy_low_backward", "x", x, 3, "(N, H, W)");
+  check_rank("dfb_energy_low_backward", "low", low, 3, "(N, h, w)");
+  return {at::empty_symint(x.sym_sizes(), x.options()), at::empty_symint(low.sym_sizes(), low.options())};
+}
+
 // ----------------------------------------------------------------------------------------- CPU
 [[noreturn]] void cpu_error(const char* op, const char* name, const Tensor& t) {
   check_cuda(op, name, t);  // throws: t is a CPU tensor here
@@ -563,6 +645,8 @@ TORCH_LIBRARY(sstkd, m) {
   m.def("dfb_dec_backward(Tensor grad, int levels, int H, int W, ScalarType x_dtype) -> Tensor");
   m.def("dfb_energy(Tensor x, int levels) -> Tensor");
   m.def("dfb_energy_backward(Tensor x, Tensor grad, int levels) -> Tensor");
+  m.def("dfb_energy_low(Tensor x, Tensor low, int levels) -> Tensor");
+  m.def("dfb_energy_low_backward(Tensor x, Tensor low, Tensor grad, int levels) -> (Tensor grad_x, Tensor grad_low)");
   m.def("dfb_rec(Tensor bands, int levels, int H, int W, ScalarType? out_dtype=None) -> Tensor");
   m.def("dfb_rec_backward(Tensor grad_x, int levels, ScalarType band_dtype) -> Tensor");
 }
@@ -579,6 +663,8 @@ TORCH_LIBRARY_IMPL(sstkd, CUDA, m) {
   m.impl("dfb_dec_backward", &sstkd::dfb_dec_backward_cuda);
   m.impl("dfb_energy", &sstkd::dfb_energy_cuda);
   m.impl("dfb_energy_backward", &sstkd::dfb_energy_backward_cuda);
+  m.impl("dfb_energy_low", &sstkd::dfb_energy_low_cuda);
+  m.impl("dfb_energy_low_backward", &sstkd::dfb_energy_low_backward_cuda);
   m.impl("dfb_rec", &sstkd::dfb_rec_cuda);
   m.impl("dfb_rec_backward", &sstkd::dfb_rec_backward_cuda);
 }
@@ -595,6 +681,8 @@ TORCH_LIBRARY_IMPL(sstkd, Meta, m) {
   m.impl("dfb_dec_backward", &sstkd::dfb_dec_backward_meta);
   m.impl("dfb_energy", &sstkd::dfb_energy_meta);
   m.impl("dfb_energy_backward", &sstkd::dfb_energy_backward_meta);
+  m.impl("dfb_energy_low", &sstkd::dfb_energy_low_meta);
+  m.impl("dfb_energy_low_backward", &sstkd::dfb_energy_low_backward_meta);
   m.impl("dfb_rec", &sstkd::dfb_rec_meta);
   m.impl("dfb_rec_backward", &sstkd::dfb_rec_backward_meta);
 }
@@ -625,6 +713,12 @@ TORCH_LIBRARY_IMPL(sstkd, CPU, m) {
   m.impl("dfb_energy", [](const Tensor& x, int64_t) -> Tensor { cpu_error("dfb_energy", "x", x); });
   m.impl("dfb_energy_backward",
          [](const Tensor& x, const Tensor&, int64_t) -> Tensor { cpu_error("dfb_energy_backward", "x", x); });
+  m.impl("dfb_energy_low",
+         [](const Tensor& x, const Tensor&, int64_t) -> Tensor { cpu_error("dfb_energy_low", "x", x); });
+  m.impl("dfb_energy_low_backward",
+         [](const Tensor& x, const Tensor&, const Tensor&, int64_t) -> std::tuple<Tensor, Tensor> {
+           cpu_error("dfb_energy_low_backward", "x", x);
+         });
   m.impl("dfb_rec", [](const Tensor& b, int64_t, int64_t, int64_t, std::optional<at::ScalarType>) -> Tensor {
     cpu_error("dfb_rec", "bands", b);
   });
@@ -652,9 +746,10 @@ extern "C" PyMODINIT_FUNC SSTKD_CAT(PyInit_, TORCH_EXTENSION_NAME)(void) {
   if (mod == nullptr) return nullptr;
   if (PyModule_AddIntConstant(mod, "cuda_runtime_version", CUDART_VERSION) < 0 ||
       PyModule_AddObject(mod, "ops",
-                         Py_BuildValue("(sssssssssssss)", "lp_dec", "lp_dec_backward", "lp_rec", "lp_rec_backward",
-                                       "quantize_count", "quantize_count_backward", "sum_squares", "dfb_dec",
-                                       "dfb_dec_backward", "dfb_energy", "dfb_energy_backward", "dfb_rec",
+                         Py_BuildValue("(sssssssssssssss)", "lp_dec", "lp_dec_backward", "lp_rec",
+                                       "lp_rec_backward", "quantize_count", "quantize_count_backward", "sum_squares",
+                                       "dfb_dec", "dfb_dec_backward", "dfb_energy", "dfb_energy_backward",
+                                       "dfb_energy_low", "dfb_energy_low_backward", "dfb_rec",
                                        "dfb_rec_backward")) < 0) {
     Py_DECREF(mod);
     return nullptr;

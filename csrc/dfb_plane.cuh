@@ -256,21 +256,34 @@ enum Kind : int {
   kEnergyFinal,    // partials -> en (N, K)
   kScaleG,         // buf[L&1] *= 2*g[n, final band]
   kStoreX,         // buf[0] -> gx plane
+  kLowPartial,     // energy with a lowpass: kLowLanes partial sums of squares of `low` -> buf1
+  kLowFinal,       // partials -> en[n, 0]
+  kLowGrad,        // energy adjoint with a lowpass: g_low = 2*g[n, 0]*low
 };
+
+// Partial sums of the lowpass energy (a constant, not the thread count: the same sum on any launch).
+constexpr int kLowLanes = 256;
 
 struct Phase {
   int kind, level, sub;
 };
 
 constexpr int kMaxLevels = 20;
-constexpr int kMaxPhases = 6 * kMaxLevels + 3;  // the energy adjoint's program is the longest
+constexpr int kMaxPhases = 6 * kMaxLevels + 4;  // the energy adjoint's program (with a lowpass) is the longest
 
-SSTKD_HD int num_phases(DfbMode m, int L) {
+// With a lowpass (energy modes only): the energy program starts with kLowPartial, kLowFinal,
+// the adjoint's with kLowGrad.
+SSTKD_HD int low_phases(DfbMode m, bool low) {
+  return !low ? 0 : m == DfbMode::kEnergy ? 2 : m == DfbMode::kEnergyAdjoint ? 1 : 0;
+}
+
+SSTKD_HD int num_phases(DfbMode m, int L, bool low) {
+  const int extra = low_phases(m, low);
   switch (m) {
     case DfbMode::kEnergy:
-      return 3 * L + 3;
+      return 3 * L + 3 + extra;
     case DfbMode::kEnergyAdjoint:
-      return 6 * L + 3;
+      return 6 * L + 3 + extra;
     default:  // dec, rec and their adjoints
       return 3 * L + 2;
   }
@@ -315,7 +328,10 @@ SSTKD_HD Phase up_phase(int q, int L, int first, int scale_p0) {
   return {q % 3 == 2 ? kMerge : kLadder, L - q / 3, q % 3 == 2 ? scale_p0 : first + q % 3};
 }
 
-SSTKD_HD Phase phase_at(DfbMode m, int L, int p) {
+SSTKD_HD Phase phase_at(DfbMode m, int L, int p, bool low) {
+  const int extra = low_phases(m, low);
+  if (p < extra) return {m == DfbMode::kEnergy ? (p == 0 ? kLowPartial : kLowFinal) : kLowGrad, 0, 0};
+  p -= extra;
   const int tree = 3 * L;
   switch (m) {
     case DfbMode::kDec:
@@ -360,8 +376,12 @@ struct Args {
   void* bands;             // (K, N, H*W/K) dec output
   const void* grad_bands;  // (K, N, H*W/K) dec adjoint input
   const Acc* g;            // (N, K) energy cotangent
-  Acc* en;                 // (N, K) energies
+  Acc* en;                 // (N, K) energies, or (N, 1 + K) with `low` (its energy first); g alike
   void* gx;                // (N, H, W)
+  const void* low;         // energy modes: (N, low_hw) lowpass of x_dtype whose energy comes first, or null
+  void* g_low;             // (N, low_hw) its gradient (energy adjoint)
+  int low_hw;
+  int64_t g_stride;        // row stride of g in elements (0: dense, K or 1 + K)
   // The program, decoded on the host (set_program): the kernel reads phase p from its
   // parameters instead of keeping mode-dependent decode state live next to the ladder block.
   int num_phases;
@@ -371,8 +391,9 @@ struct Args {
 // Fills a.num_phases / a.phases from a.mode and a.levels (levels in [1, kMaxLevels]).
 template <typename Acc>
 SSTKD_HD void set_program(Args<Acc>& a) {
-  a.num_phases = num_phases(a.mode, a.levels);
-  for (int p = 0; p < a.num_phases; ++p) a.phases[p] = phase_at(a.mode, a.levels, p);
+  const bool low = a.low != nullptr;
+  a.num_phases = num_phases(a.mode, a.levels, low);
+  for (int p = 0; p < a.num_phases; ++p) a.phases[p] = phase_at(a.mode, a.levels, p, low);
 }
 
 // Element i of a tensor of dtype d, in Acc (a uniform branch per element: the
@@ -488,6 +509,7 @@ SSTKD_HD void split_phase(const Acc* from, Acc* to, int l, int H, int W, Acc p0_
 template <typename Acc>
 SSTKD_HD void run_phase(const Args<Acc>& a, int n, Acc* buf0, Acc* buf1, int p, int tid, int nt) {
   const int L = a.levels, H = a.H, W = a.W, HW = H * W, K = 1 << L, area = HW >> L;
+  const int lo = a.low != nullptr ? 1 : 0, es = K + lo;  // energies / g: row stride, first band's column
   const Phase ph = a.phases[p];
   Acc* const cur = (ph.level & 1) ? buf1 : buf0;   // level ph.level
   Acc* const prev = (ph.level & 1) ? buf0 : buf1;  // level ph.level - 1 (or the free buffer)
@@ -544,17 +566,46 @@ SSTKD_HD void run_phase(const Args<Acc>& a, int n, Acc* buf0, Acc* buf1, int p, 
       for (int k = tid; k < K; k += nt) {
         Acc s = Acc(0);
         for (int i = 0; i < lanes; ++i) s += part[k * lanes + i];
-        a.en[(int64_t)n * K + final_band(L, k)] = s;
+        a.en[(int64_t)n * es + lo + final_band(L, k)] = s;
       }
       break;
     }
     case kScaleG: {
       Acc* buf = cur;
-      const Acc* g = a.g + (int64_t)n * K;
+      const Acc* g = a.g + (int64_t)n * (a.g_stride ? a.g_stride : es) + lo;
       for (int e = tid; e < HW; e += nt) {
         const int k = e / area;
         buf[e] *= Acc(2) * g[final_band(L, k)];
       }
+      break;
+    }
+    case kLowPartial: {  // buf1 is free before the tree (lanes <= low_hw <= HW)
+      const int lanes = a.low_hw < kLowLanes ? a.low_hw : kLowLanes;
+      const int64_t base = (int64_t)n * a.low_hw;
+      for (int it = tid; it < lanes; it += nt) {
+        Acc s = Acc(0);
+        for (int e = it; e < a.low_hw; e += lanes) {
+          const Acc v = load_elem(a.low, base + e, a.x_dtype, Acc());
+          s += v * v;
+        }
+        buf1[it] = s;
+      }
+      break;
+    }
+    case kLowFinal: {
+      const int lanes = a.low_hw < kLowLanes ? a.low_hw : kLowLanes;
+      if (tid == 0) {
+        Acc s = Acc(0);
+        for (int i = 0; i < lanes; ++i) s += buf1[i];
+        a.en[(int64_t)n * es] = s;
+      }
+      break;
+    }
+    case kLowGrad: {
+      const Acc g2 = Acc(2) * a.g[(int64_t)n * (a.g_stride ? a.g_stride : es)];
+      const int64_t base = (int64_t)n * a.low_hw;
+      for (int e = tid; e < a.low_hw; e += nt)
+        store_elem(a.g_low, base + e, a.x_dtype, g2 * load_elem(a.low, base + e, a.x_dtype, Acc()));
       break;
     }
   }

@@ -79,6 +79,10 @@ cudaError_t sum_squares_launch(Dtype dtype, const void* x, void* partials, void*
 //   kEnergyAdjoint: (x, g) -> gx = adjoint of the tree applied to 2*g*y (y recomputed)
 //   kRec:           grad_bands (the sub-bands) -> gx (the image)          (dfb_rec)
 //   kRecAdjoint:    x (the image cotangent) -> bands (their cotangents)   (the backward of dfb_rec)
+// The energy modes optionally fold in a lowpass `low` (N, low_hw) of x_dtype, low_hw <= H*W (the
+// contourlet's coarsest LP level): en / g are then (N, 1 + K) with its energy first, and kEnergyAdjoint
+// also writes g_low = 2*g[:, 0]*low (N, low_hw) in x_dtype. Null `low`: (N, K) as above.
+// g_stride: the row stride of g in elements when its rows are not dense (0: dense).
 // H, W as sstkd.geometry.check_dfb_size requires for `levels` >= 1; all contiguous.
 enum class DfbMode : int { kDec = 0, kDecAdjoint = 1, kEnergy = 2, kEnergyAdjoint = 3, kRec = 4, kRecAdjoint = 5 };
 
@@ -90,6 +94,7 @@ int64_t dfb_plane_smem_bytes(Dtype x_dtype, int64_t H, int64_t W);
 // checks dfb_plane_smem_bytes first and falls back).
 cudaError_t dfb_plane_launch(DfbMode mode, Dtype x_dtype, Dtype band_dtype, int levels, const void* x,
                              void* bands, const void* grad_bands, const void* g, void* en, void* gx, int64_t N,
-                             int64_t H, int64_t W, cudaStream_t stream);
+                             int64_t H, int64_t W, cudaStream_t stream, const void* low = nullptr,
+                             void* g_low = nullptr, int64_t low_hw = 0, int64_t g_stride = 0);
 
 }  // namespace sstkd

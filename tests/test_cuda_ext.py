@@ -30,7 +30,8 @@ from sstkd.ops.backends import cuda as _ext
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSRC = os.path.join(REPO, "csrc")
 OPS = ("lp_dec", "lp_dec_backward", "lp_rec", "lp_rec_backward", "quantize_count", "quantize_count_backward",
-       "sum_squares", "dfb_dec", "dfb_dec_backward", "dfb_energy", "dfb_energy_backward", "dfb_rec", "dfb_rec_backward")
+       "sum_squares", "dfb_dec", "dfb_dec_backward", "dfb_energy", "dfb_energy_backward", "dfb_energy_low",
+       "dfb_energy_low_backward", "dfb_rec", "dfb_rec_backward")
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -102,6 +103,9 @@ CPU_CALLS = {
     "dfb_dec_backward": lambda: torch.ops.sstkd.dfb_dec_backward(torch.zeros(4, 2, 64), 2, 16, 16, torch.float32),
     "dfb_energy": lambda: torch.ops.sstkd.dfb_energy(torch.zeros(2, 16, 16), 2),
     "dfb_energy_backward": lambda: torch.ops.sstkd.dfb_energy_backward(torch.zeros(2, 16, 16), torch.zeros(2, 4), 2),
+    "dfb_energy_low": lambda: torch.ops.sstkd.dfb_energy_low(torch.zeros(2, 16, 16), torch.zeros(2, 8, 8), 2),
+    "dfb_energy_low_backward": lambda: torch.ops.sstkd.dfb_energy_low_backward(
+        torch.zeros(2, 16, 16), torch.zeros(2, 8, 8), torch.zeros(2, 5), 2),
     "dfb_rec": lambda: torch.ops.sstkd.dfb_rec(torch.zeros(4, 2, 64), 2, 16, 16),
     "dfb_rec_backward": lambda: torch.ops.sstkd.dfb_rec_backward(torch.zeros(2, 16, 16), 2, torch.float32),
 }
@@ -132,6 +136,12 @@ def test_wrappers_raise_a_clear_error_on_cpu(ext):
         _cuda_ops.dfb_dec_cuda(torch.randn(1, 1, 16, 16), 2, filt="haar")
     with pytest.raises(ValueError, match="levels"):
         _cuda_ops.dfb_energy_cuda(torch.randn(1, 1, 16, 16), -1)
+    with pytest.raises(RuntimeError, match="must be a CUDA tensor"):
+        _cuda_ops.dfb_energy_cuda(torch.randn(1, 2, 16, 16), 3, low=torch.randn(1, 2, 8, 8))
+    for bad in (torch.randn(1, 2, 8, 8, dtype=torch.float64), torch.randn(1, 3, 8, 8), torch.randn(1, 2, 32, 32),
+                torch.randn(2, 8, 8)):
+        with pytest.raises(ValueError, match=r"low: expected a torch.float32 \(B, C, h, w\)"):
+            _cuda_ops.dfb_energy_cuda(torch.randn(1, 2, 16, 16), 3, low=bad)
 
 
 def test_bad_kernel_name_is_rejected(ext):
@@ -176,6 +186,13 @@ def test_dfb_meta_shapes_and_dtypes(ext, dtype):
     en = torch.ops.sstkd.dfb_energy(x, 2)
     assert (en.shape, en.dtype) == ((6, 4), acc)
     assert torch.ops.sstkd.dfb_energy_backward(x, en, 2).shape == (6, 24, 16)
+    low = torch.empty(6, 12, 8, device="meta", dtype=dtype)
+    en_low = torch.ops.sstkd.dfb_energy_low(x, low, 2)
+    assert (en_low.shape, en_low.dtype) == ((6, 5), acc)
+    gx, g_low = torch.ops.sstkd.dfb_energy_low_backward(x, low, en_low, 2)
+    assert (gx.shape, gx.dtype, g_low.shape, g_low.dtype) == ((6, 24, 16), dtype, (6, 12, 8), dtype)
+    with pytest.raises(RuntimeError, match="dfb_energy_low: low dtype"):
+        torch.ops.sstkd.dfb_energy_low(x, low.to(torch.float64 if dtype != torch.float64 else torch.float32), 2)
     with pytest.raises(RuntimeError, match="cannot pair with"):
         torch.ops.sstkd.dfb_dec(x, 2, torch.float64 if dtype != torch.float64 else torch.float16)
     with pytest.raises(RuntimeError, match=r"levels must be in \[1, 20\]"):
@@ -418,23 +435,34 @@ DFB_CASES = [(1, 12, 7), (1, 14, 16), (2, 12, 10), (2, 20, 2), (3, 16, 12), (3, 
 _EMU_THREADS = 96  # 3 groups of 32: ladder tiles, rows and energy partials do not divide evenly
 
 
-def _emu_dfb(emu, mode, levels, N, H, W, x_dtype, band_dtype=None, x=None, grad_bands=None, g=None):
+def _emu_dfb(emu, mode, levels, N, H, W, x_dtype, band_dtype=None, x=None, grad_bands=None, g=None, low=None):
     """mode 0: x -> bands (K, N, H*W/K); 1: grad_bands -> gx; 2: x -> en (N, K); 3: (x, g) -> gx;
-    4 (dfb_rec): grad_bands (the sub-bands) -> gx (the image); 5 (its adjoint): x -> bands."""
+    4 (dfb_rec): grad_bands (the sub-bands) -> gx (the image); 5 (its adjoint): x -> bands.
+    With ``low`` (N, h, w) (modes 2, 3): en / g are (N, 1 + K), the lowpass first; mode 3 returns
+    (gx, g_low). ``g`` is read through its row stride when its rows are dense (a column slice)."""
     band_dtype = x_dtype if band_dtype is None else band_dtype
     acc = torch.float64 if x_dtype == torch.float64 else torch.float32
     K = 2**levels
+    lo = 0 if low is None else 1
     bands = torch.full((K, N, H * W // K), float("nan"), dtype=band_dtype) if mode in (0, 5) else None
-    en = torch.full((N, K), float("nan"), dtype=acc) if mode == 2 else None
+    en = torch.full((N, lo + K), float("nan"), dtype=acc) if mode == 2 else None
     gx = torch.full((N, H, W), float("nan"), dtype=x_dtype) if mode in (1, 3, 4) else None
     x = None if x is None else x.contiguous()
     grad_bands = None if grad_bands is None else grad_bands.contiguous()
-    g = None if g is None else g.to(acc).contiguous()
+    g_stride = 0
+    if g is not None:
+        g = g.to(acc)
+        if g.stride(-1) != 1 or g.stride(0) < g.shape[1]:
+            g = g.contiguous()
+        g_stride = g.stride(0)
+    low = None if low is None else low.contiguous()
+    g_low = torch.full_like(low, float("nan")) if low is not None and mode == 3 else None
     i64 = ctypes.c_int64
     rc = emu.sstkd_emu_dfb_plane(mode, _DT[x_dtype], _DT[band_dtype], levels, _ptr(x), _ptr(bands), _ptr(grad_bands),
-                                 _ptr(g), _ptr(en), _ptr(gx), i64(N), i64(H), i64(W), _EMU_THREADS)
+                                 _ptr(g), _ptr(en), _ptr(gx), i64(N), i64(H), i64(W), _EMU_THREADS, _ptr(low),
+                                 _ptr(g_low), i64(0 if low is None else low[0].numel()), i64(g_stride))
     assert rc == 0
-    return {0: bands, 1: gx, 2: en, 3: gx, 4: gx, 5: bands}[mode]
+    return {0: bands, 1: gx, 2: en, 3: gx if low is None else (gx, g_low), 4: gx, 5: bands}[mode]
 
 
 def _ref_bands(x, levels):
@@ -508,6 +536,36 @@ def test_emulated_dfb_plane_lower_precision(emu, dtype):
     torch.testing.assert_close(en.double(), (ref * ref).sum(-1).T, atol=0, rtol=1e-5)
 
 
+# (levels, H, W, h, w): the lowpass folded into the energy launch; odd widths, a lowpass of more than
+# kLowLanes (256) pixels, and one of another shape than H/2 x W/2 (any h*w <= H*W)
+LOW_CASES = [(1, 12, 7, 6, 3), (2, 48, 40, 24, 20), (3, 16, 12, 8, 6), (4, 24, 16, 5, 7)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", LOW_CASES)
+def test_emulated_dfb_energy_with_lowpass(emu, case, dtype):
+    levels, H, W, h, w = case
+    N, K = 2, 2**levels
+    x, low = torch.randn(N, H, W).to(dtype), torch.randn(N, h, w).to(dtype)
+    xg, lg = x.double().requires_grad_(True), low.double().requires_grad_(True)  # exact, of the rounded inputs
+    en_ref = torch.cat([(lg * lg).sum((1, 2))[:, None], (_ref_bands(xg, levels) ** 2).sum(-1).T], dim=1)
+    en = _emu_dfb(emu, 2, levels, N, H, W, dtype, x=x, low=low)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    assert en.dtype == acc and en.shape == (N, 1 + K)
+    torch.testing.assert_close(en.double(), en_ref.detach(), atol=0, rtol=1e-12 if dtype == torch.float64 else 1e-5)
+    # the cotangent as a column slice of a wider one (read through its row stride), lowpass column first
+    wide = torch.randn(N, K + 3, dtype=torch.float64)
+    g = wide[:, 1:2 + K]
+    gx_ref, glow_ref = torch.autograd.grad((en_ref * g).sum(), (xg, lg))
+    gx, g_low = _emu_dfb(emu, 3, levels, N, H, W, dtype, x=x, g=g, low=low)
+    assert gx.dtype == g_low.dtype == dtype and g_low.shape == (N, h, w)
+    eps = 1e-12 if dtype == torch.float64 else 1e-5 if dtype == torch.float32 else torch.finfo(dtype).eps
+    for got, want in ((gx, gx_ref), (g_low, glow_ref)):
+        torch.testing.assert_close(got.double(), want, atol=eps * want.abs().max().item(), rtol=0)
+    # without the lowpass the same launch gives the plain energies
+    torch.testing.assert_close(_emu_dfb(emu, 2, levels, N, H, W, dtype, x=x), en[:, 1:], atol=0, rtol=0)
+
+
 # ------------------------------------------------- the autograd wrappers on the emulated kernels
 class _TorchWithEmulatedOps:
     """``torch`` for sstkd.ops.backends.cuda, with ``torch.ops.sstkd.*`` answered by the host emulation."""
@@ -540,6 +598,10 @@ class _TorchWithEmulatedOps:
                 emu, 5, levels, *gx.shape, gx.dtype, band_dtype, x=gx)),
             dfb_energy_backward=staticmethod(lambda x, g, levels: _emu_dfb(
                 emu, 3, levels, *x.shape, x.dtype, x=x, g=g)),
+            dfb_energy_low=staticmethod(lambda x, low, levels: _emu_dfb(
+                emu, 2, levels, *x.shape, x.dtype, x=x, low=low)),
+            dfb_energy_low_backward=staticmethod(lambda x, low, g, levels: _emu_dfb(
+                emu, 3, levels, *x.shape, x.dtype, x=x, g=g, low=low)),
         ))()
 
     def __getattr__(self, name):
@@ -696,23 +758,53 @@ def test_dfb_energy_wrapper_on_emulated_kernels(emulated_cuda_ops, dtype):
     assert getattr(emulated_cuda_ops.dfb_energy_cuda, "keeps_for_backward", False)
 
 
-def test_contourlet_energy_composes_the_emulated_dfb_energy(emulated_cuda_ops):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_dfb_energy_wrapper_with_lowpass(emulated_cuda_ops, dtype):
+    from sstkd.ops.backends import torch as torch_backend
+
+    x, low = torch.randn(2, 3, 24, 16).to(dtype), torch.randn(2, 3, 12, 8).to(dtype)
+    g = torch.randn(2, 3, 9, dtype=torch.float64)
+    xi, li = x.clone().requires_grad_(True), low.clone().requires_grad_(True)
+    e = emulated_cuda_ops.dfb_energy_cuda(xi, 3, "pkva", low=li)
+    got = (e, *torch.autograd.grad((e * g.to(e.dtype)).sum(), (xi, li)))
+    xr, lr = x.double().requires_grad_(True), low.double().requires_grad_(True)
+    e_ref = torch.cat([(lr * lr).sum((-2, -1))[..., None], torch_backend.TABLE["dfb_energy"](xr, 3, "pkva")], -1)
+    want = (e_ref, *torch.autograd.grad((e_ref * g).sum(), (xr, lr)))
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    assert got[0].dtype == acc and got[0].shape == (2, 3, 9) and got[1].dtype == got[2].dtype == dtype
+    eps = 1e-12 if dtype == torch.float64 else 1e-5 if dtype == torch.float32 else torch.finfo(dtype).eps
+    torch.testing.assert_close(got[0].double(), want[0].detach(), atol=0, rtol=max(eps, 1e-5) if acc != torch.float64
+                               else eps)
+    for a, b in zip(got[1:], want[1:]):
+        torch.testing.assert_close(a.double(), b, atol=eps * b.abs().max().item(), rtol=0)
+    assert emulated_cuda_ops.dfb_energy_cuda.takes_low
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("nlevs", [[2, 3], [1, 4], [0, 3], [3]])
+def test_contourlet_energy_composes_the_emulated_dfb_energy(emulated_cuda_ops, dtype, nlevs):
     """The composition (sstkd.ops.algorithms) with the CUDA LP and DFB energy passes: autograd through
-    the passes (the energy pass is differentiable itself) equals the torch backend."""
+    the passes (the energy pass is differentiable itself; the coarsest one adds the lowpass energy,
+    unless the coarsest level is a wavelet one) equals the torch backend."""
     from sstkd.ops import algorithms
     from sstkd.ops.backends import torch as torch_backend
 
     passes = dict(torch_backend.TABLE)
     passes.update(lp_dec=emulated_cuda_ops.lp_dec_cuda, dfb_energy=emulated_cuda_ops.dfb_energy_cuda)
-    x = torch.randn(1, 2, 32, 24, dtype=torch.float64)
-    g = torch.randn(1, 2, 1 + 4 + 8, dtype=torch.float64)
+    x = torch.randn(1, 2, 32, 24).to(dtype)
+    g = torch.randn(1, 2, 1 + sum(2**n if n else 3 for n in nlevs)).to(dtype)
     res = []
     for p in (passes, torch_backend.TABLE):
         xi = x.clone().requires_grad_(True)
-        e = algorithms.contourlet_energy(xi, [2, 3], "9-7", "pkva", p)
+        e = algorithms.contourlet_energy(xi, nlevs, "9-7", "pkva", p)
         res.append((e, *torch.autograd.grad((e * g).sum(), xi)))
     for got, want in zip(*res):
-        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-12)
+        assert got.dtype == want.dtype == dtype and got.shape == want.shape
+        if dtype == torch.float64:
+            torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-12)
+        else:  # float32 compute on both sides; bfloat16 results rounded once
+            eps = 1e-5 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps
+            torch.testing.assert_close(got.float(), want.float(), atol=eps * want.abs().max().item(), rtol=0)
 
 
 def test_dfb_planes_too_large_for_shared_memory_fall_back_to_triton(emulated_cuda_ops, monkeypatch):

@@ -383,3 +383,49 @@ def test_contourlet_energy_backend_cuda(cuda_ops):
     (e, gx), (e_ref, gx_ref) = res
     torch.testing.assert_close(e, e_ref, atol=0, rtol=1e-4)
     torch.testing.assert_close(gx, gx_ref, atol=1e-4 * gx_ref.abs().max().item(), rtol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", DFB_CASES)
+def test_dfb_energy_with_lowpass_forward_and_gradients(cuda_ops, case, dtype):
+    # the coarsest contourlet level's launch: the lowpass (here H/2 x W/2 rounded up) energy first;
+    # float64 at 128 x 128 takes the fallback (Triton DFB + torch lowpass sum), the same values
+    levels, (b, c, H, W) = case
+    x, low = _randn((b, c, H, W), dtype), _randn((b, c, (H + 1) // 2, (W + 1) // 2), dtype, 7)
+    g = _randn((b, c, 1 + 2**levels), torch.float64, 3)
+    outs = {}
+    for name, xs, ls in (("cuda", x, low), ("exact", x.double(), low.double())):
+        xi, li = xs.clone().requires_grad_(True), ls.clone().requires_grad_(True)
+        if name == "cuda":
+            e = cuda_ops.dfb_energy_cuda(xi, levels, "pkva", low=li)
+        else:
+            from sstkd.ops.backends import torch as torch_backend
+
+            e = torch.cat([(li * li).sum((-2, -1))[..., None], torch_backend.TABLE["dfb_energy"](xi, levels, "pkva")], -1)
+        outs[name] = (e, *torch.autograd.grad((e * g.to(e.dtype)).sum(), (xi, li)))
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    (e, gx, gl), (e_x, gx_x, gl_x) = outs["cuda"], outs["exact"]
+    assert e.dtype == acc and e.shape == (b, c, 1 + 2**levels) and gx.dtype == gl.dtype == dtype
+    torch.testing.assert_close(e.double(), e_x, atol=0, rtol=1e-12 if dtype == torch.float64 else 1e-5)
+    eps = 1e-10 if dtype == torch.float64 else 1e-5 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps
+    for got, want in ((gx, gx_x), (gl, gl_x)):
+        torch.testing.assert_close(got.double(), want, atol=eps * want.abs().max().item(), rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_contourlet_energy_backend_cuda_launches_and_low_precision(cuda_ops, dtype):
+    from sstkd.ops.contourlet import contourlet_energy, contourlet_energy_ref
+
+    x = _randn((2, 4, 64, 64), dtype)
+    g = _randn((2, 4, 1 + 16 + 8), torch.float64, 2)
+    res = []
+    for fn in (lambda t: contourlet_energy(t, [4, 3], backend="cuda"),
+               lambda t: contourlet_energy_ref(t.double(), [4, 3])):
+        xi = x.clone().requires_grad_(True)
+        e = fn(xi)
+        res.append((e, torch.autograd.grad((e * g.to(e.dtype)).sum(), xi)[0]))
+    (e, gx), (e_ref, gx_ref) = res
+    assert e.dtype == gx.dtype == dtype
+    eps = 1e-4 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps
+    torch.testing.assert_close(e.double(), e_ref, atol=0, rtol=eps)
+    torch.testing.assert_close(gx.double(), gx_ref, atol=eps * gx_ref.abs().max().item(), rtol=0)

@@ -75,8 +75,9 @@ def test_contourlet_energy_issue_budget_triton(dtype):
     assert r["launches"] <= 12 and r["modeled_x"] <= 8
 
 
-# the whole-plane CUDA DFB (one launch per level and direction, energies only) with the CUDA LP
-_ENERGY_CUDA_REACHED = {"fp32": (14, 10.2), "bf16": (18, 26.3)}
+# the whole-plane CUDA DFB (one launch per level and direction, energies only; the coarsest one adds the
+# lowpass energy) with the CUDA LP; before the lowpass fold and the one-launch assembly: 14 / 10.1X, 18 / 26.3X
+_ENERGY_CUDA_REACHED = {"fp32": (9, 9.6), "bf16": (12, 25.2)}
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
@@ -84,13 +85,22 @@ def test_contourlet_energy_cost_reached_on_cuda(dtype, cuda_ext):
     r = _row("contourlet_energy", NLEVS, dtype, backend="cuda")
     launches, modeled_x = _ENERGY_CUDA_REACHED[dtype]
     assert r["launches"] <= launches and r["modeled_x"] <= modeled_x, (r["launches"], r["modeled_x"])
-    assert r["fwd"]["cuda_ops"] == {"lp_dec": 2, "dfb_energy": 2}
-    assert r["bwd"]["cuda_ops"] == {"lp_dec_backward": 2, "dfb_energy_backward": 2}
+    assert r["fwd"]["cuda_ops"] == {"lp_dec": 2, "dfb_energy": 1, "dfb_energy_low": 1}
+    assert r["bwd"]["cuda_ops"] == {"lp_dec_backward": 2, "dfb_energy_backward": 1, "dfb_energy_low_backward": 1}
     assert r["fwd"]["triton_launches"] == r["bwd"]["triton_launches"] == 0 and r["host_syncs"] == 0
+    # aten: one assembly of the energies forward (cat, stored in the input dtype), nothing backward in float32
+    assert r["fwd"]["aten_ops"].get("cat") == 1 and not {"mul", "sum", "add"} & set(r["fwd"]["aten_ops"])
+    assert not {"mul", "sum", "add", "cat"} & set(r["bwd"]["aten_ops"]), r["bwd"]["aten_ops"]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue 13 budget not met by the CUDA backend either: 14 launches "
-                   "and 10.1X (fp32; bf16: 18, 26.3X): the LP level and the DFB tree are separate launches")
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_contourlet_energy_issue_launch_budget_cuda(dtype, cuda_ext):
+    assert _row("contourlet_energy", NLEVS, dtype, backend="cuda")["launches"] <= 12
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue 13 traffic budget not met by the CUDA backend: 9.6X "
+                   "(fp32; bf16: 25.1X, the float32 conversions of the input and of its gradient) vs 8X: the LP level "
+                   "and the DFB tree are separate launches")
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_contourlet_energy_issue_budget_cuda(dtype, cuda_ext):
     r = _row("contourlet_energy", NLEVS, dtype, backend="cuda")

@@ -105,17 +105,21 @@ extern "C" int sstkd_emu_quantize_count_backward(int dtype, int kernel, const vo
 // The whole-plane DFB (dfb_kernels.cu) with `nt` emulated threads per plane: every phase runs
 // thread 0, 1, ..., nt-1 in turn, then the next phase (the kernel's barrier). Pointers and
 // layouts as dfb_plane_launch (sstkd_kernels.h).
+// `low` (optional, energy modes): the lowpass whose energy comes first (sstkd_kernels.h).
 extern "C" int sstkd_emu_dfb_plane(int mode, int x_dtype, int band_dtype, int levels, const void* x, void* bands,
                                    const void* grad_bands, const void* g, void* en, void* gx, int64_t N, int64_t H,
-                                   int64_t W, int nt) {
+                                   int64_t W, int nt, const void* low, void* g_low, int64_t low_hw,
+                                   int64_t g_stride) {
   if (mode < 0 || mode > 5 || levels < 1 || levels > dfbp::kMaxLevels || nt < 1 || H <= 0 || W <= 0 || (H * W) % ((int64_t)1 << levels) != 0)
+    return 1;
+  if (low != nullptr && ((mode != 2 && mode != 3) || low_hw < 0 || low_hw > H * W || (mode == 3 && g_low == nullptr)))
     return 1;
   const Dtype xd = Dtype(x_dtype), bd = Dtype(band_dtype);
   if (!dfbp::dtypes_supported(xd, bd)) return 1;
   const auto run = [&](auto acc_tag) {
     using Acc = decltype(acc_tag);
     dfbp::Args<Acc> a{DfbMode(mode), xd, bd, levels, (int)H, (int)W, N, x, bands, grad_bands,
-                      static_cast<const Acc*>(g), static_cast<Acc*>(en), gx};
+                      static_cast<const Acc*>(g), static_cast<Acc*>(en), gx, low, g_low, (int)low_hw, g_stride};
     dfbp::set_program(a);
     std::vector<Acc> smem(2 * H * W);
     for (int64_t n = 0; n < N; ++n)

@@ -526,6 +526,24 @@ class _DfbEnergy(torch.autograd.Function):
         return torch.ops.sstkd.dfb_energy_backward(x3, g, ctx.levels), None
 
 
+class _DfbEnergyLow(torch.autograd.Function):
+    """(N, H, W) and a lowpass (N, h, w) -> (N, 1 + K), the lowpass energy first; one launch each way
+    (the backward also writes the lowpass gradient ``2·g[:, 0]·low``)."""
+
+    @staticmethod
+    def forward(ctx, x3, low3, levels):
+        ctx.save_for_backward(x3, low3)
+        ctx.levels = levels
+        return torch.ops.sstkd.dfb_energy_low(x3, low3, levels)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        x3, low3 = ctx.saved_tensors
+        gx, g_low = torch.ops.sstkd.dfb_energy_low_backward(x3, low3, g, ctx.levels)
+        return gx, g_low, None
+
+
 def _check_dfb_input(x, levels) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"x: expected a (B, C, H, W) tensor, got {getattr(x, 'shape', type(x).__name__)}")
@@ -588,24 +606,40 @@ def dfb_rec_cuda(bands, filt: str = "pkva", out_dtype: torch.dtype | None = None
     return x if kernel_dtype == out_dtype else x.to(out_dtype)
 
 
-def dfb_energy_cuda(x: torch.Tensor, levels: int, filt: str = "pkva") -> torch.Tensor:
+def _sum_squares_torch(t: torch.Tensor) -> torch.Tensor:
+    tc = t.to(_acc_dtype(t.dtype))
+    return (tc * tc).sum(dim=(-2, -1)).unsqueeze(-1)
+
+
+def dfb_energy_cuda(x: torch.Tensor, levels: int, filt: str = "pkva", low: torch.Tensor | None = None) -> torch.Tensor:
     """Sums of squares of the ``2**levels`` DFB sub-bands of ``x`` (B, C, H, W): (B, C, 2**levels) in
     float32 (float64 for float64), one launch, no sub-band stored. Differentiable: the forward saves
     ``x`` and the backward (one launch) recomputes the tree in shared memory, scales each sub-band
-    by ``2·g`` and runs the adjoint tree. Planes too large for shared memory go to the Triton DFB."""
+    by ``2·g`` and runs the adjoint tree. Planes too large for shared memory go to the Triton DFB.
+
+    ``low`` (B, C, h, w) of ``x``'s dtype, ``h·w <= H·W`` (a contourlet's coarsest lowpass): its sum of
+    squares comes first, (B, C, 1 + 2**levels), computed in the same launch each way."""
     _check_dfilt(filt)
     _check_dfb_input(x, levels)
-    if levels == 0:
-        xc = x.to(_acc_dtype(x.dtype))
-        return (xc * xc).sum(dim=(-2, -1)).unsqueeze(-1)
+    if low is not None and (not isinstance(low, torch.Tensor) or low.dim() != 4 or low.shape[:2] != x.shape[:2]
+                            or low.dtype != x.dtype or low.device != x.device
+                            or low.shape[2] * low.shape[3] > x.shape[2] * x.shape[3]):
+        raise ValueError(f"low: expected a {x.dtype} (B, C, h, w) = ({x.shape[0]}, {x.shape[1]}, h, w) tensor on "
+                         f"{x.device} with h*w <= H*W, got {getattr(low, 'dtype', type(low).__name__)} "
+                         f"{tuple(getattr(low, 'shape', ()))}")
     b, c, h, w = x.shape
-    if not _plane_kernel_takes(x.device, x.dtype, h, w):
-        return _fallback("dfb_energy")(x, levels, filt)
+    if levels == 0 or not _plane_kernel_takes(x.device, x.dtype, h, w):
+        e = _sum_squares_torch(x) if levels == 0 else _fallback("dfb_energy")(x, levels, filt)
+        return e if low is None else torch.cat([_sum_squares_torch(low), e], dim=-1)
     _ops()
-    return _DfbEnergy.apply(x.reshape(b * c, h, w), levels).view(b, c, 2**levels)
+    if low is None:
+        return _DfbEnergy.apply(x.reshape(b * c, h, w), levels).view(b, c, 2**levels)
+    low3 = low.reshape(b * c, *low.shape[2:])
+    return _DfbEnergyLow.apply(x.reshape(b * c, h, w), low3, levels).view(b, c, 1 + 2**levels)
 
 
 dfb_energy_cuda.keeps_for_backward = True  # differentiable itself (saves x): contourlet_energy recomputes nothing
+dfb_energy_cuda.takes_low = True  # the coarsest level's energy launch adds the lowpass energy
 
 
 # ============================================================================ the backend table
