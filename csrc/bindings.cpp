@@ -6,8 +6,10 @@
 // sstkd._C (JIT: sstkd_C), which exists only to be importable.
 //
 // Ops (all inputs contiguous after the op makes them so; N = B*C images):
-//   lp_dec(x (N,H,W)) -> (low (N,H/2,W/2), band (N,H,W))
-//   lp_dec_backward(grad_low, grad_band) -> grad_x                 (adjoint of lp_dec)
+//   lp_dec(x (N,H,W), out_dtype?) -> (low (N,H/2,W/2), band (N,H,W)) in out_dtype (default x's; float32
+//       for float16/bfloat16 x: the level read as it is, computed and stored in float32)
+//   lp_dec_backward(grad_low, grad_band, out_dtype?) -> grad_x     (adjoint of lp_dec; out_dtype: default
+//       the cotangents', or float16/bfloat16 from float32 cotangents)
 //   lp_rec(low (N,H/2,W/2), band (N,H,W)) -> x (N,H,W)
 //   lp_rec_backward(grad_x) -> (grad_low, grad_band)              (adjoint of lp_rec)
 //   quantize_count(s (B,N), centers (B,L), kernel) -> (counts, sums)  (B,L), accumulation dtype;
@@ -145,47 +147,68 @@ void check_coarse(const char* op, const char* cname, const Tensor& c, const char
               " is on ", f.device());
 }
 
+// The output dtype of lp_dec (dec) or lp_dec_backward (!dec) for inputs of dtype `in`: `in`, or the
+// mixed pairs of lp_level_launch (float16/bfloat16 -> float32 for lp_dec, the reverse for its adjoint).
+at::ScalarType lp_out_dtype(const char* op, at::ScalarType in, std::optional<at::ScalarType> out, bool dec) {
+  const at::ScalarType o = out.value_or(in);
+  if (o == in) return o;
+  const bool low_in = in == at::kHalf || in == at::kBFloat16, low_out = o == at::kHalf || o == at::kBFloat16;
+  TORCH_CHECK(dec ? (low_in && o == at::kFloat) : (in == at::kFloat && low_out), "sstkd::", op, ": out_dtype ", o,
+              " is not supported for ", in, " input (",
+              dec ? "float16/bfloat16 input may give float32 outputs" : "float32 cotangents may give a float16/bfloat16 "
+                                                                         "gradient",
+              ")");
+  return o;
+}
+
 // decompose: (c, out) = (A y, y - S A y); reconstruct: out = S (c - A y) + y.
-std::tuple<Tensor, Tensor> lp_decompose(const char* op, const Tensor& y_in, LpFilters filters) {
+std::tuple<Tensor, Tensor> lp_decompose(const char* op, const Tensor& y_in, LpFilters filters,
+                                        std::optional<at::ScalarType> out_dtype = std::nullopt) {
   check_cuda(op, "input", y_in);
   check_fine(op, "input", y_in);
+  const at::ScalarType od = lp_out_dtype(op, y_in.scalar_type(), out_dtype, true);
   const c10::cuda::CUDAGuard guard(y_in.device());
   const Tensor y = y_in.contiguous();
   const int64_t n = y.size(0), H = y.size(1), W = y.size(2);
-  Tensor c = at::empty({n, H / 2, W / 2}, y.options());
-  Tensor out = at::empty({n, H, W}, y.options());
+  Tensor c = at::empty({n, H / 2, W / 2}, y.options().dtype(od));
+  Tensor out = at::empty({n, H, W}, y.options().dtype(od));
   if (n > 0) {
     check_launch(lp_level_launch(dtype_of(y), LpMode::kDecompose, filters, y.const_data_ptr(), nullptr,
                                  c.mutable_data_ptr(), out.mutable_data_ptr(), n, H, W,
-                                 c10::cuda::getCurrentCUDAStream().stream()),
+                                 c10::cuda::getCurrentCUDAStream().stream(), (int)dtype_of(out)),
                  op);
   }
   return {c, out};
 }
 
 Tensor lp_reconstruct(const char* op, const Tensor& c_in, const char* cname, const Tensor& y_in, const char* yname,
-                      LpFilters filters) {
+                      LpFilters filters, std::optional<at::ScalarType> out_dtype = std::nullopt) {
   check_cuda(op, yname, y_in);
   check_cuda(op, cname, c_in);
   check_fine(op, yname, y_in);
   check_coarse(op, cname, c_in, yname, y_in);
+  const at::ScalarType od = lp_out_dtype(op, y_in.scalar_type(), out_dtype, false);
   const c10::cuda::CUDAGuard guard(y_in.device());
   const Tensor y = y_in.contiguous();
   const Tensor c = c_in.contiguous();
   const int64_t n = y.size(0), H = y.size(1), W = y.size(2);
-  Tensor out = at::empty({n, H, W}, y.options());
+  Tensor out = at::empty({n, H, W}, y.options().dtype(od));
   if (n > 0) {
     check_launch(lp_level_launch(dtype_of(y), LpMode::kReconstruct, filters, y.const_data_ptr(), c.const_data_ptr(),
-                                 nullptr, out.mutable_data_ptr(), n, H, W, c10::cuda::getCurrentCUDAStream().stream()),
+                                 nullptr, out.mutable_data_ptr(), n, H, W, c10::cuda::getCurrentCUDAStream().stream(),
+                                 (int)dtype_of(out)),
                  op);
   }
   return out;
 }
 
-std::tuple<Tensor, Tensor> lp_dec_cuda(const Tensor& x) { return lp_decompose("lp_dec", x, LpFilters::kForward); }
+std::tuple<Tensor, Tensor> lp_dec_cuda(const Tensor& x, std::optional<at::ScalarType> out_dtype) {
+  return lp_decompose("lp_dec", x, LpFilters::kForward, out_dtype);
+}
 
-Tensor lp_dec_backward_cuda(const Tensor& grad_low, const Tensor& grad_band) {
-  return lp_reconstruct("lp_dec_backward", grad_low, "grad_low", grad_band, "grad_band", LpFilters::kAdjoint);
+Tensor lp_dec_backward_cuda(const Tensor& grad_low, const Tensor& grad_band, std::optional<at::ScalarType> out_dtype) {
+  return lp_reconstruct("lp_dec_backward", grad_low, "grad_low", grad_band, "grad_band", LpFilters::kAdjoint,
+                        out_dtype);
 }
 
 Tensor lp_rec_cuda(const Tensor& low, const Tensor& band) {
@@ -518,13 +541,20 @@ std::tuple<Tensor, Tensor> lp_decompose_meta(const char* op, const char* name, c
   return {at::empty_symint({n, H / 2, W / 2}, x.options()), at::empty_symint({n, H, W}, x.options())};
 }
 
-std::tuple<Tensor, Tensor> lp_dec_meta(const Tensor& x) { return lp_decompose_meta("lp_dec", "x", x); }
+std::tuple<Tensor, Tensor> lp_dec_meta(const Tensor& x, std::optional<at::ScalarType> out_dtype) {
+  check_rank("lp_dec", "x", x, 3, "(N, H, W)");
+  check_float("lp_dec", "x", x);
+  const at::ScalarType od = lp_out_dtype("lp_dec", x.scalar_type(), out_dtype, true);
+  const auto n = x.sym_size(0), H = x.sym_size(1), W = x.sym_size(2);
+  return {at::empty_symint({n, H / 2, W / 2}, x.options().dtype(od)), at::empty_symint({n, H, W}, x.options().dtype(od))};
+}
 
-Tensor lp_dec_backward_meta(const Tensor& grad_low, const Tensor& grad_band) {
+Tensor lp_dec_backward_meta(const Tensor& grad_low, const Tensor& grad_band, std::optional<at::ScalarType> out_dtype) {
   check_rank("lp_dec_backward", "grad_band", grad_band, 3, "(N, H, W)");
   check_rank("lp_dec_backward", "grad_low", grad_low, 3, "(N, H/2, W/2)");
   check_float("lp_dec_backward", "grad_band", grad_band);
-  return at::empty_symint(grad_band.sym_sizes(), grad_band.options());
+  const at::ScalarType od = lp_out_dtype("lp_dec_backward", grad_band.scalar_type(), out_dtype, false);
+  return at::empty_symint(grad_band.sym_sizes(), grad_band.options().dtype(od));
 }
 
 Tensor lp_rec_meta(const Tensor& low, const Tensor& band) {
@@ -632,8 +662,8 @@ std::tuple<Tensor, Tensor> dfb_energy_low_backward_meta(const Tensor& x, const T
 }  // namespace sstkd
 
 TORCH_LIBRARY(sstkd, m) {
-  m.def("lp_dec(Tensor x) -> (Tensor low, Tensor band)");
-  m.def("lp_dec_backward(Tensor grad_low, Tensor grad_band) -> Tensor");
+  m.def("lp_dec(Tensor x, ScalarType? out_dtype=None) -> (Tensor low, Tensor band)");
+  m.def("lp_dec_backward(Tensor grad_low, Tensor grad_band, ScalarType? out_dtype=None) -> Tensor");
   m.def("lp_rec(Tensor low, Tensor band) -> Tensor");
   m.def("lp_rec_backward(Tensor grad_x) -> (Tensor grad_low, Tensor grad_band)");
   m.def("quantize_count(Tensor s, Tensor centers, str kernel) -> (Tensor counts, Tensor sums)");
@@ -691,9 +721,12 @@ TORCH_LIBRARY_IMPL(sstkd, Meta, m) {
 TORCH_LIBRARY_IMPL(sstkd, CPU, m) {
   using at::Tensor;
   using sstkd::cpu_error;
-  m.impl("lp_dec", [](const Tensor& x) -> std::tuple<Tensor, Tensor> { cpu_error("lp_dec", "x", x); });
-  m.impl("lp_dec_backward",
-         [](const Tensor& gl, const Tensor& gb) -> Tensor { cpu_error("lp_dec_backward", "grad_band", gb); });
+  m.impl("lp_dec", [](const Tensor& x, std::optional<at::ScalarType>) -> std::tuple<Tensor, Tensor> {
+    cpu_error("lp_dec", "x", x);
+  });
+  m.impl("lp_dec_backward", [](const Tensor& gl, const Tensor& gb, std::optional<at::ScalarType>) -> Tensor {
+    cpu_error("lp_dec_backward", "grad_band", gb);
+  });
   m.impl("lp_rec", [](const Tensor& low, const Tensor& band) -> Tensor { cpu_error("lp_rec", "band", band); });
   m.impl("lp_rec_backward",
          [](const Tensor& gx) -> std::tuple<Tensor, Tensor> { cpu_error("lp_rec_backward", "grad_x", gx); });

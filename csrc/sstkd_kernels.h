@@ -27,11 +27,15 @@ enum class Dtype : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3
 //   lp_dec backward = kReconstruct/kAdjoint (c_in = grad_low, y = grad_band)
 //   lp_rec backward = kDecompose/kAdjoint   (y = grad_x -> grad_low, grad_band)
 // y/out are (n, H, W), c_in/c_out (n, H/2, W/2), all contiguous; H, W even.
+// Inputs (y, c_in) are of `dtype`, outputs (c_out, out) of `out_dtype` (-1: `dtype`). Mixed pairs:
+// only lp_dec of float16/bfloat16 y to float32 outputs (kDecompose/kForward) and its adjoint from
+// float32 cotangents to a float16/bfloat16 gradient (kReconstruct/kAdjoint); others are invalid.
 enum class LpMode : int { kDecompose = 0, kReconstruct = 1 };
 enum class LpFilters : int { kForward = 0, kAdjoint = 1 };
 
 cudaError_t lp_level_launch(Dtype dtype, LpMode mode, LpFilters filters, const void* y, const void* c_in,
-                            void* c_out, void* out, int64_t n, int64_t H, int64_t W, cudaStream_t stream);
+                            void* c_out, void* out, int64_t n, int64_t H, int64_t W, cudaStream_t stream,
+                            int out_dtype = -1);
 
 // ---------------------------------------------------------------------------
 // Soft quantization counts (DESIGN §3.2; exact taps of sstkd/ops/quantize.py).

@@ -168,6 +168,12 @@ def test_meta_shapes_and_dtypes(ext, dtype):
     assert (g.shape, g.dtype) == ((3, 100), dtype)
     e = torch.ops.sstkd.sum_squares(torch.empty(7, 3, 5, device="meta", dtype=dtype))
     assert (e.shape, e.dtype) == ((7,), acc)
+    if dtype in (torch.float16, torch.bfloat16):  # read as is, float32 outputs; the adjoint back to dtype
+        low32, band32 = torch.ops.sstkd.lp_dec(x, torch.float32)
+        assert low32.dtype == band32.dtype == torch.float32 and low32.shape == (6, 5, 7)
+        assert torch.ops.sstkd.lp_dec_backward(low32, band32, dtype).dtype == dtype
+    with pytest.raises(RuntimeError, match="lp_dec: out_dtype"):
+        torch.ops.sstkd.lp_dec(x, torch.float16 if dtype != torch.float16 else torch.float64)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -298,16 +304,18 @@ def _ptr(t):
     return ctypes.c_void_p(0 if t is None else t.data_ptr())
 
 
-def _emu_level(emu, mode, filters, y, c_in=None):
-    """mode 0: (A y, y - S A y); mode 1: S (c_in - A y) + y. filters 0: (h, g); 1: (g, h)."""
+def _emu_level(emu, mode, filters, y, c_in=None, out_dtype=None):
+    """mode 0: (A y, y - S A y); mode 1: S (c_in - A y) + y. filters 0: (h, g); 1: (g, h).
+    Outputs in ``out_dtype`` (default y's; the kernel's mixed pairs only, else the call fails)."""
     n, H, W = y.shape
     y = y.contiguous()
-    out = torch.empty_like(y)
-    c_out = torch.empty(n, H // 2, W // 2, dtype=y.dtype) if mode == 0 else None
+    od = y.dtype if out_dtype is None else out_dtype
+    out = torch.empty(n, H, W, dtype=od)
+    c_out = torch.empty(n, H // 2, W // 2, dtype=od) if mode == 0 else None
     c_in = None if c_in is None else c_in.contiguous()
     i64 = ctypes.c_int64
     rc = emu.sstkd_emu_lp_level(_DT[y.dtype], mode, filters, _ptr(y), _ptr(c_in), _ptr(c_out), _ptr(out),
-                                i64(n), i64(H), i64(W))
+                                i64(n), i64(H), i64(W), _DT[od])
     assert rc == 0
     return c_out, out
 
@@ -360,6 +368,37 @@ def test_emulated_lp_level_low_precision_rounds_once(emu, dtype):
     eps = torch.finfo(dtype).eps
     torch.testing.assert_close(low.float(), low_ref[:, 0], atol=1e-6, rtol=eps)
     torch.testing.assert_close(band.float(), band_ref[:, 0], atol=1e-6, rtol=eps)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 2, 2), (2, 10, 2), (2, 38, 70)])
+def test_emulated_lp_level_mixed_dtypes(emu, shape, dtype):
+    # lp_dec of a 16-bit level with float32 outputs (no conversion copy of the input), and its adjoint
+    # from float32 cotangents to a 16-bit gradient (rounded once)
+    from sstkd.ops.laplacian import lp_dec_ref
+
+    x = torch.randn(*shape).to(dtype)
+    xg = x.double()[:, None].requires_grad_(True)
+    lo, ba = lp_dec_ref(xg)  # exact, of the rounded input
+    low, band = _emu_level(emu, 0, 0, x, out_dtype=torch.float32)
+    assert low.dtype == band.dtype == torch.float32
+    torch.testing.assert_close(low.double(), lo[:, 0].detach(), atol=2e-6, rtol=0)
+    torch.testing.assert_close(band.double(), ba[:, 0].detach(), atol=2e-6, rtol=0)
+    gl, gb = torch.randn(lo.shape), torch.randn(ba.shape)
+    (gx_ref,) = torch.autograd.grad((lo * gl.double()).sum() + (ba * gb.double()).sum(), xg)
+    _, gx = _emu_level(emu, 1, 1, gb[:, 0], gl[:, 0], out_dtype=dtype)
+    assert gx.dtype == dtype
+    torch.testing.assert_close(gx.double(), gx_ref[:, 0], atol=1e-5, rtol=torch.finfo(dtype).eps)
+    # every other mixed pair is refused (not silently run in the wrong dtype)
+    i64, y = ctypes.c_int64, torch.zeros(1, 4, 4)
+    for mode, filters, src, dst in ((0, 0, torch.float32, dtype), (0, 1, dtype, torch.float32),
+                                    (1, 0, torch.float32, dtype), (1, 1, dtype, torch.float32),
+                                    (0, 0, torch.float64, torch.float32)):
+        out = torch.empty(1, 4, 4, dtype=dst)
+        c = torch.zeros(1, 2, 2, dtype=dst if mode == 0 else src)
+        rc = emu.sstkd_emu_lp_level(_DT[src], mode, filters, _ptr(y.to(src)), _ptr(c if mode else None),
+                                    _ptr(None if mode else c), _ptr(out), i64(1), i64(4), i64(4), _DT[dst])
+        assert rc == 1, (mode, filters, src, dst)
 
 
 def _emu_counts(emu, kernel, s, centers):
@@ -580,8 +619,9 @@ class _TorchWithEmulatedOps:
 
         self.ops = type("Ops", (), {})()
         self.ops.sstkd = type("Sstkd", (), dict(
-            lp_dec=staticmethod(lambda x: _emu_level(emu, 0, 0, x)),
-            lp_dec_backward=staticmethod(lambda gl, gb: _emu_level(emu, 1, 1, gb, gl)[1]),
+            lp_dec=staticmethod(lambda x, out_dtype=None: _emu_level(emu, 0, 0, x, out_dtype=out_dtype)),
+            lp_dec_backward=staticmethod(lambda gl, gb, out_dtype=None: _emu_level(
+                emu, 1, 1, gb, gl, out_dtype=out_dtype)[1]),
             lp_rec=staticmethod(lambda low, band: _emu_level(emu, 1, 0, band, low)[1]),
             lp_rec_backward=staticmethod(lambda gx: _emu_level(emu, 0, 1, gx)),
             quantize_count=staticmethod(lambda s, c, k: _emu_counts(emu, k, s.contiguous(), c)),
@@ -638,6 +678,29 @@ def test_lp_wrappers_on_emulated_kernels(emulated_cuda_ops, dtype):
     for got, want in zip(*res):
         assert got.dtype == want.dtype == dtype and got.shape == want.shape
         torch.testing.assert_close(got.float(), want.float(), atol=tol * max(1.0, want.abs().max().item()), rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_lp_dec_wrapper_out_dtype_on_emulated_kernels(emulated_cuda_ops, dtype):
+    from sstkd.ops.laplacian import lp_dec_ref
+
+    x = torch.randn(2, 3, 38, 70).to(dtype)
+    gl, gb = torch.randn(2, 3, 19, 35), torch.randn(2, 3, 38, 70)
+    res = []
+    for dec, inp in ((emulated_cuda_ops.lp_dec_cuda, x), (lp_dec_ref, x.double())):
+        xi = inp.clone().requires_grad_(True)
+        low, band = dec(xi, out_dtype=torch.float32) if dec is not lp_dec_ref else dec(xi)
+        (gx,) = torch.autograd.grad((low * gl.to(low.dtype)).sum() + (band * gb.to(band.dtype)).sum(), xi)
+        res.append((low, band, gx))
+    (low, band, gx), (low_r, band_r, gx_r) = res
+    assert low.dtype == band.dtype == torch.float32 and gx.dtype == dtype
+    torch.testing.assert_close(low.double(), low_r, atol=2e-6 * low_r.abs().max().item(), rtol=0)
+    torch.testing.assert_close(band.double(), band_r, atol=2e-6 * band_r.abs().max().item(), rtol=0)
+    torch.testing.assert_close(gx.double(), gx_r, atol=1e-5 * gx_r.abs().max().item(), rtol=torch.finfo(dtype).eps)
+    # a pair the kernel does not take converts first: float32 -> float64 outputs
+    low64, _ = emulated_cuda_ops.lp_dec_cuda(x.float(), out_dtype=torch.float64)
+    assert low64.dtype == torch.float64
+    assert emulated_cuda_ops.lp_dec_cuda.takes_out_dtype
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])

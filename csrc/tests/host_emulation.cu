@@ -15,35 +15,42 @@
 
 using namespace sstkd;
 
+// out_dtype: of c_out / out (-1: dtype); the mixed pairs of lp_level_launch (sstkd_kernels.h).
 extern "C" int sstkd_emu_lp_level(int dtype, int mode, int filters, const void* y, const void* c_in, void* c_out,
-                                  void* out, int64_t n, int64_t H, int64_t W) {
+                                  void* out, int64_t n, int64_t H, int64_t W, int out_dtype) {
   if ((H | W) & 1) return 1;
-  const cudaError_t err = dispatch_dtype(Dtype(dtype), [&](auto* tag) -> cudaError_t {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    return lp::with_tile<T>(LpMode(mode), LpFilters(filters), [&](auto tile) -> cudaError_t {
-      using TileT = decltype(tile);
-      auto sm = std::make_unique<typename TileT::Smem>();
-      const int h = (int)H / 2, w = (int)W / 2;
-      const T* yp = static_cast<const T*>(y);
-      const T* cp = static_cast<const T*>(c_in);
-      T* cop = static_cast<T*>(c_out);
-      T* op = static_cast<T*>(out);
-      for (int64_t img = 0; img < n; ++img) {
-        const int64_t fine = img * H * W, coarse = img * h * w;
-        for (int P0 = 0; P0 < h; P0 += TileT::TCH_) {
-          for (int Q0 = 0; Q0 < w; Q0 += TileT::TCW_) {
-            TileT::load(*sm, yp + fine, P0, Q0, (int)H, (int)W, 0, 1);
-            TileT::analysis_rows(*sm, 0, 1);
-            TileT::analysis_cols(*sm, cp ? cp + coarse : nullptr, cop ? cop + coarse : nullptr, P0, Q0, h, w, 0,
-                                 1);
-            TileT::synthesis_rows(*sm, 0, 1);
-            TileT::synthesis_cols(*sm, op + fine, P0, Q0, (int)H, (int)W, 0, 1);
-          }
+  const auto run = [&](auto tile) -> cudaError_t {
+    using TileT = decltype(tile);
+    using T = typename TileT::Elem;
+    using TO = typename TileT::Out;
+    auto sm = std::make_unique<typename TileT::Smem>();
+    const int h = (int)H / 2, w = (int)W / 2;
+    const T* yp = static_cast<const T*>(y);
+    const T* cp = static_cast<const T*>(c_in);
+    TO* cop = static_cast<TO*>(c_out);
+    TO* op = static_cast<TO*>(out);
+    for (int64_t img = 0; img < n; ++img) {
+      const int64_t fine = img * H * W, coarse = img * h * w;
+      for (int P0 = 0; P0 < h; P0 += TileT::TCH_) {
+        for (int Q0 = 0; Q0 < w; Q0 += TileT::TCW_) {
+          TileT::load(*sm, yp + fine, P0, Q0, (int)H, (int)W, 0, 1);
+          TileT::analysis_rows(*sm, 0, 1);
+          TileT::analysis_cols(*sm, cp ? cp + coarse : nullptr, cop ? cop + coarse : nullptr, P0, Q0, h, w, 0,
+                               1);
+          TileT::synthesis_rows(*sm, 0, 1);
+          TileT::synthesis_cols(*sm, op + fine, P0, Q0, (int)H, (int)W, 0, 1);
         }
       }
-      return cudaSuccess;
-    });
-  });
+    }
+    return cudaSuccess;
+  };
+  const cudaError_t err =
+      out_dtype >= 0 && out_dtype != dtype
+          ? lp::with_mixed_tile(Dtype(dtype), Dtype(out_dtype), LpMode(mode), LpFilters(filters), run)
+          : dispatch_dtype(Dtype(dtype), [&](auto* tag) -> cudaError_t {
+              using T = std::remove_pointer_t<decltype(tag)>;
+              return lp::with_tile<T>(LpMode(mode), LpFilters(filters), run);
+            });
   return err == cudaSuccess ? 0 : 1;
 }
 

@@ -306,13 +306,17 @@ def _check_filt(filt: str) -> None:
 
 # --------------------------------------------------------------------------------- Laplacian pyramid
 class _LpDec(torch.autograd.Function):
+    """``x`` (N, H, W) -> (low, band) in ``out_dtype`` (None: x's); the gradient in x's dtype."""
+
     @staticmethod
-    def forward(ctx, x3):
-        return tuple(torch.ops.sstkd.lp_dec(x3))
+    def forward(ctx, x3, out_dtype):
+        ctx.x_dtype = x3.dtype
+        return tuple(torch.ops.sstkd.lp_dec(x3, out_dtype))
 
     @staticmethod
     def backward(ctx, g_low, g_band):
-        return torch.ops.sstkd.lp_dec_backward(g_low, g_band)
+        od = None if g_band.dtype == ctx.x_dtype else ctx.x_dtype
+        return torch.ops.sstkd.lp_dec_backward(g_low, g_band, od), None
 
 
 class _LpRec(torch.autograd.Function):
@@ -326,13 +330,25 @@ class _LpRec(torch.autograd.Function):
         return g_low, g_band
 
 
-def lp_dec_cuda(x: torch.Tensor, filt: str = "9-7") -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`sstkd.ops.lp_dec` on the CUDA extension: ``x`` (B, C, H, W), even H, W -> (low, band)."""
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def lp_dec_cuda(x: torch.Tensor, filt: str = "9-7", out_dtype: torch.dtype | None = None):
+    """:func:`sstkd.ops.lp_dec` on the CUDA extension: ``x`` (B, C, H, W), even H, W -> (low, band) in
+    ``out_dtype`` (default ``x.dtype``). A float16/bfloat16 ``x`` with float32 ``out_dtype`` is read as
+    it is (no conversion copy) and its gradient written in its dtype by the adjoint launch; other
+    dtype pairs convert ``x`` first."""
     _check_filt(filt)
     _ops()
+    od = x.dtype if out_dtype is None else out_dtype
+    if od != x.dtype and not (x.dtype in _LOW_PRECISION and od == torch.float32):
+        x = x.to(od)
     b, c, h, w = x.shape
-    low, band = _LpDec.apply(x.reshape(b * c, h, w))
+    low, band = _LpDec.apply(x.reshape(b * c, h, w), None if od == x.dtype else od)
     return low.reshape(b, c, h // 2, w // 2), band.reshape(b, c, h, w)
+
+
+lp_dec_cuda.takes_out_dtype = True  # the finest contourlet level reads a float16/bfloat16 input as it is
 
 
 def lp_rec_cuda(low: torch.Tensor, band: torch.Tensor, filt: str = "9-7") -> torch.Tensor:
