@@ -401,6 +401,44 @@ def test_emulated_lp_level_mixed_dtypes(emu, shape, dtype):
         assert rc == 1, (mode, filters, src, dst)
 
 
+def _emu_plane_level(emu, mode, y, c_in=None, nt=96):
+    """The whole-plane LP level (csrc/lp_plane.cuh): mode 0: (A y, y - S A y); 1: y + S (c_in - A y)."""
+    n, H, W = y.shape
+    y = y.contiguous()
+    out = torch.full_like(y, float("nan"))
+    c_out = torch.full((n, H // 2, W // 2), float("nan"), dtype=y.dtype) if mode == 0 else None
+    c_in = None if c_in is None else c_in.to(y.dtype).contiguous()
+    i64 = ctypes.c_int64
+    rc = emu.sstkd_emu_lp_plane(int(y.dtype == torch.float64), mode, _ptr(y), _ptr(c_in), _ptr(c_out), _ptr(out),
+                                i64(n), i64(H), i64(W), nt)
+    assert rc == 0
+    return c_out, out
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", LP_SHAPES + [(2, 128, 128)])
+def test_emulated_lp_plane_equals_the_tile_engine(emu, shape, dtype):
+    # the LP half of a fused pyramid level: over a whole plane with periodic indices instead of tiles
+    # with halos, same taps in the same order: the same bits as the tile engine (lp_dec and its adjoint)
+    x = torch.randn(*shape, dtype=dtype)
+    low_t, band_t = _emu_level(emu, 0, 0, x)
+    low_p, band_p = _emu_plane_level(emu, 0, x)
+    assert torch.equal(low_p, low_t) and torch.equal(band_p, band_t)
+    gl, gb = torch.randn_like(low_t), torch.randn_like(band_t)
+    _, gx_t = _emu_level(emu, 1, 1, gb, gl)
+    _, gx_p = _emu_plane_level(emu, 1, gb, gl)
+    assert torch.equal(gx_p, gx_t)
+    if dtype == torch.float64:  # and the reference (the tile engine's own test covers the rest)
+        from sstkd.ops.laplacian import lp_dec_ref
+
+        xg = x[:, None].clone().requires_grad_(True)
+        lo, ba = lp_dec_ref(xg)
+        torch.testing.assert_close(low_p, lo[:, 0].detach(), atol=1e-12, rtol=0)
+        torch.testing.assert_close(band_p, ba[:, 0].detach(), atol=1e-12, rtol=0)
+        (gx_ref,) = torch.autograd.grad((lo[:, 0] * gl).sum() + (ba[:, 0] * gb).sum(), xg)
+        torch.testing.assert_close(gx_p, gx_ref[:, 0], atol=4e-12, rtol=0)
+
+
 def _emu_counts(emu, kernel, s, centers):
     B, N = s.shape
     L = centers.shape[1]

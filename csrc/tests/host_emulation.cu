@@ -6,10 +6,12 @@
 // What it cannot cover: the warp-level code (warp-aggregated atomics, shuffle
 // reductions), barriers and races -- the GPU tests and compute-sanitizer do.
 // Not part of the extension (setup.py and the JIT build take csrc/*.cu only).
+#include <algorithm>
 #include <memory>
 #include <vector>
 
 #include "../dfb_plane.cuh"
+#include "../lp_plane.cuh"
 #include "../lp_tile.cuh"
 #include "../quantize_taps.cuh"
 
@@ -134,6 +136,53 @@ extern "C" int sstkd_emu_dfb_plane(int mode, int x_dtype, int band_dtype, int le
         for (int tid = 0; tid < nt; ++tid) dfbp::run_phase(a, (int)n, smem.data(), smem.data() + H * W, p, tid, nt);
   };
   if (dfbp::is_double(xd))
+    run(0.0);
+  else
+    run(0.0f);
+  return 0;
+}
+
+// The whole-plane LP level (lp_plane.cuh) with `nt` emulated threads, planes of the accumulation
+// type (acc_double: float64, else float32). mode 0 (lp_dec): y -> (c_out = A y, out = y - S A y);
+// mode 1 (its adjoint): (y = g_band, c_in = g_low) -> out = y + S (c_in - A y). Every phase runs
+// thread 0, 1, ..., nt-1 in turn, then the next phase (the kernel's barrier).
+extern "C" int sstkd_emu_lp_plane(int acc_double, int mode, const void* y, const void* c_in, void* c_out, void* out,
+                                  int64_t n, int64_t H, int64_t W, int nt) {
+  if (((H | W) & 1) || H <= 0 || W <= 0 || nt < 1 || (mode != 0 && mode != 1)) return 1;
+  const auto run = [&](auto acc_tag) {
+    using Acc = decltype(acc_tag);
+    const int64_t HW = H * W, hw = HW / 4;
+    std::vector<Acc> ys(HW), t(HW / 2), c(hw);
+    const auto phases = [&](auto fa, auto fs) {
+      using FA = decltype(fa);
+      using FS = decltype(fs);
+      const bool dec = mode == 0;
+      for (int tid = 0; tid < nt; ++tid) lpp::analysis_rows<FA>(ys.data(), t.data(), (int)H, (int)W, tid, nt);
+      for (int tid = 0; tid < nt; ++tid) {
+        if (dec)
+          lpp::analysis_cols<FA, false>(t.data(), c.data(), (int)H, (int)W, tid, nt);
+        else
+          lpp::analysis_cols<FA, true>(t.data(), c.data(), (int)H, (int)W, tid, nt);
+      }
+      for (int tid = 0; tid < nt; ++tid) lpp::synthesis_rows<FS>(c.data(), t.data(), (int)H, (int)W, tid, nt);
+      for (int tid = 0; tid < nt; ++tid)
+        lpp::synthesis_cols<FS>(t.data(), ys.data(), (int)H, (int)W, Acc(dec ? -1 : 1), tid, nt);
+    };
+    for (int64_t img = 0; img < n; ++img) {
+      const Acc* yi = static_cast<const Acc*>(y) + img * HW;
+      std::copy(yi, yi + HW, ys.begin());
+      if (mode == 0) {
+        phases(lp::FiltH{}, lp::FiltG{});
+        std::copy(c.begin(), c.end(), static_cast<Acc*>(c_out) + img * hw);
+      } else {
+        const Acc* ci = static_cast<const Acc*>(c_in) + img * hw;
+        std::copy(ci, ci + hw, c.begin());
+        phases(lp::FiltG{}, lp::FiltH{});
+      }
+      std::copy(ys.begin(), ys.end(), static_cast<Acc*>(out) + img * HW);
+    }
+  };
+  if (acc_double)
     run(0.0);
   else
     run(0.0f);
