@@ -27,6 +27,11 @@
 //   dfb_energy_low(x (N,H,W), low (N,h,w), levels) -> (N, 1 + K): dfb_energy with the sum of squares of
 //       `low` (a contourlet's coarsest lowpass, x's dtype) first, in the same launch
 //   dfb_energy_low_backward(x, low, grad (N, 1 + K), levels) -> (grad_x, grad_low = 2*grad[:, 0]*low)
+//   level_energy(x (N,H,W), levels, last) -> (low (N,H/2,W/2), energies (N, K), or (N, 1 + K) with the
+//       lowpass energy first when `last`), accumulation dtype: one contourlet pyramid level (LP + DFB
+//       energies of its bandpass) in one launch (H*W*2.25 accumulation-dtype elements of shared memory)
+//   level_energy_backward(x, grad (N, [1 +] K), grad_low? (N,H/2,W/2), levels, last) -> grad_x (N,H,W)
+//       (recomputes the level from x; grad_low is required unless `last`)
 //   The dfb ops need the two H*W planes of one image in shared memory (dfb_plane_bytes); larger
 //   planes raise (sstkd/ops/backends/cuda.py checks first and falls back to the Triton DFB).
 // float16/bfloat16/float32 accumulate in float32, float64 in float64.
@@ -496,6 +501,70 @@ std::tuple<Tensor, Tensor> dfb_energy_low_backward_cuda(const Tensor& x_in, cons
   return {gx, g_low};
 }
 
+void check_level_input(const char* op, const Tensor& x, int64_t levels) {
+  check_dfb_input(op, x, levels);
+  TORCH_CHECK(x.size(1) % 2 == 0 && x.size(2) % 2 == 0, "sstkd::", op, ": x must have even H and W, got shape ",
+              x.sizes());
+}
+
+void check_level_fits(const char* op, const Tensor& x) {
+  int optin = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, x.get_device()));
+  const int64_t need = dfb_level_smem_bytes(dtype_of(x), x.size(1), x.size(2));
+  TORCH_CHECK(need <= optin, "sstkd::", op, ": a ", x.size(1), "x", x.size(2), " ", x.scalar_type(), " level needs ",
+              need, " B of shared memory, the device allows ", optin, " B per block (use lp_dec + dfb_energy)");
+}
+
+std::tuple<Tensor, Tensor> level_energy_cuda(const Tensor& x_in, int64_t levels, bool last) {
+  const char* op = "level_energy";
+  check_cuda(op, "x", x_in);
+  check_level_input(op, x_in, levels);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const Tensor x = x_in.contiguous();
+  const int64_t N = x.size(0), H = x.size(1), W = x.size(2), K = (int64_t)1 << levels;
+  check_level_fits(op, x);
+  const auto acc = x.options().dtype(acc_dtype(x.scalar_type()));
+  Tensor low = at::empty({N, H / 2, W / 2}, acc);
+  Tensor en = at::empty({N, (last ? 1 : 0) + K}, acc);
+  check_launch(dfb_level_launch(false, dtype_of(x), (int)levels, last, x.const_data_ptr(), nullptr, 0,
+                                en.mutable_data_ptr(), nullptr, low.mutable_data_ptr(), nullptr, N, H, W,
+                                c10::cuda::getCurrentCUDAStream().stream()),
+               op);
+  return {low, en};
+}
+
+Tensor level_energy_backward_cuda(const Tensor& x_in, const Tensor& grad_in, const std::optional<Tensor>& grad_low_in,
+                                  int64_t levels, bool last) {
+  const char* op = "level_energy_backward";
+  check_cuda(op, "x", x_in);
+  check_cuda(op, "grad", grad_in);
+  check_level_input(op, x_in, levels);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const Tensor x = x_in.contiguous();
+  const int64_t N = x.size(0), H = x.size(1), W = x.size(2), K = (int64_t)1 << levels;
+  int64_t gs = 0;
+  const Tensor g = energy_grad(op, grad_in, x, (last ? 1 : 0) + K, gs);
+  Tensor gl;
+  if (!last) {
+    TORCH_CHECK(grad_low_in.has_value(), "sstkd::", op, ": grad_low is required unless last=True");
+    check_cuda(op, "grad_low", *grad_low_in);
+    TORCH_CHECK(grad_low_in->dim() == 3 && grad_low_in->size(0) == N && grad_low_in->size(1) == H / 2 &&
+                    grad_low_in->size(2) == W / 2,
+                "sstkd::", op, ": grad_low must have shape (N, H/2, W/2) = (", N, ", ", H / 2, ", ", W / 2, "), got ",
+                grad_low_in->sizes());
+    TORCH_CHECK(grad_low_in->device() == x.device(), "sstkd::", op, ": grad_low is on ", grad_low_in->device(),
+                " but x is on ", x.device());
+    gl = grad_low_in->to(acc_dtype(x.scalar_type())).contiguous();
+  }
+  check_level_fits(op, x);
+  Tensor gx = at::empty_like(x);
+  check_launch(dfb_level_launch(true, dtype_of(x), (int)levels, last, x.const_data_ptr(), g.const_data_ptr(), gs,
+                                nullptr, gx.mutable_data_ptr(), nullptr, last ? nullptr : gl.const_data_ptr(), N, H,
+                                W, c10::cuda::getCurrentCUDAStream().stream()),
+               op);
+  return gx;
+}
+
 Tensor dfb_rec_cuda(const Tensor& bands_in, int64_t levels, int64_t H, int64_t W,
                     std::optional<at::ScalarType> out_dtype) {
   const char* op = "dfb_rec";
@@ -645,6 +714,23 @@ Tensor dfb_energy_low_meta(const Tensor& x, const Tensor& low, int64_t levels) {
                           x.options().dtype(acc_dtype(x.scalar_type())));
 }
 
+std::tuple<Tensor, Tensor> level_energy_meta(const Tensor& x, int64_t levels, bool last) {
+  check_rank("level_energy", "x", x, 3, "(N, H, W)");
+  check_float("level_energy", "x", x);
+  TORCH_CHECK(levels >= 1 && levels <= 20, "sstkd::level_energy: levels must be in [1, 20], got ", levels);
+  const auto acc = x.options().dtype(acc_dtype(x.scalar_type()));
+  const auto n = x.sym_size(0), H = x.sym_size(1), W = x.sym_size(2);
+  return {at::empty_symint({n, H / 2, W / 2}, acc),
+          at::empty_symint({n, c10::SymInt((last ? 1 : 0) + ((int64_t)1 << levels))}, acc)};
+}
+
+Tensor level_energy_backward_meta(const Tensor& x, const Tensor& grad, const std::optional<Tensor>& grad_low,
+                                  int64_t levels, bool last) {
+  check_rank("level_energy_backward", "x", x, 3, "(N, H, W)");
+  TORCH_CHECK(last || grad_low.has_value(), "sstkd::level_energy_backward: grad_low is required unless last=True");
+  return at::empty_symint(x.sym_sizes(), x.options());
+}
+
 std::tuple<Tensor, Tensor> dfb_energy_low_backward_meta(const Tensor& x, const Tensor& low, const Tensor& grad,
                                                         int64_t levels) {
   check_rank("dfb_energy_low_backward", "x", x, 3, "(N, H, W)");
@@ -677,6 +763,8 @@ TORCH_LIBRARY(sstkd, m) {
   m.def("dfb_energy_backward(Tensor x, Tensor grad, int levels) -> Tensor");
   m.def("dfb_energy_low(Tensor x, Tensor low, int levels) -> Tensor");
   m.def("dfb_energy_low_backward(Tensor x, Tensor low, Tensor grad, int levels) -> (Tensor grad_x, Tensor grad_low)");
+  m.def("level_energy(Tensor x, int levels, bool last) -> (Tensor low, Tensor energies)");
+  m.def("level_energy_backward(Tensor x, Tensor grad, Tensor? grad_low, int levels, bool last) -> Tensor");
   m.def("dfb_rec(Tensor bands, int levels, int H, int W, ScalarType? out_dtype=None) -> Tensor");
   m.def("dfb_rec_backward(Tensor grad_x, int levels, ScalarType band_dtype) -> Tensor");
 }
@@ -695,6 +783,8 @@ TORCH_LIBRARY_IMPL(sstkd, CUDA, m) {
   m.impl("dfb_energy_backward", &sstkd::dfb_energy_backward_cuda);
   m.impl("dfb_energy_low", &sstkd::dfb_energy_low_cuda);
   m.impl("dfb_energy_low_backward", &sstkd::dfb_energy_low_backward_cuda);
+  m.impl("level_energy", &sstkd::level_energy_cuda);
+  m.impl("level_energy_backward", &sstkd::level_energy_backward_cuda);
   m.impl("dfb_rec", &sstkd::dfb_rec_cuda);
   m.impl("dfb_rec_backward", &sstkd::dfb_rec_backward_cuda);
 }
@@ -713,6 +803,8 @@ TORCH_LIBRARY_IMPL(sstkd, Meta, m) {
   m.impl("dfb_energy_backward", &sstkd::dfb_energy_backward_meta);
   m.impl("dfb_energy_low", &sstkd::dfb_energy_low_meta);
   m.impl("dfb_energy_low_backward", &sstkd::dfb_energy_low_backward_meta);
+  m.impl("level_energy", &sstkd::level_energy_meta);
+  m.impl("level_energy_backward", &sstkd::level_energy_backward_meta);
   m.impl("dfb_rec", &sstkd::dfb_rec_meta);
   m.impl("dfb_rec_backward", &sstkd::dfb_rec_backward_meta);
 }
@@ -752,6 +844,12 @@ TORCH_LIBRARY_IMPL(sstkd, CPU, m) {
          [](const Tensor& x, const Tensor&, const Tensor&, int64_t) -> std::tuple<Tensor, Tensor> {
            cpu_error("dfb_energy_low_backward", "x", x);
          });
+  m.impl("level_energy",
+         [](const Tensor& x, int64_t, bool) -> std::tuple<Tensor, Tensor> { cpu_error("level_energy", "x", x); });
+  m.impl("level_energy_backward",
+         [](const Tensor& x, const Tensor&, const std::optional<Tensor>&, int64_t, bool) -> Tensor {
+           cpu_error("level_energy_backward", "x", x);
+         });
   m.impl("dfb_rec", [](const Tensor& b, int64_t, int64_t, int64_t, std::optional<at::ScalarType>) -> Tensor {
     cpu_error("dfb_rec", "bands", b);
   });
@@ -779,11 +877,11 @@ extern "C" PyMODINIT_FUNC SSTKD_CAT(PyInit_, TORCH_EXTENSION_NAME)(void) {
   if (mod == nullptr) return nullptr;
   if (PyModule_AddIntConstant(mod, "cuda_runtime_version", CUDART_VERSION) < 0 ||
       PyModule_AddObject(mod, "ops",
-                         Py_BuildValue("(sssssssssssssss)", "lp_dec", "lp_dec_backward", "lp_rec",
+                         Py_BuildValue("(sssssssssssssssss)", "lp_dec", "lp_dec_backward", "lp_rec",
                                        "lp_rec_backward", "quantize_count", "quantize_count_backward", "sum_squares",
                                        "dfb_dec", "dfb_dec_backward", "dfb_energy", "dfb_energy_backward",
-                                       "dfb_energy_low", "dfb_energy_low_backward", "dfb_rec",
-                                       "dfb_rec_backward")) < 0) {
+                                       "dfb_energy_low", "dfb_energy_low_backward", "level_energy",
+                                       "level_energy_backward", "dfb_rec", "dfb_rec_backward")) < 0) {
     Py_DECREF(mod);
     return nullptr;
   }

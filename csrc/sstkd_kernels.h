@@ -88,7 +88,16 @@ cudaError_t sum_squares_launch(Dtype dtype, const void* x, void* partials, void*
 // also writes g_low = 2*g[:, 0]*low (N, low_hw) in x_dtype. Null `low`: (N, K) as above.
 // g_stride: the row stride of g in elements when its rows are not dense (0: dense).
 // H, W as sstkd.geometry.check_dfb_size requires for `levels` >= 1; all contiguous.
-enum class DfbMode : int { kDec = 0, kDecAdjoint = 1, kEnergy = 2, kEnergyAdjoint = 3, kRec = 4, kRecAdjoint = 5 };
+enum class DfbMode : int {
+  kDec = 0,
+  kDecAdjoint = 1,
+  kEnergy = 2,
+  kEnergyAdjoint = 3,
+  kRec = 4,
+  kRecAdjoint = 5,
+  kLevelEnergy = 6,         // dfb_level_launch only
+  kLevelEnergyAdjoint = 7,  // dfb_level_launch only
+};
 
 // Dynamic shared memory one CTA needs (two H*W planes of the accumulation type).
 int64_t dfb_plane_smem_bytes(Dtype x_dtype, int64_t H, int64_t W);
@@ -96,6 +105,23 @@ int64_t dfb_plane_smem_bytes(Dtype x_dtype, int64_t H, int64_t W);
 // cudaErrorInvalidValue for bad sizes or dtype pairs; cudaErrorInvalidConfiguration when the
 // planes do not fit in the current device's opt-in shared memory per block (the caller
 // checks dfb_plane_smem_bytes first and falls back).
+// ---------------------------------------------------------------------------
+// A whole contourlet pyramid level per launch (issue 13): one CTA per image plane holds the
+// level input x (N, H, W) of x_dtype, runs the LP level ('9-7', lp_plane.cuh) in shared memory
+// and the DFB energy tree (`levels`) on its bandpass, with a third buffer of H*W/4 for the
+// coarse plane.
+//   forward (!adjoint): low_out (N, H/2, W/2) accumulation type = the level's lowpass (the next
+//     level's input); en (N, K), or (N, 1 + K) with the lowpass energy first when `last`
+//     (the coarsest level);
+//   adjoint: (x, g, g_low) -> gx (N, H, W) of x_dtype: recomputes the level, the DFB adjoint of
+//     2*g*y, and the LP adjoint with the lowpass cotangent g_low (N, H/2, W/2) accumulation
+//     type (unused when `last`: then 2*g[:, 0]*low). g: row stride g_stride (0: dense).
+// H, W even and valid DFB sizes for `levels`.
+int64_t dfb_level_smem_bytes(Dtype x_dtype, int64_t H, int64_t W);
+cudaError_t dfb_level_launch(bool adjoint, Dtype x_dtype, int levels, bool last, const void* x, const void* g,
+                             int64_t g_stride, void* en, void* gx, void* low_out, const void* g_low, int64_t N,
+                             int64_t H, int64_t W, cudaStream_t stream);
+
 cudaError_t dfb_plane_launch(DfbMode mode, Dtype x_dtype, Dtype band_dtype, int levels, const void* x,
                              void* bands, const void* grad_bands, const void* g, void* en, void* gx, int64_t N,
                              int64_t H, int64_t W, cudaStream_t stream, const void* low = nullptr,

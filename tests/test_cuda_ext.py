@@ -31,7 +31,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSRC = os.path.join(REPO, "csrc")
 OPS = ("lp_dec", "lp_dec_backward", "lp_rec", "lp_rec_backward", "quantize_count", "quantize_count_backward",
        "sum_squares", "dfb_dec", "dfb_dec_backward", "dfb_energy", "dfb_energy_backward", "dfb_energy_low",
-       "dfb_energy_low_backward", "dfb_rec", "dfb_rec_backward")
+       "dfb_energy_low_backward", "level_energy", "level_energy_backward", "dfb_rec", "dfb_rec_backward")
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -106,6 +106,9 @@ CPU_CALLS = {
     "dfb_energy_low": lambda: torch.ops.sstkd.dfb_energy_low(torch.zeros(2, 16, 16), torch.zeros(2, 8, 8), 2),
     "dfb_energy_low_backward": lambda: torch.ops.sstkd.dfb_energy_low_backward(
         torch.zeros(2, 16, 16), torch.zeros(2, 8, 8), torch.zeros(2, 5), 2),
+    "level_energy": lambda: torch.ops.sstkd.level_energy(torch.zeros(2, 16, 16), 2, False),
+    "level_energy_backward": lambda: torch.ops.sstkd.level_energy_backward(
+        torch.zeros(2, 16, 16), torch.zeros(2, 5), None, 2, True),
     "dfb_rec": lambda: torch.ops.sstkd.dfb_rec(torch.zeros(4, 2, 64), 2, 16, 16),
     "dfb_rec_backward": lambda: torch.ops.sstkd.dfb_rec_backward(torch.zeros(2, 16, 16), 2, torch.float32),
 }
@@ -197,6 +200,13 @@ def test_dfb_meta_shapes_and_dtypes(ext, dtype):
     assert (en_low.shape, en_low.dtype) == ((6, 5), acc)
     gx, g_low = torch.ops.sstkd.dfb_energy_low_backward(x, low, en_low, 2)
     assert (gx.shape, gx.dtype, g_low.shape, g_low.dtype) == ((6, 24, 16), dtype, (6, 12, 8), dtype)
+    low2, en2 = torch.ops.sstkd.level_energy(x, 3, False)
+    assert (low2.shape, low2.dtype, en2.shape, en2.dtype) == ((6, 12, 8), acc, (6, 8), acc)
+    assert torch.ops.sstkd.level_energy(x, 3, True)[1].shape == (6, 9)
+    gx2 = torch.ops.sstkd.level_energy_backward(x, en2, low2, 3, False)
+    assert (gx2.shape, gx2.dtype) == ((6, 24, 16), dtype)
+    with pytest.raises(RuntimeError, match="grad_low is required unless last=True"):
+        torch.ops.sstkd.level_energy_backward(x, en2, None, 3, False)
     with pytest.raises(RuntimeError, match="dfb_energy_low: low dtype"):
         torch.ops.sstkd.dfb_energy_low(x, low.to(torch.float64 if dtype != torch.float64 else torch.float32), 2)
     with pytest.raises(RuntimeError, match="cannot pair with"):
@@ -643,6 +653,68 @@ def test_emulated_dfb_energy_with_lowpass(emu, case, dtype):
     torch.testing.assert_close(_emu_dfb(emu, 2, levels, N, H, W, dtype, x=x), en[:, 1:], atol=0, rtol=0)
 
 
+def _emu_dfb_level(emu, adjoint, levels, last, x, g=None, g_low=None):
+    """A pyramid level per launch: adjoint 0: x (N, H, W) -> (low (N, H/2, W/2), en (N, [1 +] K));
+    1: (x, g, g_low) -> gx. Accumulation-dtype low / en / g / g_low, x / gx in x's dtype."""
+    N, H, W = x.shape
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    K = 2**levels
+    x = x.contiguous()
+    low = torch.full((N, H // 2, W // 2), float("nan"), dtype=acc) if not adjoint else None
+    en = torch.full((N, int(last) + K), float("nan"), dtype=acc) if not adjoint else None
+    gx = torch.full_like(x, float("nan")) if adjoint else None
+    g_stride = 0
+    if g is not None:
+        g = g.to(acc)
+        if g.stride(-1) != 1 or g.stride(0) < g.shape[1]:
+            g = g.contiguous()
+        g_stride = g.stride(0)
+    g_low = None if g_low is None else g_low.to(acc).contiguous()
+    i64 = ctypes.c_int64
+    rc = emu.sstkd_emu_dfb_level(int(adjoint), _DT[x.dtype], levels, int(last), _ptr(x), _ptr(g), i64(g_stride),
+                                 _ptr(en), _ptr(gx), _ptr(low), _ptr(g_low), i64(N), i64(H), i64(W), _EMU_THREADS)
+    assert rc == 0
+    return gx if adjoint else (low, en)
+
+
+# (levels, H, W): even sizes valid for the DFB; odd half-widths, tiny planes, 4 directions levels
+LEVEL_CASES = [(1, 12, 6), (2, 20, 2), (3, 16, 12), (4, 24, 16), (2, 12, 10)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("last", [False, True])
+@pytest.mark.parametrize("case", LEVEL_CASES)
+def test_emulated_pyramid_level_energy(emu, case, last, dtype):
+    """One launch per pyramid level each way: the LP level and the DFB energies of its bandpass (the
+    lowpass energy first at the coarsest level), and the gradient through both, vs the reference."""
+    from sstkd.ops.laplacian import lp_dec_ref
+
+    levels, H, W = case
+    N, K = 2, 2**levels
+    x = torch.randn(N, H, W).to(dtype)
+    xg = x.double().requires_grad_(True)  # exact, of the rounded input
+    lo, ba = lp_dec_ref(xg[:, None])
+    lo, ba = lo[:, 0], ba[:, 0]
+    en_ref = (_ref_bands(ba, levels) ** 2).sum(-1).T
+    if last:
+        en_ref = torch.cat([(lo * lo).sum((1, 2))[:, None], en_ref], dim=1)
+    low, en = _emu_dfb_level(emu, 0, levels, last, x)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    assert low.dtype == en.dtype == acc and en.shape == (N, int(last) + K)
+    eps = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(low.double(), lo.detach(), atol=eps * lo.abs().max().item(), rtol=0)
+    torch.testing.assert_close(en.double(), en_ref.detach(), atol=0, rtol=eps)
+    wide = torch.randn(N, int(last) + K + 2, dtype=torch.float64)
+    g = wide[:, 1:1 + int(last) + K]  # a column slice: read through its row stride
+    g_low = None if last else torch.randn(N, H // 2, W // 2, dtype=torch.float64)
+    loss = (en_ref * g).sum() + (0 if last else (lo * g_low).sum())
+    (gx_ref,) = torch.autograd.grad(loss, xg)
+    gx = _emu_dfb_level(emu, 1, levels, last, x, g=g, g_low=g_low)
+    assert gx.dtype == dtype
+    tol = eps if dtype != torch.bfloat16 else torch.finfo(dtype).eps
+    torch.testing.assert_close(gx.double(), gx_ref, atol=tol * gx_ref.abs().max().item(), rtol=0)
+
+
 # ------------------------------------------------- the autograd wrappers on the emulated kernels
 class _TorchWithEmulatedOps:
     """``torch`` for sstkd.ops.backends.cuda, with ``torch.ops.sstkd.*`` answered by the host emulation."""
@@ -680,6 +752,9 @@ class _TorchWithEmulatedOps:
                 emu, 2, levels, *x.shape, x.dtype, x=x, low=low)),
             dfb_energy_low_backward=staticmethod(lambda x, low, g, levels: _emu_dfb(
                 emu, 3, levels, *x.shape, x.dtype, x=x, g=g, low=low)),
+            level_energy=staticmethod(lambda x, levels, last: _emu_dfb_level(emu, 0, levels, last, x)),
+            level_energy_backward=staticmethod(lambda x, g, g_low, levels, last: _emu_dfb_level(
+                emu, 1, levels, last, x, g=g, g_low=g_low)),
         ))()
 
     def __getattr__(self, name):
@@ -882,13 +957,63 @@ def test_dfb_energy_wrapper_with_lowpass(emulated_cuda_ops, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("last", [False, True])
+def test_level_energy_wrapper_on_emulated_kernels(emulated_cuda_ops, dtype, last):
+    from sstkd.ops.backends import torch as torch_backend
+    from sstkd.ops.laplacian import lp_dec_ref
+
+    x = torch.randn(2, 3, 24, 16).to(dtype)
+    g = torch.randn(2, 3, int(last) + 8, dtype=torch.float64)
+    g_low = torch.randn(2, 3, 12, 8, dtype=torch.float64)
+    xi = x.clone().requires_grad_(True)
+    low, e = emulated_cuda_ops.level_energy_cuda(xi, 3, last=last)
+    loss = (e * g.to(e.dtype)).sum() + (0 if last else (low * g_low.to(low.dtype)).sum())
+    got = (e, *torch.autograd.grad(loss, xi))
+    xr = x.double().requires_grad_(True)
+    lo, ba = lp_dec_ref(xr)
+    e_ref = torch_backend.TABLE["dfb_energy"](ba, 3, "pkva")
+    if last:
+        e_ref = torch.cat([(lo * lo).sum((-2, -1))[..., None], e_ref], -1)
+    want = (e_ref, *torch.autograd.grad((e_ref * g).sum() + (0 if last else (lo * g_low).sum()), xr,
+                                        retain_graph=True))
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    assert (low is None) == last and got[0].dtype == acc and got[1].dtype == dtype
+    if not last:
+        assert low.dtype == acc and low.shape == (2, 3, 12, 8)
+        torch.testing.assert_close(low.double(), lo.detach(), atol=1e-5 * lo.abs().max().item(), rtol=0)
+    eps = 1e-12 if dtype == torch.float64 else 1e-5 if dtype == torch.float32 else torch.finfo(dtype).eps
+    torch.testing.assert_close(got[0].double(), want[0].detach(), atol=0, rtol=max(eps, 1e-12 if acc == torch.float64
+                                                                                  else 1e-5))
+    torch.testing.assert_close(got[1].double(), want[1], atol=eps * want[1].abs().max().item(), rtol=0)
+    # an unused lowpass (g_low None) or unused energies (g_en None) still give the gradient of the rest
+    if not last:
+        xi = x.clone().requires_grad_(True)
+        low, e = emulated_cuda_ops.level_energy_cuda(xi, 3)
+        (g1,) = torch.autograd.grad((e * g.to(e.dtype)).sum(), xi, retain_graph=True)
+        (g_ref1,) = torch.autograd.grad((e_ref * g).sum(), xr, retain_graph=True)
+        torch.testing.assert_close(g1.double(), g_ref1, atol=eps * g_ref1.abs().max().item(), rtol=0)
+        (g2,) = torch.autograd.grad((low * g_low.to(low.dtype)).sum(), xi)
+        (g_ref2,) = torch.autograd.grad((lo * g_low).sum(), xr)
+        torch.testing.assert_close(g2.double(), g_ref2, atol=max(eps, 1e-6) * g_ref2.abs().max().item(), rtol=0)
+    with pytest.raises(ValueError, match="even H, W"):
+        emulated_cuda_ops.level_energy_cuda(torch.randn(1, 1, 24, 15), 1)
+    with pytest.raises(ValueError, match="filt"):
+        emulated_cuda_ops.level_energy_cuda(x, 3, pfilt="5-3")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("nlevs", [[2, 3], [1, 4], [0, 3], [3]])
-def test_contourlet_energy_composes_the_emulated_dfb_energy(emulated_cuda_ops, dtype, nlevs):
+@pytest.mark.parametrize("fused", [True, False])
+def test_contourlet_energy_composes_the_emulated_dfb_energy(emulated_cuda_ops, monkeypatch, dtype, nlevs, fused):
     """The composition (sstkd.ops.algorithms) with the CUDA LP and DFB energy passes: autograd through
-    the passes (the energy pass is differentiable itself; the coarsest one adds the lowpass energy,
-    unless the coarsest level is a wavelet one) equals the torch backend."""
+    the passes equals the torch backend -- a whole pyramid level per launch (fused), or, for levels
+    too large for shared memory, the LP and DFB energy launches (the energy pass differentiable
+    itself; the coarsest one adds the lowpass energy, unless the coarsest level is a wavelet one)."""
     from sstkd.ops import algorithms
     from sstkd.ops.backends import torch as torch_backend
+
+    if not fused:
+        monkeypatch.setattr(emulated_cuda_ops, "_level_kernel_takes", lambda device, dtype, h, w: False)
 
     passes = dict(torch_backend.TABLE)
     passes.update(lp_dec=emulated_cuda_ops.lp_dec_cuda, dfb_energy=emulated_cuda_ops.dfb_energy_cuda)

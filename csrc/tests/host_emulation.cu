@@ -188,3 +188,34 @@ extern "C" int sstkd_emu_lp_plane(int acc_double, int mode, const void* y, const
     run(0.0f);
   return 0;
 }
+
+// A whole pyramid level per launch (dfb_level_launch, sstkd_kernels.h) with `nt` emulated threads:
+// adjoint 0: x -> (low_out, en); 1: (x, g, g_low) -> gx. Same pointers and layouts as the launcher.
+extern "C" int sstkd_emu_dfb_level(int adjoint, int x_dtype, int levels, int last, const void* x, const void* g,
+                                   int64_t g_stride, void* en, void* gx, void* low_out, const void* g_low, int64_t N,
+                                   int64_t H, int64_t W, int nt) {
+  if (levels < 1 || levels > dfbp::kMaxLevels || nt < 1 || H <= 0 || W <= 0 || ((H | W) & 1) ||
+      (H * W) % ((int64_t)1 << levels) != 0 || g_stride < 0)
+    return 1;
+  if (adjoint ? (g == nullptr || gx == nullptr || (!last && g_low == nullptr)) : (en == nullptr || low_out == nullptr))
+    return 1;
+  const Dtype xd = Dtype(x_dtype);
+  const DfbMode mode = adjoint ? DfbMode::kLevelEnergyAdjoint : DfbMode::kLevelEnergy;
+  const auto run = [&](auto acc_tag) {
+    using Acc = decltype(acc_tag);
+    dfbp::Args<Acc> a{mode, xd, xd, levels, (int)H, (int)W, N, x, nullptr, nullptr,
+                      static_cast<const Acc*>(g), static_cast<Acc*>(en), gx, nullptr, nullptr, 0, g_stride,
+                      last ? 1 : 0, static_cast<Acc*>(low_out), static_cast<const Acc*>(g_low)};
+    dfbp::set_program(a);
+    std::vector<Acc> smem(2 * H * W + H * W / 4);
+    for (int64_t n = 0; n < N; ++n)
+      for (int p = 0; p < a.num_phases; ++p)
+        for (int tid = 0; tid < nt; ++tid)
+          dfbp::run_phase(a, (int)n, smem.data(), smem.data() + H * W, p, tid, nt, smem.data() + 2 * H * W);
+  };
+  if (dfbp::is_double(xd))
+    run(0.0);
+  else
+    run(0.0f);
+  return 0;
+}

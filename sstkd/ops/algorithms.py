@@ -20,7 +20,9 @@
   keeping its last tree level (the composition then runs autograd through the passes instead
   of recomputing the decomposition in the backward); one with ``takes_low = True`` also takes
   ``low=`` (B, C, h, w) and returns (B, C, 1 + 2**levels) with its sum of squares first (the
-  coarsest level then adds the lowpass energy in the same pass);
+  coarsest level then adds the lowpass energy in the same pass); one with a ``level`` attribute
+  ``level(x, levels, pfilt, dfilt, last=) -> (low or None, energies)`` runs a whole pyramid level
+  (LP level and DFB energies; with ``last`` the lowpass energy first and no lowpass returned);
 * ``wfb_dec(x, filt) -> (ll, [lh, hl, hh])`` and ``wfb_rec(ll, bands, filt) -> x`` in the compute dtype;
 * ``minmax(s2) -> (smin, smax)`` per row; ``level_sums(s2, centers, kernel) -> (mass, moment)``
   (``Σ_i E_in`` and ``Σ_i E_in·s_i``, (B, L)); ``soft_hist(s2, centers, kernel) -> hist``
@@ -118,14 +120,19 @@ class _CatTo(torch.autograd.Function):
 
 def _energies(x: torch.Tensor, nlevs, pfilt: str, dfilt: str, passes) -> torch.Tensor:
     """(B, C, K) in ``x.dtype`` (computed in the compute dtype); the DFB levels through the
-    ``dfb_energy`` pass, the lowpass energy folded into the coarsest one's where it ``takes_low``."""
+    ``dfb_energy`` pass (a whole pyramid level per call where it has a ``level``), the lowpass
+    energy folded into the coarsest one's where it ``takes_low``."""
     cur = _finest_input(x, passes)
     energy = passes["dfb_energy"]
+    fused = getattr(energy, "level", None)
     parts = []  # finest level first
     for i, n in enumerate(reversed(nlevs)):
         if n == 0:
             cur, level = passes["wfb_dec"](cur.to(compute_dtype(cur)), pfilt)
             parts.append(torch.stack([(t * t).sum(dim=(-2, -1)) for t in level], dim=-1))
+        elif fused is not None:  # the LP level and the DFB energies in one pass
+            cur, e = fused(cur, n, pfilt, dfilt, last=i == len(nlevs) - 1)
+            parts.append(e)
         else:
             cur, band = _lp_level(cur, pfilt, passes)
             if i == len(nlevs) - 1 and getattr(energy, "takes_low", False):

@@ -654,8 +654,75 @@ def dfb_energy_cuda(x: torch.Tensor, levels: int, filt: str = "pkva", low: torch
     return _DfbEnergyLow.apply(x.reshape(b * c, h, w), low3, levels).view(b, c, 1 + 2**levels)
 
 
+def dfb_level_fits(dtype: torch.dtype, h: int, w: int, device) -> bool:
+    """Whether the pyramid-level kernel takes ``h × w`` levels of ``dtype`` on ``device``: the plane, the
+    DFB's second buffer and the coarse plane (2.25 planes of the accumulation dtype) in one block's
+    shared memory (144 KB for a 128 × 128 float32 level)."""
+    return (2 * h * w + h * w // 4) * _acc_dtype(dtype).itemsize <= _smem_optin(torch.device(device))
+
+
+def _level_kernel_takes(device: torch.device, dtype: torch.dtype, h: int, w: int) -> bool:
+    """Whether the pyramid-level kernel runs ``h × w`` levels of ``dtype`` on ``device`` (a non-CUDA
+    tensor goes to the op, which raises its clear "must be a CUDA tensor" error)."""
+    return device.type != "cuda" or dfb_level_fits(dtype, h, w, device)
+
+
+class _LevelEnergy(torch.autograd.Function):
+    """A pyramid level ``x`` (N, H, W) -> (low (N, H/2, W/2), energies (N, [1 +] K)); saves x, the
+    backward (one launch) recomputes the level and applies the DFB and LP adjoints."""
+
+    @staticmethod
+    def forward(ctx, x3, levels, last):
+        ctx.save_for_backward(x3)
+        ctx.levels, ctx.last = levels, last
+        ctx.set_materialize_grads(False)
+        low, en = torch.ops.sstkd.level_energy(x3, levels, last)
+        if last:  # the coarsest level's lowpass only enters through its energy
+            ctx.mark_non_differentiable(low)
+        return low, en
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_low, g_en):
+        (x3,) = ctx.saved_tensors
+        n, h, w = x3.shape
+        acc = _acc_dtype(x3.dtype)
+        if g_en is None:  # the energies unused: only the lowpass carries a gradient
+            g_en = torch.zeros(n, int(ctx.last) + 2**ctx.levels, dtype=acc, device=x3.device)
+        if g_low is None and not ctx.last:
+            g_low = torch.zeros(n, h // 2, w // 2, dtype=acc, device=x3.device)
+        return torch.ops.sstkd.level_energy_backward(x3, g_en, None if ctx.last else g_low, ctx.levels,
+                                                     ctx.last), None, None
+
+
+def level_energy_cuda(x: torch.Tensor, levels: int, pfilt: str = "9-7", dfilt: str = "pkva", last: bool = False):
+    """One contourlet pyramid level in one launch each way: ``lp_dec`` of ``x`` (B, C, H, W) and the
+    energies of the ``levels``-level DFB of its bandpass. Returns ``(low, energies)``: ``low``
+    (B, C, H/2, W/2), the next level's input, and energies (B, C, 2**levels); with ``last`` (the
+    coarsest level) ``(None, energies)`` with the lowpass energy first, (B, C, 1 + 2**levels). Both in
+    float32 (float64 for float64; a float16/bfloat16 ``x`` is read as it is and its gradient stored
+    in its dtype). Differentiable: the backward recomputes the level from ``x`` in shared memory.
+    Levels too large for shared memory (:func:`dfb_level_fits`) run ``lp_dec`` and ``dfb_energy``."""
+    _check_filt(pfilt)
+    _check_dfilt(dfilt)
+    _check_dfb_input(x, levels)
+    b, c, h, w = x.shape
+    if levels < 1 or h % 2 or w % 2:
+        raise ValueError(f"x, levels: expected levels >= 1 and even H, W, got levels={levels} and {tuple(x.shape)}")
+    if not _level_kernel_takes(x.device, x.dtype, h, w):
+        low, band = lp_dec_cuda(x, pfilt, out_dtype=_acc_dtype(x.dtype))
+        if last:
+            return None, dfb_energy_cuda(band, levels, dfilt, low=low)
+        return low, dfb_energy_cuda(band, levels, dfilt)
+    _ops()
+    low, en = _LevelEnergy.apply(x.reshape(b * c, h, w), levels, bool(last))
+    en = en.view(b, c, en.shape[-1])
+    return (None, en) if last else (low.view(b, c, h // 2, w // 2), en)
+
+
 dfb_energy_cuda.keeps_for_backward = True  # differentiable itself (saves x): contourlet_energy recomputes nothing
 dfb_energy_cuda.takes_low = True  # the coarsest level's energy launch adds the lowpass energy
+dfb_energy_cuda.level = level_energy_cuda  # contourlet_energy: a whole pyramid level per launch
 
 
 # ============================================================================ the backend table
