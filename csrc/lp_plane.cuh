@@ -3,8 +3,8 @@
 // dfb_plane.cuh). Same filters (lp::FiltH / lp::FiltG of lp_tile.cuh), same order of the
 // separable passes and of the taps as the tile engine, so the two agree to the last bit;
 // only the borders differ in how they are reached: a periodic index into the plane instead
-// of a halo. Not yet used by a kernel: the host emulation test checks it against the tile
-// engine and the reference (csrc/tests/host_emulation.cu). No torch headers.
+// of a halo (the host emulation test checks the two agree bit for bit). Used by the pyramid-level
+// phases of dfb_plane.cuh (level_energy). No torch headers.
 //
 // Buffers (Acc): y (H*W) is the level input, overwritten by the bandpass (dec) or by the
 // gradient (adjoint); t (H*W/2) the vertical pass, reused by the vertical synthesis; c (H*W/4)
