@@ -413,7 +413,7 @@ def test_dfb_energy_with_lowpass_forward_and_gradients(cuda_ops, case, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_contourlet_energy_backend_cuda_launches_and_low_precision(cuda_ops, dtype):
+def test_contourlet_energy_backend_cuda_fp32_and_bf16(cuda_ops, dtype):
     from sstkd.ops.contourlet import contourlet_energy, contourlet_energy_ref
 
     x = _randn((2, 4, 64, 64), dtype)
