@@ -141,6 +141,8 @@ def test_wrappers_raise_a_clear_error_on_cpu(ext):
         _cuda_ops.dfb_energy_cuda(torch.randn(1, 1, 16, 16), -1)
     with pytest.raises(RuntimeError, match="must be a CUDA tensor"):
         _cuda_ops.dfb_energy_cuda(torch.randn(1, 2, 16, 16), 3, low=torch.randn(1, 2, 8, 8))
+    with pytest.raises(RuntimeError, match="must be a CUDA tensor"):
+        _cuda_ops.level_energy_cuda(torch.randn(1, 2, 16, 16), 3)
     for bad in (torch.randn(1, 2, 8, 8, dtype=torch.float64), torch.randn(1, 3, 8, 8), torch.randn(1, 2, 32, 32),
                 torch.randn(2, 8, 8)):
         with pytest.raises(ValueError, match=r"low: expected a torch.float32 \(B, C, h, w\)"):
