@@ -6,8 +6,10 @@
 // sstkd._C (JIT: sstkd_C), which exists only to be importable.
 //
 // Ops (all inputs contiguous after the op makes them so; N = B*C images):
-//   lp_dec(x (N,H,W)) -> (low (N,H/2,W/2), band (N,H,W))
-//   lp_dec_backward(grad_low, grad_band) -> grad_x                 (adjoint of lp_dec)
+//   lp_dec(x (N,H,W), out_dtype?) -> (low (N,H/2,W/2), band (N,H,W)) in out_dtype (default x's; float32
+//       for float16/bfloat16 x: the level read as it is, computed and stored in float32)
+//   lp_dec_backward(grad_low, grad_band, out_dtype?) -> grad_x     (adjoint of lp_dec; out_dtype: default
+//       the cotangents', or float16/bfloat16 from float32 cotangents)
 //   lp_rec(low (N,H/2,W/2), band (N,H,W)) -> x (N,H,W)
 //   lp_rec_backward(grad_x) -> (grad_low, grad_band)              (adjoint of lp_rec)
 //   quantize_count(s (B,N), centers (B,L), kernel) -> (counts, sums)  (B,L), accumulation dtype;
@@ -22,6 +24,14 @@
 //   dfb_rec_backward(grad_x (N,H,W), levels, band_dtype) -> grad_bands (K, N, H*W/K)
 //   dfb_energy(x (N,H,W), levels) -> (N, K) accumulation dtype, per-sub-band sums of squares
 //   dfb_energy_backward(x, grad (N, K), levels) -> grad_x (N,H,W) (recomputes the tree from x)
+//   dfb_energy_low(x (N,H,W), low (N,h,w), levels) -> (N, 1 + K): dfb_energy with the sum of squares of
+//       `low` (a contourlet's coarsest lowpass, x's dtype) first, in the same launch
+//   dfb_energy_low_backward(x, low, grad (N, 1 + K), levels) -> (grad_x, grad_low = 2*grad[:, 0]*low)
+//   level_energy(x (N,H,W), levels, last) -> (low (N,H/2,W/2), energies (N, K), or (N, 1 + K) with the
+//       lowpass energy first when `last`), accumulation dtype: one contourlet pyramid level (LP + DFB
+//       energies of its bandpass) in one launch (H*W*2.25 accumulation-dtype elements of shared memory)
+//   level_energy_backward(x, grad (N, [1 +] K), grad_low? (N,H/2,W/2), levels, last) -> grad_x (N,H,W)
+//       (recomputes the level from x; grad_low is required unless `last`)
 //   The dfb ops need the two H*W planes of one image in shared memory (dfb_plane_bytes); larger
 //   planes raise (sstkd/ops/backends/cuda.py checks first and falls back to the Triton DFB).
 // float16/bfloat16/float32 accumulate in float32, float64 in float64.
@@ -142,47 +152,68 @@ void check_coarse(const char* op, const char* cname, const Tensor& c, const char
               " is on ", f.device());
 }
 
+// The output dtype of lp_dec (dec) or lp_dec_backward (!dec) for inputs of dtype `in`: `in`, or the
+// mixed pairs of lp_level_launch (float16/bfloat16 -> float32 for lp_dec, the reverse for its adjoint).
+at::ScalarType lp_out_dtype(const char* op, at::ScalarType in, std::optional<at::ScalarType> out, bool dec) {
+  const at::ScalarType o = out.value_or(in);
+  if (o == in) return o;
+  const bool low_in = in == at::kHalf || in == at::kBFloat16, low_out = o == at::kHalf || o == at::kBFloat16;
+  TORCH_CHECK(dec ? (low_in && o == at::kFloat) : (in == at::kFloat && low_out), "sstkd::", op, ": out_dtype ", o,
+              " is not supported for ", in, " input (",
+              dec ? "float16/bfloat16 input may give float32 outputs" : "float32 cotangents may give a float16/bfloat16 "
+                                                                         "gradient",
+              ")");
+  return o;
+}
+
 // decompose: (c, out) = (A y, y - S A y); reconstruct: out = S (c - A y) + y.
-std::tuple<Tensor, Tensor> lp_decompose(const char* op, const Tensor& y_in, LpFilters filters) {
+std::tuple<Tensor, Tensor> lp_decompose(const char* op, const Tensor& y_in, LpFilters filters,
+                                        std::optional<at::ScalarType> out_dtype = std::nullopt) {
   check_cuda(op, "input", y_in);
   check_fine(op, "input", y_in);
+  const at::ScalarType od = lp_out_dtype(op, y_in.scalar_type(), out_dtype, true);
   const c10::cuda::CUDAGuard guard(y_in.device());
   const Tensor y = y_in.contiguous();
   const int64_t n = y.size(0), H = y.size(1), W = y.size(2);
-  Tensor c = at::empty({n, H / 2, W / 2}, y.options());
-  Tensor out = at::empty({n, H, W}, y.options());
+  Tensor c = at::empty({n, H / 2, W / 2}, y.options().dtype(od));
+  Tensor out = at::empty({n, H, W}, y.options().dtype(od));
   if (n > 0) {
     check_launch(lp_level_launch(dtype_of(y), LpMode::kDecompose, filters, y.const_data_ptr(), nullptr,
                                  c.mutable_data_ptr(), out.mutable_data_ptr(), n, H, W,
-                                 c10::cuda::getCurrentCUDAStream().stream()),
+                                 c10::cuda::getCurrentCUDAStream().stream(), (int)dtype_of(out)),
                  op);
   }
   return {c, out};
 }
 
 Tensor lp_reconstruct(const char* op, const Tensor& c_in, const char* cname, const Tensor& y_in, const char* yname,
-                      LpFilters filters) {
+                      LpFilters filters, std::optional<at::ScalarType> out_dtype = std::nullopt) {
   check_cuda(op, yname, y_in);
   check_cuda(op, cname, c_in);
   check_fine(op, yname, y_in);
   check_coarse(op, cname, c_in, yname, y_in);
+  const at::ScalarType od = lp_out_dtype(op, y_in.scalar_type(), out_dtype, false);
   const c10::cuda::CUDAGuard guard(y_in.device());
   const Tensor y = y_in.contiguous();
   const Tensor c = c_in.contiguous();
   const int64_t n = y.size(0), H = y.size(1), W = y.size(2);
-  Tensor out = at::empty({n, H, W}, y.options());
+  Tensor out = at::empty({n, H, W}, y.options().dtype(od));
   if (n > 0) {
     check_launch(lp_level_launch(dtype_of(y), LpMode::kReconstruct, filters, y.const_data_ptr(), c.const_data_ptr(),
-                                 nullptr, out.mutable_data_ptr(), n, H, W, c10::cuda::getCurrentCUDAStream().stream()),
+                                 nullptr, out.mutable_data_ptr(), n, H, W, c10::cuda::getCurrentCUDAStream().stream(),
+                                 (int)dtype_of(out)),
                  op);
   }
   return out;
 }
 
-std::tuple<Tensor, Tensor> lp_dec_cuda(const Tensor& x) { return lp_decompose("lp_dec", x, LpFilters::kForward); }
+std::tuple<Tensor, Tensor> lp_dec_cuda(const Tensor& x, std::optional<at::ScalarType> out_dtype) {
+  return lp_decompose("lp_dec", x, LpFilters::kForward, out_dtype);
+}
 
-Tensor lp_dec_backward_cuda(const Tensor& grad_low, const Tensor& grad_band) {
-  return lp_reconstruct("lp_dec_backward", grad_low, "grad_low", grad_band, "grad_band", LpFilters::kAdjoint);
+Tensor lp_dec_backward_cuda(const Tensor& grad_low, const Tensor& grad_band, std::optional<at::ScalarType> out_dtype) {
+  return lp_reconstruct("lp_dec_backward", grad_low, "grad_low", grad_band, "grad_band", LpFilters::kAdjoint,
+                        out_dtype);
 }
 
 Tensor lp_rec_cuda(const Tensor& low, const Tensor& band) {
@@ -329,14 +360,42 @@ void check_dfb_input(const char* op, const Tensor& x, int64_t levels) {
 
 void launch_dfb(const char* op, DfbMode mode, const Tensor& like, at::ScalarType band_dtype, int64_t levels,
                 const void* x, void* bands, const void* grad_bands, const void* g, void* en, void* gx, int64_t N,
-                int64_t H, int64_t W) {
+                int64_t H, int64_t W, const void* low = nullptr, void* g_low = nullptr, int64_t low_hw = 0,
+                int64_t g_stride = 0) {
   if (N == 0) return;
   Dtype bd = Dtype::kFloat32;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, band_dtype, "sstkd_dfb_band_dtype",
                                   [&] { bd = DtypeOf<scalar_t>::value; });
   check_launch(dfb_plane_launch(mode, dtype_of(like), bd, (int)levels, x, bands, grad_bands, g, en, gx, N, H, W,
-                                c10::cuda::getCurrentCUDAStream().stream()),
+                                c10::cuda::getCurrentCUDAStream().stream(), low, g_low, low_hw, g_stride),
                op);
+}
+
+// The energy cotangent (N, cols) as the kernel reads it: in the accumulation dtype with dense rows
+// (a column slice of a wider cotangent is read through its row stride, not copied); `stride` is set.
+Tensor energy_grad(const char* op, const Tensor& grad, const Tensor& x, int64_t cols, int64_t& stride) {
+  const int64_t N = x.size(0);
+  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == N && grad.size(1) == cols, "sstkd::", op,
+              ": grad must have shape (N, ", cols, ") = (", N, ", ", cols, "), got ", grad.sizes());
+  TORCH_CHECK(grad.device() == x.device(), "sstkd::", op, ": grad is on ", grad.device(), " but x is on ",
+              x.device());
+  Tensor g = grad.to(acc_dtype(x.scalar_type()));
+  if (g.stride(1) != 1 || g.stride(0) < cols) g = g.contiguous();
+  stride = g.stride(0);
+  return g;
+}
+
+// low (N, h, w) of x's dtype and device, h*w <= H*W: the lowpass folded into the energy ops.
+Tensor checked_low(const char* op, const Tensor& low_in, const Tensor& x) {
+  check_cuda(op, "low", low_in);
+  check_rank(op, "low", low_in, 3, "(N, h, w)");
+  TORCH_CHECK(low_in.size(0) == x.size(0) && low_in.size(1) * low_in.size(2) <= x.size(1) * x.size(2), "sstkd::", op,
+              ": low must have shape (N, h, w) with h*w <= H*W for x of shape ", x.sizes(), ", got ", low_in.sizes());
+  TORCH_CHECK(low_in.scalar_type() == x.scalar_type(), "sstkd::", op, ": low dtype ", low_in.scalar_type(),
+              " differs from x dtype ", x.scalar_type());
+  TORCH_CHECK(low_in.device() == x.device(), "sstkd::", op, ": low is on ", low_in.device(), " but x is on ",
+              x.device());
+  return low_in.contiguous();
 }
 
 Tensor dfb_dec_cuda(const Tensor& x_in, int64_t levels, std::optional<at::ScalarType> out_dtype) {
@@ -395,17 +454,114 @@ Tensor dfb_energy_backward_cuda(const Tensor& x_in, const Tensor& grad_in, int64
   check_cuda(op, "grad", grad_in);
   check_dfb_input(op, x_in, levels);
   const int64_t N = x_in.size(0), H = x_in.size(1), W = x_in.size(2), K = (int64_t)1 << levels;
-  TORCH_CHECK(grad_in.dim() == 2 && grad_in.size(0) == N && grad_in.size(1) == K, "sstkd::", op,
-              ": grad must have shape (N, K) = (", N, ", ", K, "), got ", grad_in.sizes());
-  TORCH_CHECK(grad_in.device() == x_in.device(), "sstkd::", op, ": grad is on ", grad_in.device(), " but x is on ",
-              x_in.device());
   const c10::cuda::CUDAGuard guard(x_in.device());
   const Tensor x = x_in.contiguous();
-  const Tensor g = grad_in.to(acc_dtype(x.scalar_type())).contiguous();
+  int64_t gs = 0;
+  const Tensor g = energy_grad(op, grad_in, x, K, gs);
   check_dfb_fits(op, x, H, W);
   Tensor gx = at::empty_like(x);
   launch_dfb(op, DfbMode::kEnergyAdjoint, x, x.scalar_type(), levels, x.const_data_ptr(), nullptr, nullptr,
-             g.const_data_ptr(), nullptr, gx.mutable_data_ptr(), N, H, W);
+             g.const_data_ptr(), nullptr, gx.mutable_data_ptr(), N, H, W, nullptr, nullptr, 0, gs);
+  return gx;
+}
+
+Tensor dfb_energy_low_cuda(const Tensor& x_in, const Tensor& low_in, int64_t levels) {
+  const char* op = "dfb_energy_low";
+  check_cuda(op, "x", x_in);
+  check_dfb_input(op, x_in, levels);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const Tensor x = x_in.contiguous();
+  const Tensor low = checked_low(op, low_in, x);
+  const int64_t N = x.size(0), H = x.size(1), W = x.size(2), K = (int64_t)1 << levels;
+  check_dfb_fits(op, x, H, W);
+  Tensor en = at::empty({N, 1 + K}, x.options().dtype(acc_dtype(x.scalar_type())));
+  launch_dfb(op, DfbMode::kEnergy, x, x.scalar_type(), levels, x.const_data_ptr(), nullptr, nullptr, nullptr,
+             en.mutable_data_ptr(), nullptr, N, H, W, low.const_data_ptr(), nullptr, low.size(1) * low.size(2));
+  return en;
+}
+
+std::tuple<Tensor, Tensor> dfb_energy_low_backward_cuda(const Tensor& x_in, const Tensor& low_in,
+                                                        const Tensor& grad_in, int64_t levels) {
+  const char* op = "dfb_energy_low_backward";
+  check_cuda(op, "x", x_in);
+  check_cuda(op, "grad", grad_in);
+  check_dfb_input(op, x_in, levels);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const Tensor x = x_in.contiguous();
+  const Tensor low = checked_low(op, low_in, x);
+  const int64_t N = x.size(0), H = x.size(1), W = x.size(2), K = (int64_t)1 << levels;
+  int64_t gs = 0;
+  const Tensor g = energy_grad(op, grad_in, x, 1 + K, gs);
+  check_dfb_fits(op, x, H, W);
+  Tensor gx = at::empty_like(x);
+  Tensor g_low = at::empty_like(low);
+  launch_dfb(op, DfbMode::kEnergyAdjoint, x, x.scalar_type(), levels, x.const_data_ptr(), nullptr, nullptr,
+             g.const_data_ptr(), nullptr, gx.mutable_data_ptr(), N, H, W, low.const_data_ptr(),
+             g_low.mutable_data_ptr(), low.size(1) * low.size(2), gs);
+  return {gx, g_low};
+}
+
+void check_level_input(const char* op, const Tensor& x, int64_t levels) {
+  check_dfb_input(op, x, levels);
+  TORCH_CHECK(x.size(1) % 2 == 0 && x.size(2) % 2 == 0, "sstkd::", op, ": x must have even H and W, got shape ",
+              x.sizes());
+}
+
+void check_level_fits(const char* op, const Tensor& x) {
+  int optin = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, x.get_device()));
+  const int64_t need = dfb_level_smem_bytes(dtype_of(x), x.size(1), x.size(2));
+  TORCH_CHECK(need <= optin, "sstkd::", op, ": a ", x.size(1), "x", x.size(2), " ", x.scalar_type(), " level needs ",
+              need, " B of shared memory, the device allows ", optin, " B per block (use lp_dec + dfb_energy)");
+}
+
+std::tuple<Tensor, Tensor> level_energy_cuda(const Tensor& x_in, int64_t levels, bool last) {
+  const char* op = "level_energy";
+  check_cuda(op, "x", x_in);
+  check_level_input(op, x_in, levels);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const Tensor x = x_in.contiguous();
+  const int64_t N = x.size(0), H = x.size(1), W = x.size(2), K = (int64_t)1 << levels;
+  check_level_fits(op, x);
+  const auto acc = x.options().dtype(acc_dtype(x.scalar_type()));
+  Tensor low = at::empty({N, H / 2, W / 2}, acc);
+  Tensor en = at::empty({N, (last ? 1 : 0) + K}, acc);
+  check_launch(dfb_level_launch(false, dtype_of(x), (int)levels, last, x.const_data_ptr(), nullptr, 0,
+                                en.mutable_data_ptr(), nullptr, low.mutable_data_ptr(), nullptr, N, H, W,
+                                c10::cuda::getCurrentCUDAStream().stream()),
+               op);
+  return {low, en};
+}
+
+Tensor level_energy_backward_cuda(const Tensor& x_in, const Tensor& grad_in, const std::optional<Tensor>& grad_low_in,
+                                  int64_t levels, bool last) {
+  const char* op = "level_energy_backward";
+  check_cuda(op, "x", x_in);
+  check_cuda(op, "grad", grad_in);
+  check_level_input(op, x_in, levels);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const Tensor x = x_in.contiguous();
+  const int64_t N = x.size(0), H = x.size(1), W = x.size(2), K = (int64_t)1 << levels;
+  int64_t gs = 0;
+  const Tensor g = energy_grad(op, grad_in, x, (last ? 1 : 0) + K, gs);
+  Tensor gl;
+  if (!last) {
+    TORCH_CHECK(grad_low_in.has_value(), "sstkd::", op, ": grad_low is required unless last=True");
+    check_cuda(op, "grad_low", *grad_low_in);
+    TORCH_CHECK(grad_low_in->dim() == 3 && grad_low_in->size(0) == N && grad_low_in->size(1) == H / 2 &&
+                    grad_low_in->size(2) == W / 2,
+                "sstkd::", op, ": grad_low must have shape (N, H/2, W/2) = (", N, ", ", H / 2, ", ", W / 2, "), got ",
+                grad_low_in->sizes());
+    TORCH_CHECK(grad_low_in->device() == x.device(), "sstkd::", op, ": grad_low is on ", grad_low_in->device(),
+                " but x is on ", x.device());
+    gl = grad_low_in->to(acc_dtype(x.scalar_type())).contiguous();
+  }
+  check_level_fits(op, x);
+  Tensor gx = at::empty_like(x);
+  check_launch(dfb_level_launch(true, dtype_of(x), (int)levels, last, x.const_data_ptr(), g.const_data_ptr(), gs,
+                                nullptr, gx.mutable_data_ptr(), nullptr, last ? nullptr : gl.const_data_ptr(), N, H,
+                                W, c10::cuda::getCurrentCUDAStream().stream()),
+               op);
   return gx;
 }
 
@@ -454,13 +610,20 @@ std::tuple<Tensor, Tensor> lp_decompose_meta(const char* op, const char* name, c
   return {at::empty_symint({n, H / 2, W / 2}, x.options()), at::empty_symint({n, H, W}, x.options())};
 }
 
-std::tuple<Tensor, Tensor> lp_dec_meta(const Tensor& x) { return lp_decompose_meta("lp_dec", "x", x); }
+std::tuple<Tensor, Tensor> lp_dec_meta(const Tensor& x, std::optional<at::ScalarType> out_dtype) {
+  check_rank("lp_dec", "x", x, 3, "(N, H, W)");
+  check_float("lp_dec", "x", x);
+  const at::ScalarType od = lp_out_dtype("lp_dec", x.scalar_type(), out_dtype, true);
+  const auto n = x.sym_size(0), H = x.sym_size(1), W = x.sym_size(2);
+  return {at::empty_symint({n, H / 2, W / 2}, x.options().dtype(od)), at::empty_symint({n, H, W}, x.options().dtype(od))};
+}
 
-Tensor lp_dec_backward_meta(const Tensor& grad_low, const Tensor& grad_band) {
+Tensor lp_dec_backward_meta(const Tensor& grad_low, const Tensor& grad_band, std::optional<at::ScalarType> out_dtype) {
   check_rank("lp_dec_backward", "grad_band", grad_band, 3, "(N, H, W)");
   check_rank("lp_dec_backward", "grad_low", grad_low, 3, "(N, H/2, W/2)");
   check_float("lp_dec_backward", "grad_band", grad_band);
-  return at::empty_symint(grad_band.sym_sizes(), grad_band.options());
+  const at::ScalarType od = lp_out_dtype("lp_dec_backward", grad_band.scalar_type(), out_dtype, false);
+  return at::empty_symint(grad_band.sym_sizes(), grad_band.options().dtype(od));
 }
 
 Tensor lp_rec_meta(const Tensor& low, const Tensor& band) {
@@ -540,6 +703,41 @@ Tensor dfb_energy_backward_meta(const Tensor& x, const Tensor& grad, int64_t lev
   return at::empty_symint(x.sym_sizes(), x.options());
 }
 
+Tensor dfb_energy_low_meta(const Tensor& x, const Tensor& low, int64_t levels) {
+  check_rank("dfb_energy_low", "x", x, 3, "(N, H, W)");
+  check_rank("dfb_energy_low", "low", low, 3, "(N, h, w)");
+  check_float("dfb_energy_low", "x", x);
+  TORCH_CHECK(low.scalar_type() == x.scalar_type(), "sstkd::dfb_energy_low: low dtype ", low.scalar_type(),
+              " differs from x dtype ", x.scalar_type());
+  TORCH_CHECK(levels >= 1 && levels <= 20, "sstkd::dfb_energy_low: levels must be in [1, 20], got ", levels);
+  return at::empty_symint({x.sym_size(0), c10::SymInt(1 + ((int64_t)1 << levels))},
+                          x.options().dtype(acc_dtype(x.scalar_type())));
+}
+
+std::tuple<Tensor, Tensor> level_energy_meta(const Tensor& x, int64_t levels, bool last) {
+  check_rank("level_energy", "x", x, 3, "(N, H, W)");
+  check_float("level_energy", "x", x);
+  TORCH_CHECK(levels >= 1 && levels <= 20, "sstkd::level_energy: levels must be in [1, 20], got ", levels);
+  const auto acc = x.options().dtype(acc_dtype(x.scalar_type()));
+  const auto n = x.sym_size(0), H = x.sym_size(1), W = x.sym_size(2);
+  return {at::empty_symint({n, H / 2, W / 2}, acc),
+          at::empty_symint({n, c10::SymInt((last ? 1 : 0) + ((int64_t)1 << levels))}, acc)};
+}
+
+Tensor level_energy_backward_meta(const Tensor& x, const Tensor& grad, const std::optional<Tensor>& grad_low,
+                                  int64_t levels, bool last) {
+  check_rank("level_energy_backward", "x", x, 3, "(N, H, W)");
+  TORCH_CHECK(last || grad_low.has_value(), "sstkd::level_energy_backward: grad_low is required unless last=True");
+  return at::empty_symint(x.sym_sizes(), x.options());
+}
+
+std::tuple<Tensor, Tensor> dfb_energy_low_backward_meta(const Tensor& x, const Tensor& low, const Tensor& grad,
+                                                        int64_t levels) {
+  check_rank("dfb_energy_low_backward", "x", x, 3, "(N, H, W)");
+  check_rank("dfb_energy_low_backward", "low", low, 3, "(N, h, w)");
+  return {at::empty_symint(x.sym_sizes(), x.options()), at::empty_symint(low.sym_sizes(), low.options())};
+}
+
 // ----------------------------------------------------------------------------------------- CPU
 [[noreturn]] void cpu_error(const char* op, const char* name, const Tensor& t) {
   check_cuda(op, name, t);  // throws: t is a CPU tensor here
@@ -550,8 +748,8 @@ Tensor dfb_energy_backward_meta(const Tensor& x, const Tensor& grad, int64_t lev
 }  // namespace sstkd
 
 TORCH_LIBRARY(sstkd, m) {
-  m.def("lp_dec(Tensor x) -> (Tensor low, Tensor band)");
-  m.def("lp_dec_backward(Tensor grad_low, Tensor grad_band) -> Tensor");
+  m.def("lp_dec(Tensor x, ScalarType? out_dtype=None) -> (Tensor low, Tensor band)");
+  m.def("lp_dec_backward(Tensor grad_low, Tensor grad_band, ScalarType? out_dtype=None) -> Tensor");
   m.def("lp_rec(Tensor low, Tensor band) -> Tensor");
   m.def("lp_rec_backward(Tensor grad_x) -> (Tensor grad_low, Tensor grad_band)");
   m.def("quantize_count(Tensor s, Tensor centers, str kernel) -> (Tensor counts, Tensor sums)");
@@ -563,6 +761,10 @@ TORCH_LIBRARY(sstkd, m) {
   m.def("dfb_dec_backward(Tensor grad, int levels, int H, int W, ScalarType x_dtype) -> Tensor");
   m.def("dfb_energy(Tensor x, int levels) -> Tensor");
   m.def("dfb_energy_backward(Tensor x, Tensor grad, int levels) -> Tensor");
+  m.def("dfb_energy_low(Tensor x, Tensor low, int levels) -> Tensor");
+  m.def("dfb_energy_low_backward(Tensor x, Tensor low, Tensor grad, int levels) -> (Tensor grad_x, Tensor grad_low)");
+  m.def("level_energy(Tensor x, int levels, bool last) -> (Tensor low, Tensor energies)");
+  m.def("level_energy_backward(Tensor x, Tensor grad, Tensor? grad_low, int levels, bool last) -> Tensor");
   m.def("dfb_rec(Tensor bands, int levels, int H, int W, ScalarType? out_dtype=None) -> Tensor");
   m.def("dfb_rec_backward(Tensor grad_x, int levels, ScalarType band_dtype) -> Tensor");
 }
@@ -579,6 +781,10 @@ TORCH_LIBRARY_IMPL(sstkd, CUDA, m) {
   m.impl("dfb_dec_backward", &sstkd::dfb_dec_backward_cuda);
   m.impl("dfb_energy", &sstkd::dfb_energy_cuda);
   m.impl("dfb_energy_backward", &sstkd::dfb_energy_backward_cuda);
+  m.impl("dfb_energy_low", &sstkd::dfb_energy_low_cuda);
+  m.impl("dfb_energy_low_backward", &sstkd::dfb_energy_low_backward_cuda);
+  m.impl("level_energy", &sstkd::level_energy_cuda);
+  m.impl("level_energy_backward", &sstkd::level_energy_backward_cuda);
   m.impl("dfb_rec", &sstkd::dfb_rec_cuda);
   m.impl("dfb_rec_backward", &sstkd::dfb_rec_backward_cuda);
 }
@@ -595,6 +801,10 @@ TORCH_LIBRARY_IMPL(sstkd, Meta, m) {
   m.impl("dfb_dec_backward", &sstkd::dfb_dec_backward_meta);
   m.impl("dfb_energy", &sstkd::dfb_energy_meta);
   m.impl("dfb_energy_backward", &sstkd::dfb_energy_backward_meta);
+  m.impl("dfb_energy_low", &sstkd::dfb_energy_low_meta);
+  m.impl("dfb_energy_low_backward", &sstkd::dfb_energy_low_backward_meta);
+  m.impl("level_energy", &sstkd::level_energy_meta);
+  m.impl("level_energy_backward", &sstkd::level_energy_backward_meta);
   m.impl("dfb_rec", &sstkd::dfb_rec_meta);
   m.impl("dfb_rec_backward", &sstkd::dfb_rec_backward_meta);
 }
@@ -603,9 +813,12 @@ TORCH_LIBRARY_IMPL(sstkd, Meta, m) {
 TORCH_LIBRARY_IMPL(sstkd, CPU, m) {
   using at::Tensor;
   using sstkd::cpu_error;
-  m.impl("lp_dec", [](const Tensor& x) -> std::tuple<Tensor, Tensor> { cpu_error("lp_dec", "x", x); });
-  m.impl("lp_dec_backward",
-         [](const Tensor& gl, const Tensor& gb) -> Tensor { cpu_error("lp_dec_backward", "grad_band", gb); });
+  m.impl("lp_dec", [](const Tensor& x, std::optional<at::ScalarType>) -> std::tuple<Tensor, Tensor> {
+    cpu_error("lp_dec", "x", x);
+  });
+  m.impl("lp_dec_backward", [](const Tensor& gl, const Tensor& gb, std::optional<at::ScalarType>) -> Tensor {
+    cpu_error("lp_dec_backward", "grad_band", gb);
+  });
   m.impl("lp_rec", [](const Tensor& low, const Tensor& band) -> Tensor { cpu_error("lp_rec", "band", band); });
   m.impl("lp_rec_backward",
          [](const Tensor& gx) -> std::tuple<Tensor, Tensor> { cpu_error("lp_rec_backward", "grad_x", gx); });
@@ -625,6 +838,18 @@ TORCH_LIBRARY_IMPL(sstkd, CPU, m) {
   m.impl("dfb_energy", [](const Tensor& x, int64_t) -> Tensor { cpu_error("dfb_energy", "x", x); });
   m.impl("dfb_energy_backward",
          [](const Tensor& x, const Tensor&, int64_t) -> Tensor { cpu_error("dfb_energy_backward", "x", x); });
+  m.impl("dfb_energy_low",
+         [](const Tensor& x, const Tensor&, int64_t) -> Tensor { cpu_error("dfb_energy_low", "x", x); });
+  m.impl("dfb_energy_low_backward",
+         [](const Tensor& x, const Tensor&, const Tensor&, int64_t) -> std::tuple<Tensor, Tensor> {
+           cpu_error("dfb_energy_low_backward", "x", x);
+         });
+  m.impl("level_energy",
+         [](const Tensor& x, int64_t, bool) -> std::tuple<Tensor, Tensor> { cpu_error("level_energy", "x", x); });
+  m.impl("level_energy_backward",
+         [](const Tensor& x, const Tensor&, const std::optional<Tensor>&, int64_t, bool) -> Tensor {
+           cpu_error("level_energy_backward", "x", x);
+         });
   m.impl("dfb_rec", [](const Tensor& b, int64_t, int64_t, int64_t, std::optional<at::ScalarType>) -> Tensor {
     cpu_error("dfb_rec", "bands", b);
   });
@@ -652,10 +877,11 @@ extern "C" PyMODINIT_FUNC SSTKD_CAT(PyInit_, TORCH_EXTENSION_NAME)(void) {
   if (mod == nullptr) return nullptr;
   if (PyModule_AddIntConstant(mod, "cuda_runtime_version", CUDART_VERSION) < 0 ||
       PyModule_AddObject(mod, "ops",
-                         Py_BuildValue("(sssssssssssss)", "lp_dec", "lp_dec_backward", "lp_rec", "lp_rec_backward",
-                                       "quantize_count", "quantize_count_backward", "sum_squares", "dfb_dec",
-                                       "dfb_dec_backward", "dfb_energy", "dfb_energy_backward", "dfb_rec",
-                                       "dfb_rec_backward")) < 0) {
+                         Py_BuildValue("(sssssssssssssssss)", "lp_dec", "lp_dec_backward", "lp_rec",
+                                       "lp_rec_backward", "quantize_count", "quantize_count_backward", "sum_squares",
+                                       "dfb_dec", "dfb_dec_backward", "dfb_energy", "dfb_energy_backward",
+                                       "dfb_energy_low", "dfb_energy_low_backward", "level_energy",
+                                       "level_energy_backward", "dfb_rec", "dfb_rec_backward")) < 0) {
     Py_DECREF(mod);
     return nullptr;
   }

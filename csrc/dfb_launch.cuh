@@ -16,9 +16,10 @@ __global__ void __launch_bounds__(kThreads, 2) dfb_plane_kernel(const dfbp::Args
   extern __shared__ __align__(16) unsigned char dfb_smem[];
   Acc* buf0 = reinterpret_cast<Acc*>(dfb_smem);
   Acc* buf1 = buf0 + a.H * a.W;
+  Acc* lowbuf = buf1 + a.H * a.W;  // level modes only (their launch sizes the shared memory for it)
   const int n = blockIdx.x;
   for (int p = 0; p < a.num_phases; ++p) {
-    dfbp::run_phase(a, n, buf0, buf1, p, threadIdx.x, kThreads);
+    dfbp::run_phase(a, n, buf0, buf1, p, threadIdx.x, kThreads, lowbuf);
     __syncthreads();
   }
 }

@@ -39,6 +39,7 @@
 #include <utility>
 
 #include "device_utils.cuh"
+#include "lp_plane.cuh"
 
 namespace sstkd {
 namespace dfbp {
@@ -256,21 +257,43 @@ enum Kind : int {
   kEnergyFinal,    // partials -> en (N, K)
   kScaleG,         // buf[L&1] *= 2*g[n, final band]
   kStoreX,         // buf[0] -> gx plane
+  kLowPartial,     // energy with a lowpass: kLowLanes partial sums of squares of `low` -> buf1
+  kLowFinal,       // partials -> en[n, 0]
+  kLowGrad,        // energy adjoint with a lowpass: g_low = 2*g[n, 0]*low
+  // a whole pyramid level (kLevelEnergy / kLevelEnergyAdjoint): the LP level in shared memory,
+  // buf0 = the level input -> its bandpass (sub 0: lp_dec) or g_band -> g_x (sub 1: the adjoint),
+  // buf1 = the separable passes' temporary, lowbuf = the coarse plane (lp_plane.cuh)
+  kLpARows,        // analysis, vertical: buf0 -> buf1
+  kLpACols,        // analysis, horizontal: buf1 -> lowbuf (sub 1: lowbuf -= ...)
+  kLpSRows,        // synthesis, vertical: lowbuf -> buf1
+  kLpSCols,        // synthesis, horizontal: buf0 -= (sub 1: +=) ... buf1
+  kStoreLow,       // lowbuf -> low_out (the next level's input)
+  kLoadGLow,       // g_low_in -> lowbuf, or (the coarsest level) lowbuf *= 2*g[n, 0]
 };
+
+// Partial sums of the lowpass energy (a constant, not the thread count: the same sum on any launch).
+constexpr int kLowLanes = 256;
 
 struct Phase {
   int kind, level, sub;
 };
 
 constexpr int kMaxLevels = 20;
-constexpr int kMaxPhases = 6 * kMaxLevels + 3;  // the energy adjoint's program is the longest
+constexpr int kMaxPhases = 6 * kMaxLevels + 12;  // the level-energy adjoint's program is the longest
 
-SSTKD_HD int num_phases(DfbMode m, int L) {
+// With a lowpass (energy modes only): the energy program starts with kLowPartial, kLowFinal,
+// the adjoint's with kLowGrad.
+SSTKD_HD int low_phases(DfbMode m, bool low) {
+  return !low ? 0 : m == DfbMode::kEnergy ? 2 : m == DfbMode::kEnergyAdjoint ? 1 : 0;
+}
+
+SSTKD_HD int num_phases(DfbMode m, int L, bool low) {
+  const int extra = low_phases(m, low);
   switch (m) {
     case DfbMode::kEnergy:
-      return 3 * L + 3;
+      return 3 * L + 3 + extra;
     case DfbMode::kEnergyAdjoint:
-      return 6 * L + 3;
+      return 6 * L + 3 + extra;
     default:  // dec, rec and their adjoints
       return 3 * L + 2;
   }
@@ -315,7 +338,10 @@ SSTKD_HD Phase up_phase(int q, int L, int first, int scale_p0) {
   return {q % 3 == 2 ? kMerge : kLadder, L - q / 3, q % 3 == 2 ? scale_p0 : first + q % 3};
 }
 
-SSTKD_HD Phase phase_at(DfbMode m, int L, int p) {
+SSTKD_HD Phase phase_at(DfbMode m, int L, int p, bool low) {
+  const int extra = low_phases(m, low);
+  if (p < extra) return {m == DfbMode::kEnergy ? (p == 0 ? kLowPartial : kLowFinal) : kLowGrad, 0, 0};
+  p -= extra;
   const int tree = 3 * L;
   switch (m) {
     case DfbMode::kDec:
@@ -360,19 +386,70 @@ struct Args {
   void* bands;             // (K, N, H*W/K) dec output
   const void* grad_bands;  // (K, N, H*W/K) dec adjoint input
   const Acc* g;            // (N, K) energy cotangent
-  Acc* en;                 // (N, K) energies
+  Acc* en;                 // (N, K) energies, or (N, 1 + K) with `low` (its energy first); g alike
   void* gx;                // (N, H, W)
+  const void* low;         // energy modes: (N, low_hw) lowpass of x_dtype whose energy comes first, or null
+  void* g_low;             // (N, low_hw) its gradient (energy adjoint)
+  int low_hw;
+  int64_t g_stride;        // row stride of g in elements (0: dense, K or 1 + K)
+  int low_first;           // en / g have the lowpass column first (`low` given, or the coarsest level)
+  Acc* low_out;            // level modes: (N, H/2, W/2) the level's lowpass
+  const Acc* g_low_in;     // level adjoint, not the coarsest level: (N, H/2, W/2) its cotangent
   // The program, decoded on the host (set_program): the kernel reads phase p from its
   // parameters instead of keeping mode-dependent decode state live next to the ladder block.
   int num_phases;
   Phase phases[kMaxPhases];
 };
 
+// The program of a whole pyramid level: the LP level, then the DFB energy tree on its bandpass
+// (and the lowpass energy at the coarsest level); the adjoint recomputes both, runs the tree's
+// adjoint on 2*g*y and the LP adjoint with the lowpass cotangent.
+template <typename Acc>
+SSTKD_HD void set_level_program(Args<Acc>& a) {
+  const bool adj = a.mode == DfbMode::kLevelEnergyAdjoint;
+  const int L = a.levels;
+  int p = 0;
+  const auto add = [&](int kind, int level, int sub) { a.phases[p++] = Phase{kind, level, sub}; };
+  add(kLoadX, 0, 0);
+  add(kLpARows, 0, 0);
+  add(kLpACols, 0, 0);
+  add(kLpSRows, 0, 0);
+  add(kLpSCols, 0, 0);
+  if (!adj) {
+    add(kStoreLow, 0, 0);
+    if (a.low_first) {
+      add(kLowPartial, 0, 0);
+      add(kLowFinal, 0, 0);
+    }
+  }
+  for (int q = 0; q < 3 * L; ++q) a.phases[p++] = down_phase(q, 0);
+  if (!adj) {
+    add(kEnergyPartial, L, 0);
+    add(kEnergyFinal, L, 0);
+  } else {
+    add(kScaleG, L, 0);
+    for (int q = 0; q < 3 * L; ++q) a.phases[p++] = up_phase(q, L, 2, 1);
+    add(kLoadGLow, 0, 0);
+    add(kLpARows, 0, 1);
+    add(kLpACols, 0, 1);
+    add(kLpSRows, 0, 1);
+    add(kLpSCols, 0, 1);
+    add(kStoreX, 0, 0);
+  }
+  a.num_phases = p;
+}
+
 // Fills a.num_phases / a.phases from a.mode and a.levels (levels in [1, kMaxLevels]).
 template <typename Acc>
 SSTKD_HD void set_program(Args<Acc>& a) {
-  a.num_phases = num_phases(a.mode, a.levels);
-  for (int p = 0; p < a.num_phases; ++p) a.phases[p] = phase_at(a.mode, a.levels, p);
+  if (a.mode == DfbMode::kLevelEnergy || a.mode == DfbMode::kLevelEnergyAdjoint) {
+    set_level_program(a);
+    return;
+  }
+  const bool low = a.low != nullptr;
+  a.low_first = low ? 1 : 0;
+  a.num_phases = num_phases(a.mode, a.levels, low);
+  for (int p = 0; p < a.num_phases; ++p) a.phases[p] = phase_at(a.mode, a.levels, p, low);
 }
 
 // Element i of a tensor of dtype d, in Acc (a uniform branch per element: the
@@ -484,10 +561,14 @@ SSTKD_HD void split_phase(const Acc* from, Acc* to, int l, int H, int W, Acc p0_
   }
 }
 
-// Phase p of a launch for plane n (the program of set_program); buf0/buf1: the two H*W buffers.
+// Phase p of a launch for plane n (the program of set_program); buf0/buf1: the two H*W buffers,
+// lowbuf: the H*W/4 coarse plane of the level modes (else unused).
 template <typename Acc>
-SSTKD_HD void run_phase(const Args<Acc>& a, int n, Acc* buf0, Acc* buf1, int p, int tid, int nt) {
+SSTKD_HD void run_phase(const Args<Acc>& a, int n, Acc* buf0, Acc* buf1, int p, int tid, int nt,
+                        Acc* lowbuf = nullptr) {
   const int L = a.levels, H = a.H, W = a.W, HW = H * W, K = 1 << L, area = HW >> L;
+  const int lo = a.low_first ? 1 : 0, es = K + lo;  // energies / g: row stride, first band's column
+  const int low_hw = a.low != nullptr ? a.low_hw : HW / 4;  // the lowpass: global `low`, or lowbuf
   const Phase ph = a.phases[p];
   Acc* const cur = (ph.level & 1) ? buf1 : buf0;   // level ph.level
   Acc* const prev = (ph.level & 1) ? buf0 : buf1;  // level ph.level - 1 (or the free buffer)
@@ -544,16 +625,84 @@ SSTKD_HD void run_phase(const Args<Acc>& a, int n, Acc* buf0, Acc* buf1, int p, 
       for (int k = tid; k < K; k += nt) {
         Acc s = Acc(0);
         for (int i = 0; i < lanes; ++i) s += part[k * lanes + i];
-        a.en[(int64_t)n * K + final_band(L, k)] = s;
+        a.en[(int64_t)n * es + lo + final_band(L, k)] = s;
       }
       break;
     }
     case kScaleG: {
       Acc* buf = cur;
-      const Acc* g = a.g + (int64_t)n * K;
+      const Acc* g = a.g + (int64_t)n * (a.g_stride ? a.g_stride : es) + lo;
       for (int e = tid; e < HW; e += nt) {
         const int k = e / area;
         buf[e] *= Acc(2) * g[final_band(L, k)];
+      }
+      break;
+    }
+    case kLowPartial: {  // buf1 is free before the tree (lanes <= low_hw <= HW)
+      const int lanes = low_hw < kLowLanes ? low_hw : kLowLanes;
+      const int64_t base = (int64_t)n * low_hw;
+      for (int it = tid; it < lanes; it += nt) {
+        Acc s = Acc(0);
+        for (int e = it; e < low_hw; e += lanes) {
+          const Acc v = a.low != nullptr ? load_elem(a.low, base + e, a.x_dtype, Acc()) : lowbuf[e];
+          s += v * v;
+        }
+        buf1[it] = s;
+      }
+      break;
+    }
+    case kLowFinal: {
+      const int lanes = low_hw < kLowLanes ? low_hw : kLowLanes;
+      if (tid == 0) {
+        Acc s = Acc(0);
+        for (int i = 0; i < lanes; ++i) s += buf1[i];
+        a.en[(int64_t)n * es] = s;
+      }
+      break;
+    }
+    case kLowGrad: {
+      const Acc g2 = Acc(2) * a.g[(int64_t)n * (a.g_stride ? a.g_stride : es)];
+      const int64_t base = (int64_t)n * a.low_hw;
+      for (int e = tid; e < a.low_hw; e += nt)
+        store_elem(a.g_low, base + e, a.x_dtype, g2 * load_elem(a.low, base + e, a.x_dtype, Acc()));
+      break;
+    }
+    case kLpARows:
+      if (ph.sub)
+        lpp::analysis_rows<lp::FiltG>(buf0, buf1, H, W, tid, nt);
+      else
+        lpp::analysis_rows<lp::FiltH>(buf0, buf1, H, W, tid, nt);
+      break;
+    case kLpACols:
+      if (ph.sub)
+        lpp::analysis_cols<lp::FiltG, true>(buf1, lowbuf, H, W, tid, nt);
+      else
+        lpp::analysis_cols<lp::FiltH, false>(buf1, lowbuf, H, W, tid, nt);
+      break;
+    case kLpSRows:
+      if (ph.sub)
+        lpp::synthesis_rows<lp::FiltH>(lowbuf, buf1, H, W, tid, nt);
+      else
+        lpp::synthesis_rows<lp::FiltG>(lowbuf, buf1, H, W, tid, nt);
+      break;
+    case kLpSCols:
+      if (ph.sub)
+        lpp::synthesis_cols<lp::FiltH>(buf1, buf0, H, W, Acc(1), tid, nt);
+      else
+        lpp::synthesis_cols<lp::FiltG>(buf1, buf0, H, W, Acc(-1), tid, nt);
+      break;
+    case kStoreLow: {
+      Acc* out = a.low_out + (int64_t)n * low_hw;
+      for (int e = tid; e < low_hw; e += nt) out[e] = lowbuf[e];
+      break;
+    }
+    case kLoadGLow: {
+      if (a.low_first) {  // the coarsest level: the lowpass energy's gradient 2*g[n, 0]*low
+        const Acc g2 = Acc(2) * a.g[(int64_t)n * (a.g_stride ? a.g_stride : es)];
+        for (int e = tid; e < low_hw; e += nt) lowbuf[e] *= g2;
+      } else {
+        const Acc* gl = a.g_low_in + (int64_t)n * low_hw;
+        for (int e = tid; e < low_hw; e += nt) lowbuf[e] = gl[e];
       }
       break;
     }

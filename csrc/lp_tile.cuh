@@ -62,9 +62,13 @@ struct TileSize<double> {
 
 // One tile: geometry (all compile-time) and the five phases.
 // Global coordinates: the tile's coarse origin is (P0, Q0), its fine origin (2P0, 2Q0).
-template <typename T, class FA, class FS, bool REC, int TCH = TileSize<T>::H, int TCW = TileSize<T>::W>
+// Inputs (y, c_in) are of type T, outputs (c_out, out) of type TO (default T): a float16/bfloat16
+// level read as it is with float32 outputs, or float32 cotangents with a float16/bfloat16 gradient.
+template <typename T, class FA, class FS, bool REC, typename TO = T, int TCH = TileSize<T>::H,
+          int TCW = TileSize<T>::W>
 struct Tile {
   using Elem = T;
+  using Out = TO;
   using Acc = typename dev::AccOf<T>::type;
   static constexpr int TCH_ = TCH, TCW_ = TCW;
   // Synthesis of fine rows [2P0, 2P0 + 2TCH) reads coarse rows [P0 - SB, P0 + TCH - 1 + SA].
@@ -120,7 +124,7 @@ struct Tile {
 
   // 3. horizontal analysis with stride 2 -> coarse tile + halo. Decompose
   // writes the tile's own coarse samples; reconstruct forms c_in - A y.
-  SSTKD_HD static void analysis_cols(Smem& sm, const T* ci, T* co, int P0, int Q0, int h, int w, int tid, int nt) {
+  SSTKD_HD static void analysis_cols(Smem& sm, const T* ci, TO* co, int P0, int Q0, int h, int w, int tid, int nt) {
     for (int i = tid; i < NCH * NCW; i += nt) {
       const int r = i / NCW, q = i - r * NCW;
       const Acc* row = sm.tmp + r * NYW + 2 * q;
@@ -147,7 +151,7 @@ struct Tile {
   }
 
   // 5. horizontal polyphase synthesis, combined with y: y - S c or y + S c.
-  SSTKD_HD static void synthesis_cols(Smem& sm, T* oi, int P0, int Q0, int H, int W, int tid, int nt) {
+  SSTKD_HD static void synthesis_cols(Smem& sm, TO* oi, int P0, int Q0, int H, int W, int tid, int nt) {
     for (int i = tid; i < OH * OW; i += nt) {
       const int il = i / OW, jl = i - il * OW;
       const int gi = 2 * P0 + il, gj = 2 * Q0 + jl;
@@ -168,6 +172,20 @@ auto with_tile(LpMode mode, LpFilters filters, F&& f) {
   if (filters == LpFilters::kForward)
     return rec ? f(Tile<T, FiltH, FiltG, true>{}) : f(Tile<T, FiltH, FiltG, false>{});
   return rec ? f(Tile<T, FiltG, FiltH, true>{}) : f(Tile<T, FiltG, FiltH, false>{});
+}
+
+// The mixed-dtype tiles (in_dtype != out_dtype): lp_dec of a float16/bfloat16 level with float32
+// outputs (kDecompose / kForward), and its adjoint from float32 cotangents to a float16/bfloat16
+// gradient (kReconstruct / kAdjoint). f(tile), or cudaErrorInvalidValue for any other combination.
+template <typename F>
+cudaError_t with_mixed_tile(Dtype in, Dtype out, LpMode mode, LpFilters filters, F&& f) {
+  const bool lp_dec = mode == LpMode::kDecompose && filters == LpFilters::kForward && out == Dtype::kFloat32;
+  const bool lp_dec_adj = mode == LpMode::kReconstruct && filters == LpFilters::kAdjoint && in == Dtype::kFloat32;
+  if (lp_dec && in == Dtype::kFloat16) return f(Tile<__half, FiltH, FiltG, false, float>{});
+  if (lp_dec && in == Dtype::kBFloat16) return f(Tile<__nv_bfloat16, FiltH, FiltG, false, float>{});
+  if (lp_dec_adj && out == Dtype::kFloat16) return f(Tile<float, FiltG, FiltH, true, __half>{});
+  if (lp_dec_adj && out == Dtype::kBFloat16) return f(Tile<float, FiltG, FiltH, true, __nv_bfloat16>{});
+  return cudaErrorInvalidValue;
 }
 
 }  // namespace lp

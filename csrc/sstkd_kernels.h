@@ -27,11 +27,15 @@ enum class Dtype : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3
 //   lp_dec backward = kReconstruct/kAdjoint (c_in = grad_low, y = grad_band)
 //   lp_rec backward = kDecompose/kAdjoint   (y = grad_x -> grad_low, grad_band)
 // y/out are (n, H, W), c_in/c_out (n, H/2, W/2), all contiguous; H, W even.
+// Inputs (y, c_in) are of `dtype`, outputs (c_out, out) of `out_dtype` (-1: `dtype`). Mixed pairs:
+// only lp_dec of float16/bfloat16 y to float32 outputs (kDecompose/kForward) and its adjoint from
+// float32 cotangents to a float16/bfloat16 gradient (kReconstruct/kAdjoint); others are invalid.
 enum class LpMode : int { kDecompose = 0, kReconstruct = 1 };
 enum class LpFilters : int { kForward = 0, kAdjoint = 1 };
 
 cudaError_t lp_level_launch(Dtype dtype, LpMode mode, LpFilters filters, const void* y, const void* c_in,
-                            void* c_out, void* out, int64_t n, int64_t H, int64_t W, cudaStream_t stream);
+                            void* c_out, void* out, int64_t n, int64_t H, int64_t W, cudaStream_t stream,
+                            int out_dtype = -1);
 
 // ---------------------------------------------------------------------------
 // Soft quantization counts (DESIGN §3.2; exact taps of sstkd/ops/quantize.py).
@@ -79,8 +83,21 @@ cudaError_t sum_squares_launch(Dtype dtype, const void* x, void* partials, void*
 //   kEnergyAdjoint: (x, g) -> gx = adjoint of the tree applied to 2*g*y (y recomputed)
 //   kRec:           grad_bands (the sub-bands) -> gx (the image)          (dfb_rec)
 //   kRecAdjoint:    x (the image cotangent) -> bands (their cotangents)   (the backward of dfb_rec)
+// The energy modes optionally fold in a lowpass `low` (N, low_hw) of x_dtype, low_hw <= H*W (the
+// contourlet's coarsest LP level): en / g are then (N, 1 + K) with its energy first, and kEnergyAdjoint
+// also writes g_low = 2*g[:, 0]*low (N, low_hw) in x_dtype. Null `low`: (N, K) as above.
+// g_stride: the row stride of g in elements when its rows are not dense (0: dense).
 // H, W as sstkd.geometry.check_dfb_size requires for `levels` >= 1; all contiguous.
-enum class DfbMode : int { kDec = 0, kDecAdjoint = 1, kEnergy = 2, kEnergyAdjoint = 3, kRec = 4, kRecAdjoint = 5 };
+enum class DfbMode : int {
+  kDec = 0,
+  kDecAdjoint = 1,
+  kEnergy = 2,
+  kEnergyAdjoint = 3,
+  kRec = 4,
+  kRecAdjoint = 5,
+  kLevelEnergy = 6,         // dfb_level_launch only
+  kLevelEnergyAdjoint = 7,  // dfb_level_launch only
+};
 
 // Dynamic shared memory one CTA needs (two H*W planes of the accumulation type).
 int64_t dfb_plane_smem_bytes(Dtype x_dtype, int64_t H, int64_t W);
@@ -88,8 +105,26 @@ int64_t dfb_plane_smem_bytes(Dtype x_dtype, int64_t H, int64_t W);
 // cudaErrorInvalidValue for bad sizes or dtype pairs; cudaErrorInvalidConfiguration when the
 // planes do not fit in the current device's opt-in shared memory per block (the caller
 // checks dfb_plane_smem_bytes first and falls back).
+// ---------------------------------------------------------------------------
+// A whole contourlet pyramid level per launch (issue 13): one CTA per image plane holds the
+// level input x (N, H, W) of x_dtype, runs the LP level ('9-7', lp_plane.cuh) in shared memory
+// and the DFB energy tree (`levels`) on its bandpass, with a third buffer of H*W/4 for the
+// coarse plane.
+//   forward (!adjoint): low_out (N, H/2, W/2) accumulation type = the level's lowpass (the next
+//     level's input); en (N, K), or (N, 1 + K) with the lowpass energy first when `last`
+//     (the coarsest level);
+//   adjoint: (x, g, g_low) -> gx (N, H, W) of x_dtype: recomputes the level, the DFB adjoint of
+//     2*g*y, and the LP adjoint with the lowpass cotangent g_low (N, H/2, W/2) accumulation
+//     type (unused when `last`: then 2*g[:, 0]*low). g: row stride g_stride (0: dense).
+// H, W even and valid DFB sizes for `levels`.
+int64_t dfb_level_smem_bytes(Dtype x_dtype, int64_t H, int64_t W);
+cudaError_t dfb_level_launch(bool adjoint, Dtype x_dtype, int levels, bool last, const void* x, const void* g,
+                             int64_t g_stride, void* en, void* gx, void* low_out, const void* g_low, int64_t N,
+                             int64_t H, int64_t W, cudaStream_t stream);
+
 cudaError_t dfb_plane_launch(DfbMode mode, Dtype x_dtype, Dtype band_dtype, int levels, const void* x,
                              void* bands, const void* grad_bands, const void* g, void* en, void* gx, int64_t N,
-                             int64_t H, int64_t W, cudaStream_t stream);
+                             int64_t H, int64_t W, cudaStream_t stream, const void* low = nullptr,
+                             void* g_low = nullptr, int64_t low_hw = 0, int64_t g_stride = 0);
 
 }  // namespace sstkd

@@ -30,7 +30,8 @@ from sstkd.ops.backends import cuda as _ext
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSRC = os.path.join(REPO, "csrc")
 OPS = ("lp_dec", "lp_dec_backward", "lp_rec", "lp_rec_backward", "quantize_count", "quantize_count_backward",
-       "sum_squares", "dfb_dec", "dfb_dec_backward", "dfb_energy", "dfb_energy_backward", "dfb_rec", "dfb_rec_backward")
+       "sum_squares", "dfb_dec", "dfb_dec_backward", "dfb_energy", "dfb_energy_backward", "dfb_energy_low",
+       "dfb_energy_low_backward", "level_energy", "level_energy_backward", "dfb_rec", "dfb_rec_backward")
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -102,6 +103,12 @@ CPU_CALLS = {
     "dfb_dec_backward": lambda: torch.ops.sstkd.dfb_dec_backward(torch.zeros(4, 2, 64), 2, 16, 16, torch.float32),
     "dfb_energy": lambda: torch.ops.sstkd.dfb_energy(torch.zeros(2, 16, 16), 2),
     "dfb_energy_backward": lambda: torch.ops.sstkd.dfb_energy_backward(torch.zeros(2, 16, 16), torch.zeros(2, 4), 2),
+    "dfb_energy_low": lambda: torch.ops.sstkd.dfb_energy_low(torch.zeros(2, 16, 16), torch.zeros(2, 8, 8), 2),
+    "dfb_energy_low_backward": lambda: torch.ops.sstkd.dfb_energy_low_backward(
+        torch.zeros(2, 16, 16), torch.zeros(2, 8, 8), torch.zeros(2, 5), 2),
+    "level_energy": lambda: torch.ops.sstkd.level_energy(torch.zeros(2, 16, 16), 2, False),
+    "level_energy_backward": lambda: torch.ops.sstkd.level_energy_backward(
+        torch.zeros(2, 16, 16), torch.zeros(2, 5), None, 2, True),
     "dfb_rec": lambda: torch.ops.sstkd.dfb_rec(torch.zeros(4, 2, 64), 2, 16, 16),
     "dfb_rec_backward": lambda: torch.ops.sstkd.dfb_rec_backward(torch.zeros(2, 16, 16), 2, torch.float32),
 }
@@ -132,6 +139,14 @@ def test_wrappers_raise_a_clear_error_on_cpu(ext):
         _cuda_ops.dfb_dec_cuda(torch.randn(1, 1, 16, 16), 2, filt="haar")
     with pytest.raises(ValueError, match="levels"):
         _cuda_ops.dfb_energy_cuda(torch.randn(1, 1, 16, 16), -1)
+    with pytest.raises(RuntimeError, match="must be a CUDA tensor"):
+        _cuda_ops.dfb_energy_cuda(torch.randn(1, 2, 16, 16), 3, low=torch.randn(1, 2, 8, 8))
+    with pytest.raises(RuntimeError, match="must be a CUDA tensor"):
+        _cuda_ops.level_energy_cuda(torch.randn(1, 2, 16, 16), 3)
+    for bad in (torch.randn(1, 2, 8, 8, dtype=torch.float64), torch.randn(1, 3, 8, 8), torch.randn(1, 2, 32, 32),
+                torch.randn(2, 8, 8)):
+        with pytest.raises(ValueError, match=r"low: expected a torch.float32 \(B, C, h, w\)"):
+            _cuda_ops.dfb_energy_cuda(torch.randn(1, 2, 16, 16), 3, low=bad)
 
 
 def test_bad_kernel_name_is_rejected(ext):
@@ -158,6 +173,12 @@ def test_meta_shapes_and_dtypes(ext, dtype):
     assert (g.shape, g.dtype) == ((3, 100), dtype)
     e = torch.ops.sstkd.sum_squares(torch.empty(7, 3, 5, device="meta", dtype=dtype))
     assert (e.shape, e.dtype) == ((7,), acc)
+    if dtype in (torch.float16, torch.bfloat16):  # read as is, float32 outputs; the adjoint back to dtype
+        low32, band32 = torch.ops.sstkd.lp_dec(x, torch.float32)
+        assert low32.dtype == band32.dtype == torch.float32 and low32.shape == (6, 5, 7)
+        assert torch.ops.sstkd.lp_dec_backward(low32, band32, dtype).dtype == dtype
+    with pytest.raises(RuntimeError, match="lp_dec: out_dtype"):
+        torch.ops.sstkd.lp_dec(x, torch.float16 if dtype != torch.float16 else torch.float64)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -176,6 +197,20 @@ def test_dfb_meta_shapes_and_dtypes(ext, dtype):
     en = torch.ops.sstkd.dfb_energy(x, 2)
     assert (en.shape, en.dtype) == ((6, 4), acc)
     assert torch.ops.sstkd.dfb_energy_backward(x, en, 2).shape == (6, 24, 16)
+    low = torch.empty(6, 12, 8, device="meta", dtype=dtype)
+    en_low = torch.ops.sstkd.dfb_energy_low(x, low, 2)
+    assert (en_low.shape, en_low.dtype) == ((6, 5), acc)
+    gx, g_low = torch.ops.sstkd.dfb_energy_low_backward(x, low, en_low, 2)
+    assert (gx.shape, gx.dtype, g_low.shape, g_low.dtype) == ((6, 24, 16), dtype, (6, 12, 8), dtype)
+    low2, en2 = torch.ops.sstkd.level_energy(x, 3, False)
+    assert (low2.shape, low2.dtype, en2.shape, en2.dtype) == ((6, 12, 8), acc, (6, 8), acc)
+    assert torch.ops.sstkd.level_energy(x, 3, True)[1].shape == (6, 9)
+    gx2 = torch.ops.sstkd.level_energy_backward(x, en2, low2, 3, False)
+    assert (gx2.shape, gx2.dtype) == ((6, 24, 16), dtype)
+    with pytest.raises(RuntimeError, match="grad_low is required unless last=True"):
+        torch.ops.sstkd.level_energy_backward(x, en2, None, 3, False)
+    with pytest.raises(RuntimeError, match="dfb_energy_low: low dtype"):
+        torch.ops.sstkd.dfb_energy_low(x, low.to(torch.float64 if dtype != torch.float64 else torch.float32), 2)
     with pytest.raises(RuntimeError, match="cannot pair with"):
         torch.ops.sstkd.dfb_dec(x, 2, torch.float64 if dtype != torch.float64 else torch.float16)
     with pytest.raises(RuntimeError, match=r"levels must be in \[1, 20\]"):
@@ -281,16 +316,18 @@ def _ptr(t):
     return ctypes.c_void_p(0 if t is None else t.data_ptr())
 
 
-def _emu_level(emu, mode, filters, y, c_in=None):
-    """mode 0: (A y, y - S A y); mode 1: S (c_in - A y) + y. filters 0: (h, g); 1: (g, h)."""
+def _emu_level(emu, mode, filters, y, c_in=None, out_dtype=None):
+    """mode 0: (A y, y - S A y); mode 1: S (c_in - A y) + y. filters 0: (h, g); 1: (g, h).
+    Outputs in ``out_dtype`` (default y's; the kernel's mixed pairs only, else the call fails)."""
     n, H, W = y.shape
     y = y.contiguous()
-    out = torch.empty_like(y)
-    c_out = torch.empty(n, H // 2, W // 2, dtype=y.dtype) if mode == 0 else None
+    od = y.dtype if out_dtype is None else out_dtype
+    out = torch.empty(n, H, W, dtype=od)
+    c_out = torch.empty(n, H // 2, W // 2, dtype=od) if mode == 0 else None
     c_in = None if c_in is None else c_in.contiguous()
     i64 = ctypes.c_int64
     rc = emu.sstkd_emu_lp_level(_DT[y.dtype], mode, filters, _ptr(y), _ptr(c_in), _ptr(c_out), _ptr(out),
-                                i64(n), i64(H), i64(W))
+                                i64(n), i64(H), i64(W), _DT[od])
     assert rc == 0
     return c_out, out
 
@@ -343,6 +380,75 @@ def test_emulated_lp_level_low_precision_rounds_once(emu, dtype):
     eps = torch.finfo(dtype).eps
     torch.testing.assert_close(low.float(), low_ref[:, 0], atol=1e-6, rtol=eps)
     torch.testing.assert_close(band.float(), band_ref[:, 0], atol=1e-6, rtol=eps)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 2, 2), (2, 10, 2), (2, 38, 70)])
+def test_emulated_lp_level_mixed_dtypes(emu, shape, dtype):
+    # lp_dec of a 16-bit level with float32 outputs (no conversion copy of the input), and its adjoint
+    # from float32 cotangents to a 16-bit gradient (rounded once)
+    from sstkd.ops.laplacian import lp_dec_ref
+
+    x = torch.randn(*shape).to(dtype)
+    xg = x.double()[:, None].requires_grad_(True)
+    lo, ba = lp_dec_ref(xg)  # exact, of the rounded input
+    low, band = _emu_level(emu, 0, 0, x, out_dtype=torch.float32)
+    assert low.dtype == band.dtype == torch.float32
+    torch.testing.assert_close(low.double(), lo[:, 0].detach(), atol=2e-6, rtol=0)
+    torch.testing.assert_close(band.double(), ba[:, 0].detach(), atol=2e-6, rtol=0)
+    gl, gb = torch.randn(lo.shape), torch.randn(ba.shape)
+    (gx_ref,) = torch.autograd.grad((lo * gl.double()).sum() + (ba * gb.double()).sum(), xg)
+    _, gx = _emu_level(emu, 1, 1, gb[:, 0], gl[:, 0], out_dtype=dtype)
+    assert gx.dtype == dtype
+    torch.testing.assert_close(gx.double(), gx_ref[:, 0], atol=1e-5, rtol=torch.finfo(dtype).eps)
+    # every other mixed pair is refused (not silently run in the wrong dtype)
+    i64, y = ctypes.c_int64, torch.zeros(1, 4, 4)
+    for mode, filters, src, dst in ((0, 0, torch.float32, dtype), (0, 1, dtype, torch.float32),
+                                    (1, 0, torch.float32, dtype), (1, 1, dtype, torch.float32),
+                                    (0, 0, torch.float64, torch.float32)):
+        out = torch.empty(1, 4, 4, dtype=dst)
+        c = torch.zeros(1, 2, 2, dtype=dst if mode == 0 else src)
+        rc = emu.sstkd_emu_lp_level(_DT[src], mode, filters, _ptr(y.to(src)), _ptr(c if mode else None),
+                                    _ptr(None if mode else c), _ptr(out), i64(1), i64(4), i64(4), _DT[dst])
+        assert rc == 1, (mode, filters, src, dst)
+
+
+def _emu_plane_level(emu, mode, y, c_in=None, nt=96):
+    """The whole-plane LP level (csrc/lp_plane.cuh): mode 0: (A y, y - S A y); 1: y + S (c_in - A y)."""
+    n, H, W = y.shape
+    y = y.contiguous()
+    out = torch.full_like(y, float("nan"))
+    c_out = torch.full((n, H // 2, W // 2), float("nan"), dtype=y.dtype) if mode == 0 else None
+    c_in = None if c_in is None else c_in.to(y.dtype).contiguous()
+    i64 = ctypes.c_int64
+    rc = emu.sstkd_emu_lp_plane(int(y.dtype == torch.float64), mode, _ptr(y), _ptr(c_in), _ptr(c_out), _ptr(out),
+                                i64(n), i64(H), i64(W), nt)
+    assert rc == 0
+    return c_out, out
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", LP_SHAPES + [(2, 128, 128)])
+def test_emulated_lp_plane_equals_the_tile_engine(emu, shape, dtype):
+    # the LP half of a fused pyramid level: over a whole plane with periodic indices instead of tiles
+    # with halos, same taps in the same order: the same bits as the tile engine (lp_dec and its adjoint)
+    x = torch.randn(*shape, dtype=dtype)
+    low_t, band_t = _emu_level(emu, 0, 0, x)
+    low_p, band_p = _emu_plane_level(emu, 0, x)
+    assert torch.equal(low_p, low_t) and torch.equal(band_p, band_t)
+    gl, gb = torch.randn_like(low_t), torch.randn_like(band_t)
+    _, gx_t = _emu_level(emu, 1, 1, gb, gl)
+    _, gx_p = _emu_plane_level(emu, 1, gb, gl)
+    assert torch.equal(gx_p, gx_t)
+    if dtype == torch.float64:  # and the reference (the tile engine's own test covers the rest)
+        from sstkd.ops.laplacian import lp_dec_ref
+
+        xg = x[:, None].clone().requires_grad_(True)
+        lo, ba = lp_dec_ref(xg)
+        torch.testing.assert_close(low_p, lo[:, 0].detach(), atol=1e-12, rtol=0)
+        torch.testing.assert_close(band_p, ba[:, 0].detach(), atol=1e-12, rtol=0)
+        (gx_ref,) = torch.autograd.grad((lo[:, 0] * gl).sum() + (ba[:, 0] * gb).sum(), xg)
+        torch.testing.assert_close(gx_p, gx_ref[:, 0], atol=4e-12, rtol=0)
 
 
 def _emu_counts(emu, kernel, s, centers):
@@ -418,23 +524,34 @@ DFB_CASES = [(1, 12, 7), (1, 14, 16), (2, 12, 10), (2, 20, 2), (3, 16, 12), (3, 
 _EMU_THREADS = 96  # 3 groups of 32: ladder tiles, rows and energy partials do not divide evenly
 
 
-def _emu_dfb(emu, mode, levels, N, H, W, x_dtype, band_dtype=None, x=None, grad_bands=None, g=None):
+def _emu_dfb(emu, mode, levels, N, H, W, x_dtype, band_dtype=None, x=None, grad_bands=None, g=None, low=None):
     """mode 0: x -> bands (K, N, H*W/K); 1: grad_bands -> gx; 2: x -> en (N, K); 3: (x, g) -> gx;
-    4 (dfb_rec): grad_bands (the sub-bands) -> gx (the image); 5 (its adjoint): x -> bands."""
+    4 (dfb_rec): grad_bands (the sub-bands) -> gx (the image); 5 (its adjoint): x -> bands.
+    With ``low`` (N, h, w) (modes 2, 3): en / g are (N, 1 + K), the lowpass first; mode 3 returns
+    (gx, g_low). ``g`` is read through its row stride when its rows are dense (a column slice)."""
     band_dtype = x_dtype if band_dtype is None else band_dtype
     acc = torch.float64 if x_dtype == torch.float64 else torch.float32
     K = 2**levels
+    lo = 0 if low is None else 1
     bands = torch.full((K, N, H * W // K), float("nan"), dtype=band_dtype) if mode in (0, 5) else None
-    en = torch.full((N, K), float("nan"), dtype=acc) if mode == 2 else None
+    en = torch.full((N, lo + K), float("nan"), dtype=acc) if mode == 2 else None
     gx = torch.full((N, H, W), float("nan"), dtype=x_dtype) if mode in (1, 3, 4) else None
     x = None if x is None else x.contiguous()
     grad_bands = None if grad_bands is None else grad_bands.contiguous()
-    g = None if g is None else g.to(acc).contiguous()
+    g_stride = 0
+    if g is not None:
+        g = g.to(acc)
+        if g.stride(-1) != 1 or g.stride(0) < g.shape[1]:
+            g = g.contiguous()
+        g_stride = g.stride(0)
+    low = None if low is None else low.contiguous()
+    g_low = torch.full_like(low, float("nan")) if low is not None and mode == 3 else None
     i64 = ctypes.c_int64
     rc = emu.sstkd_emu_dfb_plane(mode, _DT[x_dtype], _DT[band_dtype], levels, _ptr(x), _ptr(bands), _ptr(grad_bands),
-                                 _ptr(g), _ptr(en), _ptr(gx), i64(N), i64(H), i64(W), _EMU_THREADS)
+                                 _ptr(g), _ptr(en), _ptr(gx), i64(N), i64(H), i64(W), _EMU_THREADS, _ptr(low),
+                                 _ptr(g_low), i64(0 if low is None else low[0].numel()), i64(g_stride))
     assert rc == 0
-    return {0: bands, 1: gx, 2: en, 3: gx, 4: gx, 5: bands}[mode]
+    return {0: bands, 1: gx, 2: en, 3: gx if low is None else (gx, g_low), 4: gx, 5: bands}[mode]
 
 
 def _ref_bands(x, levels):
@@ -508,6 +625,98 @@ def test_emulated_dfb_plane_lower_precision(emu, dtype):
     torch.testing.assert_close(en.double(), (ref * ref).sum(-1).T, atol=0, rtol=1e-5)
 
 
+# (levels, H, W, h, w): the lowpass folded into the energy launch; odd widths, a lowpass of more than
+# kLowLanes (256) pixels, and one of another shape than H/2 x W/2 (any h*w <= H*W)
+LOW_CASES = [(1, 12, 7, 6, 3), (2, 48, 40, 24, 20), (3, 16, 12, 8, 6), (4, 24, 16, 5, 7)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", LOW_CASES)
+def test_emulated_dfb_energy_with_lowpass(emu, case, dtype):
+    levels, H, W, h, w = case
+    N, K = 2, 2**levels
+    x, low = torch.randn(N, H, W).to(dtype), torch.randn(N, h, w).to(dtype)
+    xg, lg = x.double().requires_grad_(True), low.double().requires_grad_(True)  # exact, of the rounded inputs
+    en_ref = torch.cat([(lg * lg).sum((1, 2))[:, None], (_ref_bands(xg, levels) ** 2).sum(-1).T], dim=1)
+    en = _emu_dfb(emu, 2, levels, N, H, W, dtype, x=x, low=low)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    assert en.dtype == acc and en.shape == (N, 1 + K)
+    torch.testing.assert_close(en.double(), en_ref.detach(), atol=0, rtol=1e-12 if dtype == torch.float64 else 1e-5)
+    # the cotangent as a column slice of a wider one (read through its row stride), lowpass column first
+    wide = torch.randn(N, K + 3, dtype=torch.float64)
+    g = wide[:, 1:2 + K]
+    gx_ref, glow_ref = torch.autograd.grad((en_ref * g).sum(), (xg, lg))
+    gx, g_low = _emu_dfb(emu, 3, levels, N, H, W, dtype, x=x, g=g, low=low)
+    assert gx.dtype == g_low.dtype == dtype and g_low.shape == (N, h, w)
+    eps = 1e-12 if dtype == torch.float64 else 1e-5 if dtype == torch.float32 else torch.finfo(dtype).eps
+    for got, want in ((gx, gx_ref), (g_low, glow_ref)):
+        torch.testing.assert_close(got.double(), want, atol=eps * want.abs().max().item(), rtol=0)
+    # without the lowpass the same launch gives the plain energies
+    torch.testing.assert_close(_emu_dfb(emu, 2, levels, N, H, W, dtype, x=x), en[:, 1:], atol=0, rtol=0)
+
+
+def _emu_dfb_level(emu, adjoint, levels, last, x, g=None, g_low=None):
+    """A pyramid level per launch: adjoint 0: x (N, H, W) -> (low (N, H/2, W/2), en (N, [1 +] K));
+    1: (x, g, g_low) -> gx. Accumulation-dtype low / en / g / g_low, x / gx in x's dtype."""
+    N, H, W = x.shape
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    K = 2**levels
+    x = x.contiguous()
+    low = torch.full((N, H // 2, W // 2), float("nan"), dtype=acc) if not adjoint else None
+    en = torch.full((N, int(last) + K), float("nan"), dtype=acc) if not adjoint else None
+    gx = torch.full_like(x, float("nan")) if adjoint else None
+    g_stride = 0
+    if g is not None:
+        g = g.to(acc)
+        if g.stride(-1) != 1 or g.stride(0) < g.shape[1]:
+            g = g.contiguous()
+        g_stride = g.stride(0)
+    g_low = None if g_low is None else g_low.to(acc).contiguous()
+    i64 = ctypes.c_int64
+    rc = emu.sstkd_emu_dfb_level(int(adjoint), _DT[x.dtype], levels, int(last), _ptr(x), _ptr(g), i64(g_stride),
+                                 _ptr(en), _ptr(gx), _ptr(low), _ptr(g_low), i64(N), i64(H), i64(W), _EMU_THREADS)
+    assert rc == 0
+    return gx if adjoint else (low, en)
+
+
+# (levels, H, W): even sizes valid for the DFB; odd half-widths, tiny planes, 4 directions levels
+LEVEL_CASES = [(1, 12, 6), (2, 20, 2), (3, 16, 12), (4, 24, 16), (2, 12, 10)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("last", [False, True])
+@pytest.mark.parametrize("case", LEVEL_CASES)
+def test_emulated_pyramid_level_energy(emu, case, last, dtype):
+    """One launch per pyramid level each way: the LP level and the DFB energies of its bandpass (the
+    lowpass energy first at the coarsest level), and the gradient through both, vs the reference."""
+    from sstkd.ops.laplacian import lp_dec_ref
+
+    levels, H, W = case
+    N, K = 2, 2**levels
+    x = torch.randn(N, H, W).to(dtype)
+    xg = x.double().requires_grad_(True)  # exact, of the rounded input
+    lo, ba = lp_dec_ref(xg[:, None])
+    lo, ba = lo[:, 0], ba[:, 0]
+    en_ref = (_ref_bands(ba, levels) ** 2).sum(-1).T
+    if last:
+        en_ref = torch.cat([(lo * lo).sum((1, 2))[:, None], en_ref], dim=1)
+    low, en = _emu_dfb_level(emu, 0, levels, last, x)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    assert low.dtype == en.dtype == acc and en.shape == (N, int(last) + K)
+    eps = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(low.double(), lo.detach(), atol=eps * lo.abs().max().item(), rtol=0)
+    torch.testing.assert_close(en.double(), en_ref.detach(), atol=0, rtol=eps)
+    wide = torch.randn(N, int(last) + K + 2, dtype=torch.float64)
+    g = wide[:, 1:1 + int(last) + K]  # a column slice: read through its row stride
+    g_low = None if last else torch.randn(N, H // 2, W // 2, dtype=torch.float64)
+    loss = (en_ref * g).sum() + (0 if last else (lo * g_low).sum())
+    (gx_ref,) = torch.autograd.grad(loss, xg)
+    gx = _emu_dfb_level(emu, 1, levels, last, x, g=g, g_low=g_low)
+    assert gx.dtype == dtype
+    tol = eps if dtype != torch.bfloat16 else torch.finfo(dtype).eps
+    torch.testing.assert_close(gx.double(), gx_ref, atol=tol * gx_ref.abs().max().item(), rtol=0)
+
+
 # ------------------------------------------------- the autograd wrappers on the emulated kernels
 class _TorchWithEmulatedOps:
     """``torch`` for sstkd.ops.backends.cuda, with ``torch.ops.sstkd.*`` answered by the host emulation."""
@@ -522,8 +731,9 @@ class _TorchWithEmulatedOps:
 
         self.ops = type("Ops", (), {})()
         self.ops.sstkd = type("Sstkd", (), dict(
-            lp_dec=staticmethod(lambda x: _emu_level(emu, 0, 0, x)),
-            lp_dec_backward=staticmethod(lambda gl, gb: _emu_level(emu, 1, 1, gb, gl)[1]),
+            lp_dec=staticmethod(lambda x, out_dtype=None: _emu_level(emu, 0, 0, x, out_dtype=out_dtype)),
+            lp_dec_backward=staticmethod(lambda gl, gb, out_dtype=None: _emu_level(
+                emu, 1, 1, gb, gl, out_dtype=out_dtype)[1]),
             lp_rec=staticmethod(lambda low, band: _emu_level(emu, 1, 0, band, low)[1]),
             lp_rec_backward=staticmethod(lambda gx: _emu_level(emu, 0, 1, gx)),
             quantize_count=staticmethod(lambda s, c, k: _emu_counts(emu, k, s.contiguous(), c)),
@@ -540,6 +750,13 @@ class _TorchWithEmulatedOps:
                 emu, 5, levels, *gx.shape, gx.dtype, band_dtype, x=gx)),
             dfb_energy_backward=staticmethod(lambda x, g, levels: _emu_dfb(
                 emu, 3, levels, *x.shape, x.dtype, x=x, g=g)),
+            dfb_energy_low=staticmethod(lambda x, low, levels: _emu_dfb(
+                emu, 2, levels, *x.shape, x.dtype, x=x, low=low)),
+            dfb_energy_low_backward=staticmethod(lambda x, low, g, levels: _emu_dfb(
+                emu, 3, levels, *x.shape, x.dtype, x=x, g=g, low=low)),
+            level_energy=staticmethod(lambda x, levels, last: _emu_dfb_level(emu, 0, levels, last, x)),
+            level_energy_backward=staticmethod(lambda x, g, g_low, levels, last: _emu_dfb_level(
+                emu, 1, levels, last, x, g=g, g_low=g_low)),
         ))()
 
     def __getattr__(self, name):
@@ -576,6 +793,29 @@ def test_lp_wrappers_on_emulated_kernels(emulated_cuda_ops, dtype):
     for got, want in zip(*res):
         assert got.dtype == want.dtype == dtype and got.shape == want.shape
         torch.testing.assert_close(got.float(), want.float(), atol=tol * max(1.0, want.abs().max().item()), rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_lp_dec_wrapper_out_dtype_on_emulated_kernels(emulated_cuda_ops, dtype):
+    from sstkd.ops.laplacian import lp_dec_ref
+
+    x = torch.randn(2, 3, 38, 70).to(dtype)
+    gl, gb = torch.randn(2, 3, 19, 35), torch.randn(2, 3, 38, 70)
+    res = []
+    for dec, inp in ((emulated_cuda_ops.lp_dec_cuda, x), (lp_dec_ref, x.double())):
+        xi = inp.clone().requires_grad_(True)
+        low, band = dec(xi, out_dtype=torch.float32) if dec is not lp_dec_ref else dec(xi)
+        (gx,) = torch.autograd.grad((low * gl.to(low.dtype)).sum() + (band * gb.to(band.dtype)).sum(), xi)
+        res.append((low, band, gx))
+    (low, band, gx), (low_r, band_r, gx_r) = res
+    assert low.dtype == band.dtype == torch.float32 and gx.dtype == dtype
+    torch.testing.assert_close(low.double(), low_r, atol=2e-6 * low_r.abs().max().item(), rtol=0)
+    torch.testing.assert_close(band.double(), band_r, atol=2e-6 * band_r.abs().max().item(), rtol=0)
+    torch.testing.assert_close(gx.double(), gx_r, atol=1e-5 * gx_r.abs().max().item(), rtol=torch.finfo(dtype).eps)
+    # a pair the kernel does not take converts first: float32 -> float64 outputs
+    low64, _ = emulated_cuda_ops.lp_dec_cuda(x.float(), out_dtype=torch.float64)
+    assert low64.dtype == torch.float64
+    assert emulated_cuda_ops.lp_dec_cuda.takes_out_dtype
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
@@ -696,23 +936,103 @@ def test_dfb_energy_wrapper_on_emulated_kernels(emulated_cuda_ops, dtype):
     assert getattr(emulated_cuda_ops.dfb_energy_cuda, "keeps_for_backward", False)
 
 
-def test_contourlet_energy_composes_the_emulated_dfb_energy(emulated_cuda_ops):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_dfb_energy_wrapper_with_lowpass(emulated_cuda_ops, dtype):
+    from sstkd.ops.backends import torch as torch_backend
+
+    x, low = torch.randn(2, 3, 24, 16).to(dtype), torch.randn(2, 3, 12, 8).to(dtype)
+    g = torch.randn(2, 3, 9, dtype=torch.float64)
+    xi, li = x.clone().requires_grad_(True), low.clone().requires_grad_(True)
+    e = emulated_cuda_ops.dfb_energy_cuda(xi, 3, "pkva", low=li)
+    got = (e, *torch.autograd.grad((e * g.to(e.dtype)).sum(), (xi, li)))
+    xr, lr = x.double().requires_grad_(True), low.double().requires_grad_(True)
+    e_ref = torch.cat([(lr * lr).sum((-2, -1))[..., None], torch_backend.TABLE["dfb_energy"](xr, 3, "pkva")], -1)
+    want = (e_ref, *torch.autograd.grad((e_ref * g).sum(), (xr, lr)))
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    assert got[0].dtype == acc and got[0].shape == (2, 3, 9) and got[1].dtype == got[2].dtype == dtype
+    eps = 1e-12 if dtype == torch.float64 else 1e-5 if dtype == torch.float32 else torch.finfo(dtype).eps
+    torch.testing.assert_close(got[0].double(), want[0].detach(), atol=0, rtol=max(eps, 1e-5) if acc != torch.float64
+                               else eps)
+    for a, b in zip(got[1:], want[1:]):
+        torch.testing.assert_close(a.double(), b, atol=eps * b.abs().max().item(), rtol=0)
+    assert emulated_cuda_ops.dfb_energy_cuda.takes_low
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("last", [False, True])
+def test_level_energy_wrapper_on_emulated_kernels(emulated_cuda_ops, dtype, last):
+    from sstkd.ops.backends import torch as torch_backend
+    from sstkd.ops.laplacian import lp_dec_ref
+
+    x = torch.randn(2, 3, 24, 16).to(dtype)
+    g = torch.randn(2, 3, int(last) + 8, dtype=torch.float64)
+    g_low = torch.randn(2, 3, 12, 8, dtype=torch.float64)
+    xi = x.clone().requires_grad_(True)
+    low, e = emulated_cuda_ops.level_energy_cuda(xi, 3, last=last)
+    loss = (e * g.to(e.dtype)).sum() + (0 if last else (low * g_low.to(low.dtype)).sum())
+    got = (e, *torch.autograd.grad(loss, xi))
+    xr = x.double().requires_grad_(True)
+    lo, ba = lp_dec_ref(xr)
+    e_ref = torch_backend.TABLE["dfb_energy"](ba, 3, "pkva")
+    if last:
+        e_ref = torch.cat([(lo * lo).sum((-2, -1))[..., None], e_ref], -1)
+    want = (e_ref, *torch.autograd.grad((e_ref * g).sum() + (0 if last else (lo * g_low).sum()), xr,
+                                        retain_graph=True))
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    assert (low is None) == last and got[0].dtype == acc and got[1].dtype == dtype
+    if not last:
+        assert low.dtype == acc and low.shape == (2, 3, 12, 8)
+        torch.testing.assert_close(low.double(), lo.detach(), atol=1e-5 * lo.abs().max().item(), rtol=0)
+    eps = 1e-12 if dtype == torch.float64 else 1e-5 if dtype == torch.float32 else torch.finfo(dtype).eps
+    torch.testing.assert_close(got[0].double(), want[0].detach(), atol=0, rtol=max(eps, 1e-12 if acc == torch.float64
+                                                                                  else 1e-5))
+    torch.testing.assert_close(got[1].double(), want[1], atol=eps * want[1].abs().max().item(), rtol=0)
+    # an unused lowpass (g_low None) or unused energies (g_en None) still give the gradient of the rest
+    if not last:
+        xi = x.clone().requires_grad_(True)
+        low, e = emulated_cuda_ops.level_energy_cuda(xi, 3)
+        (g1,) = torch.autograd.grad((e * g.to(e.dtype)).sum(), xi, retain_graph=True)
+        (g_ref1,) = torch.autograd.grad((e_ref * g).sum(), xr, retain_graph=True)
+        torch.testing.assert_close(g1.double(), g_ref1, atol=eps * g_ref1.abs().max().item(), rtol=0)
+        (g2,) = torch.autograd.grad((low * g_low.to(low.dtype)).sum(), xi)
+        (g_ref2,) = torch.autograd.grad((lo * g_low).sum(), xr)
+        torch.testing.assert_close(g2.double(), g_ref2, atol=max(eps, 1e-6) * g_ref2.abs().max().item(), rtol=0)
+    with pytest.raises(ValueError, match="even H, W"):
+        emulated_cuda_ops.level_energy_cuda(torch.randn(1, 1, 24, 15), 1)
+    with pytest.raises(ValueError, match="filt"):
+        emulated_cuda_ops.level_energy_cuda(x, 3, pfilt="5-3")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("nlevs", [[2, 3], [1, 4], [0, 3], [3]])
+@pytest.mark.parametrize("fused", [True, False])
+def test_contourlet_energy_composes_the_emulated_dfb_energy(emulated_cuda_ops, monkeypatch, dtype, nlevs, fused):
     """The composition (sstkd.ops.algorithms) with the CUDA LP and DFB energy passes: autograd through
-    the passes (the energy pass is differentiable itself) equals the torch backend."""
+    the passes equals the torch backend -- a whole pyramid level per launch (fused), or, for levels
+    too large for shared memory, the LP and DFB energy launches (the energy pass differentiable
+    itself; the coarsest one adds the lowpass energy, unless the coarsest level is a wavelet one)."""
     from sstkd.ops import algorithms
     from sstkd.ops.backends import torch as torch_backend
 
+    if not fused:
+        monkeypatch.setattr(emulated_cuda_ops, "_level_kernel_takes", lambda device, dtype, h, w: False)
+
     passes = dict(torch_backend.TABLE)
     passes.update(lp_dec=emulated_cuda_ops.lp_dec_cuda, dfb_energy=emulated_cuda_ops.dfb_energy_cuda)
-    x = torch.randn(1, 2, 32, 24, dtype=torch.float64)
-    g = torch.randn(1, 2, 1 + 4 + 8, dtype=torch.float64)
+    x = torch.randn(1, 2, 32, 24).to(dtype)
+    g = torch.randn(1, 2, 1 + sum(2**n if n else 3 for n in nlevs)).to(dtype)
     res = []
     for p in (passes, torch_backend.TABLE):
         xi = x.clone().requires_grad_(True)
-        e = algorithms.contourlet_energy(xi, [2, 3], "9-7", "pkva", p)
+        e = algorithms.contourlet_energy(xi, nlevs, "9-7", "pkva", p)
         res.append((e, *torch.autograd.grad((e * g).sum(), xi)))
     for got, want in zip(*res):
-        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-12)
+        assert got.dtype == want.dtype == dtype and got.shape == want.shape
+        if dtype == torch.float64:
+            torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-12)
+        else:  # float32 compute on both sides; bfloat16 results rounded once
+            eps = 1e-5 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps
+            torch.testing.assert_close(got.float(), want.float(), atol=eps * want.abs().max().item(), rtol=0)
 
 
 def test_dfb_planes_too_large_for_shared_memory_fall_back_to_triton(emulated_cuda_ops, monkeypatch):

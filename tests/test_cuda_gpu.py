@@ -383,3 +383,101 @@ def test_contourlet_energy_backend_cuda(cuda_ops):
     (e, gx), (e_ref, gx_ref) = res
     torch.testing.assert_close(e, e_ref, atol=0, rtol=1e-4)
     torch.testing.assert_close(gx, gx_ref, atol=1e-4 * gx_ref.abs().max().item(), rtol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", DFB_CASES)
+def test_dfb_energy_with_lowpass_forward_and_gradients(cuda_ops, case, dtype):
+    # the coarsest contourlet level's launch: the lowpass (here H/2 x W/2 rounded up) energy first;
+    # float64 at 128 x 128 takes the fallback (Triton DFB + torch lowpass sum), the same values
+    levels, (b, c, H, W) = case
+    x, low = _randn((b, c, H, W), dtype), _randn((b, c, (H + 1) // 2, (W + 1) // 2), dtype, 7)
+    g = _randn((b, c, 1 + 2**levels), torch.float64, 3)
+    outs = {}
+    for name, xs, ls in (("cuda", x, low), ("exact", x.double(), low.double())):
+        xi, li = xs.clone().requires_grad_(True), ls.clone().requires_grad_(True)
+        if name == "cuda":
+            e = cuda_ops.dfb_energy_cuda(xi, levels, "pkva", low=li)
+        else:
+            from sstkd.ops.backends import torch as torch_backend
+
+            e = torch.cat([(li * li).sum((-2, -1))[..., None], torch_backend.TABLE["dfb_energy"](xi, levels, "pkva")], -1)
+        outs[name] = (e, *torch.autograd.grad((e * g.to(e.dtype)).sum(), (xi, li)))
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    (e, gx, gl), (e_x, gx_x, gl_x) = outs["cuda"], outs["exact"]
+    assert e.dtype == acc and e.shape == (b, c, 1 + 2**levels) and gx.dtype == gl.dtype == dtype
+    torch.testing.assert_close(e.double(), e_x, atol=0, rtol=1e-12 if dtype == torch.float64 else 1e-5)
+    eps = 1e-10 if dtype == torch.float64 else 1e-5 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps
+    for got, want in ((gx, gx_x), (gl, gl_x)):
+        torch.testing.assert_close(got.double(), want, atol=eps * want.abs().max().item(), rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_contourlet_energy_backend_cuda_fp32_and_bf16(cuda_ops, dtype):
+    from sstkd.ops.contourlet import contourlet_energy, contourlet_energy_ref
+
+    x = _randn((2, 4, 64, 64), dtype)
+    g = _randn((2, 4, 1 + 16 + 8), torch.float64, 2)
+    res = []
+    for fn in (lambda t: contourlet_energy(t, [4, 3], backend="cuda"),
+               lambda t: contourlet_energy_ref(t.double(), [4, 3])):
+        xi = x.clone().requires_grad_(True)
+        e = fn(xi)
+        res.append((e, torch.autograd.grad((e * g.to(e.dtype)).sum(), xi)[0]))
+    (e, gx), (e_ref, gx_ref) = res
+    assert e.dtype == gx.dtype == dtype
+    eps = 1e-4 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps
+    torch.testing.assert_close(e.double(), e_ref, atol=0, rtol=eps)
+    torch.testing.assert_close(gx.double(), gx_ref, atol=eps * gx_ref.abs().max().item(), rtol=0)
+
+
+# (levels, (B, C, H, W)): even sizes valid for the DFB; 128 x 128 float32 needs 144 KB (the opt-in
+# path); float64 at 128 x 128 does not fit and runs lp_dec + dfb_energy (the Triton DFB) instead
+LEVEL_CASES = [(1, (2, 3, 12, 6)), (2, (1, 2, 20, 2)), (3, (2, 2, 24, 16)), (4, (1, 3, 64, 64)),
+               (3, (2, 4, 128, 128))]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("last", [False, True])
+@pytest.mark.parametrize("case", LEVEL_CASES)
+def test_level_energy_forward_and_gradient(cuda_ops, case, last, dtype):
+    from sstkd.ops.backends import torch as torch_backend
+    from sstkd.ops.laplacian import lp_dec_ref
+
+    levels, (b, c, H, W) = case
+    x = _randn((b, c, H, W), dtype)
+    g = _randn((b, c, int(last) + 2**levels), torch.float64, 3)
+    g_low = _randn((b, c, H // 2, W // 2), torch.float64, 4)
+    outs = {}
+    for name, inp in (("cuda", x), ("exact", x.double())):
+        xi = inp.clone().requires_grad_(True)
+        if name == "cuda":
+            low, e = cuda_ops.level_energy_cuda(xi, levels, last=last)
+        else:
+            low, band = lp_dec_ref(xi)
+            e = torch_backend.TABLE["dfb_energy"](band, levels, "pkva")
+            if last:
+                e = torch.cat([(low * low).sum((-2, -1))[..., None], e], -1)
+        loss = (e * g.to(e.dtype)).sum() + (0 if last else (low * g_low.to(low.dtype)).sum())
+        outs[name] = (low, e, torch.autograd.grad(loss, xi)[0])
+    (low, e, gx), (low_x, e_x, gx_x) = outs["cuda"], outs["exact"]
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    assert e.dtype == acc and gx.dtype == dtype and (low is None) == last
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(e.double(), e_x.detach(), atol=0, rtol=tol)
+    if not last:
+        torch.testing.assert_close(low.double(), low_x.detach(), atol=tol * low_x.abs().max().item(), rtol=0)
+    eps = tol if dtype in (torch.float32, torch.float64) else 2 * torch.finfo(dtype).eps
+    torch.testing.assert_close(gx.double(), gx_x, atol=eps * gx_x.abs().max().item(), rtol=0)
+    if dtype == torch.float32:  # fixed summation order
+        assert torch.equal(cuda_ops.level_energy_cuda(x, levels, last=last)[1], e.detach())
+
+
+def test_level_energy_gradcheck_and_shared_memory_limit(cuda_ops):
+    x = _randn((1, 2, 12, 8), torch.float64).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: cuda_ops.level_energy_cuda(t, 2), (x,))
+    assert torch.autograd.gradcheck(lambda t: cuda_ops.level_energy_cuda(t, 2, last=True)[1], (x,))
+    assert cuda_ops.dfb_level_fits(torch.float32, 128, 128, DEVICE)
+    assert not cuda_ops.dfb_level_fits(torch.float64, 128, 128, DEVICE)
+    with pytest.raises(RuntimeError, match="shared memory"):
+        torch.ops.sstkd.level_energy(_randn((2, 128, 128), torch.float64), 3, False)

@@ -50,6 +50,13 @@ def run_all(small: bool) -> None:
             sum((t.float() * k).sum() for k, t in enumerate(bands)).backward()
             ops.dfb_rec_cuda([t.detach().requires_grad_(True) for t in bands]).square().sum().backward()
             (ops.dfb_energy_cuda(x, levels) * torch.arange(2.0**levels, device=dev)).sum().backward()
+            if shape[-1] % 2 == 0:  # a pyramid level per launch (even sizes), and the lowpass energy fold
+                low = torch.randn(*shape[:2], shape[-2] // 2, shape[-1] // 2, device=dev).to(dtype)
+                low.requires_grad_(True)
+                ops.dfb_energy_cuda(x, levels, low=low).square().sum().backward()
+                lo, e = ops.level_energy_cuda(x, levels)
+                (e.sum() + lo.square().sum()).backward()
+                ops.level_energy_cuda(x, levels, last=True)[1].sum().backward()
     torch.cuda.synchronize()
 
 
@@ -116,6 +123,8 @@ def bench() -> None:
                  lambda: dfb_dec_ref(x, 3)),
                 ("dfb_energy(3)", lambda: ops.dfb_energy_cuda(x, 3),
                  dfb_energy_triton and (lambda: dfb_energy_triton(x, 3)), lambda: dfb_dec_ref(x, 3)),
+                ("level_energy(3) (LP + DFB energy)", lambda: ops.level_energy_cuda(x, 3), None,
+                 lambda: dfb_dec_ref(x, 3)),
             ]
             for name, fc, ft, fr in rows:
                 tc, tr = _time(fc), _time(fr)

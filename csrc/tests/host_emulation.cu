@@ -6,44 +6,53 @@
 // What it cannot cover: the warp-level code (warp-aggregated atomics, shuffle
 // reductions), barriers and races -- the GPU tests and compute-sanitizer do.
 // Not part of the extension (setup.py and the JIT build take csrc/*.cu only).
+#include <algorithm>
 #include <memory>
 #include <vector>
 
 #include "../dfb_plane.cuh"
+#include "../lp_plane.cuh"
 #include "../lp_tile.cuh"
 #include "../quantize_taps.cuh"
 
 using namespace sstkd;
 
+// out_dtype: of c_out / out (-1: dtype); the mixed pairs of lp_level_launch (sstkd_kernels.h).
 extern "C" int sstkd_emu_lp_level(int dtype, int mode, int filters, const void* y, const void* c_in, void* c_out,
-                                  void* out, int64_t n, int64_t H, int64_t W) {
+                                  void* out, int64_t n, int64_t H, int64_t W, int out_dtype) {
   if ((H | W) & 1) return 1;
-  const cudaError_t err = dispatch_dtype(Dtype(dtype), [&](auto* tag) -> cudaError_t {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    return lp::with_tile<T>(LpMode(mode), LpFilters(filters), [&](auto tile) -> cudaError_t {
-      using TileT = decltype(tile);
-      auto sm = std::make_unique<typename TileT::Smem>();
-      const int h = (int)H / 2, w = (int)W / 2;
-      const T* yp = static_cast<const T*>(y);
-      const T* cp = static_cast<const T*>(c_in);
-      T* cop = static_cast<T*>(c_out);
-      T* op = static_cast<T*>(out);
-      for (int64_t img = 0; img < n; ++img) {
-        const int64_t fine = img * H * W, coarse = img * h * w;
-        for (int P0 = 0; P0 < h; P0 += TileT::TCH_) {
-          for (int Q0 = 0; Q0 < w; Q0 += TileT::TCW_) {
-            TileT::load(*sm, yp + fine, P0, Q0, (int)H, (int)W, 0, 1);
-            TileT::analysis_rows(*sm, 0, 1);
-            TileT::analysis_cols(*sm, cp ? cp + coarse : nullptr, cop ? cop + coarse : nullptr, P0, Q0, h, w, 0,
-                                 1);
-            TileT::synthesis_rows(*sm, 0, 1);
-            TileT::synthesis_cols(*sm, op + fine, P0, Q0, (int)H, (int)W, 0, 1);
-          }
+  const auto run = [&](auto tile) -> cudaError_t {
+    using TileT = decltype(tile);
+    using T = typename TileT::Elem;
+    using TO = typename TileT::Out;
+    auto sm = std::make_unique<typename TileT::Smem>();
+    const int h = (int)H / 2, w = (int)W / 2;
+    const T* yp = static_cast<const T*>(y);
+    const T* cp = static_cast<const T*>(c_in);
+    TO* cop = static_cast<TO*>(c_out);
+    TO* op = static_cast<TO*>(out);
+    for (int64_t img = 0; img < n; ++img) {
+      const int64_t fine = img * H * W, coarse = img * h * w;
+      for (int P0 = 0; P0 < h; P0 += TileT::TCH_) {
+        for (int Q0 = 0; Q0 < w; Q0 += TileT::TCW_) {
+          TileT::load(*sm, yp + fine, P0, Q0, (int)H, (int)W, 0, 1);
+          TileT::analysis_rows(*sm, 0, 1);
+          TileT::analysis_cols(*sm, cp ? cp + coarse : nullptr, cop ? cop + coarse : nullptr, P0, Q0, h, w, 0,
+                               1);
+          TileT::synthesis_rows(*sm, 0, 1);
+          TileT::synthesis_cols(*sm, op + fine, P0, Q0, (int)H, (int)W, 0, 1);
         }
       }
-      return cudaSuccess;
-    });
-  });
+    }
+    return cudaSuccess;
+  };
+  const cudaError_t err =
+      out_dtype >= 0 && out_dtype != dtype
+          ? lp::with_mixed_tile(Dtype(dtype), Dtype(out_dtype), LpMode(mode), LpFilters(filters), run)
+          : dispatch_dtype(Dtype(dtype), [&](auto* tag) -> cudaError_t {
+              using T = std::remove_pointer_t<decltype(tag)>;
+              return lp::with_tile<T>(LpMode(mode), LpFilters(filters), run);
+            });
   return err == cudaSuccess ? 0 : 1;
 }
 
@@ -105,22 +114,104 @@ extern "C" int sstkd_emu_quantize_count_backward(int dtype, int kernel, const vo
 // The whole-plane DFB (dfb_kernels.cu) with `nt` emulated threads per plane: every phase runs
 // thread 0, 1, ..., nt-1 in turn, then the next phase (the kernel's barrier). Pointers and
 // layouts as dfb_plane_launch (sstkd_kernels.h).
+// `low` (optional, energy modes): the lowpass whose energy comes first (sstkd_kernels.h).
 extern "C" int sstkd_emu_dfb_plane(int mode, int x_dtype, int band_dtype, int levels, const void* x, void* bands,
                                    const void* grad_bands, const void* g, void* en, void* gx, int64_t N, int64_t H,
-                                   int64_t W, int nt) {
+                                   int64_t W, int nt, const void* low, void* g_low, int64_t low_hw,
+                                   int64_t g_stride) {
   if (mode < 0 || mode > 5 || levels < 1 || levels > dfbp::kMaxLevels || nt < 1 || H <= 0 || W <= 0 || (H * W) % ((int64_t)1 << levels) != 0)
+    return 1;
+  if (low != nullptr && ((mode != 2 && mode != 3) || low_hw < 0 || low_hw > H * W || (mode == 3 && g_low == nullptr)))
     return 1;
   const Dtype xd = Dtype(x_dtype), bd = Dtype(band_dtype);
   if (!dfbp::dtypes_supported(xd, bd)) return 1;
   const auto run = [&](auto acc_tag) {
     using Acc = decltype(acc_tag);
     dfbp::Args<Acc> a{DfbMode(mode), xd, bd, levels, (int)H, (int)W, N, x, bands, grad_bands,
-                      static_cast<const Acc*>(g), static_cast<Acc*>(en), gx};
+                      static_cast<const Acc*>(g), static_cast<Acc*>(en), gx, low, g_low, (int)low_hw, g_stride};
     dfbp::set_program(a);
     std::vector<Acc> smem(2 * H * W);
     for (int64_t n = 0; n < N; ++n)
       for (int p = 0; p < a.num_phases; ++p)
         for (int tid = 0; tid < nt; ++tid) dfbp::run_phase(a, (int)n, smem.data(), smem.data() + H * W, p, tid, nt);
+  };
+  if (dfbp::is_double(xd))
+    run(0.0);
+  else
+    run(0.0f);
+  return 0;
+}
+
+// The whole-plane LP level (lp_plane.cuh) with `nt` emulated threads, planes of the accumulation
+// type (acc_double: float64, else float32). mode 0 (lp_dec): y -> (c_out = A y, out = y - S A y);
+// mode 1 (its adjoint): (y = g_band, c_in = g_low) -> out = y + S (c_in - A y). Every phase runs
+// thread 0, 1, ..., nt-1 in turn, then the next phase (the kernel's barrier).
+extern "C" int sstkd_emu_lp_plane(int acc_double, int mode, const void* y, const void* c_in, void* c_out, void* out,
+                                  int64_t n, int64_t H, int64_t W, int nt) {
+  if (((H | W) & 1) || H <= 0 || W <= 0 || nt < 1 || (mode != 0 && mode != 1)) return 1;
+  const auto run = [&](auto acc_tag) {
+    using Acc = decltype(acc_tag);
+    const int64_t HW = H * W, hw = HW / 4;
+    std::vector<Acc> ys(HW), t(HW / 2), c(hw);
+    const auto phases = [&](auto fa, auto fs) {
+      using FA = decltype(fa);
+      using FS = decltype(fs);
+      const bool dec = mode == 0;
+      for (int tid = 0; tid < nt; ++tid) lpp::analysis_rows<FA>(ys.data(), t.data(), (int)H, (int)W, tid, nt);
+      for (int tid = 0; tid < nt; ++tid) {
+        if (dec)
+          lpp::analysis_cols<FA, false>(t.data(), c.data(), (int)H, (int)W, tid, nt);
+        else
+          lpp::analysis_cols<FA, true>(t.data(), c.data(), (int)H, (int)W, tid, nt);
+      }
+      for (int tid = 0; tid < nt; ++tid) lpp::synthesis_rows<FS>(c.data(), t.data(), (int)H, (int)W, tid, nt);
+      for (int tid = 0; tid < nt; ++tid)
+        lpp::synthesis_cols<FS>(t.data(), ys.data(), (int)H, (int)W, Acc(dec ? -1 : 1), tid, nt);
+    };
+    for (int64_t img = 0; img < n; ++img) {
+      const Acc* yi = static_cast<const Acc*>(y) + img * HW;
+      std::copy(yi, yi + HW, ys.begin());
+      if (mode == 0) {
+        phases(lp::FiltH{}, lp::FiltG{});
+        std::copy(c.begin(), c.end(), static_cast<Acc*>(c_out) + img * hw);
+      } else {
+        const Acc* ci = static_cast<const Acc*>(c_in) + img * hw;
+        std::copy(ci, ci + hw, c.begin());
+        phases(lp::FiltG{}, lp::FiltH{});
+      }
+      std::copy(ys.begin(), ys.end(), static_cast<Acc*>(out) + img * HW);
+    }
+  };
+  if (acc_double)
+    run(0.0);
+  else
+    run(0.0f);
+  return 0;
+}
+
+// A whole pyramid level per launch (dfb_level_launch, sstkd_kernels.h) with `nt` emulated threads:
+// adjoint 0: x -> (low_out, en); 1: (x, g, g_low) -> gx. Same pointers and layouts as the launcher.
+extern "C" int sstkd_emu_dfb_level(int adjoint, int x_dtype, int levels, int last, const void* x, const void* g,
+                                   int64_t g_stride, void* en, void* gx, void* low_out, const void* g_low, int64_t N,
+                                   int64_t H, int64_t W, int nt) {
+  if (levels < 1 || levels > dfbp::kMaxLevels || nt < 1 || H <= 0 || W <= 0 || ((H | W) & 1) ||
+      (H * W) % ((int64_t)1 << levels) != 0 || g_stride < 0)
+    return 1;
+  if (adjoint ? (g == nullptr || gx == nullptr || (!last && g_low == nullptr)) : (en == nullptr || low_out == nullptr))
+    return 1;
+  const Dtype xd = Dtype(x_dtype);
+  const DfbMode mode = adjoint ? DfbMode::kLevelEnergyAdjoint : DfbMode::kLevelEnergy;
+  const auto run = [&](auto acc_tag) {
+    using Acc = decltype(acc_tag);
+    dfbp::Args<Acc> a{mode, xd, xd, levels, (int)H, (int)W, N, x, nullptr, nullptr,
+                      static_cast<const Acc*>(g), static_cast<Acc*>(en), gx, nullptr, nullptr, 0, g_stride,
+                      last ? 1 : 0, static_cast<Acc*>(low_out), static_cast<const Acc*>(g_low)};
+    dfbp::set_program(a);
+    std::vector<Acc> smem(2 * H * W + H * W / 4);
+    for (int64_t n = 0; n < N; ++n)
+      for (int p = 0; p < a.num_phases; ++p)
+        for (int tid = 0; tid < nt; ++tid)
+          dfbp::run_phase(a, (int)n, smem.data(), smem.data() + H * W, p, tid, nt, smem.data() + 2 * H * W);
   };
   if (dfbp::is_double(xd))
     run(0.0);

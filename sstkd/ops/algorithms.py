@@ -18,7 +18,11 @@
 * ``dfb_energy(x, levels, filt) -> (B, C, 2**levels)`` sums of squares in the compute dtype; a
   pass with the attribute ``keeps_for_backward = True`` is differentiable itself at the cost of
   keeping its last tree level (the composition then runs autograd through the passes instead
-  of recomputing the decomposition in the backward);
+  of recomputing the decomposition in the backward); one with ``takes_low = True`` also takes
+  ``low=`` (B, C, h, w) and returns (B, C, 1 + 2**levels) with its sum of squares first (the
+  coarsest level then adds the lowpass energy in the same pass); one with a ``level`` attribute
+  ``level(x, levels, pfilt, dfilt, last=) -> (low or None, energies)`` runs a whole pyramid level
+  (LP level and DFB energies; with ``last`` the lowpass energy first and no lowpass returned);
 * ``wfb_dec(x, filt) -> (ll, [lh, hl, hh])`` and ``wfb_rec(ll, bands, filt) -> x`` in the compute dtype;
 * ``minmax(s2) -> (smin, smax)`` per row; ``level_sums(s2, centers, kernel) -> (mass, moment)``
   (``Σ_i E_in`` and ``Σ_i E_in·s_i``, (B, L)); ``soft_hist(s2, centers, kernel) -> hist``
@@ -98,19 +102,48 @@ def contourlet_rec(low: torch.Tensor, bands, pfilt: str, dfilt: str, passes) -> 
     return cur.to(low.dtype)
 
 
+class _CatTo(torch.autograd.Function):
+    """``torch.cat(parts, -1)`` stored in ``dtype`` (one launch: no separate conversion); the
+    backward converts the cotangent once and hands each part its column slice (views)."""
+
+    @staticmethod
+    def forward(ctx, dtype, *parts):
+        ctx.sizes, ctx.dtype_in = [p.shape[-1] for p in parts], parts[0].dtype
+        out = parts[0].new_empty((*parts[0].shape[:-1], sum(ctx.sizes)), dtype=dtype)
+        return torch.cat(parts, dim=-1, out=out)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        return (None, *g.to(ctx.dtype_in).split(ctx.sizes, dim=-1))
+
+
 def _energies(x: torch.Tensor, nlevs, pfilt: str, dfilt: str, passes) -> torch.Tensor:
-    """(B, C, K) in the compute dtype; the DFB levels through the ``dfb_energy`` pass."""
+    """(B, C, K) in ``x.dtype`` (computed in the compute dtype); the DFB levels through the
+    ``dfb_energy`` pass (a whole pyramid level per call where it has a ``level``), the lowpass
+    energy folded into the coarsest one's where it ``takes_low``."""
     cur = _finest_input(x, passes)
-    levels = []
-    for n in reversed(nlevs):
+    energy = passes["dfb_energy"]
+    fused = getattr(energy, "level", None)
+    parts = []  # finest level first
+    for i, n in enumerate(reversed(nlevs)):
         if n == 0:
             cur, level = passes["wfb_dec"](cur.to(compute_dtype(cur)), pfilt)
-            levels.append(torch.stack([(t * t).sum(dim=(-2, -1)) for t in level], dim=-1))
+            parts.append(torch.stack([(t * t).sum(dim=(-2, -1)) for t in level], dim=-1))
+        elif fused is not None:  # the LP level and the DFB energies in one pass
+            cur, e = fused(cur, n, pfilt, dfilt, last=i == len(nlevs) - 1)
+            parts.append(e)
         else:
             cur, band = _lp_level(cur, pfilt, passes)
-            levels.append(passes["dfb_energy"](band, n, dfilt))
-    low = (cur * cur).sum(dim=(-2, -1)).unsqueeze(-1)
-    return torch.cat([low] + levels[::-1], dim=-1)
+            if i == len(nlevs) - 1 and getattr(energy, "takes_low", False):
+                parts.append(energy(band, n, dfilt, low=cur))  # the lowpass energy first
+                cur = None
+            else:
+                parts.append(energy(band, n, dfilt))
+    if cur is not None:
+        parts.append((cur * cur).sum(dim=(-2, -1)).unsqueeze(-1))
+    parts.reverse()
+    return parts[0].to(x.dtype) if len(parts) == 1 else _CatTo.apply(x.dtype, *parts)
 
 
 def _cotangents(coeffs, g):
@@ -137,7 +170,7 @@ class _ContourletEnergy(torch.autograd.Function):
     def forward(ctx, x, nlevs, pfilt, dfilt, passes):
         ctx.save_for_backward(x)
         ctx.nlevs, ctx.pfilt, ctx.dfilt, ctx.passes = nlevs, pfilt, dfilt, passes
-        return _energies(x, nlevs, pfilt, dfilt, passes).to(x.dtype)
+        return _energies(x, nlevs, pfilt, dfilt, passes)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -161,7 +194,7 @@ def contourlet_energy(x: torch.Tensor, nlevs, pfilt: str, dfilt: str, passes) ->
     (the DFB keeps its last level, the LP adjoints need no saved values: nothing is recomputed);
     otherwise the decomposition is recomputed in the backward (:class:`_ContourletEnergy`)."""
     if getattr(passes["dfb_energy"], "keeps_for_backward", False):
-        return _energies(x, tuple(nlevs), pfilt, dfilt, passes).to(x.dtype)
+        return _energies(x, tuple(nlevs), pfilt, dfilt, passes)
     return _ContourletEnergy.apply(x, tuple(nlevs), pfilt, dfilt, passes)
 
 

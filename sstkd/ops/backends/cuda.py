@@ -27,7 +27,10 @@ Autograd wrappers of its custom ops (``torch.ops.sstkd.*``): same semantics as t
 
 The backend table (:mod:`sstkd.ops.backends`): ``lp_dec``, ``lp_rec``, the DFB passes
   ``dfb_dec`` / ``dfb_rec`` / ``dfb_energy`` (whole-plane shared-memory kernel, ``csrc/dfb_plane.cuh``) and the
-  ``quantize_count`` passes ``level_sums`` / ``soft_hist``.
+  ``quantize_count`` passes ``level_sums`` / ``soft_hist``. ``contourlet_energy`` runs a whole pyramid
+  level per launch each way (:func:`level_energy_cuda`: the LP level in shared memory, then the DFB
+  energies of its bandpass; the lowpass energy at the coarsest level), or, for levels too large
+  for one block's shared memory, ``lp_dec`` and ``dfb_energy`` with the lowpass folded in.
 
 The whole-plane DFB holds two ``H × W`` planes of the accumulation dtype in one block's shared
   memory (128 KB for a 128 × 128 float32 plane; 227 KB per block on an H100/H200 with the opt-in
@@ -324,13 +327,17 @@ def _check_filt(filt: str) -> None:
 
 # --------------------------------------------------------------------------------- Laplacian pyramid
 class _LpDec(torch.autograd.Function):
+    """``x`` (N, H, W) -> (low, band) in ``out_dtype`` (None: x's); the gradient in x's dtype."""
+
     @staticmethod
-    def forward(ctx, x3):
-        return tuple(torch.ops.sstkd.lp_dec(x3))
+    def forward(ctx, x3, out_dtype):
+        ctx.x_dtype = x3.dtype
+        return tuple(torch.ops.sstkd.lp_dec(x3, out_dtype))
 
     @staticmethod
     def backward(ctx, g_low, g_band):
-        return torch.ops.sstkd.lp_dec_backward(g_low, g_band)
+        od = None if g_band.dtype == ctx.x_dtype else ctx.x_dtype
+        return torch.ops.sstkd.lp_dec_backward(g_low, g_band, od), None
 
 
 class _LpRec(torch.autograd.Function):
@@ -344,13 +351,25 @@ class _LpRec(torch.autograd.Function):
         return g_low, g_band
 
 
-def lp_dec_cuda(x: torch.Tensor, filt: str = "9-7") -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`sstkd.ops.lp_dec` on the CUDA extension: ``x`` (B, C, H, W), even H, W -> (low, band)."""
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def lp_dec_cuda(x: torch.Tensor, filt: str = "9-7", out_dtype: torch.dtype | None = None):
+    """:func:`sstkd.ops.lp_dec` on the CUDA extension: ``x`` (B, C, H, W), even H, W -> (low, band) in
+    ``out_dtype`` (default ``x.dtype``). A float16/bfloat16 ``x`` with float32 ``out_dtype`` is read as
+    it is (no conversion copy) and its gradient written in its dtype by the adjoint launch; other
+    dtype pairs convert ``x`` first."""
     _check_filt(filt)
     _ops()
+    od = x.dtype if out_dtype is None else out_dtype
+    if od != x.dtype and not (x.dtype in _LOW_PRECISION and od == torch.float32):
+        x = x.to(od)
     b, c, h, w = x.shape
-    low, band = _LpDec.apply(x.reshape(b * c, h, w))
+    low, band = _LpDec.apply(x.reshape(b * c, h, w), None if od == x.dtype else od)
     return low.reshape(b, c, h // 2, w // 2), band.reshape(b, c, h, w)
+
+
+lp_dec_cuda.takes_out_dtype = True  # the finest contourlet level reads a float16/bfloat16 input as it is
 
 
 def lp_rec_cuda(low: torch.Tensor, band: torch.Tensor, filt: str = "9-7") -> torch.Tensor:
@@ -544,6 +563,24 @@ class _DfbEnergy(torch.autograd.Function):
         return torch.ops.sstkd.dfb_energy_backward(x3, g, ctx.levels), None
 
 
+class _DfbEnergyLow(torch.autograd.Function):
+    """(N, H, W) and a lowpass (N, h, w) -> (N, 1 + K), the lowpass energy first; one launch each way
+    (the backward also writes the lowpass gradient ``2·g[:, 0]·low``)."""
+
+    @staticmethod
+    def forward(ctx, x3, low3, levels):
+        ctx.save_for_backward(x3, low3)
+        ctx.levels = levels
+        return torch.ops.sstkd.dfb_energy_low(x3, low3, levels)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        x3, low3 = ctx.saved_tensors
+        gx, g_low = torch.ops.sstkd.dfb_energy_low_backward(x3, low3, g, ctx.levels)
+        return gx, g_low, None
+
+
 def _check_dfb_input(x, levels) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"x: expected a (B, C, H, W) tensor, got {getattr(x, 'shape', type(x).__name__)}")
@@ -606,24 +643,107 @@ def dfb_rec_cuda(bands, filt: str = "pkva", out_dtype: torch.dtype | None = None
     return x if kernel_dtype == out_dtype else x.to(out_dtype)
 
 
-def dfb_energy_cuda(x: torch.Tensor, levels: int, filt: str = "pkva") -> torch.Tensor:
+def _sum_squares_torch(t: torch.Tensor) -> torch.Tensor:
+    tc = t.to(_acc_dtype(t.dtype))
+    return (tc * tc).sum(dim=(-2, -1)).unsqueeze(-1)
+
+
+def dfb_energy_cuda(x: torch.Tensor, levels: int, filt: str = "pkva", low: torch.Tensor | None = None) -> torch.Tensor:
     """Sums of squares of the ``2**levels`` DFB sub-bands of ``x`` (B, C, H, W): (B, C, 2**levels) in
     float32 (float64 for float64), one launch, no sub-band stored. Differentiable: the forward saves
     ``x`` and the backward (one launch) recomputes the tree in shared memory, scales each sub-band
-    by ``2·g`` and runs the adjoint tree. Planes too large for shared memory go to the Triton DFB."""
+    by ``2·g`` and runs the adjoint tree. Planes too large for shared memory go to the Triton DFB.
+
+    ``low`` (B, C, h, w) of ``x``'s dtype, ``h·w <= H·W`` (a contourlet's coarsest lowpass): its sum of
+    squares comes first, (B, C, 1 + 2**levels), computed in the same launch each way."""
     _check_dfilt(filt)
     _check_dfb_input(x, levels)
-    if levels == 0:
-        xc = x.to(_acc_dtype(x.dtype))
-        return (xc * xc).sum(dim=(-2, -1)).unsqueeze(-1)
+    if low is not None and (not isinstance(low, torch.Tensor) or low.dim() != 4 or low.shape[:2] != x.shape[:2]
+                            or low.dtype != x.dtype or low.device != x.device
+                            or low.shape[2] * low.shape[3] > x.shape[2] * x.shape[3]):
+        raise ValueError(f"low: expected a {x.dtype} (B, C, h, w) = ({x.shape[0]}, {x.shape[1]}, h, w) tensor on "
+                         f"{x.device} with h*w <= H*W, got {getattr(low, 'dtype', type(low).__name__)} "
+                         f"{tuple(getattr(low, 'shape', ()))}")
     b, c, h, w = x.shape
-    if not _plane_kernel_takes(x.device, x.dtype, h, w):
-        return _fallback("dfb_energy")(x, levels, filt)
+    if levels == 0 or not _plane_kernel_takes(x.device, x.dtype, h, w):
+        e = _sum_squares_torch(x) if levels == 0 else _fallback("dfb_energy")(x, levels, filt)
+        return e if low is None else torch.cat([_sum_squares_torch(low), e], dim=-1)
     _ops()
-    return _DfbEnergy.apply(x.reshape(b * c, h, w), levels).view(b, c, 2**levels)
+    if low is None:
+        return _DfbEnergy.apply(x.reshape(b * c, h, w), levels).view(b, c, 2**levels)
+    low3 = low.reshape(b * c, *low.shape[2:])
+    return _DfbEnergyLow.apply(x.reshape(b * c, h, w), low3, levels).view(b, c, 1 + 2**levels)
+
+
+def dfb_level_fits(dtype: torch.dtype, h: int, w: int, device) -> bool:
+    """Whether the pyramid-level kernel takes ``h × w`` levels of ``dtype`` on ``device``: the plane, the
+    DFB's second buffer and the coarse plane (2.25 planes of the accumulation dtype) in one block's
+    shared memory (144 KB for a 128 × 128 float32 level)."""
+    return (2 * h * w + h * w // 4) * _acc_dtype(dtype).itemsize <= _smem_optin(torch.device(device))
+
+
+def _level_kernel_takes(device: torch.device, dtype: torch.dtype, h: int, w: int) -> bool:
+    """Whether the pyramid-level kernel runs ``h × w`` levels of ``dtype`` on ``device`` (a non-CUDA
+    tensor goes to the op, which raises its clear "must be a CUDA tensor" error)."""
+    return device.type != "cuda" or dfb_level_fits(dtype, h, w, device)
+
+
+class _LevelEnergy(torch.autograd.Function):
+    """A pyramid level ``x`` (N, H, W) -> (low (N, H/2, W/2), energies (N, [1 +] K)); saves x, the
+    backward (one launch) recomputes the level and applies the DFB and LP adjoints."""
+
+    @staticmethod
+    def forward(ctx, x3, levels, last):
+        ctx.save_for_backward(x3)
+        ctx.levels, ctx.last = levels, last
+        ctx.set_materialize_grads(False)
+        low, en = torch.ops.sstkd.level_energy(x3, levels, last)
+        if last:  # the coarsest level's lowpass only enters through its energy
+            ctx.mark_non_differentiable(low)
+        return low, en
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_low, g_en):
+        (x3,) = ctx.saved_tensors
+        n, h, w = x3.shape
+        acc = _acc_dtype(x3.dtype)
+        if g_en is None:  # the energies unused: only the lowpass carries a gradient
+            g_en = torch.zeros(n, int(ctx.last) + 2**ctx.levels, dtype=acc, device=x3.device)
+        if g_low is None and not ctx.last:
+            g_low = torch.zeros(n, h // 2, w // 2, dtype=acc, device=x3.device)
+        return torch.ops.sstkd.level_energy_backward(x3, g_en, None if ctx.last else g_low, ctx.levels,
+                                                     ctx.last), None, None
+
+
+def level_energy_cuda(x: torch.Tensor, levels: int, pfilt: str = "9-7", dfilt: str = "pkva", last: bool = False):
+    """One contourlet pyramid level in one launch each way: ``lp_dec`` of ``x`` (B, C, H, W) and the
+    energies of the ``levels``-level DFB of its bandpass. Returns ``(low, energies)``: ``low``
+    (B, C, H/2, W/2), the next level's input, and energies (B, C, 2**levels); with ``last`` (the
+    coarsest level) ``(None, energies)`` with the lowpass energy first, (B, C, 1 + 2**levels). Both in
+    float32 (float64 for float64; a float16/bfloat16 ``x`` is read as it is and its gradient stored
+    in its dtype). Differentiable: the backward recomputes the level from ``x`` in shared memory.
+    Levels too large for shared memory (:func:`dfb_level_fits`) run ``lp_dec`` and ``dfb_energy``."""
+    _check_filt(pfilt)
+    _check_dfilt(dfilt)
+    _check_dfb_input(x, levels)
+    b, c, h, w = x.shape
+    if levels < 1 or h % 2 or w % 2:
+        raise ValueError(f"x, levels: expected levels >= 1 and even H, W, got levels={levels} and {tuple(x.shape)}")
+    if not _level_kernel_takes(x.device, x.dtype, h, w):
+        low, band = lp_dec_cuda(x, pfilt, out_dtype=_acc_dtype(x.dtype))
+        if last:
+            return None, dfb_energy_cuda(band, levels, dfilt, low=low)
+        return low, dfb_energy_cuda(band, levels, dfilt)
+    _ops()
+    low, en = _LevelEnergy.apply(x.reshape(b * c, h, w), levels, bool(last))
+    en = en.view(b, c, en.shape[-1])
+    return (None, en) if last else (low.view(b, c, h // 2, w // 2), en)
 
 
 dfb_energy_cuda.keeps_for_backward = True  # differentiable itself (saves x): contourlet_energy recomputes nothing
+dfb_energy_cuda.takes_low = True  # the coarsest level's energy launch adds the lowpass energy
+dfb_energy_cuda.level = level_energy_cuda  # contourlet_energy: a whole pyramid level per launch
 
 
 # ============================================================================ the backend table
