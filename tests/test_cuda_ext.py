@@ -1168,3 +1168,92 @@ def test_dfb_planes_too_large_for_shared_memory_fall_back_to_triton(emulated_cud
     ref = _ref_bands(x.reshape(2, 16, 12), 2)
     torch.testing.assert_close(torch.stack([t.reshape(2, -1) for t in bands]), ref, atol=1e-12, rtol=0)
     torch.testing.assert_close(en.reshape(2, 4), (ref * ref).sum(-1).T, atol=1e-11, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_level_dec_wrapper_on_emulated_kernels(emulated_cuda_ops, dtype):
+    """level_dec_cuda: the lowpass and the sub-bands (views of one buffer) vs lp_dec + dfb_dec of the
+    reference, the gradient through both (an unused output: no cotangent needed), clear errors."""
+    from sstkd.ops.backends import torch as torch_backend
+    from sstkd.ops.laplacian import lp_dec_ref
+
+    x = torch.randn(2, 3, 24, 16).to(dtype)
+    xi = x.clone().requires_grad_(True)
+    low, bands = emulated_cuda_ops.level_dec_cuda(xi, 3)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    xr = x.double().requires_grad_(True)
+    lo, ba = lp_dec_ref(xr)
+    ref = torch_backend.TABLE["dfb_dec"](ba, 3, "pkva", torch.float64)
+    assert low.dtype == acc and low.shape == (2, 3, 12, 8) and len(bands) == 8
+    assert all(t.dtype == dtype and t.shape == r.shape for t, r in zip(bands, ref))
+    assert len({t.untyped_storage().data_ptr() for t in bands}) == 1  # views of one band-major buffer
+    eps = 1e-12 if dtype == torch.float64 else 1e-5 if dtype == torch.float32 else torch.finfo(dtype).eps
+    torch.testing.assert_close(low.double(), lo.detach(), atol=max(eps, 1e-12 if acc == torch.float64 else 1e-5)
+                               * lo.abs().max().item(), rtol=0)
+    for t, r in zip(bands, ref):
+        torch.testing.assert_close(t.double(), r.detach(), atol=eps * r.abs().max().item(), rtol=0)
+    gs = [torch.randn(r.shape, dtype=torch.float64) for r in ref]
+    g_low = torch.randn(2, 3, 12, 8, dtype=torch.float64)
+    loss = sum((t * g.to(t.dtype)).sum() for t, g in zip(bands, gs)) + (low * g_low.to(low.dtype)).sum()
+    (gx,) = torch.autograd.grad(loss, xi)
+    gq = [g.to(dtype).double() for g in gs]  # the cotangents as the kernel reads them
+    (gx_ref,) = torch.autograd.grad(sum((r * g).sum() for r, g in zip(ref, gq)) + (lo * g_low.to(acc).double()).sum(),
+                                    xr, retain_graph=True)
+    assert gx.dtype == dtype
+    torch.testing.assert_close(gx.double(), gx_ref, atol=eps * gx_ref.abs().max().item(), rtol=0)
+    # only two sub-bands used (the lowpass and the rest unused)
+    xi = x.clone().requires_grad_(True)
+    low, bands = emulated_cuda_ops.level_dec_cuda(xi, 3)
+    (gx2,) = torch.autograd.grad((bands[1] * gs[1].to(dtype)).sum() + (bands[6] * gs[6].to(dtype)).sum(), xi)
+    (gx_ref2,) = torch.autograd.grad((ref[1] * gq[1]).sum() + (ref[6] * gq[6]).sum(), xr)
+    tol = 1e-12 if dtype == torch.float64 else 2 * torch.finfo(dtype).eps if dtype == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(gx2.double(), gx_ref2, atol=tol * gx_ref2.abs().max().item(), rtol=0)
+    # output dtypes: a lowpass of the output dtype (the coarsest level), float64 outputs of a float32 level
+    low_o, _ = emulated_cuda_ops.level_dec_cuda(x, 2, low_dtype=dtype)
+    assert low_o.dtype == dtype
+    if dtype == torch.float32:
+        low64, bands64 = emulated_cuda_ops.level_dec_cuda(x, 2, out_dtype=torch.float64, low_dtype=torch.float64)
+        assert low64.dtype == torch.float64 and all(t.dtype == torch.float64 for t in bands64)
+    with pytest.raises(ValueError, match="even H, W"):
+        emulated_cuda_ops.level_dec_cuda(torch.randn(1, 1, 24, 15), 1)
+    with pytest.raises(ValueError, match="filt"):
+        emulated_cuda_ops.level_dec_cuda(x, 3, dfilt="haar")
+    with pytest.raises(ValueError, match="low_dtype"):
+        emulated_cuda_ops.level_dec_cuda(x, 3, low_dtype=torch.int32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("nlevs", [[2, 3], [1, 4], [0, 3], [3, 0], [3]])
+@pytest.mark.parametrize("fused", [True, False])
+def test_contourlet_dec_composes_the_emulated_level_dec(emulated_cuda_ops, monkeypatch, dtype, nlevs, fused):
+    """contourlet_dec (sstkd.ops.algorithms) with the CUDA passes equals the torch backend, forward and
+    gradient: a whole pyramid level per launch each way (fused), or the LP and DFB launches for levels
+    too large for shared memory; wavelet levels (0) in between. Same dtypes as the torch backend."""
+    from sstkd.ops import algorithms
+    from sstkd.ops.backends import torch as torch_backend
+
+    if not fused:
+        monkeypatch.setattr(emulated_cuda_ops, "_level_kernel_takes", lambda device, dtype, h, w: False)
+    calls = []
+    level = emulated_cuda_ops.level_dec_cuda
+    monkeypatch.setattr(emulated_cuda_ops.dfb_dec_cuda, "level",
+                        lambda *a, **k: calls.append(a[1]) or level(*a, **k))
+    passes = dict(torch_backend.TABLE)
+    passes.update(lp_dec=emulated_cuda_ops.lp_dec_cuda, dfb_dec=emulated_cuda_ops.dfb_dec_cuda)
+    x = torch.randn(1, 2, 32, 24).to(dtype)
+    res = []
+    for p in (passes, torch_backend.TABLE):
+        xi = x.clone().requires_grad_(True)
+        low, bands = algorithms.contourlet_dec(xi, nlevs, "9-7", "pkva", p)
+        coeffs = [low] + [t for lv in bands for t in lv]
+        torch.manual_seed(0)
+        gs = [torch.randn(t.shape).to(t.dtype) for t in coeffs]
+        res.append((*coeffs, *torch.autograd.grad(coeffs, xi, gs)))
+    assert calls == [n for n in reversed(nlevs) if n]
+    for got, want in zip(*res):
+        assert got.dtype == want.dtype == dtype and got.shape == want.shape
+        if dtype == torch.float64:
+            torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-12)
+        else:  # float32 compute on both sides; bfloat16 results rounded once
+            eps = 1e-5 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps
+            torch.testing.assert_close(got.float(), want.float(), atol=eps * want.abs().max().item(), rtol=0)
