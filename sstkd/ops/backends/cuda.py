@@ -27,12 +27,12 @@ Autograd wrappers of its custom ops (``torch.ops.sstkd.*``): same semantics as t
 
 The backend table (:mod:`sstkd.ops.backends`): ``lp_dec``, ``lp_rec``, the DFB passes
   ``dfb_dec`` / ``dfb_rec`` / ``dfb_energy`` (whole-plane shared-memory kernel, ``csrc/dfb_plane.cuh``) and the
-  ``quantize_count`` passes ``level_sums`` / ``soft_hist``. ``contourlet_dec`` likewise runs a whole pyramid level per
-  launch each way (:func:`level_dec_cuda`: the LP level and the DFB of its bandpass; the backward reads
-  the sub-band cotangents where they lie). ``contourlet_energy`` runs a whole pyramid
+  ``quantize_count`` passes ``level_sums`` / ``soft_hist``. ``contourlet_energy`` runs a whole pyramid
   level per launch each way (:func:`level_energy_cuda`: the LP level in shared memory, then the DFB
   energies of its bandpass; the lowpass energy at the coarsest level), or, for levels too large
   for one block's shared memory, ``lp_dec`` and ``dfb_energy`` with the lowpass folded in.
+  ``contourlet_dec`` likewise (:func:`level_dec_cuda`: the LP level and the DFB of its bandpass; the
+  backward reads the sub-band cotangents where they lie, nothing saved), or ``lp_dec`` and ``dfb_dec``.
 
 The whole-plane DFB holds two ``H × W`` planes of the accumulation dtype in one block's shared
   memory (128 KB for a 128 × 128 float32 plane; 227 KB per block on an H100/H200 with the opt-in
