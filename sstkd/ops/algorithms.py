@@ -82,12 +82,12 @@ def contourlet_dec(x: torch.Tensor, nlevs, pfilt: str, dfilt: str, passes, out_d
     cur = _finest_input(x, passes)
     fused = getattr(passes["dfb_dec"], "level", None)
     bands = []
-    for i, n in enumerate(reversed(nlevs)):  # finest level first, from x itself
+    for n in reversed(nlevs):  # finest level first, from x itself
         if n == 0:
             cur, level = passes["wfb_dec"](cur.to(compute_dtype(cur)), pfilt)
             level = [t.to(out_dtype) for t in level]
         elif fused is not None:  # the LP level and the DFB in one pass; the coarsest lowpass stored as returned
-            last = i == len(nlevs) - 1
+            last = len(bands) == len(nlevs) - 1
             cur, level = fused(cur, n, pfilt, dfilt, out_dtype, out_dtype if last else compute_dtype(cur))
         else:
             cur, band = _lp_level(cur, pfilt, passes)
