@@ -32,6 +32,13 @@
 //       energies of its bandpass) in one launch (H*W*2.25 accumulation-dtype elements of shared memory)
 //   level_energy_backward(x, grad (N, [1 +] K), grad_low? (N,H/2,W/2), levels, last) -> grad_x (N,H,W)
 //       (recomputes the level from x; grad_low is required unless `last`)
+//   level_dec(x (N,H,W), levels, band_dtype?, low_dtype?) -> (low (N,H/2,W/2) of low_dtype (default: the
+//       accumulation dtype), bands (K, N, H*W/K) of band_dtype (default x's), band-major, dfb_dec's layout
+//       and order): one contourlet pyramid level (lp_dec, then dfb_dec of its bandpass) in one launch;
+//       levels in [1, 5]
+//   level_dec_backward(grad_bands [K x (N, H*W/K) or None], grad_low? (N,H/2,W/2), levels, N, H, W, x_dtype)
+//       -> grad_x (N,H,W): the DFB adjoint then the LP adjoint in one launch, each band's cotangent read
+//       where it lies (no stacking copy); None: zeros
 //   The dfb ops need the two H*W planes of one image in shared memory (dfb_plane_bytes); larger
 //   planes raise (sstkd/ops/backends/cuda.py checks first and falls back to the Triton DFB).
 // float16/bfloat16/float32 accumulate in float32, float64 in float64.
@@ -43,6 +50,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
@@ -601,6 +609,120 @@ Tensor dfb_rec_backward_cuda(const Tensor& gx_in, int64_t levels, at::ScalarType
   return gb;
 }
 
+// --------------------------------------------------------------------------- level decomposition
+Dtype dtype_of_type(at::ScalarType t) {
+  return t == at::kDouble ? Dtype::kFloat64 : t == at::kHalf ? Dtype::kFloat16 : t == at::kBFloat16 ? Dtype::kBFloat16
+                                                                                                    : Dtype::kFloat32;
+}
+
+void check_level_dec_levels(const char* op, int64_t levels) {
+  TORCH_CHECK(levels >= 1 && levels <= kMaxLevelDecLevels, "sstkd::", op, ": levels must be in [1, ",
+              kMaxLevelDecLevels, "], got ", levels, " (larger trees: lp_dec + dfb_dec)");
+}
+
+// The dtype of a level-dec output (`name`): `given`, else `fallback`; it must pair with x's.
+at::ScalarType level_dec_dtype(const char* op, const char* name, at::ScalarType x, std::optional<at::ScalarType> given,
+                               at::ScalarType fallback) {
+  const at::ScalarType o = given.value_or(fallback);
+  TORCH_CHECK(is_supported_dtype(o) && (o == at::kDouble) == (x == at::kDouble), "sstkd::", op, ": ", name, " ", o,
+              " cannot pair with ", x, " (float64 goes with float64; float32/float16/bfloat16 with each other)");
+  return o;
+}
+
+std::tuple<Tensor, Tensor> level_dec_cuda(const Tensor& x_in, int64_t levels, std::optional<at::ScalarType> band_dtype,
+                                          std::optional<at::ScalarType> low_dtype) {
+  const char* op = "level_dec";
+  check_cuda(op, "x", x_in);
+  check_level_input(op, x_in, levels);
+  check_level_dec_levels(op, levels);
+  const at::ScalarType xt = x_in.scalar_type();
+  const at::ScalarType bd = level_dec_dtype(op, "band_dtype", xt, band_dtype, xt);
+  const at::ScalarType ld = level_dec_dtype(op, "low_dtype", xt, low_dtype, acc_dtype(xt));
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const Tensor x = x_in.contiguous();
+  const int64_t N = x.size(0), H = x.size(1), W = x.size(2), K = (int64_t)1 << levels;
+  check_level_fits(op, x);
+  Tensor low = at::empty({N, H / 2, W / 2}, x.options().dtype(ld));
+  Tensor bands = at::empty({K, N, H * W / K}, x.options().dtype(bd));
+  check_launch(dfb_level_dec_launch(false, dtype_of(x), dtype_of(bands), dtype_of(low), (int)levels,
+                                    x.const_data_ptr(), bands.mutable_data_ptr(), low.mutable_data_ptr(), nullptr,
+                                    nullptr, nullptr, N, H, W, c10::cuda::getCurrentCUDAStream().stream()),
+               op);
+  return {low, bands};
+}
+
+Tensor level_dec_backward_cuda(const c10::List<std::optional<Tensor>>& grad_bands,
+                               const std::optional<Tensor>& grad_low_in, int64_t levels, int64_t N, int64_t H,
+                               int64_t W, at::ScalarType x_dtype) {
+  const char* op = "level_dec_backward";
+  check_level_dec_levels(op, levels);
+  check_dfb_geometry(op, levels, H, W);
+  TORCH_CHECK(H % 2 == 0 && W % 2 == 0 && N >= 0 && N <= INT32_MAX, "sstkd::", op,
+              ": expected N in [0, 2^31-1] and even H, W, got N=", N, ", H=", H, ", W=", W);
+  TORCH_CHECK(is_supported_dtype(x_dtype), "sstkd::", op, ": x_dtype must be a float dtype, got ", x_dtype);
+  const int64_t K = (int64_t)1 << levels, area = H * W / K;
+  TORCH_CHECK((int64_t)grad_bands.size() == K, "sstkd::", op, ": expected ", K, " sub-band cotangents for levels=",
+              levels, ", got ", grad_bands.size());
+  // the device and the band dtype: of the first cotangent given; the others are brought to it
+  std::optional<Tensor> first;
+  for (const auto& g : grad_bands) {
+    const std::optional<Tensor> t = g;
+    if (t.has_value() && t->defined()) {
+      first = t;
+      break;
+    }
+  }
+  if (!first && grad_low_in.has_value() && grad_low_in->defined()) first = grad_low_in;
+  TORCH_CHECK(first.has_value(), "sstkd::", op, ": needs at least one cotangent (every grad_bands entry and grad_low are None)");
+  check_cuda(op, "grad", *first);
+  const c10::cuda::CUDAGuard guard(first->device());
+  const at::ScalarType acc = acc_dtype(x_dtype);
+  at::ScalarType bd = acc;
+  for (const auto& g : grad_bands) {
+    const std::optional<Tensor> t = g;
+    if (t.has_value() && t->defined()) {
+      if ((t->scalar_type() == at::kDouble) == (x_dtype == at::kDouble) && is_supported_dtype(t->scalar_type()))
+        bd = t->scalar_type();
+      break;
+    }
+  }
+  std::vector<Tensor> keep;
+  std::array<const void*, 32> ptrs{};
+  for (int64_t k = 0; k < K; ++k) {
+    const std::optional<Tensor> t = grad_bands.get(k);
+    if (!t.has_value() || !t->defined()) continue;
+    check_cuda(op, "grad_bands", *t);
+    check_float(op, "grad_bands", *t);
+    TORCH_CHECK(t->device() == first->device(), "sstkd::", op, ": grad_bands[", k, "] is on ", t->device(),
+                " but the first cotangent is on ", first->device());
+    TORCH_CHECK(t->numel() == N * area && t->dim() >= 1 && t->size(0) == N, "sstkd::", op, ": grad_bands[", k,
+                "] must hold (N, ", area, ") = (", N, ", ", area, ") elements, got shape ", t->sizes());
+    keep.push_back(t->to(bd).contiguous());
+    ptrs[k] = keep.back().const_data_ptr();
+  }
+  Tensor gl;
+  if (grad_low_in.has_value() && grad_low_in->defined()) {
+    check_cuda(op, "grad_low", *grad_low_in);
+    check_float(op, "grad_low", *grad_low_in);
+    TORCH_CHECK(grad_low_in->dim() == 3 && grad_low_in->size(0) == N && grad_low_in->size(1) == H / 2 &&
+                    grad_low_in->size(2) == W / 2,
+                "sstkd::", op, ": grad_low must have shape (N, H/2, W/2) = (", N, ", ", H / 2, ", ", W / 2, "), got ",
+                grad_low_in->sizes());
+    TORCH_CHECK(grad_low_in->device() == first->device(), "sstkd::", op, ": grad_low is on ", grad_low_in->device(),
+                " but the first cotangent is on ", first->device());
+    const at::ScalarType lt = grad_low_in->scalar_type();
+    gl = grad_low_in->to((lt == at::kDouble) == (x_dtype == at::kDouble) ? lt : acc).contiguous();
+  }
+  Tensor gx = at::empty({N, H, W}, first->options().dtype(x_dtype));
+  check_level_fits(op, gx);
+  check_launch(dfb_level_dec_launch(true, dtype_of(gx), dtype_of_type(bd), gl.defined() ? dtype_of(gl) : dtype_of_type(acc),
+                                    (int)levels, nullptr, nullptr, nullptr, ptrs.data(),
+                                    gl.defined() ? gl.const_data_ptr() : nullptr, gx.mutable_data_ptr(), N, H, W,
+                                    c10::cuda::getCurrentCUDAStream().stream()),
+               op);
+  return gx;
+}
+
 // ---------------------------------------------------------------------------------------- Meta
 // Shapes and dtypes only; sizes are SymInts so dynamic-shape tracing works.
 std::tuple<Tensor, Tensor> lp_decompose_meta(const char* op, const char* name, const Tensor& x) {
@@ -738,6 +860,37 @@ std::tuple<Tensor, Tensor> dfb_energy_low_backward_meta(const Tensor& x, const T
   return {at::empty_symint(x.sym_sizes(), x.options()), at::empty_symint(low.sym_sizes(), low.options())};
 }
 
+std::tuple<Tensor, Tensor> level_dec_meta(const Tensor& x, int64_t levels, std::optional<at::ScalarType> band_dtype,
+                                          std::optional<at::ScalarType> low_dtype) {
+  const char* op = "level_dec";
+  check_rank(op, "x", x, 3, "(N, H, W)");
+  check_float(op, "x", x);
+  check_level_dec_levels(op, levels);
+  const at::ScalarType xt = x.scalar_type();
+  const at::ScalarType bd = level_dec_dtype(op, "band_dtype", xt, band_dtype, xt);
+  const at::ScalarType ld = level_dec_dtype(op, "low_dtype", xt, low_dtype, acc_dtype(xt));
+  const int64_t K = (int64_t)1 << levels;
+  const auto n = x.sym_size(0), H = x.sym_size(1), W = x.sym_size(2);
+  return {at::empty_symint({n, H / 2, W / 2}, x.options().dtype(ld)),
+          at::empty_symint({c10::SymInt(K), n, H * W / K}, x.options().dtype(bd))};
+}
+
+Tensor level_dec_backward_meta(const c10::List<std::optional<Tensor>>& grad_bands,
+                               const std::optional<Tensor>& grad_low, int64_t levels, int64_t N, int64_t H,
+                               int64_t W, at::ScalarType x_dtype) {
+  const char* op = "level_dec_backward";
+  check_level_dec_levels(op, levels);
+  TORCH_CHECK((int64_t)grad_bands.size() == ((int64_t)1 << levels), "sstkd::", op, ": expected ",
+              (int64_t)1 << levels, " sub-band cotangents for levels=", levels, ", got ", grad_bands.size());
+  for (const auto& g : grad_bands) {
+    const std::optional<Tensor> t = g;
+    if (t.has_value() && t->defined()) return at::empty({N, H, W}, t->options().dtype(x_dtype));
+  }
+  TORCH_CHECK(grad_low.has_value() && grad_low->defined(), "sstkd::", op,
+              ": needs at least one cotangent (every grad_bands entry and grad_low are None)");
+  return at::empty({N, H, W}, grad_low->options().dtype(x_dtype));
+}
+
 // ----------------------------------------------------------------------------------------- CPU
 [[noreturn]] void cpu_error(const char* op, const char* name, const Tensor& t) {
   check_cuda(op, name, t);  // throws: t is a CPU tensor here
@@ -765,6 +918,10 @@ TORCH_LIBRARY(sstkd, m) {
   m.def("dfb_energy_low_backward(Tensor x, Tensor low, Tensor grad, int levels) -> (Tensor grad_x, Tensor grad_low)");
   m.def("level_energy(Tensor x, int levels, bool last) -> (Tensor low, Tensor energies)");
   m.def("level_energy_backward(Tensor x, Tensor grad, Tensor? grad_low, int levels, bool last) -> Tensor");
+  m.def("level_dec(Tensor x, int levels, ScalarType? band_dtype=None, ScalarType? low_dtype=None) -> "
+        "(Tensor low, Tensor bands)");
+  m.def("level_dec_backward(Tensor?[] grad_bands, Tensor? grad_low, int levels, int N, int H, int W, "
+        "ScalarType x_dtype) -> Tensor");
   m.def("dfb_rec(Tensor bands, int levels, int H, int W, ScalarType? out_dtype=None) -> Tensor");
   m.def("dfb_rec_backward(Tensor grad_x, int levels, ScalarType band_dtype) -> Tensor");
 }
@@ -785,6 +942,8 @@ TORCH_LIBRARY_IMPL(sstkd, CUDA, m) {
   m.impl("dfb_energy_low_backward", &sstkd::dfb_energy_low_backward_cuda);
   m.impl("level_energy", &sstkd::level_energy_cuda);
   m.impl("level_energy_backward", &sstkd::level_energy_backward_cuda);
+  m.impl("level_dec", &sstkd::level_dec_cuda);
+  m.impl("level_dec_backward", &sstkd::level_dec_backward_cuda);
   m.impl("dfb_rec", &sstkd::dfb_rec_cuda);
   m.impl("dfb_rec_backward", &sstkd::dfb_rec_backward_cuda);
 }
@@ -805,6 +964,8 @@ TORCH_LIBRARY_IMPL(sstkd, Meta, m) {
   m.impl("dfb_energy_low_backward", &sstkd::dfb_energy_low_backward_meta);
   m.impl("level_energy", &sstkd::level_energy_meta);
   m.impl("level_energy_backward", &sstkd::level_energy_backward_meta);
+  m.impl("level_dec", &sstkd::level_dec_meta);
+  m.impl("level_dec_backward", &sstkd::level_dec_backward_meta);
   m.impl("dfb_rec", &sstkd::dfb_rec_meta);
   m.impl("dfb_rec_backward", &sstkd::dfb_rec_backward_meta);
 }
@@ -850,6 +1011,18 @@ TORCH_LIBRARY_IMPL(sstkd, CPU, m) {
          [](const Tensor& x, const Tensor&, const std::optional<Tensor>&, int64_t, bool) -> Tensor {
            cpu_error("level_energy_backward", "x", x);
          });
+  m.impl("level_dec",
+         [](const Tensor& x, int64_t, std::optional<at::ScalarType>,
+            std::optional<at::ScalarType>) -> std::tuple<Tensor, Tensor> { cpu_error("level_dec", "x", x); });
+  m.impl("level_dec_backward", [](const c10::List<std::optional<Tensor>>& gb, const std::optional<Tensor>& gl, int64_t,
+                                  int64_t, int64_t, int64_t, at::ScalarType) -> Tensor {
+    for (const auto& g : gb) {
+      const std::optional<Tensor> t = g;
+      if (t.has_value() && t->defined()) cpu_error("level_dec_backward", "grad_bands", *t);
+    }
+    if (gl.has_value() && gl->defined()) cpu_error("level_dec_backward", "grad_low", *gl);
+    TORCH_CHECK(false, "sstkd::level_dec_backward: needs at least one cotangent, as a CUDA tensor");
+  });
   m.impl("dfb_rec", [](const Tensor& b, int64_t, int64_t, int64_t, std::optional<at::ScalarType>) -> Tensor {
     cpu_error("dfb_rec", "bands", b);
   });
@@ -877,11 +1050,12 @@ extern "C" PyMODINIT_FUNC SSTKD_CAT(PyInit_, TORCH_EXTENSION_NAME)(void) {
   if (mod == nullptr) return nullptr;
   if (PyModule_AddIntConstant(mod, "cuda_runtime_version", CUDART_VERSION) < 0 ||
       PyModule_AddObject(mod, "ops",
-                         Py_BuildValue("(sssssssssssssssss)", "lp_dec", "lp_dec_backward", "lp_rec",
+                         Py_BuildValue("(sssssssssssssssssss)", "lp_dec", "lp_dec_backward", "lp_rec",
                                        "lp_rec_backward", "quantize_count", "quantize_count_backward", "sum_squares",
                                        "dfb_dec", "dfb_dec_backward", "dfb_energy", "dfb_energy_backward",
                                        "dfb_energy_low", "dfb_energy_low_backward", "level_energy",
-                                       "level_energy_backward", "dfb_rec", "dfb_rec_backward")) < 0) {
+                                       "level_energy_backward", "level_dec", "level_dec_backward", "dfb_rec",
+                                       "dfb_rec_backward")) < 0) {
     Py_DECREF(mod);
     return nullptr;
   }

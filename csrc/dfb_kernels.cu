@@ -75,4 +75,37 @@ cudaError_t dfb_level_launch(bool adjoint, Dtype x_dtype, int levels, bool last,
   return dfbp::is_double(x_dtype) ? run(0.0) : run(0.0f);
 }
 
+cudaError_t dfb_level_dec_launch(bool adjoint, Dtype x_dtype, Dtype band_dtype, Dtype low_dtype, int levels,
+                                 const void* x, void* bands, void* low_out, const void* const* grad_bands,
+                                 const void* g_low, void* gx, int64_t N, int64_t H, int64_t W, cudaStream_t stream) {
+  if (N <= 0) return cudaSuccess;
+  if (levels < 1 || levels > kMaxLevelDecLevels || levels > dfbp::kMaxBandPtrLevels || H <= 0 || W <= 0 ||
+      ((H | W) & 1) || N > INT32_MAX || H * W > (int64_t)1 << 24 || (H * W) % ((int64_t)1 << levels) != 0)
+    return cudaErrorInvalidValue;
+  if (!dfbp::dtypes_supported(x_dtype, band_dtype) || !dfbp::dtypes_supported(x_dtype, low_dtype))
+    return cudaErrorInvalidValue;
+  if (adjoint ? (gx == nullptr || grad_bands == nullptr) : (x == nullptr || bands == nullptr || low_out == nullptr))
+    return cudaErrorInvalidValue;
+  const int64_t bytes = dfb_level_smem_bytes(x_dtype, H, W);
+  int device = 0, optin = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (err != cudaSuccess) return err;
+  if (bytes > optin) return cudaErrorInvalidConfiguration;
+  const auto run = [&](auto acc_tag) -> cudaError_t {
+    using Acc = decltype(acc_tag);
+    dfbp::Args<Acc> a{adjoint ? DfbMode::kLevelDecAdjoint : DfbMode::kLevelDec, x_dtype, band_dtype, levels, (int)H,
+                      (int)W, N, x, bands, nullptr, nullptr, nullptr, gx, nullptr, nullptr, 0, 0, 0, low_out,
+                      g_low, low_dtype};
+    if (adjoint)
+      for (int k = 0; k < (1 << levels); ++k) a.band_in[k] = grad_bands[k];
+    if constexpr (std::is_same_v<Acc, double>)
+      return dfbk::launch_f64(a, bytes, stream);
+    else
+      return dfbk::launch(a, bytes, stream);
+  };
+  return dfbp::is_double(x_dtype) ? run(0.0) : run(0.0f);
+}
+
 }  // namespace sstkd

@@ -252,7 +252,7 @@ enum Kind : int {
   kLadder,         // level l, pass `sub` (ladder_pass) on buf[l&1]
   kMerge,          // level l: inverse split buf[l&1] -> buf[(l-1)&1], p0 scaled by 1/sqrt2 if sub
   kWriteBands,     // buf[L&1] -> the sub-bands (final layout)
-  kReadBands,      // sub-band cotangents (final layout) -> buf[L&1]
+  kReadBands,      // sub-band cotangents (final layout) -> buf[L&1]; sub 1: from band_in[] (null: zeros)
   kEnergyPartial,  // per-band partial sums of squares of buf[L&1] -> buf[(L+1)&1]
   kEnergyFinal,    // partials -> en (N, K)
   kScaleG,         // buf[L&1] *= 2*g[n, final band]
@@ -279,6 +279,10 @@ struct Phase {
 };
 
 constexpr int kMaxLevels = 20;
+// The level-dec adjoint reads each sub-band cotangent where it lies (a pointer per band, no stacking
+// copy): up to 2^kMaxBandPtrLevels bands.
+constexpr int kMaxBandPtrLevels = 5;
+constexpr int kMaxBandPtrs = 1 << kMaxBandPtrLevels;
 constexpr int kMaxPhases = 6 * kMaxLevels + 12;  // the level-energy adjoint's program is the longest
 
 // With a lowpass (energy modes only): the energy program starts with kLowPartial, kLowFinal,
@@ -393,8 +397,10 @@ struct Args {
   int low_hw;
   int64_t g_stride;        // row stride of g in elements (0: dense, K or 1 + K)
   int low_first;           // en / g have the lowpass column first (`low` given, or the coarsest level)
-  Acc* low_out;            // level modes: (N, H/2, W/2) the level's lowpass
-  const Acc* g_low_in;     // level adjoint, not the coarsest level: (N, H/2, W/2) its cotangent
+  void* low_out;           // level modes: (N, H/2, W/2) the level's lowpass, of low_dtype
+  const void* g_low_in;    // level adjoints: (N, H/2, W/2) its cotangent, of low_dtype (level dec: null = zeros)
+  Dtype low_dtype;         // of low_out / g_low_in (the level-energy modes: the accumulation type, set_program)
+  const void* band_in[kMaxBandPtrs];  // level-dec adjoint: sub-band cotangent fb, (N, H*W/K) of band_dtype, or null
   // The program, decoded on the host (set_program): the kernel reads phase p from its
   // parameters instead of keeping mode-dependent decode state live next to the ladder block.
   int num_phases;
@@ -403,13 +409,40 @@ struct Args {
 
 // The program of a whole pyramid level: the LP level, then the DFB energy tree on its bandpass
 // (and the lowpass energy at the coarsest level); the adjoint recomputes both, runs the tree's
-// adjoint on 2*g*y and the LP adjoint with the lowpass cotangent.
+// adjoint on 2*g*y and the LP adjoint with the lowpass cotangent. The level decomposition
+// (kLevelDec) stores the lowpass and the sub-bands instead; its adjoint (kLevelDecAdjoint) needs no
+// recomputation (linear): the tree's adjoint of the sub-band cotangents, then the LP adjoint.
 template <typename Acc>
 SSTKD_HD void set_level_program(Args<Acc>& a) {
-  const bool adj = a.mode == DfbMode::kLevelEnergyAdjoint;
   const int L = a.levels;
   int p = 0;
   const auto add = [&](int kind, int level, int sub) { a.phases[p++] = Phase{kind, level, sub}; };
+  const auto lp = [&](int sub) {
+    add(kLpARows, 0, sub);
+    add(kLpACols, 0, sub);
+    add(kLpSRows, 0, sub);
+    add(kLpSCols, 0, sub);
+  };
+  if (a.mode == DfbMode::kLevelDec) {
+    add(kLoadX, 0, 0);
+    lp(0);
+    add(kStoreLow, 0, 0);
+    for (int q = 0; q < 3 * L; ++q) a.phases[p++] = down_phase(q, 0);
+    add(kWriteBands, L, 0);
+    a.num_phases = p;
+    return;
+  }
+  if (a.mode == DfbMode::kLevelDecAdjoint) {
+    add(kReadBands, L, 1);
+    for (int q = 0; q < 3 * L; ++q) a.phases[p++] = up_phase(q, L, 2, 1);
+    add(kLoadGLow, 0, 0);
+    lp(1);
+    add(kStoreX, 0, 0);
+    a.num_phases = p;
+    return;
+  }
+  a.low_dtype = std::is_same<Acc, double>::value ? Dtype::kFloat64 : Dtype::kFloat32;
+  const bool adj = a.mode == DfbMode::kLevelEnergyAdjoint;
   add(kLoadX, 0, 0);
   add(kLpARows, 0, 0);
   add(kLpACols, 0, 0);
@@ -442,7 +475,8 @@ SSTKD_HD void set_level_program(Args<Acc>& a) {
 // Fills a.num_phases / a.phases from a.mode and a.levels (levels in [1, kMaxLevels]).
 template <typename Acc>
 SSTKD_HD void set_program(Args<Acc>& a) {
-  if (a.mode == DfbMode::kLevelEnergy || a.mode == DfbMode::kLevelEnergyAdjoint) {
+  if (a.mode == DfbMode::kLevelEnergy || a.mode == DfbMode::kLevelEnergyAdjoint || a.mode == DfbMode::kLevelDec ||
+      a.mode == DfbMode::kLevelDecAdjoint) {
     set_level_program(a);
     return;
   }
@@ -598,10 +632,14 @@ SSTKD_HD void run_phase(const Args<Acc>& a, int n, Acc* buf0, Acc* buf1, int p, 
           const int fb = g.band0 + r / g.h, row = r - (fb - g.band0) * g.h;
           const int s = final_source(L, H, W, fb, row, col);
           const int64_t o = ((int64_t)fb * a.N + n) * area + row * g.w + col;
-          if (ph.kind == kWriteBands)
+          if (ph.kind == kWriteBands) {
             store_elem(a.bands, o, a.band_dtype, cur[s]);
-          else
+          } else if (ph.sub) {  // the level-dec adjoint: each band where it lies
+            const void* src = a.band_in[fb];
+            cur[s] = src != nullptr ? load_elem(src, (int64_t)n * area + row * g.w + col, a.band_dtype, Acc()) : Acc(0);
+          } else {
             cur[s] = load_elem(a.grad_bands, o, a.band_dtype, Acc());
+          }
         });
       }
       break;
@@ -692,8 +730,7 @@ SSTKD_HD void run_phase(const Args<Acc>& a, int n, Acc* buf0, Acc* buf1, int p, 
         lpp::synthesis_cols<lp::FiltG>(buf1, buf0, H, W, Acc(-1), tid, nt);
       break;
     case kStoreLow: {
-      Acc* out = a.low_out + (int64_t)n * low_hw;
-      for (int e = tid; e < low_hw; e += nt) out[e] = lowbuf[e];
+      for (int e = tid; e < low_hw; e += nt) store_elem(a.low_out, (int64_t)n * low_hw + e, a.low_dtype, lowbuf[e]);
       break;
     }
     case kLoadGLow: {
@@ -701,8 +738,9 @@ SSTKD_HD void run_phase(const Args<Acc>& a, int n, Acc* buf0, Acc* buf1, int p, 
         const Acc g2 = Acc(2) * a.g[(int64_t)n * (a.g_stride ? a.g_stride : es)];
         for (int e = tid; e < low_hw; e += nt) lowbuf[e] *= g2;
       } else {
-        const Acc* gl = a.g_low_in + (int64_t)n * low_hw;
-        for (int e = tid; e < low_hw; e += nt) lowbuf[e] = gl[e];
+        const void* gl = a.g_low_in;  // null (level dec, an unused lowpass): zeros
+        for (int e = tid; e < low_hw; e += nt)
+          lowbuf[e] = gl != nullptr ? load_elem(gl, (int64_t)n * low_hw + e, a.low_dtype, Acc()) : Acc(0);
       }
       break;
     }

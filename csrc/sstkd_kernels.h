@@ -97,6 +97,8 @@ enum class DfbMode : int {
   kRecAdjoint = 5,
   kLevelEnergy = 6,         // dfb_level_launch only
   kLevelEnergyAdjoint = 7,  // dfb_level_launch only
+  kLevelDec = 8,            // dfb_level_dec_launch only
+  kLevelDecAdjoint = 9,     // dfb_level_dec_launch only
 };
 
 // Dynamic shared memory one CTA needs (two H*W planes of the accumulation type).
@@ -121,6 +123,19 @@ int64_t dfb_level_smem_bytes(Dtype x_dtype, int64_t H, int64_t W);
 cudaError_t dfb_level_launch(bool adjoint, Dtype x_dtype, int levels, bool last, const void* x, const void* g,
                              int64_t g_stride, void* en, void* gx, void* low_out, const void* g_low, int64_t N,
                              int64_t H, int64_t W, cudaStream_t stream);
+
+// The decomposition counterpart (contourlet_dec; same shared memory, dfb_level_smem_bytes):
+//   forward (!adjoint): x (N, H, W) of x_dtype -> low_out (N, H/2, W/2) of low_dtype and the sub-bands
+//     `bands` (K, N, H*W/K) band-major of band_dtype, each in dfb_dec's final layout and order;
+//   adjoint: grad_bands[fb] (N, H*W/K) of band_dtype, each where it lies (null: zeros), and g_low
+//     (N, H/2, W/2) of low_dtype (null: zeros) -> gx (N, H, W) of x_dtype: the DFB adjoint, then the
+//     LP adjoint (linear: nothing recomputed, no input saved).
+// x_dtype pairs with band_dtype and low_dtype as dfb_plane_launch's pairs; levels in [1, 5] (the
+// adjoint reads at most 32 band pointers).
+constexpr int kMaxLevelDecLevels = 5;
+cudaError_t dfb_level_dec_launch(bool adjoint, Dtype x_dtype, Dtype band_dtype, Dtype low_dtype, int levels,
+                                 const void* x, void* bands, void* low_out, const void* const* grad_bands,
+                                 const void* g_low, void* gx, int64_t N, int64_t H, int64_t W, cudaStream_t stream);
 
 cudaError_t dfb_plane_launch(DfbMode mode, Dtype x_dtype, Dtype band_dtype, int levels, const void* x,
                              void* bands, const void* grad_bands, const void* g, void* en, void* gx, int64_t N,

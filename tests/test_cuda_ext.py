@@ -31,7 +31,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSRC = os.path.join(REPO, "csrc")
 OPS = ("lp_dec", "lp_dec_backward", "lp_rec", "lp_rec_backward", "quantize_count", "quantize_count_backward",
        "sum_squares", "dfb_dec", "dfb_dec_backward", "dfb_energy", "dfb_energy_backward", "dfb_energy_low",
-       "dfb_energy_low_backward", "level_energy", "level_energy_backward", "dfb_rec", "dfb_rec_backward")
+       "dfb_energy_low_backward", "level_energy", "level_energy_backward", "level_dec", "level_dec_backward", "dfb_rec",
+       "dfb_rec_backward")
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -109,6 +110,9 @@ CPU_CALLS = {
     "level_energy": lambda: torch.ops.sstkd.level_energy(torch.zeros(2, 16, 16), 2, False),
     "level_energy_backward": lambda: torch.ops.sstkd.level_energy_backward(
         torch.zeros(2, 16, 16), torch.zeros(2, 5), None, 2, True),
+    "level_dec": lambda: torch.ops.sstkd.level_dec(torch.zeros(2, 16, 16), 2),
+    "level_dec_backward": lambda: torch.ops.sstkd.level_dec_backward(
+        [None, torch.zeros(2, 64), None, None], None, 2, 2, 16, 16, torch.float32),
     "dfb_rec": lambda: torch.ops.sstkd.dfb_rec(torch.zeros(4, 2, 64), 2, 16, 16),
     "dfb_rec_backward": lambda: torch.ops.sstkd.dfb_rec_backward(torch.zeros(2, 16, 16), 2, torch.float32),
 }
@@ -213,6 +217,19 @@ def test_dfb_meta_shapes_and_dtypes(ext, dtype):
         torch.ops.sstkd.dfb_energy_low(x, low.to(torch.float64 if dtype != torch.float64 else torch.float32), 2)
     with pytest.raises(RuntimeError, match="cannot pair with"):
         torch.ops.sstkd.dfb_dec(x, 2, torch.float64 if dtype != torch.float64 else torch.float16)
+    # the level decomposition: the lowpass (accumulation dtype by default) and the band-major sub-bands
+    low3, bands3 = torch.ops.sstkd.level_dec(x, 3)
+    assert (low3.shape, low3.dtype, bands3.shape, bands3.dtype) == ((6, 12, 8), acc, (8, 6, 48), dtype)
+    assert torch.ops.sstkd.level_dec(x, 2, acc, dtype)[0].dtype == dtype
+    gx3 = torch.ops.sstkd.level_dec_backward(list(bands3.unbind(0)), low3, 3, 6, 24, 16, dtype)
+    assert (gx3.shape, gx3.dtype) == ((6, 24, 16), dtype)
+    assert torch.ops.sstkd.level_dec_backward([None] * 8, low3, 3, 6, 24, 16, dtype).shape == (6, 24, 16)
+    with pytest.raises(RuntimeError, match="level_dec: levels must be in \\[1, 5\\]"):
+        torch.ops.sstkd.level_dec(x, 6)
+    with pytest.raises(RuntimeError, match="level_dec: low_dtype .* cannot pair with"):
+        torch.ops.sstkd.level_dec(x, 2, None, torch.float64 if dtype != torch.float64 else torch.float32)
+    with pytest.raises(RuntimeError, match="expected 8 sub-band cotangents"):
+        torch.ops.sstkd.level_dec_backward(list(bands3.unbind(0))[:4], None, 3, 6, 24, 16, dtype)
     with pytest.raises(RuntimeError, match=r"levels must be in \[1, 20\]"):
         torch.ops.sstkd.dfb_energy(x, 0)
 
@@ -679,6 +696,39 @@ def _emu_dfb_level(emu, adjoint, levels, last, x, g=None, g_low=None):
     return gx if adjoint else (low, en)
 
 
+def _emu_dfb_level_dec(emu, levels, x=None, band_dtype=None, low_dtype=None, grad_bands=None, g_low=None,
+                       shape=None, x_dtype=None):
+    """The level decomposition per launch: x (N, H, W) -> (low (N, H/2, W/2) of low_dtype (default: the
+    accumulation dtype), bands (K, N, H*W/K) of band_dtype (default x's)); with ``grad_bands`` (a list of
+    K (N, H*W/K) tensors or None) and ``g_low`` (or None): their adjoint gx (N, H, W) of x_dtype."""
+    adjoint = grad_bands is not None
+    N, H, W = shape if adjoint else x.shape
+    x_dtype = x_dtype if adjoint else x.dtype
+    acc = torch.float64 if x_dtype == torch.float64 else torch.float32
+    K = 2**levels
+    i64 = ctypes.c_int64
+    if adjoint:
+        keep = [None if g is None else g.contiguous() for g in grad_bands]
+        bd = next((g.dtype for g in keep if g is not None), acc)
+        ptrs = (ctypes.c_void_p * K)(*[0 if g is None else g.data_ptr() for g in keep])
+        g_low = None if g_low is None else g_low.contiguous()
+        gx = torch.full((N, H, W), float("nan"), dtype=x_dtype)
+        rc = emu.sstkd_emu_dfb_level_dec(1, _DT[x_dtype], _DT[bd], _DT[acc if g_low is None else g_low.dtype], levels,
+                                         None, None, None, ptrs, _ptr(g_low), _ptr(gx), i64(N), i64(H), i64(W),
+                                         _EMU_THREADS)
+        assert rc == 0
+        return gx
+    band_dtype = x_dtype if band_dtype is None else band_dtype
+    low_dtype = acc if low_dtype is None else low_dtype
+    x = x.contiguous()
+    low = torch.full((N, H // 2, W // 2), float("nan"), dtype=low_dtype)
+    bands = torch.full((K, N, H * W // K), float("nan"), dtype=band_dtype)
+    rc = emu.sstkd_emu_dfb_level_dec(0, _DT[x_dtype], _DT[band_dtype], _DT[low_dtype], levels, _ptr(x), _ptr(bands),
+                                     _ptr(low), None, None, None, i64(N), i64(H), i64(W), _EMU_THREADS)
+    assert rc == 0
+    return low, bands
+
+
 # (levels, H, W): even sizes valid for the DFB; odd half-widths, tiny planes, 4 directions levels
 LEVEL_CASES = [(1, 12, 6), (2, 20, 2), (3, 16, 12), (4, 24, 16), (2, 12, 10)]
 
@@ -715,6 +765,59 @@ def test_emulated_pyramid_level_energy(emu, case, last, dtype):
     assert gx.dtype == dtype
     tol = eps if dtype != torch.bfloat16 else torch.finfo(dtype).eps
     torch.testing.assert_close(gx.double(), gx_ref, atol=tol * gx_ref.abs().max().item(), rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", LEVEL_CASES)
+def test_emulated_pyramid_level_dec(emu, case, dtype):
+    """One launch per pyramid level each way for contourlet_dec: the lowpass and the sub-bands of the
+    DFB of the bandpass vs the reference; the adjoint (sub-band cotangents read where they lie, None:
+    zeros) vs autograd of the reference and <A x, y> = <x, A^T y>."""
+    from sstkd.ops.laplacian import lp_dec_ref
+
+    levels, H, W = case
+    N, K = 2, 2**levels
+    x = torch.randn(N, H, W).to(dtype)
+    xg = x.double().requires_grad_(True)  # exact, of the rounded input
+    lo, ba = lp_dec_ref(xg[:, None])
+    lo = lo[:, 0]
+    ref = _ref_bands(ba[:, 0], levels)
+    low, bands = _emu_dfb_level_dec(emu, levels, x)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    assert low.dtype == acc and bands.dtype == dtype and bands.shape == (K, N, H * W // K)
+    eps = 1e-12 if dtype == torch.float64 else 1e-5
+    out_eps = eps if dtype != torch.bfloat16 else torch.finfo(dtype).eps  # the sub-bands rounded once
+    torch.testing.assert_close(low.double(), lo.detach(), atol=eps * lo.abs().max().item(), rtol=0)
+    torch.testing.assert_close(bands.double(), ref.detach(), atol=out_eps * ref.abs().max().item(), rtol=0)
+    low_b, _ = _emu_dfb_level_dec(emu, levels, x, low_dtype=dtype)  # the coarsest lowpass in the output dtype
+    assert low_b.dtype == dtype and torch.equal(low_b, low.to(dtype))
+    # the adjoint vs autograd of the reference
+    g_bands = [torch.randn(N, H * W // K, dtype=torch.float64) for _ in range(K)]
+    g_low = torch.randn(N, H // 2, W // 2, dtype=torch.float64)
+    (gx_ref,) = torch.autograd.grad((ref * torch.stack(g_bands)).sum() + (lo * g_low).sum(), xg, retain_graph=True)
+    gx = _emu_dfb_level_dec(emu, levels, grad_bands=[g.to(dtype) for g in g_bands], g_low=g_low.to(acc),
+                            shape=(N, H, W), x_dtype=dtype)
+    assert gx.dtype == dtype
+    gq = [g.to(dtype).double() for g in g_bands]  # the cotangents as the kernel read them
+    (gx_q,) = torch.autograd.grad((ref * torch.stack(gq)).sum() + (lo * g_low.to(acc).double()).sum(), xg,
+                                  retain_graph=True)
+    torch.testing.assert_close(gx.double(), gx_q, atol=out_eps * gx_q.abs().max().item(), rtol=0)
+    if dtype == torch.float64:  # <A x, y> = <x, A^T y> to rounding
+        torch.testing.assert_close(gx, gx_ref, atol=1e-12 * gx_ref.abs().max().item(), rtol=0)
+        lhs = (bands * torch.stack(g_bands)).sum() + (low * g_low).sum()
+        assert abs(lhs.item() - (x * gx).sum().item()) <= 1e-10 * max(1.0, abs(lhs.item()))
+    # unused outputs (None) read as zeros; a lowpass cotangent of the output dtype
+    keep = [g if k % 2 else None for k, g in enumerate(g_bands)]
+    (gx_ref2,) = torch.autograd.grad(sum((ref[k] * g).sum() for k, g in enumerate(keep) if g is not None), xg,
+                                      retain_graph=True)
+    gx2 = _emu_dfb_level_dec(emu, levels, grad_bands=[None if g is None else g.to(dtype) for g in keep], g_low=None,
+                             shape=(N, H, W), x_dtype=dtype)
+    tol = 1e-12 if dtype == torch.float64 else 2 * torch.finfo(dtype).eps if dtype == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(gx2.double(), gx_ref2, atol=tol * gx_ref2.abs().max().item(), rtol=0)
+    gx3 = _emu_dfb_level_dec(emu, levels, grad_bands=[None] * K, g_low=g_low.to(dtype), shape=(N, H, W),
+                             x_dtype=dtype)
+    (gx_ref3,) = torch.autograd.grad((lo * g_low.to(dtype).double()).sum(), xg)
+    torch.testing.assert_close(gx3.double(), gx_ref3, atol=tol * gx_ref3.abs().max().item(), rtol=0)
 
 
 # ------------------------------------------------- the autograd wrappers on the emulated kernels
@@ -755,6 +858,10 @@ class _TorchWithEmulatedOps:
             dfb_energy_low_backward=staticmethod(lambda x, low, g, levels: _emu_dfb(
                 emu, 3, levels, *x.shape, x.dtype, x=x, g=g, low=low)),
             level_energy=staticmethod(lambda x, levels, last: _emu_dfb_level(emu, 0, levels, last, x)),
+            level_dec=staticmethod(lambda x, levels, band_dtype=None, low_dtype=None: _emu_dfb_level_dec(
+                emu, levels, x, band_dtype, low_dtype)),
+            level_dec_backward=staticmethod(lambda gb, gl, levels, N, H, W, x_dtype: _emu_dfb_level_dec(
+                emu, levels, grad_bands=gb, g_low=gl, shape=(N, H, W), x_dtype=x_dtype)),
             level_energy_backward=staticmethod(lambda x, g, g_low, levels, last: _emu_dfb_level(
                 emu, 1, levels, last, x, g=g, g_low=g_low)),
         ))()
@@ -1061,3 +1168,92 @@ def test_dfb_planes_too_large_for_shared_memory_fall_back_to_triton(emulated_cud
     ref = _ref_bands(x.reshape(2, 16, 12), 2)
     torch.testing.assert_close(torch.stack([t.reshape(2, -1) for t in bands]), ref, atol=1e-12, rtol=0)
     torch.testing.assert_close(en.reshape(2, 4), (ref * ref).sum(-1).T, atol=1e-11, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_level_dec_wrapper_on_emulated_kernels(emulated_cuda_ops, dtype):
+    """level_dec_cuda: the lowpass and the sub-bands (views of one buffer) vs lp_dec + dfb_dec of the
+    reference, the gradient through both (an unused output: no cotangent needed), clear errors."""
+    from sstkd.ops.backends import torch as torch_backend
+    from sstkd.ops.laplacian import lp_dec_ref
+
+    x = torch.randn(2, 3, 24, 16).to(dtype)
+    xi = x.clone().requires_grad_(True)
+    low, bands = emulated_cuda_ops.level_dec_cuda(xi, 3)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    xr = x.double().requires_grad_(True)
+    lo, ba = lp_dec_ref(xr)
+    ref = torch_backend.TABLE["dfb_dec"](ba, 3, "pkva", torch.float64)
+    assert low.dtype == acc and low.shape == (2, 3, 12, 8) and len(bands) == 8
+    assert all(t.dtype == dtype and t.shape == r.shape for t, r in zip(bands, ref))
+    assert len({t.untyped_storage().data_ptr() for t in bands}) == 1  # views of one band-major buffer
+    eps = 1e-12 if dtype == torch.float64 else 1e-5 if dtype == torch.float32 else torch.finfo(dtype).eps
+    torch.testing.assert_close(low.double(), lo.detach(), atol=max(eps, 1e-12 if acc == torch.float64 else 1e-5)
+                               * lo.abs().max().item(), rtol=0)
+    for t, r in zip(bands, ref):
+        torch.testing.assert_close(t.double(), r.detach(), atol=eps * r.abs().max().item(), rtol=0)
+    gs = [torch.randn(r.shape, dtype=torch.float64) for r in ref]
+    g_low = torch.randn(2, 3, 12, 8, dtype=torch.float64)
+    loss = sum((t * g.to(t.dtype)).sum() for t, g in zip(bands, gs)) + (low * g_low.to(low.dtype)).sum()
+    (gx,) = torch.autograd.grad(loss, xi)
+    gq = [g.to(dtype).double() for g in gs]  # the cotangents as the kernel reads them
+    (gx_ref,) = torch.autograd.grad(sum((r * g).sum() for r, g in zip(ref, gq)) + (lo * g_low.to(acc).double()).sum(),
+                                    xr, retain_graph=True)
+    assert gx.dtype == dtype
+    torch.testing.assert_close(gx.double(), gx_ref, atol=eps * gx_ref.abs().max().item(), rtol=0)
+    # only two sub-bands used (the lowpass and the rest unused)
+    xi = x.clone().requires_grad_(True)
+    low, bands = emulated_cuda_ops.level_dec_cuda(xi, 3)
+    (gx2,) = torch.autograd.grad((bands[1] * gs[1].to(dtype)).sum() + (bands[6] * gs[6].to(dtype)).sum(), xi)
+    (gx_ref2,) = torch.autograd.grad((ref[1] * gq[1]).sum() + (ref[6] * gq[6]).sum(), xr)
+    tol = 1e-12 if dtype == torch.float64 else 2 * torch.finfo(dtype).eps if dtype == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(gx2.double(), gx_ref2, atol=tol * gx_ref2.abs().max().item(), rtol=0)
+    # output dtypes: a lowpass of the output dtype (the coarsest level), float64 outputs of a float32 level
+    low_o, _ = emulated_cuda_ops.level_dec_cuda(x, 2, low_dtype=dtype)
+    assert low_o.dtype == dtype
+    if dtype == torch.float32:
+        low64, bands64 = emulated_cuda_ops.level_dec_cuda(x, 2, out_dtype=torch.float64, low_dtype=torch.float64)
+        assert low64.dtype == torch.float64 and all(t.dtype == torch.float64 for t in bands64)
+    with pytest.raises(ValueError, match="even H, W"):
+        emulated_cuda_ops.level_dec_cuda(torch.randn(1, 1, 24, 15), 1)
+    with pytest.raises(ValueError, match="filt"):
+        emulated_cuda_ops.level_dec_cuda(x, 3, dfilt="haar")
+    with pytest.raises(ValueError, match="low_dtype"):
+        emulated_cuda_ops.level_dec_cuda(x, 3, low_dtype=torch.int32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("nlevs", [[2, 3], [1, 4], [0, 3], [3, 0], [3]])
+@pytest.mark.parametrize("fused", [True, False])
+def test_contourlet_dec_composes_the_emulated_level_dec(emulated_cuda_ops, monkeypatch, dtype, nlevs, fused):
+    """contourlet_dec (sstkd.ops.algorithms) with the CUDA passes equals the torch backend, forward and
+    gradient: a whole pyramid level per launch each way (fused), or the LP and DFB launches for levels
+    too large for shared memory; wavelet levels (0) in between. Same dtypes as the torch backend."""
+    from sstkd.ops import algorithms
+    from sstkd.ops.backends import torch as torch_backend
+
+    if not fused:
+        monkeypatch.setattr(emulated_cuda_ops, "_level_kernel_takes", lambda device, dtype, h, w: False)
+    calls = []
+    level = emulated_cuda_ops.level_dec_cuda
+    monkeypatch.setattr(emulated_cuda_ops.dfb_dec_cuda, "level",
+                        lambda *a, **k: calls.append(a[1]) or level(*a, **k))
+    passes = dict(torch_backend.TABLE)
+    passes.update(lp_dec=emulated_cuda_ops.lp_dec_cuda, dfb_dec=emulated_cuda_ops.dfb_dec_cuda)
+    x = torch.randn(1, 2, 32, 24).to(dtype)
+    res = []
+    for p in (passes, torch_backend.TABLE):
+        xi = x.clone().requires_grad_(True)
+        low, bands = algorithms.contourlet_dec(xi, nlevs, "9-7", "pkva", p)
+        coeffs = [low] + [t for lv in bands for t in lv]
+        torch.manual_seed(0)
+        gs = [torch.randn(t.shape).to(t.dtype) for t in coeffs]
+        res.append((*coeffs, *torch.autograd.grad(coeffs, xi, gs)))
+    assert calls == [n for n in reversed(nlevs) if n]
+    for got, want in zip(*res):
+        assert got.dtype == want.dtype == dtype and got.shape == want.shape
+        if dtype == torch.float64:
+            torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-12)
+        else:  # float32 compute on both sides; bfloat16 results rounded once
+            eps = 1e-5 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps
+            torch.testing.assert_close(got.float(), want.float(), atol=eps * want.abs().max().item(), rtol=0)

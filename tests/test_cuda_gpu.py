@@ -481,3 +481,73 @@ def test_level_energy_gradcheck_and_shared_memory_limit(cuda_ops):
     assert not cuda_ops.dfb_level_fits(torch.float64, 128, 128, DEVICE)
     with pytest.raises(RuntimeError, match="shared memory"):
         torch.ops.sstkd.level_energy(_randn((2, 128, 128), torch.float64), 3, False)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", LEVEL_CASES)
+def test_level_dec_forward_and_gradient(cuda_ops, case, dtype):
+    """contourlet_dec's pyramid level per launch: the lowpass and the sub-bands vs lp_dec + dfb_dec of the
+    exact reference, the gradient (one launch, sub-band cotangents read where they lie) vs autograd."""
+    from sstkd.ops.backends import torch as torch_backend
+    from sstkd.ops.laplacian import lp_dec_ref
+
+    levels, (b, c, H, W) = case
+    x = _randn((b, c, H, W), dtype)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    outs, gs0, g_low0 = {}, None, None
+    for name, inp in (("cuda", x), ("exact", x.double())):
+        xi = inp.clone().requires_grad_(True)
+        if name == "cuda":
+            low, bands = cuda_ops.level_dec_cuda(xi, levels)
+            # cotangents in the outputs' dtypes; the exact side reads the same (rounded) values
+            gs0 = [_randn(t.shape, torch.float64, 5 + k).to(dtype) for k, t in enumerate(bands)]
+            g_low0 = _randn(low.shape, torch.float64, 4).to(acc)
+        else:
+            low, band = lp_dec_ref(xi)
+            bands = torch_backend.TABLE["dfb_dec"](band, levels, "pkva", torch.float64)
+        gs = [g.to(t.dtype) for g, t in zip(gs0, bands)]
+        g_low = g_low0.to(low.dtype)
+        loss = sum((t * g).sum() for t, g in zip(bands, gs)) + (low * g_low).sum()
+        outs[name] = (low, bands, torch.autograd.grad(loss, xi)[0])
+    (low, bands, gx), (low_x, bands_x, gx_x) = outs["cuda"], outs["exact"]
+    assert low.dtype == acc and gx.dtype == dtype and all(t.dtype == dtype for t in bands)
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    eps = tol if dtype in (torch.float32, torch.float64) else 2 * torch.finfo(dtype).eps
+    torch.testing.assert_close(low.double(), low_x.detach(), atol=tol * low_x.abs().max().item(), rtol=0)
+    for t, r in zip(bands, bands_x):
+        torch.testing.assert_close(t.double(), r.detach(), atol=eps * r.abs().max().item(), rtol=0)
+    torch.testing.assert_close(gx.double(), gx_x, atol=eps * gx_x.abs().max().item(), rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_contourlet_dec_on_cuda_matches_torch(cuda_ops, dtype):
+    """The composition on the CUDA backend (a pyramid level per launch) vs the torch backend, values and
+    gradient, dtypes alike; a wavelet level in between."""
+    from sstkd.ops import contourlet_dec
+
+    x = _randn((2, 3, 64, 64), dtype)
+    res = []
+    for backend in ("cuda", "torch"):
+        xi = x.clone().requires_grad_(True)
+        low, bands = contourlet_dec(xi, [2, 0, 3], backend=backend)
+        coeffs = [low] + [t for lv in bands for t in lv]
+        gs = [_randn(t.shape, torch.float64, 7 + k).to(t.dtype) for k, t in enumerate(coeffs)]
+        res.append((*coeffs, *torch.autograd.grad(coeffs, xi, gs)))
+    for got, want in zip(*res):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        eps = 1e-5 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps
+        torch.testing.assert_close(got.double(), want.double(), atol=eps * want.abs().max().item(), rtol=0)
+
+
+def test_level_dec_gradcheck_and_shared_memory_limit(cuda_ops):
+    x = _randn((1, 2, 12, 8), torch.float64).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: (lambda lo, bs: (lo, *bs))(*cuda_ops.level_dec_cuda(t, 2)), (x,))
+    with pytest.raises(RuntimeError, match="shared memory"):
+        torch.ops.sstkd.level_dec(_randn((2, 128, 128), torch.float64), 3)
+    # float64 at 128 x 128 does not fit: lp_dec + dfb_dec, same results
+    xl = _randn((1, 1, 128, 128), torch.float64)
+    low, bands = cuda_ops.level_dec_cuda(xl, 3)
+    low_r, band_r = cuda_ops.lp_dec_cuda(xl)
+    torch.testing.assert_close(low, low_r, atol=1e-12, rtol=0)
+    for t, r in zip(bands, cuda_ops.dfb_dec_cuda(band_r, 3)):
+        torch.testing.assert_close(t, r, atol=1e-12, rtol=0)

@@ -57,6 +57,8 @@ def run_all(small: bool) -> None:
                 lo, e = ops.level_energy_cuda(x, levels)
                 (e.sum() + lo.square().sum()).backward()
                 ops.level_energy_cuda(x, levels, last=True)[1].sum().backward()
+                lo, bs = ops.level_dec_cuda(x, levels)
+                (lo.square().sum() + sum(b.float().square().sum() for b in bs[::2])).backward()
     torch.cuda.synchronize()
 
 
@@ -125,6 +127,7 @@ def bench() -> None:
                  dfb_energy_triton and (lambda: dfb_energy_triton(x, 3)), lambda: dfb_dec_ref(x, 3)),
                 ("level_energy(3) (LP + DFB energy)", lambda: ops.level_energy_cuda(x, 3), None,
                  lambda: dfb_dec_ref(x, 3)),
+                ("level_dec(3) (LP + DFB)", lambda: ops.level_dec_cuda(x, 3), None, lambda: dfb_dec_ref(x, 3)),
             ]
             for name, fc, ft, fr in rows:
                 tc, tr = _time(fc), _time(fr)

@@ -219,3 +219,35 @@ extern "C" int sstkd_emu_dfb_level(int adjoint, int x_dtype, int levels, int las
     run(0.0f);
   return 0;
 }
+
+// The level decomposition (dfb_level_dec_launch, sstkd_kernels.h) with `nt` emulated threads:
+// adjoint 0: x -> (low_out, bands); 1: (grad_bands[K] pointers, null = zeros; g_low or null) -> gx.
+extern "C" int sstkd_emu_dfb_level_dec(int adjoint, int x_dtype, int band_dtype, int low_dtype, int levels,
+                                       const void* x, void* bands, void* low_out, const void* const* grad_bands,
+                                       const void* g_low, void* gx, int64_t N, int64_t H, int64_t W, int nt) {
+  if (levels < 1 || levels > kMaxLevelDecLevels || nt < 1 || H <= 0 || W <= 0 || ((H | W) & 1) ||
+      (H * W) % ((int64_t)1 << levels) != 0)
+    return 1;
+  const Dtype xd = Dtype(x_dtype), bd = Dtype(band_dtype), ld = Dtype(low_dtype);
+  if (!dfbp::dtypes_supported(xd, bd) || !dfbp::dtypes_supported(xd, ld)) return 1;
+  if (adjoint ? (gx == nullptr || grad_bands == nullptr) : (x == nullptr || bands == nullptr || low_out == nullptr))
+    return 1;
+  const auto run = [&](auto acc_tag) {
+    using Acc = decltype(acc_tag);
+    dfbp::Args<Acc> a{adjoint ? DfbMode::kLevelDecAdjoint : DfbMode::kLevelDec, xd, bd, levels, (int)H, (int)W, N, x,
+                      bands, nullptr, nullptr, nullptr, gx, nullptr, nullptr, 0, 0, 0, low_out, g_low, ld};
+    if (adjoint)
+      for (int k = 0; k < (1 << levels); ++k) a.band_in[k] = grad_bands[k];
+    dfbp::set_program(a);
+    std::vector<Acc> smem(2 * H * W + H * W / 4);
+    for (int64_t n = 0; n < N; ++n)
+      for (int p = 0; p < a.num_phases; ++p)
+        for (int tid = 0; tid < nt; ++tid)
+          dfbp::run_phase(a, (int)n, smem.data(), smem.data() + H * W, p, tid, nt, smem.data() + 2 * H * W);
+  };
+  if (dfbp::is_double(xd))
+    run(0.0);
+  else
+    run(0.0f);
+  return 0;
+}

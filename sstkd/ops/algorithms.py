@@ -23,6 +23,9 @@
   coarsest level then adds the lowpass energy in the same pass); one with a ``level`` attribute
   ``level(x, levels, pfilt, dfilt, last=) -> (low or None, energies)`` runs a whole pyramid level
   (LP level and DFB energies; with ``last`` the lowpass energy first and no lowpass returned);
+* a ``dfb_dec`` with a ``level`` attribute ``level(x, levels, pfilt, dfilt, out_dtype, low_dtype) ->
+  (low, [sub-bands])`` runs a whole pyramid level of ``contourlet_dec`` (LP level and DFB; the
+  lowpass in ``low_dtype``, the sub-bands in ``out_dtype``);
 * ``wfb_dec(x, filt) -> (ll, [lh, hl, hh])`` and ``wfb_rec(ll, bands, filt) -> x`` in the compute dtype;
 * ``minmax(s2) -> (smin, smax)`` per row; ``level_sums(s2, centers, kernel) -> (mass, moment)``
   (``Σ_i E_in`` and ``Σ_i E_in·s_i``, (B, L)); ``soft_hist(s2, centers, kernel) -> hist``
@@ -77,11 +80,15 @@ def contourlet_dec(x: torch.Tensor, nlevs, pfilt: str, dfilt: str, passes, out_d
     """
     out_dtype = x.dtype if out_dtype is None else out_dtype
     cur = _finest_input(x, passes)
+    fused = getattr(passes["dfb_dec"], "level", None)
     bands = []
     for n in reversed(nlevs):  # finest level first, from x itself
         if n == 0:
             cur, level = passes["wfb_dec"](cur.to(compute_dtype(cur)), pfilt)
             level = [t.to(out_dtype) for t in level]
+        elif fused is not None:  # the LP level and the DFB in one pass; the coarsest lowpass stored as returned
+            last = len(bands) == len(nlevs) - 1
+            cur, level = fused(cur, n, pfilt, dfilt, out_dtype, out_dtype if last else compute_dtype(cur))
         else:
             cur, band = _lp_level(cur, pfilt, passes)
             level = passes["dfb_dec"](band, n, dfilt, out_dtype)

@@ -31,6 +31,8 @@ The backend table (:mod:`sstkd.ops.backends`): ``lp_dec``, ``lp_rec``, the DFB p
   level per launch each way (:func:`level_energy_cuda`: the LP level in shared memory, then the DFB
   energies of its bandpass; the lowpass energy at the coarsest level), or, for levels too large
   for one block's shared memory, ``lp_dec`` and ``dfb_energy`` with the lowpass folded in.
+  ``contourlet_dec`` likewise (:func:`level_dec_cuda`: the LP level and the DFB of its bandpass; the
+  backward reads the sub-band cotangents where they lie, nothing saved), or ``lp_dec`` and ``dfb_dec``.
 
 The whole-plane DFB holds two ``H × W`` planes of the accumulation dtype in one block's shared
   memory (128 KB for a 128 × 128 float32 plane; 227 KB per block on an H100/H200 with the opt-in
@@ -741,6 +743,65 @@ def level_energy_cuda(x: torch.Tensor, levels: int, pfilt: str = "9-7", dfilt: s
     return (None, en) if last else (low.view(b, c, h // 2, w // 2), en)
 
 
+class _LevelDec(torch.autograd.Function):
+    """A pyramid level ``x`` (N, H, W) -> (low (N, H/2, W/2), the K sub-bands (N, h·w) as views of one
+    band-major buffer). Nothing saved: the backward (one launch) runs the DFB adjoint, then the LP
+    adjoint, reading each sub-band cotangent where it lies (no stacking copy; an unused output: zeros)."""
+
+    @staticmethod
+    def forward(ctx, x3, levels, band_dtype, low_dtype):
+        ctx.levels, ctx.shape, ctx.x_dtype = levels, tuple(x3.shape), x3.dtype
+        ctx.set_materialize_grads(False)
+        low, bands = torch.ops.sstkd.level_dec(x3, levels, band_dtype, low_dtype)
+        return (low, *bands.unbind(0))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_low, *g_bands):
+        if g_low is None and all(g is None for g in g_bands):
+            return None, None, None, None
+        n, h, w = ctx.shape
+        return torch.ops.sstkd.level_dec_backward(list(g_bands), g_low, ctx.levels, n, h, w, ctx.x_dtype), None, None, None
+
+
+_LEVEL_DEC_MAX_LEVELS = 5  # the backward reads at most 32 sub-band cotangents where they lie (csrc/sstkd_kernels.h)
+
+
+def level_dec_cuda(x: torch.Tensor, levels: int, pfilt: str = "9-7", dfilt: str = "pkva",
+                   out_dtype: torch.dtype | None = None, low_dtype: torch.dtype | None = None):
+    """One contourlet pyramid level in one launch each way: ``lp_dec`` of ``x`` (B, C, H, W) and the
+    ``levels``-level ``dfb_dec`` of its bandpass. Returns ``(low, bands)``: ``low`` (B, C, H/2, W/2) in
+    ``low_dtype`` (default: float32, float64 for float64 ``x``), the next level's input, and the
+    ``2**levels`` sub-bands (B, C, h, w) in toolbox order in ``out_dtype`` (default ``x.dtype``), views of
+    one band-major buffer. Computed in float32 (float64 for float64); a float16/bfloat16 ``x`` is read
+    as it is and its gradient stored in its dtype. The backward is the adjoint (one launch, no saved
+    input). Levels too large for shared memory (:func:`dfb_level_fits`) or ``levels > 5`` run
+    ``lp_dec`` and ``dfb_dec``."""
+    _check_filt(pfilt)
+    _check_dfilt(dfilt)
+    _check_dfb_input(x, levels)
+    b, c, h, w = x.shape
+    if levels < 1 or h % 2 or w % 2:
+        raise ValueError(f"x, levels: expected levels >= 1 and even H, W, got levels={levels} and {tuple(x.shape)}")
+    acc = _acc_dtype(x.dtype)
+    out_dtype = x.dtype if out_dtype is None else out_dtype
+    low_dtype = acc if low_dtype is None else low_dtype
+    for name, d in (("out_dtype", out_dtype), ("low_dtype", low_dtype)):
+        if d not in _FLOATS:
+            raise ValueError(f"{name}: expected float16, bfloat16, float32 or float64, got {d!r}")
+    if levels > _LEVEL_DEC_MAX_LEVELS or not _level_kernel_takes(x.device, x.dtype, h, w):
+        low, band = lp_dec_cuda(x, pfilt, out_dtype=acc)
+        return low.to(low_dtype), dfb_dec_cuda(band, levels, dfilt, out_dtype)
+    _ops()
+    bd = out_dtype if _pairs(x.dtype, out_dtype) else acc  # else: round once after
+    ld = low_dtype if _pairs(x.dtype, low_dtype) else acc
+    low, *bands = _LevelDec.apply(x.reshape(b * c, h, w), levels, bd, ld)
+    low = low.view(b, c, h // 2, w // 2)
+    out = [t.view(b, c, *hw) for t, hw in zip(bands, _band_shapes(h, w, levels))]
+    return low.to(low_dtype), (out if bd == out_dtype else [t.to(out_dtype) for t in out])
+
+
+dfb_dec_cuda.level = level_dec_cuda  # contourlet_dec: a whole pyramid level per launch
 dfb_energy_cuda.keeps_for_backward = True  # differentiable itself (saves x): contourlet_energy recomputes nothing
 dfb_energy_cuda.takes_low = True  # the coarsest level's energy launch adds the lowpass energy
 dfb_energy_cuda.level = level_energy_cuda  # contourlet_energy: a whole pyramid level per launch
