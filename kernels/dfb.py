@@ -72,7 +72,7 @@ from sstkd._util import compute_dtype as _compute_dtype
 from sstkd._util import device_guard as _guard
 from sstkd._util import triton_interpreted as _interpreted
 from sstkd.filters import modulated_dfb_filter
-from sstkd.geometry import check_dfb_size, dfb_band_shapes
+from sstkd.geometry import check_dfb_bands, check_dfb_size, dfb_band_shapes, dfb_image_size
 
 __all__ = [
     "dfb_dec_triton",
@@ -626,7 +626,7 @@ def _dec_adjoint(grads, levels, filt, x_shape, x_dtype, device) -> torch.Tensor:
 def _rec_forward(bands, filt, out_dtype) -> torch.Tensor:
     levels = len(bands).bit_length() - 1
     b, c = bands[0].shape[:2]
-    H, W = _image_size(bands[0].shape[-2:], levels)
+    H, W = dfb_image_size(bands[0].shape[-2:], levels)
     cd = _compute_dtype(bands[0].dtype)
     plan = _plan(levels, b * c, H, W)
     children = _final_buffers_from(bands, plan, bands[0].dtype)
@@ -651,13 +651,6 @@ def _rec_adjoint(gx, levels, filt, bands_dtype) -> list[torch.Tensor]:
         for st, gp, gc in zip(level, parents[l], bufs[l]):
             _stage_rec_adjoint(st, filt, cd, gp, gc)
     return _final_bands(bufs[-1], (b, c))
-
-
-def _image_size(band_hw, levels):
-    h0, w0 = band_hw
-    if levels == 1:
-        return 2 * h0, w0
-    return h0 * 2 ** (levels - 1), 2 * w0
 
 
 def _finals(plan):
@@ -810,22 +803,10 @@ def dfb_rec_triton(bands, filt: str = "pkva", out_dtype: torch.dtype | None = No
     Returns ``out_dtype`` (default: the sub-bands' dtype). Validation of the
     list is done by :func:`sstkd.ops.dfb_rec`. Backward: the adjoint.
     """
-    bands = list(bands)
-    for k, t in enumerate(bands):
-        if not isinstance(t, torch.Tensor) or t.dtype not in _DTYPES or t.dim() != 4:
-            raise TypeError(f"bands[{k}]: expected a (B, C, h, w) float16/bfloat16/float32/float64 tensor")
-    levels = len(bands).bit_length() - 1
-    if len(bands) == 0 or 2**levels != len(bands):
-        raise ValueError(f"bands: expected a list of 2**levels sub-bands, got {len(bands)}")
+    bands, levels, _ = check_dfb_bands(bands)
     out_dtype = bands[0].dtype if out_dtype is None else out_dtype
     if levels == 0:
         return bands[0].to(out_dtype)
-    b, c = bands[0].shape[:2]
-    H, W = _image_size(bands[0].shape[-2:], levels)
-    for k, (t, hw) in enumerate(zip(bands, dfb_band_shapes(H, W, levels))):  # the kernels trust these shapes
-        if tuple(t.shape) != (b, c, *hw) or t.dtype != bands[0].dtype or t.device != bands[0].device:
-            raise ValueError(f"bands[{k}]: expected a {bands[0].dtype} tensor of shape {(b, c, *hw)} on "
-                             f"{bands[0].device}, got {t.dtype} {tuple(t.shape)} on {t.device}")
     return _DFBRec.apply(filt, out_dtype, *bands)
 
 

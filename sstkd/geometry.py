@@ -69,6 +69,39 @@ def dfb_band_shapes(h: int, w: int, levels: int) -> list[tuple[int, int]]:
 
 
 
+def dfb_image_size(band_hw: tuple[int, int], levels: int) -> tuple[int, int]:
+    """``(H, W)`` of the image whose ``levels``-level DFB (``levels >= 1``) has first sub-band ``band_hw``."""
+    h0, w0 = band_hw
+    if levels == 1:
+        return 2 * h0, w0
+    return h0 * 2 ** (levels - 1), 2 * w0
+
+
+_DFB_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_dfb_bands(bands) -> tuple[list[torch.Tensor], int, tuple[int, int] | None]:
+    """The sub-band list of a DFB reconstruction, checked (kernels trust its shapes):
+    ``(bands, levels, (H, W))``, ``(H, W)`` None for ``levels == 0``. Every band a (B, C, h_k, w_k)
+    float tensor of the first band's dtype and device, ``2**levels`` of them in toolbox sizes."""
+    bands = list(bands)
+    for k, t in enumerate(bands):
+        if not isinstance(t, torch.Tensor) or t.dtype not in _DFB_DTYPES or t.dim() != 4:
+            raise TypeError(f"bands[{k}]: expected a (B, C, h, w) float16/bfloat16/float32/float64 tensor")
+    levels = len(bands).bit_length() - 1
+    if len(bands) == 0 or 2**levels != len(bands):
+        raise ValueError(f"bands: expected a list of 2**levels sub-bands, got {len(bands)}")
+    if levels == 0:
+        return bands, 0, None
+    b, c = bands[0].shape[:2]
+    H, W = dfb_image_size(bands[0].shape[-2:], levels)
+    for k, (t, hw) in enumerate(zip(bands, dfb_band_shapes(H, W, levels))):
+        if tuple(t.shape) != (b, c, *hw) or t.dtype != bands[0].dtype or t.device != bands[0].device:
+            raise ValueError(f"bands[{k}]: expected a {bands[0].dtype} tensor of shape {(b, c, *hw)} on "
+                             f"{bands[0].device}, got {t.dtype} {tuple(t.shape)} on {t.device}")
+    return bands, levels, (H, W)
+
+
 # --------------------------------------------------------------------------- contourlet
 _MIN_DFB_HEIGHT = 12  # the first DFB stage needs H/2 >= 6 at its level
 

@@ -33,3 +33,34 @@ def _seed_and_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def cuda_build_unavailable() -> str | None:
+    """Why the CUDA extension cannot be built here (no toolkit, CPU-only torch), or None. Anything else
+    that stops the build fails the test: this machine should be able to build it."""
+    from sstkd.ops.backends import cuda
+
+    ok, why = cuda.jit_available()
+    if ok:
+        return None
+    if "CUDA toolkit" in why or "not a CUDA build" in why or "CUDA_HOME" in why:
+        return f"cannot build the CUDA extension here: {why}"
+    pytest.fail(f"the CUDA extension should be buildable here but is not: {why}")
+
+
+@pytest.fixture(scope="session")
+def cuda_ext():
+    """The CUDA extension, JIT-built for sm_90 only (no GPU needed: its Meta implementations, its
+    sm_90 facts; cached in ~/.cache/sstkd across sessions and checkouts)."""
+    why = cuda_build_unavailable()
+    if why:
+        pytest.skip(why)
+    from sstkd.ops.backends import cuda
+
+    old = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+    try:
+        return cuda.get()
+    finally:
+        if old is None:
+            os.environ.pop("TORCH_CUDA_ARCH_LIST", None)

@@ -174,24 +174,6 @@ def test_recording_leaves_cached_constants_alone():
 
 
 # --------------------------------------------------------------------------- the CUDA backend
-@pytest.fixture(scope="module")
-def cuda_ext():
-    """The CUDA extension, JIT-built here for sm_90 as tests/test_cuda_ext.py builds it (no GPU needed:
-    the cost report runs its ops' Meta implementations)."""
-    import os
-
-    from sstkd.ops.backends import cuda
-
-    ok, why = cuda.jit_available()
-    if not ok and any(w in why for w in ("CUDA toolkit", "not a CUDA build", "CUDA_HOME")):
-        pytest.skip(f"cannot build the CUDA extension here: {why}")
-    old = os.environ.get("TORCH_CUDA_ARCH_LIST")
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
-    try:
-        return cuda.get()
-    finally:
-        if old is None:
-            os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
 
 
 def test_extension_ops_are_cuda_launches_not_aten_ops(cuda_ext):

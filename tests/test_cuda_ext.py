@@ -25,6 +25,7 @@ import subprocess
 import pytest
 import torch
 
+from conftest import cuda_build_unavailable
 from sstkd.ops.backends import cuda as _ext
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,31 +37,13 @@ OPS = ("lp_dec", "lp_dec_backward", "lp_rec", "lp_rec_backward", "quantize_count
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def _skip_reason() -> str | None:
-    ok, why = _ext.jit_available()
-    if ok:
-        return None
-    if "CUDA toolkit" in why or "not a CUDA build" in why or "CUDA_HOME" in why:
-        return f"cannot build the CUDA extension here: {why}"
-    pytest.fail(f"the CUDA extension should be buildable here but is not: {why}")
-
-
 def _sstkd_build():
     return _ext.build_flags()  # csrc/sstkd_build.py, loaded by path as setup.py loads it
 
 
 @pytest.fixture(scope="module")
-def ext():
-    why = _skip_reason()
-    if why:
-        pytest.skip(why)
-    old = os.environ.get("TORCH_CUDA_ARCH_LIST")
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")  # CI builds for sm_90 only
-    try:
-        return _ext.get()
-    finally:
-        if old is None:
-            os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
+def ext(cuda_ext):
+    return cuda_ext  # conftest.py: built once per session for sm_90
 
 
 # ------------------------------------------------------------------------------------- build + load
@@ -298,7 +281,7 @@ def test_get_names_the_missing_toolkit(monkeypatch):
 
 # ------------------------------------------------------------------------------ host emulation
 def _emu_lib():
-    why = _skip_reason()
+    why = cuda_build_unavailable()
     if why:
         pytest.skip(why)
     sb = _sstkd_build()

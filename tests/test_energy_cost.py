@@ -21,24 +21,6 @@ def _row(op, params, dtype, shape=TRAIN, backend="triton"):
     return cost.case_row(op, shape, params, DT[dtype], backend=backend)
 
 
-@pytest.fixture(scope="module")
-def cuda_ext():
-    """The CUDA extension, JIT-built here for sm_90 as tests/test_cuda_ext.py builds it (no GPU needed:
-    the cost report runs its ops' Meta implementations)."""
-    import os
-
-    from sstkd.ops.backends import cuda
-
-    ok, why = cuda.jit_available()
-    if not ok and any(w in why for w in ("CUDA toolkit", "not a CUDA build", "CUDA_HOME")):
-        pytest.skip(f"cannot build the CUDA extension here: {why}")
-    old = os.environ.get("TORCH_CUDA_ARCH_LIST")
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
-    try:
-        return cuda.get()
-    finally:
-        if old is None:
-            os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
 
 
 # measured after this change (before: 76 / 81 launches, 56.3X / 121.7X)

@@ -78,11 +78,11 @@ _CUDA_LADDER = {_HEAVY: "cuda dfb ladder block: heavy (level 1, '1r', qper_col)"
 @pytest.fixture(scope="module")
 def cuda_rows():
     """The CUDA ladder probes and the plane kernel (nvcc, sm_90; cached by source hash)."""
-    from sstkd.ops.backends import cuda as cuda_backend
+    from conftest import cuda_build_unavailable
 
-    ok, why = cuda_backend.jit_available()
-    if not ok and ("CUDA toolkit" in why or "not a CUDA build" in why or "CUDA_HOME" in why):
-        pytest.skip(f"cannot build CUDA code here: {why}")
+    why = cuda_build_unavailable()
+    if why:
+        pytest.skip(why)
     return [(j, f, per) for j, f, per in measure(cuda_dfb_jobs())]
 
 

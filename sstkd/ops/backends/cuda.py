@@ -55,6 +55,7 @@ import time
 import torch
 
 from sstkd._util import normalize_rows
+from sstkd.geometry import check_dfb_bands, dfb_band_shapes
 from sstkd.ops import algorithms
 
 _JIT_NAME = "sstkd_C"
@@ -491,13 +492,6 @@ def _fallback(name: str):
     return (_triton_backend if _triton_backend.unavailable_reason(None) is None else _torch_backend).TABLE[name]
 
 
-def _band_shapes(h: int, w: int, levels: int) -> list[tuple[int, int]]:
-    if levels == 1:
-        return [(h // 2, w)] * 2
-    half = 2 ** (levels - 1)
-    return [(h // half, w // 2)] * half + [(h // 2, w // half)] * half
-
-
 def _band_major(grads) -> torch.Tensor:
     """``(K, N, area)`` of the (N, area) cotangents: a view when they already are consecutive
     slices of one buffer (the forward's outputs, or made from them), else one stacking copy."""
@@ -606,7 +600,7 @@ def dfb_dec_cuda(x: torch.Tensor, levels: int, filt: str = "pkva", out_dtype: to
     _ops()
     kernel_dtype = out_dtype if _pairs(x.dtype, out_dtype) else x.dtype  # else: round once after
     bands = _DfbDec.apply(x.reshape(b * c, h, w), levels, kernel_dtype)
-    out = [t.view(b, c, *hw) for t, hw in zip(bands, _band_shapes(h, w, levels))]
+    out = [t.view(b, c, *hw) for t, hw in zip(bands, dfb_band_shapes(h, w, levels))]
     return out if kernel_dtype == out_dtype else [t.to(out_dtype) for t in out]
 
 
@@ -620,23 +614,12 @@ def dfb_rec_cuda(bands, filt: str = "pkva", out_dtype: torch.dtype | None = None
     stacking copy unless the sub-bands are consecutive planes of one buffer). Planes too large
     for shared memory go to the Triton DFB."""
     _check_dfilt(filt)
-    bands = list(bands)
-    for k, t in enumerate(bands):
-        if not isinstance(t, torch.Tensor) or t.dtype not in _FLOATS or t.dim() != 4:
-            raise TypeError(f"bands[{k}]: expected a (B, C, h, w) float16/bfloat16/float32/float64 tensor")
-    levels = len(bands).bit_length() - 1
-    if len(bands) == 0 or 2**levels != len(bands):
-        raise ValueError(f"bands: expected a list of 2**levels sub-bands, got {len(bands)}")
+    bands, levels, size = check_dfb_bands(bands)  # the kernel trusts these shapes
     out_dtype = bands[0].dtype if out_dtype is None else out_dtype
     if levels == 0:
         return bands[0].to(out_dtype)
     b, c = bands[0].shape[:2]
-    h0, w0 = bands[0].shape[-2:]
-    H, W = (2 * h0, w0) if levels == 1 else (h0 * 2 ** (levels - 1), 2 * w0)
-    for k, (t, hw) in enumerate(zip(bands, _band_shapes(H, W, levels))):  # the kernel trusts these shapes
-        if tuple(t.shape) != (b, c, *hw) or t.dtype != bands[0].dtype or t.device != bands[0].device:
-            raise ValueError(f"bands[{k}]: expected a {bands[0].dtype} tensor of shape {(b, c, *hw)} on "
-                             f"{bands[0].device}, got {t.dtype} {tuple(t.shape)} on {t.device}")
+    H, W = size
     kernel_dtype = out_dtype if _pairs(out_dtype, bands[0].dtype) else _acc_dtype(bands[0].dtype)
     if not _plane_kernel_takes(bands[0].device, kernel_dtype, H, W):
         return _fallback("dfb_rec")(bands, filt, out_dtype)
@@ -797,7 +780,7 @@ def level_dec_cuda(x: torch.Tensor, levels: int, pfilt: str = "9-7", dfilt: str 
     ld = low_dtype if _pairs(x.dtype, low_dtype) else acc
     low, *bands = _LevelDec.apply(x.reshape(b * c, h, w), levels, bd, ld)
     low = low.view(b, c, h // 2, w // 2)
-    out = [t.view(b, c, *hw) for t, hw in zip(bands, _band_shapes(h, w, levels))]
+    out = [t.view(b, c, *hw) for t, hw in zip(bands, dfb_band_shapes(h, w, levels))]
     return low.to(low_dtype), (out if bd == out_dtype else [t.to(out_dtype) for t in out])
 
 
