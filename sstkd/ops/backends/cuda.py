@@ -207,6 +207,12 @@ def _jit_build():
         print("sstkd: building the CUDA extension (first use, ~2 min)...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     src = _stage_sources(sb, bdir)
+    # torch writes its include and library paths into the build commands as it was imported: through
+    # a checkout's `.venv` symlink, a different path per checkout, and ninja rebuilds on a changed
+    # command. Resolved, every checkout of the same sources and environment shares the cached build.
+    for name in ("_TORCH_PATH", "TORCH_LIB_PATH"):
+        if isinstance(getattr(ce, name, None), str):
+            setattr(ce, name, os.path.realpath(getattr(ce, name)))
     mod = ce.load(
         name=_JIT_NAME,
         sources=[os.path.join(src, os.path.basename(f)) for f in sb.sources()],
