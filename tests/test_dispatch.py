@@ -61,19 +61,22 @@ def _run(*args, env=None):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=e, timeout=300)
 
 
-def test_import_is_light_and_info_runs():
-    # Importing sstkd must not import triton or the extension; `sstkd info` lists every backend.
+def test_import_is_light_and_info_runs(capsys):
+    # Importing sstkd must not import triton or the extension (a fresh process); `sstkd info` lists
+    # every backend (its command, in this process).
+    import json
+
+    from sstkd import cli
+
     r = _run("-c", "import sys, sstkd, sstkd.ops; print('triton' in sys.modules, 'sstkd._C' in sys.modules)")
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["False", "False"]
-    r = _run("-m", "sstkd", "info")
-    assert r.returncode == 0, r.stderr
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
     for word in ("torch", "triton", "backend", "cuda"):
-        assert word in r.stdout
-    r = _run("-m", "sstkd", "info", "--json")
-    import json
-
-    info = json.loads(r.stdout)
+        assert word in out
+    assert cli.main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
     assert set(info["backends"]) == {"torch", "triton", "cuda"}
     assert info["backends"]["torch"]["available"] is True
 
