@@ -509,7 +509,8 @@ def _nvcc_cubin(source: str, nvcc: str, arch: int, include_dirs, flags, cache_di
     for f in [source, *headers]:
         with open(f, "rb") as fh:
             h.update(fh.read())
-    h.update("\0".join([os.path.realpath(nvcc), *cmd_flags]).encode())
+    # the include directories' headers are hashed above; their paths differ per checkout (left out)
+    h.update("\0".join([os.path.realpath(nvcc), *(f for f in cmd_flags if not f.startswith("-I"))]).encode())
     if cache_dir is None:
         base = os.environ.get("SSTKD_CACHE_DIR") or os.path.join(
             os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "sstkd")
