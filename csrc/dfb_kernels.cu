@@ -6,6 +6,16 @@
 
 namespace sstkd {
 
+// cudaErrorInvalidConfiguration when `bytes` of dynamic shared memory exceed this device's opt-in limit.
+static cudaError_t check_smem_optin(int64_t bytes) {
+  int device = 0, optin = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (err != cudaSuccess) return err;
+  return bytes > optin ? cudaErrorInvalidConfiguration : cudaSuccess;
+}
+
 int64_t dfb_plane_smem_bytes(Dtype x_dtype, int64_t H, int64_t W) {
   return 2 * H * W * (x_dtype == Dtype::kFloat64 ? 8 : 4);
 }
@@ -23,12 +33,7 @@ cudaError_t dfb_plane_launch(DfbMode mode, Dtype x_dtype, Dtype band_dtype, int 
                          low_hw > H * W || (mode == DfbMode::kEnergyAdjoint && g_low == nullptr)))
     return cudaErrorInvalidValue;
   const int64_t bytes = dfb_plane_smem_bytes(x_dtype, H, W);
-  int device = 0, optin = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  if (err != cudaSuccess) return err;
-  if (bytes > optin) return cudaErrorInvalidConfiguration;
+  if (const cudaError_t err = check_smem_optin(bytes); err != cudaSuccess) return err;
   if (!dfbp::dtypes_supported(x_dtype, band_dtype)) return cudaErrorInvalidValue;
   if (dfbp::is_double(x_dtype)) {
     dfbp::Args<double> a{mode, x_dtype, band_dtype, levels, (int)H, (int)W, N, x, bands, grad_bands,
@@ -55,12 +60,7 @@ cudaError_t dfb_level_launch(bool adjoint, Dtype x_dtype, int levels, bool last,
   if (adjoint ? (g == nullptr || gx == nullptr || (!last && g_low == nullptr)) : (en == nullptr || low_out == nullptr))
     return cudaErrorInvalidValue;
   const int64_t bytes = dfb_level_smem_bytes(x_dtype, H, W);
-  int device = 0, optin = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  if (err != cudaSuccess) return err;
-  if (bytes > optin) return cudaErrorInvalidConfiguration;
+  if (const cudaError_t err = check_smem_optin(bytes); err != cudaSuccess) return err;
   const DfbMode mode = adjoint ? DfbMode::kLevelEnergyAdjoint : DfbMode::kLevelEnergy;
   const auto run = [&](auto acc_tag) -> cudaError_t {
     using Acc = decltype(acc_tag);
@@ -87,12 +87,7 @@ cudaError_t dfb_level_dec_launch(bool adjoint, Dtype x_dtype, Dtype band_dtype, 
   if (adjoint ? (gx == nullptr || grad_bands == nullptr) : (x == nullptr || bands == nullptr || low_out == nullptr))
     return cudaErrorInvalidValue;
   const int64_t bytes = dfb_level_smem_bytes(x_dtype, H, W);
-  int device = 0, optin = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  if (err != cudaSuccess) return err;
-  if (bytes > optin) return cudaErrorInvalidConfiguration;
+  if (const cudaError_t err = check_smem_optin(bytes); err != cudaSuccess) return err;
   const auto run = [&](auto acc_tag) -> cudaError_t {
     using Acc = decltype(acc_tag);
     dfbp::Args<Acc> a{adjoint ? DfbMode::kLevelDecAdjoint : DfbMode::kLevelDec, x_dtype, band_dtype, levels, (int)H,

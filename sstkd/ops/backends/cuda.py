@@ -707,6 +707,16 @@ class _LevelEnergy(torch.autograd.Function):
                                                      ctx.last), None, None
 
 
+def _check_level_input(x: torch.Tensor, levels: int, pfilt: str, dfilt: str) -> None:
+    """The checks of a pyramid-level launch: filters, a DFB input, ``levels >= 1`` and even H, W."""
+    _check_filt(pfilt)
+    _check_dfilt(dfilt)
+    _check_dfb_input(x, levels)
+    h, w = x.shape[-2:]
+    if levels < 1 or h % 2 or w % 2:
+        raise ValueError(f"x, levels: expected levels >= 1 and even H, W, got levels={levels} and {tuple(x.shape)}")
+
+
 def level_energy_cuda(x: torch.Tensor, levels: int, pfilt: str = "9-7", dfilt: str = "pkva", last: bool = False):
     """One contourlet pyramid level in one launch each way: ``lp_dec`` of ``x`` (B, C, H, W) and the
     energies of the ``levels``-level DFB of its bandpass. Returns ``(low, energies)``: ``low``
@@ -715,12 +725,8 @@ def level_energy_cuda(x: torch.Tensor, levels: int, pfilt: str = "9-7", dfilt: s
     float32 (float64 for float64; a float16/bfloat16 ``x`` is read as it is and its gradient stored
     in its dtype). Differentiable: the backward recomputes the level from ``x`` in shared memory.
     Levels too large for shared memory (:func:`dfb_level_fits`) run ``lp_dec`` and ``dfb_energy``."""
-    _check_filt(pfilt)
-    _check_dfilt(dfilt)
-    _check_dfb_input(x, levels)
+    _check_level_input(x, levels, pfilt, dfilt)
     b, c, h, w = x.shape
-    if levels < 1 or h % 2 or w % 2:
-        raise ValueError(f"x, levels: expected levels >= 1 and even H, W, got levels={levels} and {tuple(x.shape)}")
     if not _level_kernel_takes(x.device, x.dtype, h, w):
         low, band = lp_dec_cuda(x, pfilt, out_dtype=_acc_dtype(x.dtype))
         if last:
@@ -766,12 +772,8 @@ def level_dec_cuda(x: torch.Tensor, levels: int, pfilt: str = "9-7", dfilt: str 
     as it is and its gradient stored in its dtype. The backward is the adjoint (one launch, no saved
     input). Levels too large for shared memory (:func:`dfb_level_fits`) or ``levels > 5`` run
     ``lp_dec`` and ``dfb_dec``."""
-    _check_filt(pfilt)
-    _check_dfilt(dfilt)
-    _check_dfb_input(x, levels)
+    _check_level_input(x, levels, pfilt, dfilt)
     b, c, h, w = x.shape
-    if levels < 1 or h % 2 or w % 2:
-        raise ValueError(f"x, levels: expected levels >= 1 and even H, W, got levels={levels} and {tuple(x.shape)}")
     acc = _acc_dtype(x.dtype)
     out_dtype = x.dtype if out_dtype is None else out_dtype
     low_dtype = acc if low_dtype is None else low_dtype
