@@ -14,6 +14,11 @@ if not _has_gpu:
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+if not _has_gpu:
+    import interpreter_speed  # noqa: E402
+
+    interpreter_speed.lighten()  # the same bits, ≈ 2.5x faster (tests/interpreter_speed.py)
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
