@@ -136,6 +136,29 @@ def test_missing_tool_is_reported(monkeypatch):
         f.summary()
 
 
+def test_tool_readings_are_cached_by_the_bytes_they_read(monkeypatch, tmp_path):
+    from triton_utils import aot_compile
+
+    monkeypatch.setenv("SSTKD_CACHE_DIR", str(tmp_path))
+    r = aot_compile(_axpb_kernel, _AXPB_SIG, {"BLOCK": 256}, 90, 2)
+    runs = []
+    real_run = cf._run
+    monkeypatch.setattr(cf, "_run", lambda cmd, timeout=300: runs.append(os.path.basename(cmd[0])) or real_run(cmd))
+    first = cf.facts_from_asm("_axpb_kernel", r.asm, 90, 2)
+    assert sorted(runs) == ["cuobjdump", "cuobjdump", "ptxas"] and first.complete
+    again = cf.facts_from_asm("_axpb_kernel", r.asm, 90, 2)
+    assert len(runs) == 3 and (again.registers, again.sass, again.loops) == (first.registers, first.sass, first.loops)
+    assert len(os.listdir(tmp_path / "tool-runs")) == 3
+    # other bytes are another reading: a cubin whose code changed is read again
+    other = aot_compile(_axpb_kernel, _AXPB_SIG, {"BLOCK": 512}, 90, 2)
+    cf.facts_from_asm("_axpb_kernel", other.asm, 90, 2)
+    assert len(runs) == 6
+    # a failed run is not cached
+    monkeypatch.setattr(cf, "_run", lambda cmd, timeout=300: runs.append("x") or (1, "boom"))
+    bad = cf.facts_from_asm("_axpb_kernel", dict(r.asm, ptx=r.asm["ptx"] + "\n// changed"), 90, 2)
+    assert not bad.complete and "ptxas" in bad.missing and len(os.listdir(tmp_path / "tool-runs")) == 6
+
+
 def test_bad_input_is_rejected():
     with pytest.raises(ValueError, match="^arch: "):
         cf.compile_facts(_axpb_kernel, _AXPB_SIG, {"BLOCK": 64}, arch=75)

@@ -31,7 +31,9 @@ compiled, so the compilation runs in a child process with the interpreter off
 -arch=sm_<arch> -Xptxas -v`` (registers, spills, stack per kernel), then the same
 ``cuobjdump -res-usage`` / ``-sass`` readings. The cubin and the ptxas log are cached
 under ``$SSTKD_CACHE_DIR`` by a hash of the sources, the headers next to them, nvcc and
-the flags.
+the flags; every tool's reading of a given PTX or cubin is cached there by a hash of the
+tool and the bytes it read (``tool-runs/``: a report or test reads unchanged kernels in
+milliseconds instead of a second each).
 """
 from __future__ import annotations
 
@@ -246,6 +248,45 @@ def _run(cmd: list[str], timeout: int = 300) -> tuple[int, str]:
     return proc.returncode, proc.stdout + proc.stderr
 
 
+def _cache_base() -> str:
+    return os.environ.get("SSTKD_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "sstkd")
+
+
+def run_tool(tool: str, args: list[str], inputs: dict[str, bytes]) -> tuple[int, str]:
+    """``_run([tool, *args])`` with ``inputs`` (extension -> content) written to ``k.<extension>`` in a
+    temporary folder ``{tmp}``, and ``{<extension>}`` in ``args`` replaced by their paths; a successful run's output is cached under
+    ``$SSTKD_CACHE_DIR/tool-runs`` by a hash of the tool file, the arguments and the inputs (the
+    tools are deterministic: the same cubin always reads the same)."""
+    import hashlib
+
+    st = os.stat(tool)
+    h = hashlib.sha256("\0".join([os.path.realpath(tool), str(st.st_size), str(st.st_mtime_ns), *args]).encode())
+    for name in sorted(inputs):
+        h.update(name.encode() + b"\0" + hashlib.sha256(inputs[name]).digest())
+    cached = os.path.join(_cache_base(), "tool-runs", h.hexdigest()[:32] + ".txt")
+    try:
+        with open(cached) as f:
+            return 0, f.read()
+    except OSError:
+        pass
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {name: os.path.join(tmp, f"k.{name}") for name in inputs}
+        for name, data in inputs.items():
+            with open(paths[name], "wb") as f:
+                f.write(data)
+        rc, out = _run([tool, *(a.format(**paths, tmp=tmp) for a in args)])
+    if rc == 0:
+        try:
+            os.makedirs(os.path.dirname(cached), exist_ok=True)
+            with open(f"{cached}.{os.getpid()}.tmp", "w") as f:
+                f.write(out)
+            os.replace(f"{cached}.{os.getpid()}.tmp", cached)
+        except OSError:  # a read-only cache only costs the next run time
+            pass
+    return rc, out
+
+
 _SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)(?:\.[A-Z0-9_.]+)?\s*([^;]*);")
 _LABEL = re.compile(r"^\s*(\.L_x_\d+):")
 _TARGET = re.compile(r"`?\((\.L_x_\d+)\)|(0x[0-9a-f]+)")
@@ -304,44 +345,38 @@ _RES_USAGE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
 
 def _read_tools(facts: CompileFacts, name: str, ptx: str, cubin: bytes) -> None:
     arch = f"sm_{facts.arch}{'a' if facts.arch >= 90 else ''}"
-    with tempfile.TemporaryDirectory() as tmp:
-        ptx_file, cubin_file = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
-        with open(ptx_file, "w") as f:
-            f.write(ptx)
-        with open(cubin_file, "wb") as f:
-            f.write(cubin)
-        ptxas, why = tool_path("ptxas")
-        if ptxas is None:
-            facts.missing["ptxas"] = why
+    ptxas, why = tool_path("ptxas")
+    if ptxas is None:
+        facts.missing["ptxas"] = why
+    else:
+        # the flags triton's own make_cubin passes (minus line info)
+        rc, out = run_tool(ptxas, ["-v", "--regAllocOptLevel=2", f"--gpu-name={arch}", "{ptx}", "-o", "{tmp}/v.cubin"],
+                            {"ptx": ptx.encode()})
+        facts.ptxas_log = out
+        regs, stack = _PTXAS_REGS.search(out), _PTXAS_STACK.search(out)
+        if rc != 0 or not regs or not stack:
+            facts.missing["ptxas"] = f"ptxas -v failed (rc {rc}): {out[-500:]}"
         else:
-            # the flags triton's own make_cubin passes (minus line info)
-            rc, out = _run([ptxas, "-v", "--regAllocOptLevel=2", f"--gpu-name={arch}", ptx_file,
-                            "-o", os.path.join(tmp, "v.cubin")])
-            facts.ptxas_log = out
-            regs, stack = _PTXAS_REGS.search(out), _PTXAS_STACK.search(out)
-            if rc != 0 or not regs or not stack:
-                facts.missing["ptxas"] = f"ptxas -v failed (rc {rc}): {out[-500:]}"
-            else:
-                facts.registers = int(regs.group(1))
-                facts.stack, facts.spill_stores, facts.spill_loads = (int(g) for g in stack.groups())
-        cuobjdump, why = tool_path("cuobjdump")
-        if cuobjdump is None:
-            facts.missing["cuobjdump"] = why
-            return
-        rc, out = _run([cuobjdump, "-res-usage", cubin_file])
-        res = _RES_USAGE.search(out)
-        if rc != 0 or not res:
-            facts.missing["cuobjdump"] = f"cuobjdump -res-usage failed (rc {rc}): {out[-500:]}"
-            return
-        reg, stack, _shared, local = (int(g) for g in res.groups())
-        facts.local = local
-        if facts.registers is None:  # the cubin's own numbers stand in for ptxas -v
-            facts.registers, facts.stack = reg, stack
-        rc, out = _run([cuobjdump, "-sass", cubin_file])
-        if rc != 0 or "Function" not in out:
-            facts.missing["cuobjdump"] = f"cuobjdump -sass failed (rc {rc}): {out[-500:]}"
-            return
-        facts.sass, facts.loops = parse_sass(out, name)
+            facts.registers = int(regs.group(1))
+            facts.stack, facts.spill_stores, facts.spill_loads = (int(g) for g in stack.groups())
+    cuobjdump, why = tool_path("cuobjdump")
+    if cuobjdump is None:
+        facts.missing["cuobjdump"] = why
+        return
+    rc, out = run_tool(cuobjdump, ["-res-usage", "{cubin}"], {"cubin": cubin})
+    res = _RES_USAGE.search(out)
+    if rc != 0 or not res:
+        facts.missing["cuobjdump"] = f"cuobjdump -res-usage failed (rc {rc}): {out[-500:]}"
+        return
+    reg, stack, _shared, local = (int(g) for g in res.groups())
+    facts.local = local
+    if facts.registers is None:  # the cubin's own numbers stand in for ptxas -v
+        facts.registers, facts.stack = reg, stack
+    rc, out = run_tool(cuobjdump, ["-sass", "{cubin}"], {"cubin": cubin})
+    if rc != 0 or "Function" not in out:
+        facts.missing["cuobjdump"] = f"cuobjdump -sass failed (rc {rc}): {out[-500:]}"
+        return
+    facts.sass, facts.loops = parse_sass(out, name)
 
 
 # --------------------------------------------------------------------------- compilation
@@ -512,9 +547,7 @@ def _nvcc_cubin(source: str, nvcc: str, arch: int, include_dirs, flags, cache_di
     # the include directories' headers are hashed above; their paths differ per checkout (left out)
     h.update("\0".join([os.path.realpath(nvcc), *(f for f in cmd_flags if not f.startswith("-I"))]).encode())
     if cache_dir is None:
-        base = os.environ.get("SSTKD_CACHE_DIR") or os.path.join(
-            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "sstkd")
-        cache_dir = os.path.join(base, f"facts-{h.hexdigest()[:16]}")
+        cache_dir = os.path.join(_cache_base(), f"facts-{h.hexdigest()[:16]}")
     cubin, log_file = os.path.join(cache_dir, "k.cubin"), os.path.join(cache_dir, "ptxas.log")
     if not (os.path.exists(cubin) and os.path.exists(log_file)):
         os.makedirs(cache_dir, exist_ok=True)
@@ -548,8 +581,10 @@ def nvcc_compile_facts(source: str, kernels, *, nvcc: str, arch: int = 90, inclu
     cuobjdump, why = tool_path("cuobjdump")
     sass = res = ""
     if cuobjdump is not None:
-        rc, sass = _run([cuobjdump, "-sass", cubin])
-        rc2, res = _run([cuobjdump, "-res-usage", cubin])
+        with open(cubin, "rb") as f:
+            data = f.read()
+        rc, sass = run_tool(cuobjdump, ["-sass", "{cubin}"], {"cubin": data})
+        rc2, res = run_tool(cuobjdump, ["-res-usage", "{cubin}"], {"cubin": data})
         if rc != 0 or rc2 != 0:
             why, cuobjdump = f"cuobjdump failed on {cubin}: {(sass + res)[-500:]}", None
     out = []

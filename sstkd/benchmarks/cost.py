@@ -409,14 +409,6 @@ def _plain_constexprs(ce: dict) -> dict:
 _RESOURCES = re.compile(r"Function (\S+?):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 
 
-def _run_tool(cmd: list[str]) -> tuple[int, str]:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return -1, str(e)
-    return proc.returncode, proc.stdout + proc.stderr
-
-
 def _demangle(names: list[str]) -> list[str]:
     """``c++filt`` names (the mangled ones when it is missing)."""
     path = shutil.which("c++filt")
@@ -456,11 +448,13 @@ def cuda_kernel_facts(arch: int = 90) -> tuple[list[dict], str]:
     if tool is None:
         return [], f"CUDA kernel facts unavailable: {why}"
     sm = f"sm_{arch}"
-    rc, res = _run_tool([tool, "--dump-resource-usage", "-arch", sm, lib])
+    with open(lib, "rb") as f:
+        so = {"so": f.read()}
+    rc, res = cf.run_tool(tool, ["--dump-resource-usage", "-arch", sm, "{so}"], so)
     found = _RESOURCES.findall(res) if rc == 0 else []
     if not found:
         return [], f"CUDA kernel facts unavailable: no {sm} code in {lib} (cuobjdump: {res.strip()[:200]})"
-    rc, sass = _run_tool([tool, "-sass", "-arch", sm, lib])
+    rc, sass = cf.run_tool(tool, ["-sass", "-arch", sm, "{so}"], so)
     listings = {}  # mangled name -> its SASS listing
     for part in re.split(r"\n\s*Function : ", "\n" + sass)[1:] if rc == 0 else ():
         head, _, body = part.partition("\n")
