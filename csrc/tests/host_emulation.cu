@@ -111,8 +111,30 @@ extern "C" int sstkd_emu_quantize_count_backward(int dtype, int kernel, const vo
   return err == cudaSuccess ? 0 : 1;
 }
 
-// The whole-plane DFB (dfb_kernels.cu) with `nt` emulated threads per plane: every phase runs
-// thread 0, 1, ..., nt-1 in turn, then the next phase (the kernel's barrier). Pointers and
+// Runs the whole-plane program of `a` (dfb_kernels.cu) as a launch would, with `nt` emulated threads
+// per plane: every phase runs thread 0, 1, ..., nt-1 in turn, then the next phase (the kernel's
+// barrier). Shared memory: the two H*W plane buffers, plus the H*W/4 coarse plane of the level modes.
+template <typename Acc>
+static void emulate_planes(dfbp::Args<Acc>& a, int nt, bool coarse_plane) {
+  dfbp::set_program(a);
+  const int64_t HW = (int64_t)a.H * a.W;
+  std::vector<Acc> smem(2 * HW + (coarse_plane ? HW / 4 : 0));
+  Acc* lowbuf = coarse_plane ? smem.data() + 2 * HW : nullptr;
+  for (int64_t n = 0; n < a.N; ++n)
+    for (int p = 0; p < a.num_phases; ++p)
+      for (int tid = 0; tid < nt; ++tid) dfbp::run_phase(a, (int)n, smem.data(), smem.data() + HW, p, tid, nt, lowbuf);
+}
+
+// `run(Acc{})` in the accumulation type of x_dtype (float64 for float64, else float32).
+template <typename Run>
+static void with_acc(Dtype x_dtype, const Run& run) {
+  if (dfbp::is_double(x_dtype))
+    run(0.0);
+  else
+    run(0.0f);
+}
+
+// The whole-plane DFB (dfb_kernels.cu) with `nt` emulated threads per plane (emulate_planes). Pointers and
 // layouts as dfb_plane_launch (sstkd_kernels.h).
 // `low` (optional, energy modes): the lowpass whose energy comes first (sstkd_kernels.h).
 extern "C" int sstkd_emu_dfb_plane(int mode, int x_dtype, int band_dtype, int levels, const void* x, void* bands,
@@ -125,20 +147,12 @@ extern "C" int sstkd_emu_dfb_plane(int mode, int x_dtype, int band_dtype, int le
     return 1;
   const Dtype xd = Dtype(x_dtype), bd = Dtype(band_dtype);
   if (!dfbp::dtypes_supported(xd, bd)) return 1;
-  const auto run = [&](auto acc_tag) {
+  with_acc(xd, [&](auto acc_tag) {
     using Acc = decltype(acc_tag);
     dfbp::Args<Acc> a{DfbMode(mode), xd, bd, levels, (int)H, (int)W, N, x, bands, grad_bands,
                       static_cast<const Acc*>(g), static_cast<Acc*>(en), gx, low, g_low, (int)low_hw, g_stride};
-    dfbp::set_program(a);
-    std::vector<Acc> smem(2 * H * W);
-    for (int64_t n = 0; n < N; ++n)
-      for (int p = 0; p < a.num_phases; ++p)
-        for (int tid = 0; tid < nt; ++tid) dfbp::run_phase(a, (int)n, smem.data(), smem.data() + H * W, p, tid, nt);
-  };
-  if (dfbp::is_double(xd))
-    run(0.0);
-  else
-    run(0.0f);
+    emulate_planes(a, nt, false);
+  });
   return 0;
 }
 
@@ -201,22 +215,13 @@ extern "C" int sstkd_emu_dfb_level(int adjoint, int x_dtype, int levels, int las
     return 1;
   const Dtype xd = Dtype(x_dtype);
   const DfbMode mode = adjoint ? DfbMode::kLevelEnergyAdjoint : DfbMode::kLevelEnergy;
-  const auto run = [&](auto acc_tag) {
+  with_acc(xd, [&](auto acc_tag) {
     using Acc = decltype(acc_tag);
     dfbp::Args<Acc> a{mode, xd, xd, levels, (int)H, (int)W, N, x, nullptr, nullptr,
                       static_cast<const Acc*>(g), static_cast<Acc*>(en), gx, nullptr, nullptr, 0, g_stride,
                       last ? 1 : 0, static_cast<Acc*>(low_out), static_cast<const Acc*>(g_low)};
-    dfbp::set_program(a);
-    std::vector<Acc> smem(2 * H * W + H * W / 4);
-    for (int64_t n = 0; n < N; ++n)
-      for (int p = 0; p < a.num_phases; ++p)
-        for (int tid = 0; tid < nt; ++tid)
-          dfbp::run_phase(a, (int)n, smem.data(), smem.data() + H * W, p, tid, nt, smem.data() + 2 * H * W);
-  };
-  if (dfbp::is_double(xd))
-    run(0.0);
-  else
-    run(0.0f);
+    emulate_planes(a, nt, true);
+  });
   return 0;
 }
 
@@ -232,22 +237,13 @@ extern "C" int sstkd_emu_dfb_level_dec(int adjoint, int x_dtype, int band_dtype,
   if (!dfbp::dtypes_supported(xd, bd) || !dfbp::dtypes_supported(xd, ld)) return 1;
   if (adjoint ? (gx == nullptr || grad_bands == nullptr) : (x == nullptr || bands == nullptr || low_out == nullptr))
     return 1;
-  const auto run = [&](auto acc_tag) {
+  with_acc(xd, [&](auto acc_tag) {
     using Acc = decltype(acc_tag);
     dfbp::Args<Acc> a{adjoint ? DfbMode::kLevelDecAdjoint : DfbMode::kLevelDec, xd, bd, levels, (int)H, (int)W, N, x,
                       bands, nullptr, nullptr, nullptr, gx, nullptr, nullptr, 0, 0, 0, low_out, g_low, ld};
     if (adjoint)
       for (int k = 0; k < (1 << levels); ++k) a.band_in[k] = grad_bands[k];
-    dfbp::set_program(a);
-    std::vector<Acc> smem(2 * H * W + H * W / 4);
-    for (int64_t n = 0; n < N; ++n)
-      for (int p = 0; p < a.num_phases; ++p)
-        for (int tid = 0; tid < nt; ++tid)
-          dfbp::run_phase(a, (int)n, smem.data(), smem.data() + H * W, p, tid, nt, smem.data() + 2 * H * W);
-  };
-  if (dfbp::is_double(xd))
-    run(0.0);
-  else
-    run(0.0f);
+    emulate_planes(a, nt, true);
+  });
   return 0;
 }
