@@ -6,7 +6,7 @@ rows appends them to ``RESULT_JSON + ".rows"`` as it goes (JSON lines), so a
 worker killed at its time budget still leaves what it finished.
 
 ``python -m sstkd.gpucheck.workers --serve`` is the dry run's fork server: it
-imports torch (and Dynamo) once, then forks each worker it is sent, so that an
+imports torch once, then forks each worker it is sent, so that an
 interpreter-sized stage does not spend most of its time importing (see
 :func:`serve`). The GPU run starts every worker afresh.
 """
@@ -503,6 +503,12 @@ def _run_forked(request: dict) -> None:
         os._exit(rc)
 
 
+# Modules that more than one worker kind imports at a cost (torch._dynamo: over a second; torch's
+# optimizers and its deterministic mode import it): the fork server imports them before forking
+# the first worker of such a kind, and every later fork has them.
+SHARED_IMPORTS = {"determinism": ("torch._dynamo",), "train_step": ("torch._dynamo",)}
+
+
 def serve() -> None:
     """The dry run's fork server (``--serve``), driven by ``sstkd.gpucheck.run.ForkServer``.
 
@@ -512,7 +518,7 @@ def serve() -> None:
     Forking is safe here because this process only imported modules: it never ran a torch
     op (no thread pool), never touched CUDA, and runs one thread.
     """
-    import torch._dynamo  # noqa: F401  (determinism and train_step import it: once here, not once each)
+    import importlib
 
     def reap(*_):
         while True:
@@ -530,6 +536,11 @@ def serve() -> None:
         if not line.strip():
             continue
         request = json.loads(line)
+        for module in SHARED_IMPORTS.get(next(iter(request["argv"]), ""), ()):
+            try:
+                importlib.import_module(module)
+            except Exception:
+                pass  # the worker meets the error itself, and reports it
         pid = os.fork()
         if pid == 0:
             _run_forked(request)
