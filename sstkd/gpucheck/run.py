@@ -73,12 +73,12 @@ class ForkServer:
         self._pids: dict[int, int] = {}
         self._exits: dict[int, int] = {}
         self._n = 0
-        self._gone = False
+        self.gone = False  # its output ended: it exited (a dead server's workers' exits are unknown)
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         for line in self.proc.stdout:
-            word, *nums = line.split()
+            word, *nums = line.split() or [""]
             with self._cond:
                 if word == "started":
                     self._pids[int(nums[0])] = int(nums[1])
@@ -86,14 +86,14 @@ class ForkServer:
                     self._exits[int(nums[0])] = int(nums[1])
                 self._cond.notify_all()
         with self._cond:
-            self._gone = True
+            self.gone = True
             self._cond.notify_all()
 
     def start(self, argv: list[str], log_path: str, timeout: float) -> int | None:
         """Fork a worker on ``argv`` (its output to ``log_path``); its pid, or None when the server
         is gone or did not answer within ``timeout`` (it imports torch first)."""
         with self._cond:
-            if self._gone:
+            if self.gone:
                 return None
             self._n += 1
             rid = self._n
@@ -102,14 +102,14 @@ class ForkServer:
                 self.proc.stdin.flush()
             except OSError:
                 return None
-            self._cond.wait_for(lambda: rid in self._pids or self._gone, timeout)
+            self._cond.wait_for(lambda: rid in self._pids or self.gone, timeout)
             return self._pids.get(rid)
 
     def wait(self, pid: int, timeout: float | None) -> int | None:
         """The exit status of worker ``pid`` (negative: killed by that signal); None if it has not
         exited within ``timeout`` or the server is gone."""
         with self._cond:
-            self._cond.wait_for(lambda: pid in self._exits or self._gone, timeout)
+            self._cond.wait_for(lambda: pid in self._exits or self.gone, timeout)
             return self._exits.get(pid)
 
     def output(self) -> str:
@@ -215,11 +215,14 @@ class Runner:
         budget = max(1.0, min(budget, self.left()))
         t0 = time.monotonic()
         rc = server.wait(pid, budget)
-        timed_out = rc is None
-        if timed_out:
+        timed_out = rc is None and not server.gone
+        if rc is None:  # over its budget, or orphaned by a dead server: it goes either way
             _kill_group(pid)
             rc = server.wait(pid, 30)
-        return self._finish(name, log_path, t0, rc, timed_out)
+        run = self._finish(name, log_path, t0, rc, timed_out)
+        if rc is None and not timed_out:
+            run["output"] += f"\nthe fork server exited: {_last_line(server.output())}"
+        return run
 
     def close(self) -> None:
         """Stop the fork server, if one was started (its output joins the logs when it said anything)."""
