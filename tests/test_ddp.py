@@ -64,9 +64,10 @@ def test_two_process_ddp_matches_single_process(tmp_path, monkeypatch):
     teacher = str(tmp_path / "teacher.pt")
     C.export_student(build_model(**args), args, teacher)
 
-    mp.start_processes(_worker, args=(2, _free_port(), _config(tmp_path / "ddp", teacher)), nprocs=2,
-                       join=True, start_method="spawn")
-    # The reference: one process (this one) with the same global batch.
+    procs = mp.start_processes(_worker, args=(2, _free_port(), _config(tmp_path / "ddp", teacher)), nprocs=2,
+                               join=False, start_method="spawn")
+    # The reference: one process (this one) with the same global batch, trained while the two
+    # processes start (they spend their first seconds importing torch).
     monkeypatch.setattr(torch.nn.Dropout, "forward", lambda self, x: x)
     monkeypatch.setattr(torch.nn.Dropout2d, "forward", lambda self, x: x)
     threads = torch.get_num_threads()
@@ -77,6 +78,8 @@ def test_two_process_ddp_matches_single_process(tmp_path, monkeypatch):
         train(_config(tmp_path / "single", teacher), log=None)
     finally:
         torch.set_num_threads(threads)
+        while not procs.join():  # raises if a process failed
+            pass
 
     ddp = C.load_checkpoint(tmp_path / "ddp" / "last.pt")
     single = C.load_checkpoint(tmp_path / "single" / "last.pt")

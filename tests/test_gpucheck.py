@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -34,6 +35,7 @@ def test_dry_run_passes_and_writes_one_small_results_folder(tmp_path):
     assert rows and all(r["ok"] for r in rows) and st["matrix"]["units_done"] == st["matrix"]["units"]
     assert any(r["op"] == "contourlet_energy[nlevs=[3, 3]]" for r in rows)  # the training-shape case
     assert st["determinism"]["rows"] and all(r["ok"] for r in st["determinism"]["rows"])
+    assert res["workers_start"] == "forked from one fork server"
     assert any(r.get("status") == "ok" for r in st["timing"]["rows"])
     # a results folder is never mixed with an earlier run's
     p2 = subprocess.run([sys.executable, "-m", "sstkd.gpucheck", "--dry-run", "--out", str(out)], cwd=REPO, env=env,
@@ -42,12 +44,36 @@ def test_dry_run_passes_and_writes_one_small_results_folder(tmp_path):
 
 
 def test_a_stage_past_its_budget_is_killed_and_recorded(tmp_path):
-    r = gc.Runner(str(tmp_path), True, time.monotonic() + 60)
+    r = gc.Runner(str(tmp_path), True, time.monotonic() + 60, fork=False)  # fresh processes, as on the GPU
     t0 = time.monotonic()
     res = r.worker("sleepy", "no-such-kind", {}, 30)  # an unknown worker fails, recorded
-    assert res["status"] == "error"
+    assert res["status"] == "error" and "KIND: expected one of env, matrix" in res["reason"]
+    assert r.server is None
+    from sstkd.gpucheck import workers
+
+    assert set(workers.KINDS) == set(workers.WORKERS)  # the command-line check knows every worker
     run = r.command("sleep", [sys.executable, "-c", "import time; time.sleep(30)"], 1.0)
     assert run["timed_out"] and time.monotonic() - t0 < 25
+
+
+def test_forked_workers_fail_and_time_out_like_spawned_ones(tmp_path):
+    """The dry run's fork server: a bad worker fails, recorded; one past its budget is killed; closing
+    the runner stops the server."""
+    r = gc.Runner(str(tmp_path), True, time.monotonic() + 120)
+    assert r.fork
+    res = r.worker("bad", "no-such-kind", {}, 30)
+    assert res["status"] == "error" and "KIND: expected one of env, matrix" in res["reason"], res
+    # 20 interpreted checks of the training-shape case: far more than the 1 s budget
+    units = [{"cases": [2], "dtypes": ["fp32"], "layouts": ["contiguous"]}] * 20
+    with open(tmp_path / "slow.spec.json", "w") as f:
+        json.dump({"units": units, "backends": ["triton"], "dry_run": True}, f)
+    t0 = time.monotonic()
+    run = r.forked("slow", ["matrix", str(tmp_path / "slow.spec.json"), str(tmp_path / "slow.json")], 1.0)
+    assert run["timed_out"] and run["rc"] == -signal.SIGKILL and time.monotonic() - t0 < 20, run
+    assert not (tmp_path / "slow.json").exists()  # killed before it could write a result
+    server = r.server
+    r.close()
+    assert server.proc.poll() == 0 and r.server is None
 
 
 def test_the_gpu_plan_deals_every_unit_once_and_covers_the_training_shape():

@@ -24,13 +24,16 @@ timeout is recorded and the run goes on):
 
 Results: one folder of at most 8 files (``summary.md`` fits one screen,
 ``results.json`` holds everything). ``--dry-run`` runs on the CPU in the
-Triton interpreter at tiny shapes and skips the GPU-only stages, saying why.
+Triton interpreter at tiny shapes and skips the GPU-only stages, saying why;
+its workers are forked from one process that imported torch once (a
+:class:`ForkServer`), since at tiny shapes importing torch is most of a stage.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
 import glob
+import importlib
 import json
 import os
 import re
@@ -54,14 +57,101 @@ TOTAL_BUDGET = {"gpu": 420, "dry": 120}
 # ----------------------------------------------------------------------------- processes
 
 
-class Runner:
-    """Runs workers / commands as child processes with time limits; keeps their logs."""
+class ForkServer:
+    """Starts the dry run's workers by forking them from one process that has imported torch
+    (``python -m sstkd.gpucheck.workers --serve``): an interpreter-sized stage then takes about
+    its own work, not the seconds of importing torch and Dynamo again. Each worker runs in its
+    own process group, as a spawned one does, so a timeout kills it the same way."""
 
-    def __init__(self, work: str, dry_run: bool, deadline: float):
+    def __init__(self, env: dict, log_path: str):
+        self.log_path = log_path
+        with open(log_path, "w") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "sstkd.gpucheck.workers", "--serve"], cwd=REPO,
+                                         env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                         text=True, start_new_session=True)
+        self._cond = threading.Condition()
+        self._pids: dict[int, int] = {}
+        self._exits: dict[int, int] = {}
+        self._n = 0
+        self.gone = False  # its output ended: it exited (a dead server's workers' exits are unknown)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            word, *nums = line.split() or [""]
+            with self._cond:
+                if word == "started":
+                    self._pids[int(nums[0])] = int(nums[1])
+                elif word == "exited":
+                    self._exits[int(nums[0])] = int(nums[1])
+                self._cond.notify_all()
+        with self._cond:
+            self.gone = True
+            self._cond.notify_all()
+
+    def start(self, argv: list[str], log_path: str, timeout: float) -> int | None:
+        """Fork a worker on ``argv`` (its output to ``log_path``); its pid, or None when the server
+        is gone or did not answer within ``timeout`` (it imports torch first)."""
+        with self._cond:
+            if self.gone:
+                return None
+            self._n += 1
+            rid = self._n
+            try:
+                self.proc.stdin.write(json.dumps({"id": rid, "argv": argv, "log": log_path}) + "\n")
+                self.proc.stdin.flush()
+            except OSError:
+                return None
+            self._cond.wait_for(lambda: rid in self._pids or self.gone, timeout)
+            return self._pids.get(rid)
+
+    def wait(self, pid: int, timeout: float | None) -> int | None:
+        """The exit status of worker ``pid`` (negative: killed by that signal); None if it has not
+        exited within ``timeout`` or the server is gone."""
+        with self._cond:
+            self._cond.wait_for(lambda: pid in self._exits or self.gone, timeout)
+            return self._exits.get(pid)
+
+    def output(self) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()  # the server exits at the end of its input
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            _kill_group(self.proc.pid)
+            self.proc.wait()
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL the process group led by ``pid`` (a worker and what it started); the process alone
+    if it has no group yet."""
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+            return
+        except ProcessLookupError:
+            continue
+
+
+class Runner:
+    """Runs workers / commands as child processes with time limits; keeps their logs.
+
+    ``fork`` (default: in the dry run) starts workers through a :class:`ForkServer`; otherwise,
+    and always on the GPU, each worker is a fresh ``python -m sstkd.gpucheck.workers``."""
+
+    def __init__(self, work: str, dry_run: bool, deadline: float, fork: bool | None = None):
         self.work, self.dry_run, self.deadline = work, dry_run, deadline
+        self.fork = dry_run if fork is None else fork
         self.logs: dict[str, str] = {}
         self._n = 0
         self._lock = threading.Lock()
+        self.server: ForkServer | None = None  # started by the first forked worker
 
     def env(self) -> dict:
         env = dict(os.environ)
@@ -76,12 +166,25 @@ class Runner:
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
+    def _log_path(self, name: str) -> str:
+        with self._lock:
+            self._n += 1
+            return os.path.join(self.work, f"{self._n:02d}-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.log")
+
+    def _finish(self, name: str, log_path: str, t0: float, rc, timed_out: bool) -> dict:
+        try:
+            with open(log_path, errors="replace") as f:
+                out = f.read()
+        except OSError:
+            out = ""
+        with self._lock:
+            self.logs[name] = out
+        return {"rc": rc, "seconds": round(time.monotonic() - t0, 1), "timed_out": timed_out, "output": out}
+
     def command(self, name: str, argv: list[str], budget: float, env: dict | None = None) -> dict:
         """Run ``argv``; returns ``{"rc", "seconds", "timed_out", "output"}`` (never raises)."""
         budget = max(1.0, min(budget, self.left()))
-        with self._lock:
-            self._n += 1
-            log_path = os.path.join(self.work, f"{self._n:02d}-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.log")
+        log_path = self._log_path(name)
         t0 = time.monotonic()
         with open(log_path, "w") as log:
             try:
@@ -94,25 +197,54 @@ class Runner:
                 timed_out = False
             except subprocess.TimeoutExpired:
                 timed_out = True
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)  # the child's own process group
-                except ProcessLookupError:
-                    pass
+                _kill_group(p.pid)  # the child's own process group
                 rc = p.wait()
-        with open(log_path, errors="replace") as f:
-            out = f.read()
+        return self._finish(name, log_path, t0, rc, timed_out)
+
+    def forked(self, name: str, argv: list[str], budget: float) -> dict:
+        """:meth:`command` for a worker's ``argv`` (``KIND SPEC RESULT``), forked by the fork server."""
         with self._lock:
-            self.logs[name] = out
-        return {"rc": rc, "seconds": round(time.monotonic() - t0, 1), "timed_out": timed_out, "output": out}
+            if self.server is None:
+                self.server = ForkServer(self.env(), os.path.join(self.work, "fork-server.log"))
+            server = self.server
+        log_path = self._log_path(name)
+        pid = server.start(argv, log_path, max(1.0, self.left()))
+        if pid is None:
+            return {"rc": None, "seconds": 0.0, "timed_out": False,
+                    "output": f"the fork server started no worker: {_last_line(server.output())}"}
+        budget = max(1.0, min(budget, self.left()))
+        t0 = time.monotonic()
+        rc = server.wait(pid, budget)
+        timed_out = rc is None and not server.gone
+        if rc is None:  # over its budget, or orphaned by a dead server: it goes either way
+            _kill_group(pid)
+            rc = server.wait(pid, 30)
+        run = self._finish(name, log_path, t0, rc, timed_out)
+        if rc is None and not timed_out:
+            run["output"] += f"\nthe fork server exited: {_last_line(server.output())}"
+        return run
+
+    def close(self) -> None:
+        """Stop the fork server, if one was started (its output joins the logs when it said anything)."""
+        if self.server is not None:
+            self.server.close()
+            out = self.server.output()
+            if out.strip():
+                self.logs["fork-server"] = out
+            self.server = None
 
     def worker(self, name: str, kind: str, spec: dict, budget: float, env: dict | None = None) -> dict:
-        """Run one worker of :mod:`sstkd.gpucheck.workers`; its result dict plus ``rows`` and ``run``."""
+        """Run one worker of :mod:`sstkd.gpucheck.workers`; its result dict plus ``rows`` and ``run``.
+        A worker with its own ``env`` is always a fresh process."""
         spec = {**spec, "dry_run": self.dry_run}
         base = os.path.join(self.work, re.sub(r"[^A-Za-z0-9_.-]", "_", name))
         with open(base + ".spec.json", "w") as f:
             json.dump(spec, f)
-        run = self.command(name, [sys.executable, "-m", "sstkd.gpucheck.workers", kind, base + ".spec.json",
-                                  base + ".json"], budget, env=env)
+        argv = [kind, base + ".spec.json", base + ".json"]
+        if self.fork and env is None:
+            run = self.forked(name, argv, budget)
+        else:
+            run = self.command(name, [sys.executable, "-m", "sstkd.gpucheck.workers", *argv], budget, env=env)
         result: dict = {}
         if os.path.exists(base + ".json"):
             with open(base + ".json") as f:
@@ -546,10 +678,13 @@ def run(out: str | None, dry_run: bool, jobs: int | None, total_budget: float | 
         return 2
     # matrix shards + 2 warm-up processes + the extension's build (MAX_JOBS=4) share the cores
     jobs = jobs or (2 if dry_run else max(1, (os.cpu_count() or 8) - 6))
+    # this process needs torch too (the matrix plan, the summary): import it while the first workers start
+    threading.Thread(target=importlib.import_module, args=("sstkd.gpucheck.workers",), daemon=True).start()
     work = tempfile.mkdtemp(prefix="sstkd-gpucheck-")
     r = Runner(work, dry_run, t_start + total - 8)  # 8 s kept for writing the results
     results: dict = {"dry_run": dry_run, "started": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                     "total_budget": total, "budgets": budgets, "jobs": jobs, "stages": {}}
+                     "total_budget": total, "budgets": budgets, "jobs": jobs,
+                     "workers_start": "forked from one fork server" if r.fork else "fresh processes", "stages": {}}
     st = results["stages"]
 
     def say(name):
@@ -605,6 +740,7 @@ def run(out: str | None, dry_run: bool, jobs: int | None, total_budget: float | 
     say("timing")
     st["train_step"] = r.worker("train-step", "train_step", {}, budgets["train_step"])
     say("train_step")
+    r.close()
     results["static"] = static_prediction()
     _notes(results)
     failed = [k for k, v in st.items() if v.get("status") not in ("ok", "skipped")]

@@ -4,6 +4,11 @@
 it reads its spec, does the work and writes its result; a worker that writes
 rows appends them to ``RESULT_JSON + ".rows"`` as it goes (JSON lines), so a
 worker killed at its time budget still leaves what it finished.
+
+``python -m sstkd.gpucheck.workers --serve`` is the dry run's fork server: it
+imports torch once, then forks each worker it is sent, so that an
+interpreter-sized stage does not spend most of its time importing (see
+:func:`serve`). The GPU run starts every worker afresh.
 """
 from __future__ import annotations
 
@@ -11,10 +16,28 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
 import traceback
+
+KINDS = ("env", "matrix", "warm_timing", "ext_build", "determinism", "sanitize_target", "timing", "train_step")
+USAGE = "usage: python -m sstkd.gpucheck.workers {KIND SPEC_JSON RESULT_JSON | --serve}"
+
+
+def argv_error(argv: list[str]) -> str | None:
+    """Why ``argv`` is not ``KIND SPEC_JSON RESULT_JSON`` with a known KIND (None when it is)."""
+    if len(argv) != 3:
+        return f"{USAGE}: expected 3 arguments, got {len(argv)}: {argv}"
+    if argv[0] not in KINDS:
+        return f"{USAGE}: KIND: expected one of {', '.join(KINDS)}, got {argv[0]!r}"
+    return None
+
+
+# A wrong command line fails here, before the seconds of importing torch.
+if __name__ == "__main__" and sys.argv[1:] != ["--serve"] and argv_error(sys.argv[1:]):
+    sys.exit(argv_error(sys.argv[1:]))
 
 # Triton's interpreter must be chosen before any kernel module is imported.
 if os.environ.get("SSTKD_GPUCHECK_DRY_RUN") == "1":
@@ -424,6 +447,10 @@ WORKERS = {
 
 
 def main(argv: list[str]) -> int:
+    err = argv_error(argv)
+    if err:
+        print(err, file=sys.stderr)
+        return 2
     kind, spec_path, result_path = argv
     with open(spec_path) as f:
         spec = json.load(f)
@@ -440,5 +467,86 @@ def main(argv: list[str]) -> int:
     return 0 if result["status"] == "ok" else 1
 
 
+# ----------------------------------------------------------------------------- fork server (dry run)
+
+
+def _say(line: str) -> None:
+    # one write(2) per line: the SIGCHLD handler below may write between two lines of the loop
+    os.write(1, (line + "\n").encode())
+
+
+def _run_forked(request: dict) -> None:
+    """In the forked child: a worker in its own process group (as a spawned one: a timeout kills the
+    group), its output in its log; never returns."""
+    rc = 1
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.setsid()
+        log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        os.close(null)
+        rc = main(request["argv"])
+    except SystemExit as e:
+        rc = e.code if isinstance(e.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(rc)
+
+
+# Modules that more than one worker kind imports at a cost (torch._dynamo: over a second; torch's
+# optimizers and its deterministic mode import it): the fork server imports them before forking
+# the first worker of such a kind, and every later fork has them.
+SHARED_IMPORTS = {"determinism": ("torch._dynamo",), "train_step": ("torch._dynamo",)}
+
+
+def serve() -> None:
+    """The dry run's fork server (``--serve``), driven by ``sstkd.gpucheck.run.ForkServer``.
+
+    Reads one JSON request per line on stdin, ``{"id", "argv", "log"}``, forks a worker
+    running :func:`main` on ``argv`` and answers ``started ID PID``; when a worker exits it
+    answers ``exited PID RC`` (RC < 0: killed by signal -RC). Exits at the end of its input.
+    Forking is safe here because this process only imported modules: it never ran a torch
+    op (no thread pool), never touched CUDA, and runs one thread.
+    """
+    import importlib
+
+    def reap(*_):
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            _say(f"exited {pid} {os.waitstatus_to_exitcode(status)}")
+
+    signal.signal(signal.SIGCHLD, reap)
+    _say("ready")
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        request = json.loads(line)
+        for module in SHARED_IMPORTS.get(next(iter(request["argv"]), ""), ()):
+            try:
+                importlib.import_module(module)
+            except Exception:
+                pass  # the worker meets the error itself, and reports it
+        pid = os.fork()
+        if pid == 0:
+            _run_forked(request)
+        _say(f"started {request['id']} {pid}")
+    os._exit(0)  # nothing left to flush: no second of tearing down torch's modules
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(serve() if sys.argv[1:] == ["--serve"] else main(sys.argv[1:]))
