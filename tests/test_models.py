@@ -2,6 +2,7 @@
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from sstkd.models import (
     MODELS,
@@ -157,6 +158,65 @@ def test_backbone_weight_roundtrip(tmp_path):
     report = load_backbone_weights(fresh, {"model": seg.state_dict()})
     assert report.ok and any(k.startswith("head.") for k in report.ignored)
     assert torch.equal(fresh.layer4[1].conv2.weight, seg.backbone.layer4[1].conv2.weight)
+
+
+class _CountDraws(TorchDispatchMode):
+    """Counts the random values drawn into real (non-meta) tensors."""
+
+    def __init__(self):
+        super().__init__()
+        self.drawn = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.normal_, torch.ops.aten.uniform_) and not args[0].is_meta:
+            self.drawn += args[0].numel()
+        return func(*args, **(kwargs or {}))
+
+
+def test_pretrained_backbone_skips_random_init():
+    # A strict load fills every backbone tensor, so only the heads draw random values; the backbone
+    # holds copies of the checkpoint (training the student never writes into the caller's tensors).
+    src = resnet18(base_width=TINY, num_classes=10).state_dict()
+    src = {k: v for k, v in src.items() if not k.endswith("num_batches_tracked")}  # as old checkpoints
+    with _CountDraws() as count:
+        model = build_model("pspnet_resnet18", 3, base_width=TINY, pretrained_backbone=src)
+    heads = sum(p.numel() for head in (model.head, model.aux_head) for m in head.modules()
+                if isinstance(m, nn.Conv2d) for p in m.parameters())
+    assert count.drawn == heads
+    with _CountDraws() as count:
+        build_model("pspnet_resnet18", 3, base_width=TINY)
+    backbone_convs = sum(m.weight.numel() for m in model.backbone.modules() if isinstance(m, nn.Conv2d))
+    assert count.drawn == heads + 2 * backbone_convs  # (nn.Conv2d's own draw, then the ResNet's kaiming_normal_)
+    own = model.backbone.state_dict()
+    assert not any(t.is_meta for t in own.values())
+    assert set(src) - set(own) == {"fc.weight", "fc.bias"}
+    assert all(torch.equal(own[k], src[k]) and own[k].data_ptr() != src[k].data_ptr() for k in own if k in src)
+    assert all(int(own[k]) == 0 for k in own if k.endswith("num_batches_tracked"))
+    assert all(isinstance(p, nn.Parameter) and p.requires_grad for p in model.backbone.parameters())
+    out = model.train()(torch.randn(2, 3, 32, 32))
+    out["out"].mean().backward()
+    assert model.backbone.conv1.weight.grad is not None
+    # MobileNetV2 too; a half-precision checkpoint is loaded in the model's dtype.
+    mnv2 = {k: v.half() for k, v in MobileNetV2(width_mult=0.25).state_dict().items()}
+    model = build_model("deeplabv3_mobilenetv2", 3, base_width=16, pretrained_backbone=mnv2)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    own = model.backbone.state_dict()
+    assert all(torch.equal(own[k].half(), v) for k, v in mnv2.items() if v.is_floating_point())
+
+
+def test_meta_backbone_must_be_filled():
+    sd = resnet18(base_width=TINY).state_dict()
+    del sd["layer2.0.bn1.running_mean"]
+    with torch.device("meta"):
+        empty = resnet18(base_width=TINY)
+    with pytest.raises(ValueError, match=r"meta device.*layer2\.0\.bn1\.running_mean"):
+        load_backbone_weights(empty, sd, strict=False)
+    with pytest.raises(ValueError, match=r"missing: layer2\.0\.bn1\.running_mean"):  # strict: the usual error
+        load_backbone_weights(empty, sd)
+    # strict=False builds a randomly initialized backbone and loads what matches, as before.
+    model = build_model("pspnet_resnet18", 3, base_width=TINY, pretrained_backbone=sd, strict=False)
+    assert torch.equal(model.backbone.conv1.weight, sd["conv1.weight"])
+    assert not model.backbone.layer2[0].bn1.running_mean.is_meta
 
 
 def test_backbone_weight_errors(tmp_path):
