@@ -70,9 +70,10 @@ def _scratch(shape):
 
 # Arrays of the rule by (key, shape, kind, gains): the fixtures share most of their layers (the same
 # ResNet-101 backbone under one naming in 2-4 of them), and the rule seeds each array by its key, so
-# a shared layer is drawn once. Bounded to about the largest fixture. The arrays are shared, not
-# copied: a model that holds them (loaded with assign=True) must not write into them, and every use
-# is checked against the fixture's digest (_weights), so one that did would fail loudly.
+# a shared layer is drawn once. Bounded to about the largest fixture (least recently used go first).
+# The arrays are shared, not copied: a model that holds them (loaded with assign=True) must not write
+# into them, and every use is checked against the fixture's digest (_weights), so one that did would
+# fail loudly.
 _DRAWN: "collections.OrderedDict[tuple, list]" = collections.OrderedDict()
 _DRAWN_MAX_ELEMENTS = 90_000_000
 
@@ -101,20 +102,23 @@ def make_weights(keys, shapes, kinds, gains=(2.0, 1.0)):
 
     One random draw per key serves every gain (only the conv/linear std depends on it).
     """
+    wanted = {(str(k), tuple(shapes[k]), str(kind), tuple(gains)): k for k, kind in zip(keys, kinds)}
+    # Make room first (the oldest arrays this fixture does not use), so that the memory held never
+    # exceeds the bound: on a VM, every new page the process touches costs about a random draw.
+    size = sum(a[0].size for a in _DRAWN.values()) + sum(
+        int(np.prod(key[1])) for key in wanted if key not in _DRAWN)
+    for key in [key for key in _DRAWN if key not in wanted]:
+        if size <= _DRAWN_MAX_ELEMENTS:
+            break
+        size -= _DRAWN.pop(key)[0].size
     sds = [{} for _ in gains]
-    for k, kind in zip(keys, kinds):
-        s = tuple(shapes[k])
-        key = (str(k), s, str(kind), tuple(gains))
+    for key, k in wanted.items():
         arrays = _DRAWN.pop(key, None)
         if arrays is None:
-            arrays = _rule_arrays(str(k), s, str(kind), gains)
+            arrays = _rule_arrays(*key)
         _DRAWN[key] = arrays
         for sd, a in zip(sds, arrays):
             sd[k] = a
-    size = sum(a[0].size for a in _DRAWN.values())
-    while size > _DRAWN_MAX_ELEMENTS:
-        _, old = _DRAWN.popitem(last=False)
-        size -= old[0].size
     return sds
 
 
