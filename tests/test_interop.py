@@ -372,7 +372,8 @@ def test_teacher_loader_and_convert_cli(tmp_path, capsys):
         assert torch.equal(again(x)["out"], ref)
         teacher = load_teacher(str(dst), model_args={"name": "pspnet_resnet18", "num_classes": 19,
                                                       "flavor": "ifvd"})
-        assert set(teacher(x)) == {"out"} and torch.equal(teacher(x)["out"], ref)
+        out = teacher(x)
+        assert set(out) == {"out"} and torch.equal(out["out"], ref)
         assert torch.equal(load_teacher(str(src), model_args={"name": "pspnet_resnet18", "num_classes": 19})(x)["out"],
                            ref)
     # A converted export records its flavor: a config that leaves the flavor unset still gets the IFVD network.

@@ -50,14 +50,18 @@ def _mobilenet_backbone(base_width: int, output_stride: int, norm_layer, deep_st
     return MobileNetV2(width_mult=base_width / 64, output_stride=output_stride, norm_layer=norm_layer)
 
 
+def _flavor_widths(kind: str, flavor: Flavor, name: str) -> dict:
+    widths = flavor.psp_width if kind == "pspnet" else flavor.aspp_width
+    if widths is None:
+        raise ValueError(f"flavor: {flavor.name!r} has no {kind} model (name {name!r})")
+    return widths
+
+
 def _flavored_heads(kind: str, backbone: nn.Module, num_classes: int, base_width: int, output_stride: int,
                     aux: bool, norm_layer, flavor: Flavor, name: str):
     c3, c4 = backbone.channels[2], backbone.channels[3]
     family = "basic" if isinstance(backbone.layer1[0], BasicBlock) else "bottleneck"
-    widths = flavor.psp_width if kind == "pspnet" else flavor.aspp_width
-    if widths is None:
-        raise ValueError(f"flavor: {flavor.name!r} has no {kind} model (name {name!r})")
-    width = scaled_width(widths[family], base_width)
+    width = scaled_width(_flavor_widths(kind, flavor, name)[family], base_width)
     if kind == "pspnet":
         head = PSPHead(c4, num_classes, channels=width, norm_layer=norm_layer, input_first=flavor.psp_input_first,
                        activation=flavor.head_activation, align_corners=flavor.pyramid_align_corners)
@@ -98,6 +102,8 @@ def _backbone_device(empty: bool):
 def _resnet_model(kind: str, depth: int):
     def ctor(num_classes, base_width, output_stride, aux, norm_layer, deep_stem, name, flavor=None,
              empty_backbone=False):
+        if flavor is not None:
+            _flavor_widths(kind, flavor, name)  # before the backbone is built
         with _backbone_device(empty_backbone):
             backbone = _resnet_backbone(depth, base_width, output_stride, norm_layer, deep_stem, flavor)
         return _assemble(kind, backbone, num_classes, base_width, output_stride, aux, norm_layer, name, flavor)
