@@ -2,6 +2,7 @@
 import pytest
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from sstkd.models import (
     MODELS,
@@ -157,6 +158,71 @@ def test_backbone_weight_roundtrip(tmp_path):
     report = load_backbone_weights(fresh, {"model": seg.state_dict()})
     assert report.ok and any(k.startswith("head.") for k in report.ignored)
     assert torch.equal(fresh.layer4[1].conv2.weight, seg.backbone.layer4[1].conv2.weight)
+
+
+# In-place random fills (torch.nn.init and Tensor methods; nn.init's calls are seen at the outermost one).
+_RANDOM_FILLS = {"uniform_", "normal_", "kaiming_uniform_", "kaiming_normal_", "trunc_normal_", "xavier_uniform_",
+                 "xavier_normal_", "orthogonal_", "sparse_", "random_", "bernoulli_", "exponential_"}
+
+
+class _CountDraws(TorchFunctionMode):
+    """Counts the random values drawn into real (non-meta) tensors. (A function mode, not a dispatch
+    mode: under a dispatch mode, meta-device ops take torch's Python decompositions, which import
+    torch._dynamo: seconds.)"""
+
+    def __init__(self):
+        super().__init__()
+        self.drawn = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", None) in _RANDOM_FILLS:
+            tensor = args[0] if args else kwargs["tensor"]
+            if not tensor.is_meta:
+                self.drawn += tensor.numel()
+        return func(*args, **kwargs)
+
+
+def test_pretrained_backbone_skips_random_init():
+    # A strict load fills every backbone tensor, so only the heads draw random values; the backbone
+    # holds copies of the checkpoint (training the student never writes into the caller's tensors).
+    src = resnet18(base_width=TINY, num_classes=10).state_dict()
+    src = {k: v for k, v in src.items() if not k.endswith("num_batches_tracked")}  # as old checkpoints
+    with _CountDraws() as count:
+        model = build_model("pspnet_resnet18", 3, base_width=TINY, pretrained_backbone=src)
+    heads = sum(p.numel() for head in (model.head, model.aux_head) for m in head.modules()
+                if isinstance(m, nn.Conv2d) for p in m.parameters())
+    assert count.drawn == heads  # (a randomly initialized backbone draws its convs twice more)
+    own = model.backbone.state_dict()
+    assert not any(t.is_meta for t in own.values())
+    assert set(src) - set(own) == {"fc.weight", "fc.bias"}
+    assert all(torch.equal(own[k], src[k]) and own[k].data_ptr() != src[k].data_ptr() for k in own if k in src)
+    assert all(int(own[k]) == 0 for k in own if k.endswith("num_batches_tracked"))
+    assert all(isinstance(p, nn.Parameter) and p.requires_grad for p in model.backbone.parameters())
+    out = model.train()(torch.randn(2, 3, 32, 32))
+    out["out"].mean().backward()
+    assert model.backbone.conv1.weight.grad is not None
+    # MobileNetV2 too; a half-precision checkpoint is loaded in the model's dtype.
+    mnv2 = {k: v.half() for k, v in MobileNetV2(width_mult=0.25).state_dict().items()}
+    model = build_model("deeplabv3_mobilenetv2", 3, base_width=16, pretrained_backbone=mnv2)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    own = model.backbone.state_dict()
+    assert all(torch.equal(own[k].half(), v) for k, v in mnv2.items() if v.is_floating_point())
+
+
+def test_meta_backbone_must_be_filled():
+    sd = resnet18(base_width=TINY).state_dict()
+    del sd["layer2.0.bn1.running_mean"]
+    with torch.device("meta"):
+        empty = resnet18(base_width=TINY)
+    with pytest.raises(ValueError, match=r"meta device.*layer2\.0\.bn1\.running_mean"):
+        load_backbone_weights(empty, sd, strict=False)
+    with pytest.raises(ValueError, match=r"missing: layer2\.0\.bn1\.running_mean"):  # strict: the usual error
+        load_backbone_weights(empty, sd)
+    # strict=False builds a randomly initialized backbone and loads what matches, as before.
+    model = build_model("pspnet_resnet18", 3, base_width=TINY, pretrained_backbone=sd, strict=False)
+    assert torch.equal(model.backbone.conv1.weight, sd["conv1.weight"])
+    assert not model.backbone.layer2[0].bn1.running_mean.is_meta
 
 
 def test_backbone_weight_errors(tmp_path):

@@ -4,8 +4,10 @@ A plain dict maps each name to its constructor; no registry.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
+import torch
 from torch import nn
 
 from sstkd.models.flavors import Flavor, resolve_flavor, scaled_width
@@ -48,14 +50,18 @@ def _mobilenet_backbone(base_width: int, output_stride: int, norm_layer, deep_st
     return MobileNetV2(width_mult=base_width / 64, output_stride=output_stride, norm_layer=norm_layer)
 
 
+def _flavor_widths(kind: str, flavor: Flavor, name: str) -> dict:
+    widths = flavor.psp_width if kind == "pspnet" else flavor.aspp_width
+    if widths is None:
+        raise ValueError(f"flavor: {flavor.name!r} has no {kind} model (name {name!r})")
+    return widths
+
+
 def _flavored_heads(kind: str, backbone: nn.Module, num_classes: int, base_width: int, output_stride: int,
                     aux: bool, norm_layer, flavor: Flavor, name: str):
     c3, c4 = backbone.channels[2], backbone.channels[3]
     family = "basic" if isinstance(backbone.layer1[0], BasicBlock) else "bottleneck"
-    widths = flavor.psp_width if kind == "pspnet" else flavor.aspp_width
-    if widths is None:
-        raise ValueError(f"flavor: {flavor.name!r} has no {kind} model (name {name!r})")
-    width = scaled_width(widths[family], base_width)
+    width = scaled_width(_flavor_widths(kind, flavor, name)[family], base_width)
     if kind == "pspnet":
         head = PSPHead(c4, num_classes, channels=width, norm_layer=norm_layer, input_first=flavor.psp_input_first,
                        activation=flavor.head_activation, align_corners=flavor.pyramid_align_corners)
@@ -88,16 +94,27 @@ def _assemble(kind: str, backbone: nn.Module, num_classes: int, base_width: int,
     return Segmentor(backbone, head, aux_head, num_classes, name=name)
 
 
+def _backbone_device(empty: bool):
+    # An empty backbone lives on the meta device: no memory, no random init (a strict load fills it).
+    return torch.device("meta") if empty else contextlib.nullcontext()
+
+
 def _resnet_model(kind: str, depth: int):
-    def ctor(num_classes, base_width, output_stride, aux, norm_layer, deep_stem, name, flavor=None):
-        backbone = _resnet_backbone(depth, base_width, output_stride, norm_layer, deep_stem, flavor)
+    def ctor(num_classes, base_width, output_stride, aux, norm_layer, deep_stem, name, flavor=None,
+             empty_backbone=False):
+        if flavor is not None:
+            _flavor_widths(kind, flavor, name)  # before the backbone is built
+        with _backbone_device(empty_backbone):
+            backbone = _resnet_backbone(depth, base_width, output_stride, norm_layer, deep_stem, flavor)
         return _assemble(kind, backbone, num_classes, base_width, output_stride, aux, norm_layer, name, flavor)
     return ctor
 
 
 def _mobilenet_model(kind: str):
-    def ctor(num_classes, base_width, output_stride, aux, norm_layer, deep_stem, name, flavor=None):
-        backbone = _mobilenet_backbone(base_width, output_stride, norm_layer, deep_stem, flavor)
+    def ctor(num_classes, base_width, output_stride, aux, norm_layer, deep_stem, name, flavor=None,
+             empty_backbone=False):
+        with _backbone_device(empty_backbone):
+            backbone = _mobilenet_backbone(base_width, output_stride, norm_layer, deep_stem, flavor)
         return _assemble(kind, backbone, num_classes, base_width, output_stride, aux, norm_layer, name, flavor)
     return ctor
 
@@ -133,7 +150,9 @@ def build_model(name: str, num_classes: int, *, pretrained_backbone=None, base_w
         aux: add the FCN auxiliary head on stage 3 (output ``aux`` in training).
         norm_layer: ``None``/"bn", "syncbn" or a ``callable(num_features)``.
         deep_stem: ResNet only: three 3x3 convs in the stem (SKD/IFVD teachers).
-        strict: strict loading of ``pretrained_backbone``.
+        strict: strict loading of ``pretrained_backbone``. A strict load fills every
+            backbone tensor, so the backbone then skips its random initialization
+            (only the heads draw random values).
         flavor: ``None`` (sstkd's own models) or a name of
             :data:`sstkd.models.flavors.FLAVORS` (``ifvd``, ``cirkd_v1``,
             ``cirkd_v2``, ``mmseg``, ``mmseg_b``, ``torchvision``): that
@@ -159,9 +178,12 @@ def build_model(name: str, num_classes: int, *, pretrained_backbone=None, base_w
         raise ValueError(f"output_stride: must be one of 8, 16, 32, got {output_stride!r}")
     norm = resolve_norm_layer(norm_layer)
     flavor = resolve_flavor(flavor)
-    model = MODELS[name](num_classes, base_width, output_stride, bool(aux), norm, bool(deep_stem), name, flavor)
+    empty = pretrained_backbone is not None and bool(strict)
+    model = MODELS[name](num_classes, base_width, output_stride, bool(aux), norm, bool(deep_stem), name, flavor,
+                         empty_backbone=empty)
     if pretrained_backbone is not None:
         from sstkd.models.weights import load_backbone_weights
 
-        load_backbone_weights(model.backbone, pretrained_backbone, strict=strict)
+        device = next(model.head.parameters()).device  # where the heads were built (the default device)
+        load_backbone_weights(model.backbone, pretrained_backbone, strict=strict, map_location=device)
     return model

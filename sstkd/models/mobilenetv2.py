@@ -136,6 +136,8 @@ class MobileNetV2(nn.Module):
         raise AssertionError(feature_index)
 
     def _init_weights(self) -> None:
+        if any(p.is_meta for p in self.parameters()):  # built on the meta device: no values to draw
+            return
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")

@@ -214,6 +214,8 @@ class ResNet(nn.Module):
         return nn.Sequential(*mods)
 
     def _init_weights(self) -> None:
+        if self.conv1.weight.is_meta:  # built on the meta device: no values to draw (weights come from a load)
+            return
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -104,13 +104,17 @@ def load_backbone_weights(backbone: nn.Module, source, strict: bool = True, map_
             and nothing but the classifier (``fc.*``, ``classifier.*``,
             MobileNetV2's last 1x1 conv) is left over. With ``strict=False``,
             whatever matches is loaded and the rest is reported.
+        map_location: where a file's tensors are read to; a backbone built on the meta
+            device (no memory, no random init) receives copies of the checkpoint's
+            tensors there, in its own dtypes.
 
     Returns:
         :class:`LoadReport`.
 
     Raises:
         ValueError: (strict) missing / unexpected / mis-shaped keys, listed by name;
-            nothing is loaded in that case.
+            nothing is loaded in that case. A meta-device backbone that the checkpoint
+            does not fill completely (``strict=False``) is an error too.
     """
     name = _source_name(source)
     sd = _strip_prefixes(read_state_dict(source, keys=("state_dict", "model")), ("module.",))
@@ -129,8 +133,26 @@ def load_backbone_weights(backbone: nn.Module, source, strict: bool = True, map_
         raise ValueError(f"pretrained_backbone: weights do not match the backbone ({report.summary()}). Expected "
                          f"{_BACKBONE_LAYOUT}; a deep-stem backbone needs a deep-stem checkpoint. "
                          "Use strict=False to load only the matching keys.")
-    backbone.load_state_dict(usable, strict=False)
+    if any(t.is_meta for t in backbone.state_dict().values()):
+        _load_into_empty(backbone, usable, report, map_location)
+    else:
+        backbone.load_state_dict(usable, strict=False)
     return report
+
+
+def _load_into_empty(module: nn.Module, usable: dict, report: LoadReport, map_location) -> None:
+    """Fill a meta-device module: copies of the checkpoint's tensors (never aliases of the caller's),
+    zeros for the BatchNorm counters old checkpoints lack; anything left unfilled is an error."""
+    own = module.state_dict()
+    unfilled = [k for k in own if k not in usable and not k.endswith("num_batches_tracked")]
+    if unfilled:
+        raise ValueError(f"pretrained_backbone: the backbone is on the meta device (no values), so every key must "
+                         f"be loaded; {report.source} lacks {len(unfilled)}: {', '.join(unfilled[:8])}"
+                         + (" ..." if len(unfilled) > 8 else ""))
+    device = map_location if isinstance(map_location, (str, torch.device)) else "cpu"
+    sd = {k: usable[k].detach().to(device=device, dtype=t.dtype, copy=True) if k in usable
+          else torch.zeros((), dtype=t.dtype, device=device) for k, t in own.items()}
+    module.load_state_dict(sd, strict=True, assign=True)
 
 
 def load_checkpoint(model: nn.Module, path, strict: bool = True, key: str | None = None,
