@@ -1093,6 +1093,31 @@ def test_level_energy_wrapper_on_emulated_kernels(emulated_cuda_ops, dtype, last
         emulated_cuda_ops.level_energy_cuda(x, 3, pfilt="5-3")
 
 
+def _cuda_passes(emulated_cuda_ops, monkeypatch, fused, **dfb_pass):
+    """The torch backend's table with the CUDA LP pass and ``dfb_pass``; unless ``fused``, no pyramid
+    level takes the one-launch level kernel (as for levels too large for shared memory)."""
+    from sstkd.ops.backends import torch as torch_backend
+
+    if not fused:
+        monkeypatch.setattr(emulated_cuda_ops, "_level_kernel_takes", lambda device, dtype, h, w: False)
+    passes = dict(torch_backend.TABLE)
+    passes.update(lp_dec=emulated_cuda_ops.lp_dec_cuda, **dfb_pass)
+    return passes
+
+
+def _assert_matches_torch_backend(got_all, want_all, dtype):
+    """Each output and gradient of a composition with the CUDA passes vs the torch backend's: the same
+    dtype and shape, and values within the dtype's tolerance."""
+    assert len(got_all) == len(want_all)
+    for got, want in zip(got_all, want_all):
+        assert got.dtype == want.dtype == dtype and got.shape == want.shape
+        if dtype == torch.float64:
+            torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-12)
+        else:  # float32 compute on both sides; bfloat16 results rounded once
+            eps = 1e-5 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps
+            torch.testing.assert_close(got.float(), want.float(), atol=eps * want.abs().max().item(), rtol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("nlevs", [[2, 3], [1, 4], [0, 3], [3]])
 @pytest.mark.parametrize("fused", [True, False])
@@ -1104,11 +1129,7 @@ def test_contourlet_energy_composes_the_emulated_dfb_energy(emulated_cuda_ops, m
     from sstkd.ops import algorithms
     from sstkd.ops.backends import torch as torch_backend
 
-    if not fused:
-        monkeypatch.setattr(emulated_cuda_ops, "_level_kernel_takes", lambda device, dtype, h, w: False)
-
-    passes = dict(torch_backend.TABLE)
-    passes.update(lp_dec=emulated_cuda_ops.lp_dec_cuda, dfb_energy=emulated_cuda_ops.dfb_energy_cuda)
+    passes = _cuda_passes(emulated_cuda_ops, monkeypatch, fused, dfb_energy=emulated_cuda_ops.dfb_energy_cuda)
     x = torch.randn(1, 2, 32, 24).to(dtype)
     g = torch.randn(1, 2, 1 + sum(2**n if n else 3 for n in nlevs)).to(dtype)
     res = []
@@ -1116,13 +1137,7 @@ def test_contourlet_energy_composes_the_emulated_dfb_energy(emulated_cuda_ops, m
         xi = x.clone().requires_grad_(True)
         e = algorithms.contourlet_energy(xi, nlevs, "9-7", "pkva", p)
         res.append((e, *torch.autograd.grad((e * g).sum(), xi)))
-    for got, want in zip(*res):
-        assert got.dtype == want.dtype == dtype and got.shape == want.shape
-        if dtype == torch.float64:
-            torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-12)
-        else:  # float32 compute on both sides; bfloat16 results rounded once
-            eps = 1e-5 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps
-            torch.testing.assert_close(got.float(), want.float(), atol=eps * want.abs().max().item(), rtol=0)
+    _assert_matches_torch_backend(*res, dtype)
 
 
 def test_dfb_planes_too_large_for_shared_memory_fall_back_to_triton(emulated_cuda_ops, monkeypatch):
@@ -1215,14 +1230,11 @@ def test_contourlet_dec_composes_the_emulated_level_dec(emulated_cuda_ops, monke
     from sstkd.ops import algorithms
     from sstkd.ops.backends import torch as torch_backend
 
-    if not fused:
-        monkeypatch.setattr(emulated_cuda_ops, "_level_kernel_takes", lambda device, dtype, h, w: False)
+    passes = _cuda_passes(emulated_cuda_ops, monkeypatch, fused, dfb_dec=emulated_cuda_ops.dfb_dec_cuda)
     calls = []
     level = emulated_cuda_ops.level_dec_cuda
     monkeypatch.setattr(emulated_cuda_ops.dfb_dec_cuda, "level",
                         lambda *a, **k: calls.append(a[1]) or level(*a, **k))
-    passes = dict(torch_backend.TABLE)
-    passes.update(lp_dec=emulated_cuda_ops.lp_dec_cuda, dfb_dec=emulated_cuda_ops.dfb_dec_cuda)
     x = torch.randn(1, 2, 32, 24).to(dtype)
     res = []
     for p in (passes, torch_backend.TABLE):
@@ -1233,10 +1245,4 @@ def test_contourlet_dec_composes_the_emulated_level_dec(emulated_cuda_ops, monke
         gs = [torch.randn(t.shape).to(t.dtype) for t in coeffs]
         res.append((*coeffs, *torch.autograd.grad(coeffs, xi, gs)))
     assert calls == [n for n in reversed(nlevs) if n]
-    for got, want in zip(*res):
-        assert got.dtype == want.dtype == dtype and got.shape == want.shape
-        if dtype == torch.float64:
-            torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-12)
-        else:  # float32 compute on both sides; bfloat16 results rounded once
-            eps = 1e-5 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps
-            torch.testing.assert_close(got.float(), want.float(), atol=eps * want.abs().max().item(), rtol=0)
+    _assert_matches_torch_backend(*res, dtype)

@@ -10,7 +10,7 @@ import torch
 from sstkd.engine import checkpoint as C
 from sstkd.engine.config import ConfigError, load_config, resolve_config
 from sstkd.engine.trainer import NonFiniteLossError, RunDirError, Trainer, train
-from test_trainer import tiny_config
+from test_trainer import poison_loss_term, tiny_config
 
 
 def tiny(work_dir, **sections):
@@ -64,17 +64,7 @@ class _NanGrad(torch.autograd.Function):
 
 
 def test_skipped_step_leaves_no_trace_in_weights_or_batchnorm(tmp_path, monkeypatch):
-    import sstkd.engine.trainer as T
-
-    real_loss, calls = T.segmentation_loss, {"n": 0}
-
-    def poisoned(outputs, target, aux_weight=0.4, ignore_index=255):
-        terms = real_loss(outputs, target, aux_weight, ignore_index)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            terms["ce"] = terms["ce"] * float("nan")
-        return terms
-
+    poison_loss_term(monkeypatch, "ce", 2)
     real_step, seen = Trainer._train_step, []
 
     def spy(self, it, data_iter):
@@ -84,7 +74,6 @@ def test_skipped_step_leaves_no_trace_in_weights_or_batchnorm(tmp_path, monkeypa
             seen.append((before, {k: v.clone() for k, v in self.student.state_dict().items()}))
         return out
 
-    monkeypatch.setattr(T, "segmentation_loss", poisoned)
     monkeypatch.setattr(Trainer, "_train_step", spy)
     summary = train(tiny(tmp_path / "r", train={"on_nonfinite": "skip"}), log=None)
     assert summary["skipped_steps"] == 1 and len(seen) == 1

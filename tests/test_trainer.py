@@ -153,20 +153,26 @@ def test_resume_is_bit_exact(tmp_path, teacher_ckpt, monkeypatch):
     assert its == [1, 2, 3, 4]
 
 
-def test_nonfinite_loss_stops_with_iteration_and_term(tmp_path, monkeypatch):
+def poison_loss_term(monkeypatch, term, call):
+    """Make the trainer's segmentation loss return NaN for ``term`` on its ``call``-th call (1-based).
+    Returns the call counter ``{"n": calls so far}`` (reset it to poison a later run as well)."""
     import sstkd.engine.trainer as T
 
-    real = T.segmentation_loss
-    calls = {"n": 0}
+    real, calls = T.segmentation_loss, {"n": 0}
 
     def poisoned(outputs, target, aux_weight=0.4, ignore_index=255):
         terms = real(outputs, target, aux_weight, ignore_index)
         calls["n"] += 1
-        if calls["n"] == 3:
-            terms["aux"] = terms["aux"] * float("nan")
+        if calls["n"] == call:
+            terms[term] = terms[term] * float("nan")
         return terms
 
     monkeypatch.setattr(T, "segmentation_loss", poisoned)
+    return calls
+
+
+def test_nonfinite_loss_stops_with_iteration_and_term(tmp_path, monkeypatch):
+    calls = poison_loss_term(monkeypatch, "aux", 3)
     with pytest.raises(NonFiniteLossError, match=r"iteration 3: term 'aux'") as info:
         train(tiny_config(tmp_path / "stop"), log=None)
     assert info.value.iteration == 3 and info.value.term == "aux"

@@ -217,12 +217,12 @@ def deterministic():
     torch.use_deterministic_algorithms(old, warn_only=warn)
 
 
-def _all_ops(s, table, kernel):
+def _all_ops(s, table, kernel, backend="triton"):
     sg = s.clone().requires_grad_()
     tg = table.clone().requires_grad_()
-    c, h = quantize_count(sg, 8, iters=2, kernel=kernel, backend="triton")
-    out = reproject(tg, sg, c, kernel=kernel, backend="triton")
-    M = cooccurrence(sg.view(2, 6, 7), c, kernel=kernel, backend="triton")
+    c, h = quantize_count(sg, 8, iters=2, kernel=kernel, backend=backend)
+    out = reproject(tg, sg, c, kernel=kernel, backend=backend)
+    M = cooccurrence(sg.view(2, 6, 7), c, kernel=kernel, backend=backend)
     loss = (h * torch.arange(8.0)).sum() + (out * out).sum() + (M * M).sum()
     gs, gt = torch.autograd.grad(loss, (sg, tg))
     return c, h, out, M, gs, gt
@@ -267,13 +267,7 @@ def test_deterministic_mode_uses_partials_and_matches(monkeypatch, deterministic
     assert spies["_sum_partials_kernel"].launches == 0
     assert (spies["_cooc_partial_kernel"].launches, spies["_cooc_atomic_kernel"].launches) == (0, 1)
     monkeypatch.undo()  # default launch parameters, reference ops
-    sg = s.clone().requires_grad_()
-    tg = table.clone().requires_grad_()
-    c, h = quantize_count(sg, 8, iters=2, kernel=kernel, backend="torch")
-    out = reproject(tg, sg, c, kernel=kernel, backend="torch")
-    M = cooccurrence(sg.view(2, 6, 7), c, kernel=kernel, backend="torch")
-    loss = (h * torch.arange(8.0)).sum() + (out * out).sum() + (M * M).sum()
-    ref = (c, h, out, M) + torch.autograd.grad(loss, (sg, tg))
+    ref = _all_ops(s, table, kernel, backend="torch")
     for a, b, r in zip(first, atomic, ref):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5)  # 2 Lloyd steps summed in another order

@@ -146,24 +146,25 @@ _MMSEG = [
 ]
 
 
+def _norm_prefixes(sd: Mapping[str, torch.Tensor]) -> list[str]:
+    """The ``"<module>."`` key prefix of every norm layer (a module with a ``running_var``), in key order."""
+    return [key[: -len("running_var")] for key in sd if key.endswith(".running_var")]
+
+
 def _convert_abn(sd: dict) -> dict:
     """In-Place ABN -> BatchNorm: every norm weight (a ``weight`` beside a ``running_var``) becomes ``|w| + eps``."""
     out = dict(sd)
-    for key in sd:
-        if key.endswith(".running_var"):
-            w = key[: -len("running_var")] + "weight"
-            if w in out:
-                out[w] = out[w].abs() + ABN_EPS
+    for w in (prefix + "weight" for prefix in _norm_prefixes(sd)):
+        if w in out:
+            out[w] = out[w].abs() + ABN_EPS
     return out
 
 
 def _fill_num_batches_tracked(sd: dict) -> dict:
     # BatchNorm has this buffer; IFVD's ABN and some exports lack it. 0 changes nothing in eval.
     out = dict(sd)
-    for key in sd:
-        if key.endswith(".running_var"):
-            nbt = key[: -len("running_var")] + "num_batches_tracked"
-            out.setdefault(nbt, torch.zeros((), dtype=torch.long))
+    for prefix in _norm_prefixes(sd):
+        out.setdefault(prefix + "num_batches_tracked", torch.zeros((), dtype=torch.long))
     return out
 
 

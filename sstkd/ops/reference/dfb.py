@@ -47,22 +47,23 @@ _SQRT2 = math.sqrt(2.0)
 # --------------------------------------------------------------------------- resampling on index images
 # The functions below act on integer "index images" (..., h, w) at build time
 # only; shifts may be ints or tensors broadcastable to (..., 1, 1).
-def _shear_rows(x: torch.Tensor, s) -> torch.Tensor:
-    """Toolbox R1 with shift ``s`` (R2 is ``-s``): ``y[i, j] = x[(i + s·j) % h, j]``."""
+def _shear(x: torch.Tensor, s, dim: int) -> torch.Tensor:
+    """A cyclic shear along ``dim`` (-2: rows move, -1: columns move) by ``s`` per step of the other axis."""
     h, w = x.shape[-2:]
     i = torch.arange(h, device=x.device).view(h, 1)
     j = torch.arange(w, device=x.device).view(1, w)
-    rows = torch.remainder(i + s * j, h)
-    return torch.gather(x, -2, rows.expand(x.shape))
+    index = torch.remainder(i + s * j, h) if dim == -2 else torch.remainder(j + s * i, w)
+    return torch.gather(x, dim, index.expand(x.shape))
+
+
+def _shear_rows(x: torch.Tensor, s) -> torch.Tensor:
+    """Toolbox R1 with shift ``s`` (R2 is ``-s``): ``y[i, j] = x[(i + s·j) % h, j]``."""
+    return _shear(x, s, -2)
 
 
 def _shear_cols(x: torch.Tensor, s) -> torch.Tensor:
     """Toolbox R3 with shift ``s`` (R4 is ``-s``): ``y[i, j] = x[i, (j + s·i) % w]``."""
-    h, w = x.shape[-2:]
-    i = torch.arange(h, device=x.device).view(h, 1)
-    j = torch.arange(w, device=x.device).view(1, w)
-    cols = torch.remainder(j + s * i, w)
-    return torch.gather(x, -1, cols.expand(x.shape))
+    return _shear(x, s, -1)
 
 
 def _split_1r(x):  # quincunx Q1 = R2·D1·R3
