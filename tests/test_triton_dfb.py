@@ -240,8 +240,6 @@ def test_sefilter_adjoint_is_the_other_shift(h, w):
 
 
 # --------------------------------------------------------------------------- ahead-of-time compilation
-_INT_ARGS = ("PLANES", "N", "H", "W", "h", "w", "QS", "NBC", "HALF4", "TILES_W", "NPART", "KOFF", "KTOT", "GSN",
-             "GSK")
 # A covering set of constexpr variants: every split, operand kind, child layout,
 # energy mode and storage dtype appears at least once.
 _VARIANTS = [
@@ -277,7 +275,7 @@ def test_aot_compile_every_variant_sm80_sm90():
     jobs = []
     for arch in AOT_ARCHS:
         for i, ((src, dst, en), ce) in enumerate(_VARIANTS):
-            sig = {name: "i32" for name in _INT_ARGS}
+            sig = {name: "i32" for name in K.LADDER_INT_ARGS}
             taps = "*fp64" if src == "*fp64" else "*fp32"  # taps come in the compute dtype
             sig.update(WIN=src, CEN=src, OUT=dst, OUT2=dst, TAPS=taps, EN=en, G="*bf16" if i % 2 else en)
             ce = dict(dict(MAP=0, SCALED=False), **ce)

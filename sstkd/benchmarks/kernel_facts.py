@@ -84,10 +84,6 @@ _LADDER_PASSES = [
     ("1r adjoint A^T (two outputs)", dict(SPLIT=0, BF=5, QPER=True, WIN_KIND=4, CEN_KIND=3, OUT_KIND=1,
                                           OUT2_KIND=0, LAYOUT=0, Y0POS=0, ENERGY=0, EN_SLOT=0)),
 ]
-_LADDER_INTS = ("PLANES", "N", "H", "W", "h", "w", "QS", "NBC", "HALF4", "TILES_W", "NPART", "KOFF", "KTOT",
-                "GSN", "GSK")
-
-
 def dfb_ladder_jobs(dtype: str = "fp32", shape=(8, 256, 128, 128), arch: int = 90, passes=None) -> list[KernelJob]:
     """The ladder passes (all, or the labels in ``passes``) at the GPU tile configuration of the
     first DFB stage of a (B, C, H, W) input's first pyramid band."""
@@ -101,7 +97,7 @@ def dfb_ladder_jobs(dtype: str = "fp32", shape=(8, 256, 128, 128), arch: int = 9
     for label, ce in _LADDER_PASSES:
         if passes is not None and label not in passes:
             continue
-        sig = {name: "i32" for name in _LADDER_INTS}
+        sig = {name: "i32" for name in dfb.LADDER_INT_ARGS}
         ptr = _DTYPES[dtype]
         sig.update(WIN=ptr, CEN=ptr, OUT=ptr, OUT2=ptr, TAPS="*fp64" if dtype == "fp64" else "*fp32",
                    EN="*fp64" if dtype == "fp64" else "*fp32", G=ptr)
