@@ -229,8 +229,13 @@ def _col_matrix(TAPS, K: tl.constexpr, M: tl.constexpr, shift):
     return tl.load(TAPS + t, mask=(t >= 0) & (t < 12), other=0.0)
 
 
-@triton.jit(do_not_specialize=("PLANES", "N", "H", "W", "h", "w", "QS", "NBC", "HALF4", "TILES_W", "NPART",
-                               "KOFF", "KTOT", "GSN", "GSK"))
+# The ladder kernel's integer (size / stride) arguments: never specialized, so that new shapes reuse
+# its compiles; the ahead-of-time signatures (compile facts, tests) type them i32.
+LADDER_INT_ARGS = ("PLANES", "N", "H", "W", "h", "w", "QS", "NBC", "HALF4", "TILES_W", "NPART", "KOFF", "KTOT", "GSN",
+                   "GSK")
+
+
+@triton.jit(do_not_specialize=LADDER_INT_ARGS)
 def _ladder_kernel(
     WIN, CEN, OUT, OUT2, TAPS, EN, G,
     PLANES, N, H, W, h, w, QS, NBC, HALF4, TILES_W, NPART, KOFF, KTOT, GSN, GSK,
