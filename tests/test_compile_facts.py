@@ -159,6 +159,23 @@ def test_tool_readings_are_cached_by_the_bytes_they_read(monkeypatch, tmp_path):
     assert not bad.complete and "ptxas" in bad.missing and len(os.listdir(tmp_path / "tool-runs")) == 6
 
 
+def test_the_compile_child_imports_from_this_process_working_directory(monkeypatch, tmp_path):
+    # "" on sys.path (python -c, a REPL) is the working directory: the child gets it as an absolute path,
+    # or it would import whichever checkout an editable install points at
+    seen = {}
+
+    def fake_run(cmd, env, **kw):
+        seen["path"] = env["PYTHONPATH"].split(os.pathsep)
+        raise RuntimeError("stop here")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", ["", *sys.path])
+    monkeypatch.setattr(cf.subprocess, "run", fake_run)
+    with pytest.raises(RuntimeError, match="stop here"):
+        cf.compile_facts_many([(_axpb_kernel, _AXPB_SIG, {"BLOCK": 64})])
+    assert seen["path"][0] == str(tmp_path) and "" not in seen["path"]
+
+
 def test_bad_input_is_rejected():
     with pytest.raises(ValueError, match="^arch: "):
         cf.compile_facts(_axpb_kernel, _AXPB_SIG, {"BLOCK": 64}, arch=75)

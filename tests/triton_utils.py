@@ -198,7 +198,9 @@ class CompileService:
 
     def _start(self):
         r, w = os.pipe()
-        env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        # this process's import path, "" (the working directory) made absolute: the child must import
+        # the same sstkd, not the one an editable install of another checkout points at
+        env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=os.pathsep.join(p or os.getcwd() for p in sys.path))
         self._log = tempfile.TemporaryFile()
         self._proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", str(w)], env=env,
                                       stdin=subprocess.PIPE, stdout=self._log, stderr=self._log, pass_fds=(w,))

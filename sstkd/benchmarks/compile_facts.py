@@ -481,7 +481,9 @@ def compile_facts_many(jobs) -> list[CompileFacts]:
         job_file, out_file = os.path.join(tmp, "jobs.pkl"), os.path.join(tmp, "out.pkl")
         with open(job_file, "wb") as f:
             pickle.dump(specs, f)
-        env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        # this process's import path, "" (the working directory) made absolute: the child must import
+        # the same sstkd, not the one an editable install of another checkout points at
+        env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=os.pathsep.join(p or os.getcwd() for p in sys.path))
         proc = subprocess.run([sys.executable, "-m", "sstkd.benchmarks.compile_facts", job_file, out_file],
                               env=env, capture_output=True, text=True, timeout=1200)
         if proc.returncode != 0:
