@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import atexit
+import collections
 import copy
 import dataclasses
 import inspect
@@ -152,6 +153,30 @@ def _compile_here(kernel, signature: dict, constexprs: dict, arch: int, num_warp
     return AotResult(jit.__name__, int(arch), num_warps, dict(ck.asm), int(shared or 0))
 
 
+def _aot_specs(jobs):
+    jobs = [tuple(j) + (4,) * (5 - len(j)) for j in jobs]
+    if not any(_interpreted(j[0]) for j in jobs):
+        return jobs, None
+    return jobs, [(_kernel_ref(k), dict(sig), dict(ce or {}), int(arch), int(nw)) for k, sig, ce, arch, nw in jobs]
+
+
+def _facts_specs(jobs):
+    jobs = [tuple(j) for j in jobs]
+    if not any(_interpreted(j[0]) for j in jobs):
+        return jobs, None
+    # (the child's compile_facts_many checks the jobs; its errors come back as RuntimeError)
+    return jobs, [(_kernel_ref(j[0]),) + tuple(dict(x) if isinstance(x, dict) else x for x in j[1:]) for j in jobs]
+
+
+def prefetch(kind: str, jobs) -> None:
+    """Queue ``jobs`` (as :func:`aot_compile_many` (``kind="aot"``) or :func:`compile_facts_many`
+    (``"facts"``) take them) in the session's compile process now, for a test that asks later.
+    Nothing to do when the kernels are compiled in this process (a GPU machine)."""
+    jobs, specs = (_aot_specs if kind == "aot" else _facts_specs)(jobs)
+    if specs is not None:
+        compile_service().submit(kind, specs)
+
+
 def aot_compile_many(jobs) -> list[AotResult]:
     """Compile several ``(kernel, signature, constexprs, arch[, num_warps])`` jobs; see :func:`aot_compile`.
 
@@ -161,10 +186,9 @@ def aot_compile_many(jobs) -> list[AotResult]:
     (:class:`CompileService`); its errors are re-raised here with the
     compiler's message.
     """
-    jobs = [tuple(j) + (4,) * (5 - len(j)) for j in jobs]
-    if not any(_interpreted(j[0]) for j in jobs):
+    jobs, specs = _aot_specs(jobs)
+    if specs is None:
         return [_compile_here(k, dict(sig), dict(ce or {}), arch, nw) for k, sig, ce, arch, nw in jobs]
-    specs = [(_kernel_ref(k), dict(sig), dict(ce or {}), int(arch), int(nw)) for k, sig, ce, arch, nw in jobs]
     return [AotResult(**fields) for fields in compile_service().run("aot", specs)]
 
 
@@ -172,11 +196,9 @@ def compile_facts_many(jobs) -> list:
     """:func:`sstkd.benchmarks.compile_facts.compile_facts_many` of ``jobs``, compiled in the session's
     compile process (:class:`CompileService`) when the kernels are interpreted: the same compiler and
     tools, without a new process (torch + triton imports) per call."""
-    jobs = [tuple(j) for j in jobs]
-    if not any(_interpreted(j[0]) for j in jobs):
+    jobs, specs = _facts_specs(jobs)
+    if specs is None:
         return _facts_many_here(jobs)
-    # (the child's compile_facts_many checks the jobs; its errors come back as RuntimeError)
-    specs = [(_kernel_ref(j[0]),) + tuple(dict(x) if isinstance(x, dict) else x for x in j[1:]) for j in jobs]
     return compile_service().run("facts", specs)
 
 
@@ -185,9 +207,15 @@ class CompileService:
     session: the torch + triton imports (seconds of CPU) are paid once, not once per test, and a job
     asked for twice (the same kernel, types, constexprs and launch options) is compiled once.
 
-    Protocol: pickled ``(kind, specs, sys.path)`` on the child's stdin; a pickled
-    ``("ok", results)`` or ``("error", traceback)`` on a pipe of its own (the child's stdout and
-    stderr go to a log, shown when it dies, so that a compiler's prints cannot corrupt the stream).
+    Jobs can be sent ahead (:meth:`submit`, :func:`prefetch`): the test modules queue theirs when
+    they are imported, so that on a cold Triton cache (≈ a minute of compiles) the child compiles on
+    the core the single-threaded tests leave idle, and the test that asks (:meth:`run`) finds its
+    results done or waits only for the rest.
+
+    Protocol: pickled ``(kind, specs, sys.path)`` requests on the child's stdin, answered in order
+    with a pickled ``("ok", results)`` or ``("error", traceback)`` on a pipe of its own (the child's
+    stdout and stderr go to a log, shown when it dies, so that a compiler's prints cannot corrupt the
+    stream).
     """
 
     TIMEOUT = 1200  # seconds for one request (as the one-process-per-call compiles allowed)
@@ -195,6 +223,8 @@ class CompileService:
     def __init__(self):
         self._proc = None
         self._cache: dict[bytes, object] = {}
+        self._pending: collections.deque = collections.deque()  # (kind, keys) sent, not yet answered
+        self._failed: dict[bytes, str] = {}  # key -> the traceback of the batch it was sent in
 
     def _start(self):
         r, w = os.pipe()
@@ -207,32 +237,72 @@ class CompileService:
         os.close(w)
         self._out = os.fdopen(r, "rb")
 
-    def run(self, kind: str, specs: list) -> list:
-        what = "AOT compilation failed" if kind == "aot" else "compile_facts: compilation failed"
+    @staticmethod
+    def _what(kind: str) -> str:
+        return "AOT compilation failed" if kind == "aot" else "compile_facts: compilation failed"
+
+    def submit(self, kind: str, specs: list) -> list[bytes]:
+        """Send the jobs of ``specs`` not done, failed or on their way; returns every job's key."""
         keys = [pickle.dumps((kind, s)) for s in specs]
-        todo = list(dict.fromkeys(k for k in keys if k not in self._cache))
+        if self._proc is not None and self._proc.poll() is not None:
+            self.close()  # it exited (killed?) since: what it was sent is sent again below
+        sent = {k for _, batch in self._pending for k in batch}
+        todo = list(dict.fromkeys(k for k in keys if k not in self._cache and k not in sent and k not in self._failed))
         if todo:
-            if self._proc is None or self._proc.poll() is not None:
+            if self._proc is None:
                 self._start()
             try:
                 pickle.dump((kind, [pickle.loads(k)[1] for k in todo], list(sys.path)), self._proc.stdin)
                 self._proc.stdin.flush()
-                if not select.select([self._out], [], [], self.TIMEOUT)[0]:
-                    raise TimeoutError(f"no answer in {self.TIMEOUT} s")
-                status, payload = pickle.load(self._out)
-            except (OSError, EOFError, pickle.UnpicklingError) as e:
-                self._log.seek(0)
-                tail = self._log.read().decode(errors="replace")[-6000:]
-                self.close()
-                raise RuntimeError(f"{what}: the compile process died ({e}):\n{tail}") from None
-            if status != "ok":
-                raise RuntimeError(f"{what}:\n{payload[-6000:]}")
-            self._cache.update(zip(todo, payload))
-        return [copy.deepcopy(self._cache[k]) for k in keys]
+            except OSError as e:
+                self._died(kind, e)
+            self._pending.append((kind, todo))
+        return keys
+
+    def _died(self, kind: str, e: Exception):
+        self._log.seek(0)
+        tail = self._log.read().decode(errors="replace")[-6000:]
+        self.close()
+        raise RuntimeError(f"{self._what(kind)}: the compile process died ({e}):\n{tail}") from None
+
+    def _receive(self) -> None:
+        """Wait for the answer to the oldest request."""
+        kind, batch = self._pending[0]
+        try:
+            if not select.select([self._out], [], [], self.TIMEOUT)[0]:
+                raise TimeoutError(f"no answer in {self.TIMEOUT} s")
+            status, payload = pickle.load(self._out)
+        except (OSError, EOFError, pickle.UnpicklingError) as e:
+            self._died(kind, e)
+        self._pending.popleft()
+        if status == "ok":
+            self._cache.update(zip(batch, payload))
+        else:
+            self._failed.update((k, payload) for k in batch)
+
+    def run(self, kind: str, specs: list) -> list:
+        keys = self.submit(kind, specs)
+        retried = False
+        while True:
+            while any(k not in self._cache and k not in self._failed for k in keys):
+                self._receive()
+            failed = [k for k in keys if k in self._failed]
+            if not failed:
+                return [copy.deepcopy(self._cache[k]) for k in keys]
+            if retried:  # failed on its own: the error is these jobs'
+                raise RuntimeError(f"{self._what(kind)}:\n{self._failed[failed[0]][-6000:]}")
+            # a batch fails as a whole: send this test's failed jobs alone, once, so that another
+            # batch's bad job is not reported here
+            for k in failed:
+                del self._failed[k]
+            self.submit(kind, [pickle.loads(k)[1] for k in failed])
+            retried = True
 
     def close(self):
         if self._proc is not None:
             try:
+                if self._pending:  # jobs sent ahead that no test asked for (a -k selection): not waited for
+                    self._proc.kill()
                 self._proc.stdin.close()
                 self._proc.wait(timeout=30)
             except (OSError, subprocess.TimeoutExpired):
@@ -241,6 +311,7 @@ class CompileService:
             self._out.close()
             self._log.close()
             self._proc = None
+            self._pending.clear()
 
 
 _SERVICE: CompileService | None = None
