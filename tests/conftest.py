@@ -20,6 +20,50 @@ if not _has_gpu:
     interpreter_speed.lighten()  # the same bits, ≈ 2.5x faster (tests/interpreter_speed.py)
 
 
+# The CUDA builds (extension, host emulation, sm_90 probes) run in a background process from the start
+# of the session (tests/prebuild.py), on the core the one-at-a-time tests leave idle; the test files
+# that need them run last, and wait for it first.
+_PREBUILD: dict = {}
+_NEEDS_BUILDS = {"cuda_ext", "emu", "cuda_rows"}
+
+
+def pytest_sessionstart(session):
+    if _has_gpu or os.environ.get("SSTKD_TEST_PREBUILD") == "0":
+        return
+    from sstkd.ops.backends import cuda
+
+    if not cuda.jit_available()[0]:
+        return
+    import subprocess
+    import sys
+    import tempfile
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, MAX_JOBS="1", TORCH_CUDA_ARCH_LIST=os.environ.get("TORCH_CUDA_ARCH_LIST", "9.0"),
+               PYTHONPATH=os.pathsep.join(p or os.getcwd() for p in [here, *sys.path]))
+    log = tempfile.TemporaryFile()
+    _PREBUILD.update(log=log, proc=subprocess.Popen([sys.executable, os.path.join(here, "prebuild.py")], env=env,
+                                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log))
+
+
+def wait_for_prebuild() -> None:
+    """Let the background CUDA builds finish (their results are then in the cache)."""
+    proc = _PREBUILD.pop("proc", None)
+    if proc is not None:
+        try:
+            proc.wait(timeout=1200)
+        except Exception:
+            proc.kill()
+            proc.wait()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    proc = _PREBUILD.pop("proc", None)
+    if proc is not None and proc.poll() is None:  # a selection that needed no build: do not wait
+        proc.kill()
+        proc.wait()
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
@@ -27,6 +71,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+    # whole files, in their order, so that module-scoped fixtures are still set up once
+    late = {item.path for item in items if _NEEDS_BUILDS & set(getattr(item, "fixturenames", ()))}
+    items.sort(key=lambda item: item.path in late)
 
 
 @pytest.fixture(autouse=True)
@@ -60,6 +107,7 @@ def cuda_ext():
     why = cuda_build_unavailable()
     if why:
         pytest.skip(why)
+    wait_for_prebuild()
     from sstkd.ops.backends import cuda
 
     old = os.environ.get("TORCH_CUDA_ARCH_LIST")

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import ctypes
 import glob
-import hashlib
 import os
-import subprocess
 
 import pytest
 import torch
 
-from conftest import cuda_build_unavailable
+from conftest import cuda_build_unavailable, wait_for_prebuild
+from prebuild import host_emulation_lib
 from sstkd.ops.backends import cuda as _ext
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -284,24 +283,8 @@ def _emu_lib():
     why = cuda_build_unavailable()
     if why:
         pytest.skip(why)
-    sb = _sstkd_build()
-    home = sb.cuda_home()
-    src = os.path.join(CSRC, "tests", "host_emulation.cu")
-    h = hashlib.sha256()
-    for f in sorted(glob.glob(os.path.join(CSRC, "*.cuh")) + glob.glob(os.path.join(CSRC, "*.h"))) + [src]:
-        h.update(open(f, "rb").read())
-    h.update(home.encode())
-    out_dir = os.path.join(_ext.cache_root(), f"emu-{h.hexdigest()[:16]}")
-    lib = os.path.join(out_dir, "libsstkd_emu.so")
-    if not os.path.exists(lib):
-        os.makedirs(out_dir, exist_ok=True)
-        tmp = f"{lib}.{os.getpid()}.tmp"
-        cmd = [os.path.join(home, "bin", "nvcc"), "-O2", "-std=c++17", "-shared", "-Xcompiler", "-fPIC"]
-        cmd += [f"-I{d}" for d in sb.include_dirs(home)] + [src, "-o", tmp]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        assert r.returncode == 0, f"building the host emulation failed:\n{r.stdout}\n{r.stderr}"
-        os.replace(tmp, lib)
-    return ctypes.CDLL(lib)
+    wait_for_prebuild()
+    return ctypes.CDLL(host_emulation_lib())
 
 
 @pytest.fixture(scope="module")

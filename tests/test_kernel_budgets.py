@@ -86,11 +86,12 @@ _CUDA_LADDER = {_HEAVY: "cuda dfb ladder block: heavy (level 1, '1r', qper_col)"
 @pytest.fixture(scope="module")
 def cuda_rows():
     """The CUDA ladder probes and the plane kernel (nvcc, sm_90; cached by source hash)."""
-    from conftest import cuda_build_unavailable
+    from conftest import cuda_build_unavailable, wait_for_prebuild
 
     why = cuda_build_unavailable()
     if why:
         pytest.skip(why)
+    wait_for_prebuild()
     return [(j, f, per) for j, f, per in measure(cuda_dfb_jobs())]
 
 
