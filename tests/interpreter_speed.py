@@ -14,8 +14,8 @@ The stock interpreter (triton 3.x, ``triton/runtime/interpreter.py``)
 :func:`lighten` drops both for the pytest process (tests/conftest.py calls it when the kernels
 run in the interpreter); :func:`stock` restores the stock interpreter for a block, by default
 with ``debug`` on so that the overflow check asserts. ``tests/test_interpreter_speed.py`` runs
-every Triton op of ``sstkd.ops.specs`` forward and backward both ways and requires identical
-bits — so the light interpreter computes what the stock one does, and every kernel passes a
+every Triton kernel (through the ops of ``sstkd.ops.specs``, default and deterministic modes)
+forward and backward both ways and requires identical bits — so the light interpreter computes what the stock one does, and every kernel passes a
 real int32-overflow check once per session (more than the stock suite did). Neither change
 reaches child processes (the gpu-check dry run, the demo, DDP): they run the stock interpreter.
 """

@@ -6,13 +6,15 @@ one core; this process builds on the other (``MAX_JOBS=1``) while they do. The t
 the builds wait for it first (``conftest.wait_for_prebuild``), then load them from the cache —
 or, if something failed here, build them themselves and report the failure as before.
 
-Run by tests/conftest.py as ``python tests/prebuild.py``; each step prints one line.
+Run by tests/conftest.py as ``python tests/prebuild.py``; each step prints one line. A session that
+needed no build leaves it to finish on its own (killing it mid-build would leave torch's build lock
+behind, on which the next build would wait forever).
 """
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import glob
+import hashlib
 import os
 import subprocess
 import sys
