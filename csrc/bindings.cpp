@@ -343,12 +343,18 @@ void check_dfb_geometry(const char* op, int64_t levels, int64_t H, int64_t W) {
   TORCH_CHECK(H * W <= (int64_t)1 << 24, "sstkd::", op, ": H*W too large, got ", H, "x", W);
 }
 
-void check_dfb_fits(const char* op, const Tensor& t, int64_t H, int64_t W) {
+// `need` bytes of shared memory for one H x W `what` of t's dtype fit one block of t's device, or
+// an error that says what to use instead.
+void check_smem_fits(const char* op, const Tensor& t, int64_t H, int64_t W, int64_t need, const char* what,
+                     const char* instead) {
   int optin = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, t.get_device()));
-  const int64_t need = dfb_plane_smem_bytes(dtype_of(t), H, W);
-  TORCH_CHECK(need <= optin, "sstkd::", op, ": a ", H, "x", W, " ", t.scalar_type(), " plane needs ", need,
-              " B of shared memory, the device allows ", optin, " B per block (use the Triton DFB)");
+  TORCH_CHECK(need <= optin, "sstkd::", op, ": a ", H, "x", W, " ", t.scalar_type(), " ", what, " needs ", need,
+              " B of shared memory, the device allows ", optin, " B per block (use ", instead, ")");
+}
+
+void check_dfb_fits(const char* op, const Tensor& t, int64_t H, int64_t W) {
+  check_smem_fits(op, t, H, W, dfb_plane_smem_bytes(dtype_of(t), H, W), "plane", "the Triton DFB");
 }
 
 // The dtype paired with `x` (default x itself): both float64, or both among float32/float16/bfloat16.
@@ -516,11 +522,8 @@ void check_level_input(const char* op, const Tensor& x, int64_t levels) {
 }
 
 void check_level_fits(const char* op, const Tensor& x) {
-  int optin = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, x.get_device()));
-  const int64_t need = dfb_level_smem_bytes(dtype_of(x), x.size(1), x.size(2));
-  TORCH_CHECK(need <= optin, "sstkd::", op, ": a ", x.size(1), "x", x.size(2), " ", x.scalar_type(), " level needs ",
-              need, " B of shared memory, the device allows ", optin, " B per block (use lp_dec + dfb_energy)");
+  check_smem_fits(op, x, x.size(1), x.size(2), dfb_level_smem_bytes(dtype_of(x), x.size(1), x.size(2)), "level",
+                  "lp_dec + dfb_energy");
 }
 
 std::tuple<Tensor, Tensor> level_energy_cuda(const Tensor& x_in, int64_t levels, bool last) {

@@ -507,6 +507,17 @@ DFB_CASES = [(1, 12, 7), (1, 14, 16), (2, 12, 10), (2, 20, 2), (3, 16, 12), (3, 
 _EMU_THREADS = 96  # 3 groups of 32: ladder tiles, rows and energy partials do not divide evenly
 
 
+def _energy_cotangent(g, acc):
+    """(g in the accumulation dtype with unit column stride, its row stride): rows may be a wider
+    tensor's (the launchers' g_stride), so a strided view is passed as it is; (None, 0) for no g."""
+    if g is None:
+        return None, 0
+    g = g.to(acc)
+    if g.stride(-1) != 1 or g.stride(0) < g.shape[1]:
+        g = g.contiguous()
+    return g, g.stride(0)
+
+
 def _emu_dfb(emu, mode, levels, N, H, W, x_dtype, band_dtype=None, x=None, grad_bands=None, g=None, low=None):
     """mode 0: x -> bands (K, N, H*W/K); 1: grad_bands -> gx; 2: x -> en (N, K); 3: (x, g) -> gx;
     4 (dfb_rec): grad_bands (the sub-bands) -> gx (the image); 5 (its adjoint): x -> bands.
@@ -521,12 +532,7 @@ def _emu_dfb(emu, mode, levels, N, H, W, x_dtype, band_dtype=None, x=None, grad_
     gx = torch.full((N, H, W), float("nan"), dtype=x_dtype) if mode in (1, 3, 4) else None
     x = None if x is None else x.contiguous()
     grad_bands = None if grad_bands is None else grad_bands.contiguous()
-    g_stride = 0
-    if g is not None:
-        g = g.to(acc)
-        if g.stride(-1) != 1 or g.stride(0) < g.shape[1]:
-            g = g.contiguous()
-        g_stride = g.stride(0)
+    g, g_stride = _energy_cotangent(g, acc)
     low = None if low is None else low.contiguous()
     g_low = torch.full_like(low, float("nan")) if low is not None and mode == 3 else None
     i64 = ctypes.c_int64
@@ -648,12 +654,7 @@ def _emu_dfb_level(emu, adjoint, levels, last, x, g=None, g_low=None):
     low = torch.full((N, H // 2, W // 2), float("nan"), dtype=acc) if not adjoint else None
     en = torch.full((N, int(last) + K), float("nan"), dtype=acc) if not adjoint else None
     gx = torch.full_like(x, float("nan")) if adjoint else None
-    g_stride = 0
-    if g is not None:
-        g = g.to(acc)
-        if g.stride(-1) != 1 or g.stride(0) < g.shape[1]:
-            g = g.contiguous()
-        g_stride = g.stride(0)
+    g, g_stride = _energy_cotangent(g, acc)
     g_low = None if g_low is None else g_low.to(acc).contiguous()
     i64 = ctypes.c_int64
     rc = emu.sstkd_emu_dfb_level(int(adjoint), _DT[x.dtype], levels, int(last), _ptr(x), _ptr(g), i64(g_stride),
