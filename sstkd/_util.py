@@ -1,6 +1,6 @@
 """Small tensor helpers shared by every layer (ops, kernels, distill): a leaf, it imports only torch.
 
-Dtypes, the Triton-interpreter switch, the device guard of a kernel launch, padding indices
+Dtypes, the cache folder, the Triton-interpreter switch, the device guard of a kernel launch, padding indices
 and per-row helpers of ``(B, L)`` tensors.
 """
 from __future__ import annotations
@@ -19,6 +19,14 @@ def compute_dtype(x: torch.Tensor | torch.dtype) -> torch.dtype:
     """float64 stays float64; everything else computes in float32 (``x`` a tensor or a dtype)."""
     dtype = x if isinstance(x, torch.dtype) else x.dtype
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def cache_dir() -> str:
+    """sstkd's cache folder (CUDA builds, self-check verdicts, compile facts): ``$SSTKD_CACHE_DIR``,
+    else ``$XDG_CACHE_HOME/sstkd``, else ``~/.cache/sstkd``."""
+    if os.environ.get("SSTKD_CACHE_DIR"):
+        return os.environ["SSTKD_CACHE_DIR"]
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "sstkd")
 
 
 def triton_interpreted() -> bool:

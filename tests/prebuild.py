@@ -27,6 +27,7 @@ CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 def host_emulation_lib() -> str:
     """The path of the host emulation library (csrc/tests/host_emulation.cu compiled for the host),
     built once per content of its sources (cached with the extension's builds)."""
+    from sstkd._util import cache_dir
     from sstkd.ops.backends import cuda
 
     sb = cuda.build_flags()
@@ -37,7 +38,7 @@ def host_emulation_lib() -> str:
         with open(f, "rb") as fh:
             h.update(fh.read())
     h.update(home.encode())
-    out_dir = os.path.join(cuda.cache_root(), f"emu-{h.hexdigest()[:16]}")
+    out_dir = os.path.join(cache_dir(), f"emu-{h.hexdigest()[:16]}")
     lib = os.path.join(out_dir, "libsstkd_emu.so")
     if not os.path.exists(lib):
         os.makedirs(out_dir, exist_ok=True)

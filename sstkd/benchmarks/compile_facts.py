@@ -47,6 +47,8 @@ import sys
 import tempfile
 from collections import Counter
 
+from sstkd import _util
+
 __all__ = [
     "CompileFacts",
     "LoopFacts",
@@ -248,11 +250,6 @@ def _run(cmd: list[str], timeout: int = 300) -> tuple[int, str]:
     return proc.returncode, proc.stdout + proc.stderr
 
 
-def _cache_base() -> str:
-    return os.environ.get("SSTKD_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "sstkd")
-
-
 def run_tool(tool: str, args: list[str], inputs: dict[str, bytes]) -> tuple[int, str]:
     """``_run([tool, *args])`` with ``inputs`` (extension -> content) written to ``k.<extension>`` in a
     temporary folder ``{tmp}``, and ``{<extension>}`` in ``args`` replaced by their paths; a successful run's output is cached under
@@ -264,7 +261,7 @@ def run_tool(tool: str, args: list[str], inputs: dict[str, bytes]) -> tuple[int,
     h = hashlib.sha256("\0".join([os.path.realpath(tool), str(st.st_size), str(st.st_mtime_ns), *args]).encode())
     for name in sorted(inputs):
         h.update(name.encode() + b"\0" + hashlib.sha256(inputs[name]).digest())
-    cached = os.path.join(_cache_base(), "tool-runs", h.hexdigest()[:32] + ".txt")
+    cached = os.path.join(_util.cache_dir(), "tool-runs", h.hexdigest()[:32] + ".txt")
     try:
         with open(cached) as f:
             return 0, f.read()
@@ -549,7 +546,7 @@ def _nvcc_cubin(source: str, nvcc: str, arch: int, include_dirs, flags, cache_di
     # the include directories' headers are hashed above; their paths differ per checkout (left out)
     h.update("\0".join([os.path.realpath(nvcc), *(f for f in cmd_flags if not f.startswith("-I"))]).encode())
     if cache_dir is None:
-        cache_dir = os.path.join(_cache_base(), f"facts-{h.hexdigest()[:16]}")
+        cache_dir = os.path.join(_util.cache_dir(), f"facts-{h.hexdigest()[:16]}")
     cubin, log_file = os.path.join(cache_dir, "k.cubin"), os.path.join(cache_dir, "ptxas.log")
     if not (os.path.exists(cubin) and os.path.exists(log_file)):
         os.makedirs(cache_dir, exist_ok=True)

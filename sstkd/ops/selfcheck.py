@@ -23,7 +23,7 @@ import warnings
 
 import torch
 
-from sstkd._util import tensor_leaves
+from sstkd._util import cache_dir, tensor_leaves  # cache_dir: where verdicts are cached
 from sstkd.ops import dispatch
 from sstkd.ops.dispatch import PASSES
 
@@ -33,14 +33,6 @@ _FILE = "selfcheck.json"
 _warned: set[tuple[str, str, str]] = set()
 _memo: dict[tuple[str, str, str], bool] = {}
 _running: set[tuple[str, str, str]] = set()
-
-
-def cache_dir() -> str:
-    """Where verdicts are cached (``$SSTKD_CACHE_DIR``, ``$XDG_CACHE_HOME/sstkd`` or ``~/.cache/sstkd``)."""
-    if os.environ.get(CACHE_ENV):
-        return os.environ[CACHE_ENV]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "sstkd")
 
 
 def device_key(device) -> str:

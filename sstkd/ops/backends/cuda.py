@@ -54,7 +54,7 @@ import time
 
 import torch
 
-from sstkd._util import normalize_rows
+from sstkd._util import cache_dir, normalize_rows
 from sstkd.geometry import check_dfb_bands, dfb_band_shapes
 from sstkd.ops import algorithms
 
@@ -109,14 +109,6 @@ def _cpp_extension():
     return cpp_extension
 
 
-def cache_root() -> str:
-    base = os.environ.get("SSTKD_CACHE_DIR")
-    if not base:
-        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        base = os.path.join(xdg, "sstkd")
-    return base
-
-
 def jit_available() -> tuple[bool, str]:
     """``(ok, reason)``: whether ``get()`` could JIT-build the extension here. Cheap; never builds."""
     if os.environ.get("SSTKD_JIT", "1") == "0":
@@ -161,7 +153,7 @@ def _build_dir(sb, home: str, arch_key: str) -> str:
                  sys.version.split()[0], arch_key):
         h.update(part.encode())
         h.update(b"\0")
-    return os.path.join(cache_root(), f"ext-{h.hexdigest()[:16]}")
+    return os.path.join(cache_dir(), f"ext-{h.hexdigest()[:16]}")
 
 
 def build_dir() -> str | None:
